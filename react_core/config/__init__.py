@@ -1,0 +1,17 @@
+"""Configs: YAML with `_base_`, interpolation and overrides, validated into typed schemas."""
+from react_core.config.loader import COMMAND_LINE, ConfigError, Sources, load_config, parse_override, to_yaml
+from react_core.config.schema import buildable, config_kind, load, schema_for, validate
+
+__all__ = [
+    "COMMAND_LINE",
+    "ConfigError",
+    "Sources",
+    "buildable",
+    "config_kind",
+    "load",
+    "load_config",
+    "parse_override",
+    "schema_for",
+    "to_yaml",
+    "validate",
+]

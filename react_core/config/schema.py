@@ -1,0 +1,209 @@
+"""Typed schemas for configs: dataclasses, checked key by key against the merged YAML.
+
+A config names its schema with a top-level `kind:` (registered in `CONFIG_KINDS`). A field
+whose metadata names a registry (`buildable(HEADS)`) holds a `type:` plus keyword arguments;
+those are checked against the signature of the registered class or function, so a typo in a
+head's argument is caught before anything is built.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import types
+import typing
+from typing import Any, Literal, Union
+
+from react_core.config.loader import ConfigError, Sources, load_config
+from react_core.registry import CONFIG_KINDS
+
+_MISSING_REQUIRED = object()
+
+
+def buildable(registry, default: dict | None = None):
+    """A dataclass field holding `{type: Name, **kwargs}` for `registry`."""
+    if default is None:
+        return dataclasses.field(metadata={"registry": registry})
+    return dataclasses.field(default_factory=lambda: dict(default), metadata={"registry": registry})
+
+
+def config_kind(name: str):
+    """Register a top-level schema under `kind: name`."""
+
+    def wrap(cls):
+        CONFIG_KINDS.register_module(name=name, module=cls)
+        return cls
+
+    return wrap
+
+
+class _Checker:
+    def __init__(self, sources: Sources):
+        self.sources = sources
+
+    def fail(self, key: str, value: Any, why: str):
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise ConfigError(f"{why}: key '{key}' = {shown} (from {self.sources.of(key)})")
+
+    def convert(self, value: Any, tp: Any, key: str) -> Any:
+        if tp is Any or tp is object:
+            return value
+        origin = typing.get_origin(tp)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass(value, tp, key)
+        if origin in (Union, types.UnionType):
+            options = typing.get_args(tp)
+            if value is None and type(None) in options:
+                return None
+            errors = []
+            for option in options:
+                if option is type(None):
+                    continue
+                try:
+                    return self.convert(value, option, key)
+                except ConfigError as error:
+                    errors.append(error)
+            if len(errors) == 1:
+                raise errors[0]
+            self.fail(key, value, f"wrong type, expected {_type_name(tp)}")
+        if origin is Literal:
+            if value not in typing.get_args(tp):
+                choices = ", ".join(repr(v) for v in typing.get_args(tp))
+                self.fail(key, value, f"invalid value, expected one of {choices}")
+            return value
+        if origin in (list, tuple):
+            if not isinstance(value, (list, tuple)):
+                self.fail(key, value, f"wrong type, expected a list of {_type_name(typing.get_args(tp)[0])}")
+            (item_type, *_) = typing.get_args(tp) or (Any,)
+            return [self.convert(v, item_type, f"{key}.{i}") for i, v in enumerate(value)]
+        if origin is dict or tp is dict:
+            if not isinstance(value, dict):
+                self.fail(key, value, "wrong type, expected a mapping")
+            args = typing.get_args(tp)
+            value_type = args[1] if len(args) == 2 else Any
+            return {k: self.convert(v, value_type, f"{key}.{k}") for k, v in value.items()}
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(key, value, "wrong type, expected true or false")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, value, "wrong type, expected an integer")
+            return value
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(key, value, "wrong type, expected a number")
+            return float(value)
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(key, value, "wrong type, expected a string")
+            return value
+        raise TypeError(f"schema type {tp!r} at '{key}' is not supported")
+
+    def dataclass(self, value: Any, cls: type, key: str) -> Any:
+        if not isinstance(value, dict):
+            self.fail(key, value, f"wrong type, expected a mapping ({cls.__name__})")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+        prefix = f"{key}." if key else ""
+        for name in value:
+            if name not in fields:
+                known = ", ".join(sorted(fields))
+                self.fail(f"{prefix}{name}", value[name], f"unknown key (known here: {known})")
+        kwargs = {}
+        for name, field in fields.items():
+            child = f"{prefix}{name}"
+            if name not in value:
+                required = field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING
+                if required:
+                    raise ConfigError(
+                        f"missing required key '{child}' (in the config built from {self.sources.of(key or name)})"
+                    )
+                continue
+            registry = field.metadata.get("registry")
+            if registry is not None:
+                kwargs[name] = self.part(value[name], registry, child)
+            else:
+                kwargs[name] = self.convert(value[name], hints[name], child)
+        return cls(**kwargs)
+
+    def part(self, value: Any, registry, key: str) -> dict:
+        """Check `{type: ..., **kwargs}` against the registered callable's signature."""
+        if value is None:
+            return None
+        if not isinstance(value, dict) or "type" not in value:
+            self.fail(key, value, f"expected a mapping with a 'type' naming a registered {registry.name}")
+        target = registry.get(value["type"])
+        if target is None:
+            known = ", ".join(sorted(registry.module_dict))
+            self.fail(f"{key}.type", value["type"], f"unknown {registry.name} type (registered: {known})")
+        signature = inspect.signature(target)
+        params = signature.parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        try:
+            hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
+        except Exception:
+            hints = {}
+        checked = {"type": value["type"]}
+        for name, arg in value.items():
+            if name == "type":
+                continue
+            if name not in params and not takes_any:
+                known = ", ".join(n for n in params if n not in ("self", "args", "kwargs"))
+                self.fail(f"{key}.{name}", arg, f"unknown argument of {value['type']} (accepted: {known})")
+            hint = hints.get(name, Any)
+            checked[name] = self.convert(arg, hint, f"{key}.{name}") if _checkable(hint) else arg
+        for name, param in params.items():
+            required = param.default is inspect.Parameter.empty and param.kind in (
+                inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                inspect.Parameter.KEYWORD_ONLY,
+            )
+            if required and name not in value and name != "self":
+                raise ConfigError(
+                    f"missing required key '{key}.{name}' for {value['type']} (from {self.sources.of(key)})"
+                )
+        return checked
+
+
+def _checkable(hint: Any) -> bool:
+    """Only plain data types are checked; tensors, modules and callables pass through."""
+    if hint in (int, float, str, bool, Any):
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType, list, tuple, dict, Literal):
+        return all(_checkable(a) or a is type(None) or not isinstance(a, type) for a in typing.get_args(hint))
+    return False
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def validate(data: dict, schema: type, sources: Sources | None = None) -> Any:
+    """Turn a merged config dict into an instance of the dataclass `schema`."""
+    return _Checker(sources or Sources()).dataclass(data, schema, "")
+
+
+def schema_for(data: dict, sources: Sources) -> type:
+    kind = data.get("kind")
+    if kind is None:
+        raise ConfigError(f"missing required key 'kind' (in {sources.of('kind')}); known kinds: {known_kinds()}")
+    schema = CONFIG_KINDS.get(kind)
+    if schema is None:
+        raise ConfigError(f"unknown config kind: key 'kind' = {kind!r} (from {sources.of('kind')}); known kinds: {known_kinds()}")
+    return schema
+
+
+def known_kinds() -> str:
+    return ", ".join(sorted(CONFIG_KINDS.module_dict)) or "(none registered)"
+
+
+def load(path, overrides=(), schema: type | None = None) -> Any:
+    """Load, merge, resolve and validate a config file; the one entry point commands use."""
+    data, sources = load_config(path, overrides)
+    if schema is None:
+        schema = schema_for(data, sources)
+    return validate(data, schema, sources)

@@ -1,0 +1,34 @@
+"""Install the `react` framework: `pip install -e ".[dev]"`."""
+from setuptools import find_packages, setup
+
+setup(
+    name="react",
+    version="0.1.0",
+    description="REACT: retrieval-augmented customization of vision-language models, "
+    "carried into open-vocabulary detection and segmentation",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["react_core", "react_core.*", "react_dense", "react_dense.*"]),
+    package_data={"react_core": ["modeling/model_configs/*.json", "resources/*"]},
+    install_requires=[
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "open_clip_torch>=2.24",
+        "faiss-cpu>=1.8",
+        "pycocotools>=2.0.7",
+        "mmengine>=0.10",
+        "omegaconf>=2.3",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "pillow>=10",
+        "pyarrow>=14",
+        "tqdm>=4.66",
+        "matplotlib>=3.7",
+    ],
+    extras_require={"dev": ["pytest>=7"]},
+    entry_points={
+        "console_scripts": ["react=react_core.cli:main"],
+        "react.commands": [],
+    },
+)
