@@ -1,0 +1,207 @@
+"""The one place CLIP models are created and loaded.
+
+Accepts any open_clip model name, a custom architecture given as a dict, the project's own
+small architectures (`react-tiny`, `react-small`), open_clip pretrained tags, and local
+checkpoint files. The activation (QuickGELU or GELU) is pinned from what is known about the
+weights: open_clip only warns on a mismatch, and strict key loading cannot catch it, since
+both activations have the same parameters.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import open_clip
+import torch
+
+from react_core.io import file_sha256
+from react_core.modeling.checkpoints import load_weights, read_state_dict
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+QUICKGELU_SUFFIX = "-quickgelu"
+
+# Official REACT pretrained names (`react_{base}_ret_{retrieval set}`): the base checkpoint
+# decides the activation, looked up in open_clip's own table for that base.
+REACT_BASE_TAGS = {"clip": "openai", "openclip_laion400m": "laion400m_e32", "openclip_laion2b": "laion2b"}
+
+_registered = False
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """An open_clip pretrained tag could not be fetched (no internet, unknown tag)."""
+
+
+@dataclass
+class ModelSpec:
+    """What a model is: enough to rebuild it and to check that cached embeddings match it."""
+
+    name: str
+    pretrained: str | None = None
+    weights: str | None = None
+    weights_sha256: str | None = None
+    quick_gelu: bool = False
+    config: dict = field(default_factory=dict)
+
+    def identity(self) -> dict:
+        return {
+            "model": self.name,
+            "pretrained": self.pretrained,
+            "weights_sha256": self.weights_sha256,
+            "quick_gelu": self.quick_gelu,
+            "config_sha256": _config_hash(self.config),
+        }
+
+
+@dataclass
+class ClipBundle:
+    model: torch.nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    spec: ModelSpec
+
+
+def register_project_models() -> None:
+    """Make `react-tiny` and friends known to open_clip under their names."""
+    global _registered
+    if not _registered:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
+
+
+def _config_hash(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _register_custom(config: dict) -> str:
+    """Register an architecture given as a dict; its name is derived from its content."""
+    if "vision_cfg" not in config or "text_cfg" not in config or "embed_dim" not in config:
+        raise ValueError("a custom model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
+    name = f"custom-{_config_hash(config)}"
+    folder = Path(tempfile.gettempdir()) / "react_model_configs"
+    folder.mkdir(exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(config))
+    open_clip.add_model_config(path)
+    return name
+
+
+def base_architecture(name: str) -> str:
+    return name[: -len(QUICKGELU_SUFFIX)] if name.endswith(QUICKGELU_SUFFIX) else name
+
+
+def pinned_quick_gelu(name: str, pretrained: str | None) -> bool | None:
+    """The activation known for a pretrained tag (open_clip's or REACT's), else None."""
+    if not pretrained:
+        return None
+    arch = base_architecture(name)
+    if pretrained.startswith("react_") and "_ret_" in pretrained:
+        base = pretrained[len("react_") : pretrained.index("_ret_")]
+        prefix = REACT_BASE_TAGS.get(base)
+        if prefix is None:
+            return None
+        tags = [t for t in open_clip.list_pretrained_tags_by_model(arch) if t.startswith(prefix)]
+        if not tags:
+            return None
+        return bool(open_clip.get_pretrained_cfg(arch, tags[0]).get("quick_gelu", False))
+    cfg = open_clip.get_pretrained_cfg(arch, pretrained)
+    if not cfg:
+        return None
+    return bool(cfg.get("quick_gelu", False))
+
+
+def is_torchscript_archive(path: Path) -> bool:
+    """OpenAI's released CLIP files are TorchScript archives (a zip with `code/` inside)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(part.split("/")[1:2] == ["code"] for part in archive.namelist()[:200])
+
+
+def load_clip(
+    model: str | dict = "react-tiny",
+    pretrained: str | None = None,
+    weights: str | Path | None = None,
+    *,
+    quick_gelu: bool | None = None,
+    device: str | torch.device = "cpu",
+    precision: str = "fp32",
+    cache_dir: str | None = None,
+) -> ClipBundle:
+    """Create a CLIP model with its transforms and tokenizer.
+
+    model: an open_clip name (`ViT-B-32`, `ViT-B-32-quickgelu`), `react-tiny`, or a dict with
+        `embed_dim`, `vision_cfg`, `text_cfg`.
+    pretrained: an open_clip pretrained tag (downloads on a machine with internet).
+    weights: a local file (`.pt`, `.bin`, `.safetensors`, OpenAI TorchScript, a REACT official
+        or adapter file) loaded over the architecture.
+    quick_gelu: force the activation; by default it is pinned from the tag, else from the name.
+    """
+    register_project_models()
+    config = dict(model) if isinstance(model, dict) else None
+    name = _register_custom(config) if config is not None else model
+    if weights is not None and is_torchscript_archive(Path(weights)):
+        return _load_openai_archive(name, Path(weights), device, precision)
+
+    arch = base_architecture(name)
+    pinned = pinned_quick_gelu(name, pretrained)
+    if quick_gelu is None:
+        quick_gelu = pinned if pinned is not None else name.endswith(QUICKGELU_SUFFIX)
+    elif pinned is not None and pinned != quick_gelu:
+        logging.getLogger(__name__).warning(
+            "pretrained '%s' was trained with quick_gelu=%s; using quick_gelu=%s as asked", pretrained, pinned, quick_gelu
+        )
+    if open_clip.get_model_config(arch) is None:
+        raise ValueError(f"unknown model '{name}'; known: react-tiny, react-small, or one of open_clip.list_models()")
+    try:
+        created, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
+            arch,
+            pretrained=pretrained,
+            precision=precision,
+            device=device,
+            force_quick_gelu=quick_gelu,
+            cache_dir=cache_dir,
+        )
+    except RuntimeError as error:
+        if pretrained and "download" in str(error).lower():
+            raise PretrainedUnavailableError(
+                f"could not fetch pretrained weights '{pretrained}' for {arch} ({error}); "
+                f"without internet, download them elsewhere and pass the local file with --weights PATH"
+            ) from error
+        raise
+    if weights is not None:
+        load_weights(created, read_state_dict(weights))
+    spec = ModelSpec(
+        name=arch,
+        pretrained=pretrained,
+        weights=str(weights) if weights is not None else None,
+        weights_sha256=file_sha256(weights) if weights is not None else None,
+        quick_gelu=quick_gelu,
+        config=open_clip.get_model_config(arch) or {},
+    )
+    return ClipBundle(created, preprocess_train, preprocess_val, open_clip.get_tokenizer(arch), spec)
+
+
+def _load_openai_archive(name: str, path: Path, device, precision) -> ClipBundle:
+    """OpenAI's TorchScript file: open_clip's own OpenAI path, never a pickle load."""
+    created = open_clip.load_openai_model(str(path), precision=precision, device=device)
+    size = created.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    preprocess_train = open_clip.image_transform(size, is_train=True)
+    preprocess_val = open_clip.image_transform(size, is_train=False)
+    arch = base_architecture(name)
+    spec = ModelSpec(name=arch, weights=str(path), weights_sha256=file_sha256(path), quick_gelu=True, config=open_clip.get_model_config(arch) or {})
+    return ClipBundle(created, preprocess_train, preprocess_val, open_clip.get_tokenizer(arch), spec)
+
+
+def describe(model: torch.nn.Module) -> dict[str, Any]:
+    """Trainable and frozen parameter counts, printed at the start of training."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "frozen": total - trainable, "total": total}

@@ -1,0 +1,118 @@
+"""Text embeddings of class names: the classifier weights of every zero-shot task.
+
+Zero-shot classification, per-class retrieval queries, the region-text detection head and the
+segmentation head all turn a vocabulary into CLIP text embeddings here, one way: each class
+name in each prompt template, L2-normalised, averaged over templates, normalised again (as
+CLIP does). Embeddings are cached on disk keyed by the model identity, the vocabulary and the
+templates, since the text tower is locked and they never change during customization.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from react_core.io import atomic_path
+
+_BUILTIN_TEMPLATES = ("imagenet", "simple", "none")
+
+
+class VocabularyError(ValueError):
+    """A class list or template file that cannot be used; names the file and line."""
+
+
+def builtin_templates(name: str) -> list[str]:
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
+
+    if name == "imagenet":
+        return [t("{}") for t in OPENAI_IMAGENET_TEMPLATES]
+    if name == "simple":
+        return [t("{}") for t in SIMPLE_IMAGENET_TEMPLATES]
+    if name == "none":
+        return ["{}"]
+    raise VocabularyError(f"unknown template set '{name}' (built in: {', '.join(_BUILTIN_TEMPLATES)}, or a file)")
+
+
+def load_templates(spec: str | Sequence[str]) -> list[str]:
+    """A built-in set name, a text file (one template with `{}` per line), or a list."""
+    if not isinstance(spec, str):
+        templates = list(spec)
+        source = "the template list"
+    elif spec in _BUILTIN_TEMPLATES:
+        return builtin_templates(spec)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise VocabularyError(f"templates '{spec}' is neither a built-in set ({', '.join(_BUILTIN_TEMPLATES)}) nor a file")
+        templates = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        source = str(path)
+    kept = []
+    for number, template in enumerate(templates, 1):
+        if not template.strip():
+            continue
+        if template.count("{}") != 1:
+            raise VocabularyError(f"{source}, line {number}: template {template!r} must contain '{{}}' exactly once")
+        kept.append(template)
+    if not kept:
+        raise VocabularyError(f"{source}: no templates")
+    return kept
+
+
+def imagenet_classnames() -> list[str]:
+    from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES)
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: Sequence[str], batch_size: int = 256, device=None) -> torch.Tensor:
+    """L2-normalised text embeddings, [N, D] float32."""
+    device = device or next(model.parameters()).device
+    chunks = []
+    for start in range(0, len(texts), batch_size):
+        tokens = tokenizer(list(texts[start : start + batch_size])).to(device)
+        chunks.append(torch.nn.functional.normalize(model.encode_text(tokens).float(), dim=-1))
+    if not chunks:
+        return torch.empty(0, model.text_projection.shape[-1] if hasattr(model, "text_projection") else 0)
+    return torch.cat(chunks).cpu()
+
+
+def class_embeddings(
+    model, tokenizer, classnames: Sequence[str], templates: Sequence[str], average: bool = True, batch_size: int = 256
+) -> torch.Tensor:
+    """[C, D] template-averaged class embeddings, or [C, T, D] when `average` is False."""
+    texts = [template.format(name) for name in classnames for template in templates]
+    flat = encode_texts(model, tokenizer, texts, batch_size)
+    per_template = flat.reshape(len(classnames), len(templates), -1)
+    if not average:
+        return per_template
+    return torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
+
+
+def cache_key(model_identity: dict, classnames: Sequence[str], templates: Sequence[str], average: bool = True) -> str:
+    payload = json.dumps([model_identity, list(classnames), list(templates), average], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:24]
+
+
+def cached_class_embeddings(
+    bundle, classnames: Sequence[str], templates: Sequence[str], cache_dir: str | Path | None, average: bool = True
+) -> torch.Tensor:
+    """`class_embeddings` through an on-disk cache keyed by model, vocabulary and templates.
+
+    `bundle` is a `ClipBundle`; its `spec.identity()` must change whenever the text tower's
+    weights change, which holds since weights are named by file or tag.
+    """
+    if cache_dir is None:
+        return class_embeddings(bundle.model, bundle.tokenizer, classnames, templates, average)
+    from safetensors.torch import load_file, save_file
+
+    path = Path(cache_dir) / f"text_{cache_key(bundle.spec.identity(), classnames, templates, average)}.safetensors"
+    if path.is_file():
+        return load_file(str(path))["embeddings"]
+    embeddings = class_embeddings(bundle.model, bundle.tokenizer, classnames, templates, average)
+    with atomic_path(path) as tmp:
+        save_file({"embeddings": embeddings.contiguous()}, str(tmp))
+    return embeddings
