@@ -1,0 +1,1 @@
+"""react_dense: the customized CLIP image tower in open-vocabulary detection and segmentation."""
