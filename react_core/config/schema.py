@@ -123,7 +123,7 @@ class _Checker:
                 continue
             registry = field.metadata.get("registry")
             if registry is not None:
-                kwargs[name] = self.part(value[name], registry, child)
+                kwargs[name] = self.part(_over_default(value[name], field), registry, child)
             else:
                 kwargs[name] = self.convert(value[name], hints[name], child)
         return cls(**kwargs)
@@ -164,6 +164,16 @@ class _Checker:
                     f"missing required key '{key}.{name}' for {value['type']} (from {self.sources.of(key)})"
                 )
         return checked
+
+
+def _over_default(given: Any, field: dataclasses.Field) -> Any:
+    """A partial part (`head.num_classes=5`) fills in from the field's default of the same type."""
+    if field.default_factory is dataclasses.MISSING or not isinstance(given, dict):
+        return given
+    default = field.default_factory()
+    if not isinstance(default, dict) or given.get("type", default.get("type")) != default.get("type"):
+        return given
+    return {**default, **given}
 
 
 def _checkable(hint: Any) -> bool:

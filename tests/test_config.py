@@ -1,0 +1,137 @@
+"""Configs: `_base_` merging, interpolation, overrides, and errors that name key and file."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional
+
+import pytest
+
+from react_core.cli import main
+from react_core.config import ConfigError, buildable, config_kind, load, load_config
+from react_core.registry import HEADS
+
+
+@HEADS.register_module(name="TestLinearHead", force=True)
+class LinearHead:
+    def __init__(self, in_dim: int, num_classes: int, bias: bool = True):
+        self.args = (in_dim, num_classes, bias)
+
+
+@dataclass
+class OptimSection:
+    lr: float = 1e-3
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+
+
+@config_kind("test-kind")
+@dataclass
+class ExampleConfig:
+    kind: str
+    name: str
+    steps: int = 10
+    mode: Literal["gated-image", "locked-text", "full"] = "gated-image"
+    note: Optional[str] = None
+    optim: OptimSection = field(default_factory=OptimSection)
+    head: dict = buildable(HEADS, {"type": "TestLinearHead", "in_dim": 8, "num_classes": 2})
+
+
+def write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def configs(tmp_path):
+    write(tmp_path / "base.yaml", "kind: test-kind\nname: base\nsteps: 5\noptim:\n  lr: 0.1\n")
+    write(tmp_path / "mid.yaml", "_base_: base.yaml\nname: mid-${steps}\n")
+    child = write(tmp_path / "child.yaml", "_base_: [mid.yaml]\nsteps: 7\noptim:\n  betas: [0.8, 0.9]\n")
+    return tmp_path, child
+
+
+def test_bases_merge_in_order_and_interpolation_sees_final_values(configs):
+    _, child = configs
+    cfg = load(child)
+    assert cfg.steps == 7
+    assert cfg.name == "mid-7"
+    assert cfg.optim.lr == 0.1 and cfg.optim.betas == [0.8, 0.9]
+
+
+def test_command_line_overrides_win_and_are_typed(configs):
+    _, child = configs
+    cfg = load(child, ["steps=3", "optim.lr=2e-4", "mode=full", "head.num_classes=5"])
+    assert (cfg.steps, cfg.optim.lr, cfg.mode) == (3, 2e-4, "full")
+    assert cfg.head == {"type": "TestLinearHead", "in_dim": 8, "num_classes": 5}
+
+
+def test_sources_name_the_file_that_set_each_key(configs):
+    folder, child = configs
+    _, sources = load_config(child, ["steps=1"])
+    assert sources.of("optim.lr") == str(folder / "base.yaml")
+    assert sources.of("optim.betas") == str(child)
+    assert sources.of("steps") == "the command line"
+
+
+def test_misspelt_key_names_key_value_and_file(configs):
+    folder, _ = configs
+    bad = write(folder / "bad.yaml", "_base_: base.yaml\noptim:\n  lrr: 0.5\n")
+    with pytest.raises(ConfigError) as error:
+        load(bad)
+    message = str(error.value)
+    assert "optim.lrr" in message and "0.5" in message and str(bad) in message
+
+
+def test_wrong_type_in_a_base_file_is_traced_to_that_file(configs):
+    folder, _ = configs
+    write(folder / "base2.yaml", "kind: test-kind\nname: x\nsteps: many\n")
+    child = write(folder / "child2.yaml", "_base_: base2.yaml\nname: y\n")
+    with pytest.raises(ConfigError) as error:
+        load(child)
+    message = str(error.value)
+    assert "'steps'" in message and "many" in message and str(folder / "base2.yaml") in message
+
+
+def test_missing_required_key_and_unknown_kind(tmp_path):
+    with pytest.raises(ConfigError, match="missing required key 'name'"):
+        load(write(tmp_path / "a.yaml", "kind: test-kind\n"))
+    with pytest.raises(ConfigError, match="unknown config kind"):
+        load(write(tmp_path / "b.yaml", "kind: nope\nname: x\n"))
+
+
+def test_literal_and_registry_arguments_are_checked(configs):
+    _, child = configs
+    with pytest.raises(ConfigError, match="one of"):
+        load(child, ["mode=partial"])
+    with pytest.raises(ConfigError, match="head.in_dimm"):
+        load(child, ["head.in_dimm=3"])
+    with pytest.raises(ConfigError, match="head.num_classes"):
+        load(child, ["head.num_classes=two"])
+    with pytest.raises(ConfigError, match="unknown head type"):
+        load(child, ["head.type=Missing"])
+
+
+def test_base_loop_and_bad_yaml_are_reported(tmp_path):
+    write(tmp_path / "a.yaml", "_base_: b.yaml\n")
+    write(tmp_path / "b.yaml", "_base_: a.yaml\n")
+    with pytest.raises(ConfigError, match="loop"):
+        load_config(tmp_path / "a.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path / "c.yaml", "a: [1,\n"))
+
+
+def test_cli_exits_2_with_one_line_naming_key_and_file(configs, capsys):
+    folder, child = configs
+    bad = write(folder / "bad.yaml", "_base_: child.yaml\nstepz: 3\n")
+    assert main(["config", "show", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "stepz" in err and str(bad) in err
+    assert main(["config", "show", str(child), "steps=oops"]) == 2
+    err = capsys.readouterr().err
+    assert "'steps'" in err and "oops" in err and "command line" in err
+
+
+def test_cli_show_prints_merged_yaml(configs, capsys):
+    _, child = configs
+    assert main(["config", "show", str(child), "note=hello"]) == 0
+    out = capsys.readouterr().out
+    assert "name: mid-7" in out and "note: hello" in out and "lr: 0.1" in out
