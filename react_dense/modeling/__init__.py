@@ -1,0 +1,1 @@
+"""Engine-free dense modules: CLIP backbone adapter, vocabularies, region-text classifier."""

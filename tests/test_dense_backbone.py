@@ -1,0 +1,108 @@
+"""The CLIP backbone adapter and vocabulary embeddings that every dense head builds on."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from react_core.config.common import ModelConfig
+from react_core.modeling import load_clip
+from react_dense.modeling.backbone import CLIP_MAP, ClipBackbone, load_dense_clip
+from react_dense.modeling.vocabulary import Vocabulary, parse_vocabulary, vocabulary_embeddings
+
+RESNET_TINY = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return load_clip("react-tiny")
+
+
+def test_vit_pyramid_shapes_strides_and_any_input_size(tiny):
+    backbone = ClipBackbone(tiny.model.visual, out_channels=32, emit_clip_map=True)
+    shapes = backbone.output_shape()
+    assert [(n, s.stride) for n, s in shapes.items()] == [("p1", 2), ("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32), (CLIP_MAP, 8)]
+    assert backbone.size_divisibility == 16
+    # 72x100 is not a multiple of 16 and not the 64x64 the tower was trained at.
+    features = backbone(torch.randn(2, 3, 72, 100))
+    for name, spec in shapes.items():
+        expected = (2, spec.channels, -(-80 // spec.stride), -(-112 // spec.stride))
+        assert tuple(features[name].shape) == expected, name
+
+
+def test_vit_clip_map_at_native_size_matches_the_pooled_embedding_path(tiny):
+    """At the trained size, the per-location embeddings are the tower's own projected tokens."""
+    visual = tiny.model.visual
+    backbone = ClipBackbone(visual, emit_clip_map=True).eval()
+    images = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        tokens = backbone._vit_tokens(images)
+        visual.output_tokens = True
+        _, reference = visual(images)
+        visual.output_tokens = False
+    with torch.no_grad():
+        clip_map = backbone.vit_clip_map(tokens)
+    projected_tokens = reference @ visual.proj
+    assert torch.allclose(clip_map.flatten(2).transpose(1, 2), projected_tokens, atol=1e-5)
+
+
+def test_freeze_policies(tiny):
+    frozen = ClipBackbone(load_clip("react-tiny").model.visual, freeze="frozen")
+    assert not any(p.requires_grad for p in frozen.trunk.parameters())
+    assert all(p.requires_grad for p in frozen.pyramid.parameters())
+    frozen.train()
+    assert not frozen.trunk.training and frozen.pyramid.training
+    full = ClipBackbone(load_clip("react-tiny").model.visual, freeze="full")
+    assert all(p.requires_grad for p in full.trunk.parameters())
+    with pytest.raises(ValueError, match="needs gated blocks"):
+        ClipBackbone(load_clip("react-tiny").model.visual, freeze="gated")
+    with pytest.raises(ValueError, match="freeze must be one of"):
+        ClipBackbone(load_clip("react-tiny").model.visual, freeze="partly")
+
+
+def test_modified_resnet_gives_fpn_levels_and_clip_map():
+    bundle = load_clip(RESNET_TINY)
+    backbone = ClipBackbone(bundle.model.visual, out_channels=16, emit_clip_map=True)
+    features = backbone(torch.randn(1, 3, 70, 96))
+    assert [n for n in features] == ["p2", "p3", "p4", "p5", "p6", CLIP_MAP]
+    assert features["p2"].shape[-2:] == (24, 24) and features["p5"].shape[-2:] == (3, 3)
+    assert features[CLIP_MAP].shape[1] == 32
+    from torchvision.ops import FrozenBatchNorm2d
+
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+
+
+def test_vocabulary_parsing(tmp_path):
+    assert parse_vocabulary("cat, red car ,").names == ["cat", "red car"]
+    path = tmp_path / "v.txt"
+    path.write_text("cat|kitty\n\ndog\n")
+    vocab = parse_vocabulary(str(path))
+    assert vocab.names == ["cat", "dog"] and vocab.synonyms[0] == ["cat", "kitty"]
+    lvis = Vocabulary.from_categories([{"id": 7, "name": "aerosol_can", "synonyms": ["aerosol_can", "spray_can"]}, {"id": 3, "name": "dog"}])
+    assert lvis.names == ["dog", "aerosol can"] and lvis.synonyms[1] == ["aerosol can", "spray can"]
+    assert lvis.category_ids == [3, 7]
+    path.write_text("cat\ncat|kitty\n")
+    with pytest.raises(ValueError, match="line 2"):
+        parse_vocabulary(str(path))
+
+
+def test_synonyms_are_averaged_and_cached(tiny, tmp_path):
+    vocab = Vocabulary(["cat", "dog"], [["cat", "kitty"], ["dog"]])
+    cached = vocabulary_embeddings(tiny, vocab, "simple", tmp_path)
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    words = vocabulary_embeddings(tiny, Vocabulary(["cat", "kitty", "dog"]), "simple", None)
+    expected_cat = torch.nn.functional.normalize(words[0] + words[1], dim=0)
+    assert torch.allclose(cached[0], expected_cat, atol=1e-5)
+    assert torch.allclose(cached[1], words[2], atol=1e-5)
+    assert torch.allclose(vocabulary_embeddings(tiny, vocab, "simple", tmp_path), cached)
+
+
+def test_load_dense_clip_without_adapter_is_the_plain_model():
+    torch.manual_seed(0)
+    bundle = load_dense_clip(ModelConfig(name="react-tiny"))
+    assert hasattr(bundle.model, "visual") and bundle.spec.name == "react-tiny"
