@@ -21,7 +21,9 @@ import open_clip
 import torch
 
 from react_core.io import file_sha256
-from react_core.modeling.checkpoints import load_weights, read_state_dict
+from react_core.modeling.adapters import apply_adapter, read_adapter_metadata
+from react_core.modeling.checkpoints import CheckpointError, load_weights, read_state_dict
+from react_core.modeling.gated import add_gated_blocks, gated_layers_in_state_dict
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 QUICKGELU_SUFFIX = "-quickgelu"
@@ -47,15 +49,21 @@ class ModelSpec:
     weights_sha256: str | None = None
     quick_gelu: bool = False
     config: dict = field(default_factory=dict)
+    gated_layers: list[int] = field(default_factory=list)
+    adapter: str | None = None
+    adapter_sha256: str | None = None
 
     def identity(self) -> dict:
-        return {
+        identity = {
             "model": self.name,
             "pretrained": self.pretrained,
             "weights_sha256": self.weights_sha256,
             "quick_gelu": self.quick_gelu,
             "config_sha256": _config_hash(self.config),
         }
+        if self.adapter_sha256:
+            identity["adapter_sha256"] = self.adapter_sha256
+        return identity
 
 
 @dataclass
@@ -133,6 +141,7 @@ def load_clip(
     device: str | torch.device = "cpu",
     precision: str = "fp32",
     cache_dir: str | None = None,
+    base_weights: str | Path | None = None,
 ) -> ClipBundle:
     """Create a CLIP model with its transforms and tokenizer.
 
@@ -140,14 +149,20 @@ def load_clip(
         `embed_dim`, `vision_cfg`, `text_cfg`.
     pretrained: an open_clip pretrained tag (downloads on a machine with internet).
     weights: a local file (`.pt`, `.bin`, `.safetensors`, OpenAI TorchScript, a REACT official
-        or adapter file) loaded over the architecture.
+        or full file, gated blocks detected from its keys, or one of our adapter files, applied
+        over the base model its metadata names) loaded over the architecture.
     quick_gelu: force the activation; by default it is pinned from the tag, else from the name.
+    base_weights: where the base weights of an adapter file are now, if they moved (checked
+        against the SHA-256 the adapter recorded).
     """
     register_project_models()
     config = dict(model) if isinstance(model, dict) else None
     name = _register_custom(config) if config is not None else model
     if weights is not None and is_torchscript_archive(Path(weights)):
         return _load_openai_archive(name, Path(weights), device, precision)
+    adapter = read_adapter_metadata(weights) if weights is not None else None
+    if adapter is not None:
+        return _load_with_adapter(name, pretrained, Path(weights), adapter, base_weights, device, precision, cache_dir)
 
     arch = base_architecture(name)
     pinned = pinned_quick_gelu(name, pretrained)
@@ -175,8 +190,13 @@ def load_clip(
                 f"without internet, download them elsewhere and pass the local file with --weights PATH"
             ) from error
         raise
+    layers: list[int] = []
     if weights is not None:
-        load_weights(created, read_state_dict(weights))
+        state = read_state_dict(weights)
+        layers = gated_layers_in_state_dict(state, created)
+        if layers:
+            add_gated_blocks(created, layers)
+        load_weights(created, state, source=str(weights))
     spec = ModelSpec(
         name=arch,
         pretrained=pretrained,
@@ -184,8 +204,44 @@ def load_clip(
         weights_sha256=file_sha256(weights) if weights is not None else None,
         quick_gelu=quick_gelu,
         config=open_clip.get_model_config(arch) or {},
+        gated_layers=layers,
     )
     return ClipBundle(created, preprocess_train, preprocess_val, open_clip.get_tokenizer(arch), spec)
+
+
+def _load_with_adapter(name, pretrained, path: Path, adapter: dict, base_weights, device, precision, cache_dir) -> ClipBundle:
+    """Rebuild the base model the adapter names, add its gated blocks, load its tensors strictly."""
+    if base_architecture(name) != adapter["model"]:
+        raise CheckpointError(f"{path} is an adapter for '{adapter['model']}', not for '{name}'")
+    if pretrained and pretrained != adapter["pretrained"]:
+        raise CheckpointError(f"{path} is an adapter for pretrained '{adapter['pretrained']}', not '{pretrained}'")
+    base_file = base_weights or adapter["base_weights"]
+    if base_file is not None:
+        if not Path(base_file).is_file():
+            raise CheckpointError(
+                f"{path}: its base weights {base_file} are not there; pass their new location as base_weights "
+                f"(--base-weights), a file with SHA-256 {adapter['base_weights_sha256']}"
+            )
+        if file_sha256(base_file) != adapter["base_weights_sha256"]:
+            raise CheckpointError(f"{path}: base weights {base_file} are not the file the adapter was trained on (SHA-256 differs)")
+    known = open_clip.get_model_config(adapter["model"]) is not None
+    bundle = load_clip(
+        adapter["model"] if known else adapter["model_config"],
+        adapter["pretrained"],
+        base_file,
+        quick_gelu=adapter["quick_gelu"],
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+    )
+    if bundle.spec.gated_layers:
+        raise CheckpointError(f"{path}: its base weights {base_file} already hold gated blocks")
+    add_gated_blocks(bundle.model, adapter["gated_layers"])
+    apply_adapter(bundle.model, read_state_dict(path), adapter["mode"], source=str(path))
+    bundle.spec.gated_layers = list(adapter["gated_layers"])
+    bundle.spec.adapter = str(path)
+    bundle.spec.adapter_sha256 = file_sha256(path)
+    return bundle
 
 
 def _load_openai_archive(name: str, path: Path, device, precision) -> ClipBundle:
