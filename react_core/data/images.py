@@ -1,0 +1,122 @@
+"""Reading images from files, URLs and webdataset shards, where a bad image is skipped, not fatal.
+
+Web-scale pairs always contain some corrupt, truncated or vanished images. Every reader here
+returns `None` for such a sample (and logs the first few), so a training run counts them and
+goes on instead of dying hours in.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tarfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+URL_TIMEOUT_S = 10
+_MAX_WARNINGS = 5
+
+logger = logging.getLogger(__name__)
+_warned = 0
+
+
+def _warn(source: str, error: Exception) -> None:
+    global _warned
+    if _warned < _MAX_WARNINGS:
+        logger.warning("skipping unreadable image %s (%s: %s)", source, type(error).__name__, error)
+        _warned += 1
+        if _warned == _MAX_WARNINGS:
+            logger.warning("further unreadable images are skipped silently and counted")
+
+
+def decode_image(data: bytes, source: str) -> Image.Image | None:
+    """RGB image from encoded bytes, or None when they are not a readable image."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError, SyntaxError) as error:
+        _warn(source, error)
+        return None
+
+
+def read_bytes(source: str) -> bytes | None:
+    """Bytes of a local path or an http(s)/file URL; None when missing or unreachable."""
+    try:
+        if "://" in source:
+            with urllib.request.urlopen(source, timeout=URL_TIMEOUT_S) as response:
+                return response.read()
+        with open(source, "rb") as handle:
+            return handle.read()
+    except (OSError, ValueError) as error:
+        _warn(source, error)
+        return None
+
+
+def load_image(source: str) -> Image.Image | None:
+    data = read_bytes(source)
+    return None if data is None else decode_image(data, source)
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """Where one file's bytes lie inside a tar shard, for random access without extraction."""
+
+    shard: str
+    offset: int
+    size: int
+
+
+def index_shard(path: str | Path) -> dict[str, dict[str, TarMember | bytes]]:
+    """Group a webdataset shard's files by sample key.
+
+    Returns `{key: {extension: TarMember}}`; small text members (`txt`, `json`) are read
+    right away and stored as bytes, since captions are needed up front.
+    """
+    samples: dict[str, dict[str, TarMember | bytes]] = {}
+    with tarfile.open(path, "r:*") as archive:
+        for member in archive:
+            if not member.isfile():
+                continue
+            folder, _, base = member.name.rpartition("/")
+            stem, dot, extension = base.partition(".")
+            if not dot:
+                continue
+            key = f"{folder}/{stem}" if folder else stem
+            extension = extension.lower()
+            if extension in ("txt", "json"):
+                samples.setdefault(key, {})[extension] = archive.extractfile(member).read()
+            else:
+                samples.setdefault(key, {})[extension] = TarMember(str(path), member.offset_data, member.size)
+    return samples
+
+
+class ShardReader:
+    """Reads members of tar shards by offset; one open handle per shard and per process."""
+
+    def __init__(self):
+        self._handles: dict[str, object] = {}
+        self._pid = os.getpid()
+
+    def read(self, member: TarMember) -> bytes | None:
+        if os.getpid() != self._pid:  # a DataLoader worker: do not share the parent's handles
+            self._handles, self._pid = {}, os.getpid()
+        try:
+            handle = self._handles.get(member.shard)
+            if handle is None:
+                handle = self._handles[member.shard] = open(member.shard, "rb")
+            handle.seek(member.offset)
+            data = handle.read(member.size)
+        except OSError as error:
+            _warn(f"{member.shard}@{member.offset}", error)
+            return None
+        if len(data) != member.size:
+            _warn(f"{member.shard}@{member.offset}", EOFError("truncated shard"))
+            return None
+        return data
+
+    def __getstate__(self):
+        return {"_handles": {}, "_pid": -1}

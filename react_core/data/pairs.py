@@ -1,0 +1,244 @@
+"""Image-caption pair datasets: a parquet manifest, webdataset shards, or a folder with captions.
+
+All three expose the same interface: `captions` and `ids` (lists, known before any image is
+read, so locked-text training can embed every caption once) and `__getitem__(i)` returning
+`{"image": tensor, "index": i}`, or `None` for an image that cannot be read. `PairCollate`
+drops the `None`s and counts them.
+"""
+from __future__ import annotations
+
+import glob
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch.utils.data import Dataset
+
+from react_core.data.images import IMAGE_EXTENSIONS, ShardReader, TarMember, decode_image, index_shard, load_image
+from react_core.registry import DATASETS
+
+
+class PairDataError(ValueError):
+    """A pair source that cannot be used; the message names the file, column or sample."""
+
+
+class PairDataset(Dataset):
+    """Base class: subclasses fill `captions`, `ids` and implement `load_image(i)`."""
+
+    captions: list[str]
+    ids: list[str]
+
+    def __init__(self, transform: Callable | None = None):
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def load_image(self, index: int):
+        raise NotImplementedError
+
+    def image_locations(self) -> list[str]:
+        """One string per row naming its image; rows with equal strings show the same image."""
+        return list(self.ids)
+
+    def __getitem__(self, index: int) -> dict | None:
+        image = self.load_image(index)
+        if image is None:
+            return None
+        return {"image": self.transform(image) if self.transform is not None else image, "index": index}
+
+
+def _resolve(root: Path, value: str) -> str:
+    if "://" in value:
+        return value
+    path = Path(value)
+    return str(path if path.is_absolute() else root / path)
+
+
+@DATASETS.register_module(name="PairManifest")
+class ManifestPairs(PairDataset):
+    """A parquet manifest: `caption` plus `path`, `url`, or `shard` + `key` (a webdataset member).
+
+    Relative paths and shards are read relative to `root` (default: the manifest's folder).
+    `classes`, when given, keeps only rows whose `class` column is in the list (e.g. to train on
+    a retrieved subset for a few classes of a larger task).
+    """
+
+    def __init__(
+        self,
+        manifest: str,
+        root: str | None = None,
+        classes: Sequence[str] | None = None,
+        transform: Callable | None = None,
+    ):
+        super().__init__(transform)
+        import pandas as pd
+
+        path = Path(manifest)
+        if not path.is_file():
+            raise PairDataError(f"pair manifest not found: {path}")
+        try:
+            table = pd.read_parquet(path)
+        except Exception as error:
+            raise PairDataError(f"{path}: not a readable parquet file ({type(error).__name__}: {error})") from None
+        if "caption" not in table.columns:
+            raise PairDataError(f"{path}: no 'caption' column (columns: {', '.join(table.columns)})")
+        if classes is not None:
+            if "class" not in table.columns:
+                raise PairDataError(f"{path}: 'classes' was given but the manifest has no 'class' column")
+            table = table[table["class"].isin(list(classes))]
+        root_dir = Path(root) if root is not None else path.parent
+        self.source = str(path)
+        self.captions = [str(c) for c in table["caption"]]
+        self.ids = [str(i) for i in (table["id"] if "id" in table.columns else table.index)]
+        self._reader = ShardReader()
+        self._locations: list[str | TarMember | None]
+        if "path" in table.columns or "url" in table.columns:
+            paths = table["path"] if "path" in table.columns else [None] * len(table)
+            urls = table["url"] if "url" in table.columns else [None] * len(table)
+            self._locations = [
+                _resolve(root_dir, str(p)) if isinstance(p, str) and p else (str(u) if isinstance(u, str) and u else None)
+                for p, u in zip(paths, urls)
+            ]
+        elif {"shard", "key"} <= set(table.columns):
+            self._locations = self._shard_members(root_dir, table["shard"], table["key"])
+        else:
+            raise PairDataError(
+                f"{path}: needs a 'path' or 'url' column, or 'shard' and 'key' (columns: {', '.join(table.columns)})"
+            )
+
+    def _shard_members(self, root: Path, shards, keys) -> list[TarMember | None]:
+        indexes: dict[str, dict] = {}
+        members = []
+        for shard, key in zip(shards, keys):
+            shard_path = _resolve(root, str(shard))
+            if shard_path not in indexes:
+                if not Path(shard_path).is_file():
+                    raise PairDataError(f"{self.source}: shard not found: {shard_path}")
+                indexes[shard_path] = index_shard(shard_path)
+            entry = indexes[shard_path].get(str(key), {})
+            members.append(next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
+        return members
+
+    def image_locations(self) -> list[str]:
+        return [
+            f"{loc.shard}@{loc.offset}" if isinstance(loc, TarMember) else str(loc) if loc else f"missing:{i}"
+            for i, loc in enumerate(self._locations)
+        ]
+
+    def load_image(self, index: int):
+        location = self._locations[index]
+        if location is None:
+            return None
+        if isinstance(location, TarMember):
+            data = self._reader.read(location)
+            return None if data is None else decode_image(data, f"{location.shard}:{self.ids[index]}")
+        return load_image(location)
+
+
+def expand_shards(shards: str | Sequence[str]) -> list[str]:
+    """Glob patterns (or plain paths) to a sorted list of existing shard files."""
+    patterns = [shards] if isinstance(shards, str) else list(shards)
+    found: list[str] = []
+    for pattern in patterns:
+        matches = sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        for match in matches:
+            if not Path(match).is_file():
+                raise PairDataError(f"webdataset shard not found: {match}")
+        if not matches:
+            raise PairDataError(f"no webdataset shards match {pattern!r}")
+        found.extend(matches)
+    return found
+
+
+@DATASETS.register_module(name="WebDatasetPairs")
+class WebDatasetPairs(PairDataset):
+    """Webdataset tar shards (`KEY.jpg` + `KEY.txt`, optional `KEY.json`), read by random access.
+
+    The shards are indexed once (member offsets), so samples can be shuffled and a resumed run
+    can start at any position without reading what came before. A sample without a caption is
+    left out at indexing; one without an image counts as skipped.
+    """
+
+    def __init__(self, shards: str | list[str], transform: Callable | None = None):
+        super().__init__(transform)
+        self.captions, self.ids, self._members = [], [], []
+        self._reader = ShardReader()
+        for shard in expand_shards(shards):
+            for key, entry in index_shard(shard).items():
+                meta = json.loads(entry["json"]) if "json" in entry else {}
+                caption = entry["txt"].decode("utf-8").strip() if "txt" in entry else meta.get("caption")
+                if caption is None:
+                    continue
+                self.captions.append(caption)
+                self.ids.append(str(meta.get("id", key)))
+                self._members.append(next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
+
+    def load_image(self, index: int):
+        member = self._members[index]
+        if member is None:
+            return None
+        data = self._reader.read(member)
+        return None if data is None else decode_image(data, f"{member.shard}:{self.ids[index]}")
+
+
+@DATASETS.register_module(name="CaptionedFolder")
+class CaptionedFolderPairs(PairDataset):
+    """A folder of images, each with a caption in a `.txt` file of the same name beside it."""
+
+    def __init__(self, root: str, transform: Callable | None = None):
+        super().__init__(transform)
+        folder = Path(root)
+        if not folder.is_dir():
+            raise PairDataError(f"caption folder not found: {folder}")
+        self.captions, self.ids, self._paths = [], [], []
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS):
+            caption_file = path.with_suffix(".txt")
+            if not caption_file.is_file():
+                continue
+            self.captions.append(caption_file.read_text(encoding="utf-8").strip())
+            self.ids.append(str(path.relative_to(folder).with_suffix("")))
+            self._paths.append(str(path))
+        if not self._paths:
+            raise PairDataError(f"{folder}: no image with a .txt caption beside it")
+
+    def load_image(self, index: int):
+        return load_image(self._paths[index])
+
+
+def build_pairs(spec: dict, transform: Callable | None = None) -> PairDataset:
+    """Build a pair dataset from `{type: PairManifest|WebDatasetPairs|CaptionedFolder, ...}`."""
+    return DATASETS.build({**spec, "transform": transform})
+
+
+class PairCollate:
+    """Stack the readable samples of a batch; count the unreadable ones under `skipped`.
+
+    The text side comes as precomputed `text_features` (rows of `caption_embeddings`, when the
+    text tower is locked) or as tokenized captions `texts` (with a `tokenizer`).
+    """
+
+    def __init__(
+        self,
+        captions: Sequence[str] | None = None,
+        tokenizer: Callable | None = None,
+        caption_embeddings: torch.Tensor | None = None,
+    ):
+        self.captions = captions
+        self.tokenizer = tokenizer
+        self.caption_embeddings = caption_embeddings
+
+    def __call__(self, samples: list[dict | None]) -> dict:
+        kept = [s for s in samples if s is not None]
+        index = torch.tensor([s["index"] for s in kept], dtype=torch.long)
+        batch = {
+            "images": torch.stack([s["image"] for s in kept]) if kept else torch.empty(0),
+            "index": index,
+            "skipped": len(samples) - len(kept),
+        }
+        if self.caption_embeddings is not None:
+            batch["text_features"] = self.caption_embeddings[index]
+        elif self.tokenizer is not None:
+            batch["texts"] = self.tokenizer([self.captions[i] for i in index.tolist()])
+        return batch

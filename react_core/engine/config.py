@@ -1,0 +1,101 @@
+"""Config schemas of `react customize` (kind: customize) and `react pretrain` (kind: pretrain)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import List, Literal, Optional
+
+from react_core.config import ConfigError, buildable, config_kind
+from react_core.config.common import ModelConfig
+from react_core.registry import DATASETS
+
+
+@dataclass
+class WorldConfig:
+    """A synthetic world to generate first when `dir` has none (demo and tests)."""
+
+    dir: str
+    preset: str = "demo"
+    seed: int = 0
+
+
+@dataclass
+class GatedConfig:
+    """Where the gated blocks go: explicit `layers`, or the last `k` blocks (default: REACT's k)."""
+
+    layers: Optional[List[int]] = None
+    k: Optional[int] = None
+    checkpointing: bool = False
+
+
+@dataclass
+class DataConfig:
+    """Training pairs: a PairManifest, WebDatasetPairs or CaptionedFolder."""
+
+    train: dict = buildable(DATASETS)
+    augmentation: Literal["none", "open_clip", "official"] = "open_clip"
+    batch_size: int = 64
+    workers: int = 0
+    text_embeddings: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: AdamW (betas, eps), warm-up + cosine, AMP on GPU, stop after iterations or epochs."""
+
+    mode: Literal["gated-image", "locked-text", "full"] = "gated-image"
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
+    eps: float = 1e-6
+    warmup_iters: int = 5000
+    max_iters: Optional[int] = None
+    epochs: Optional[float] = None
+    amp: Literal["float16", "bfloat16", "none"] = "float16"
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    log_interval: int = 10
+    checkpoint_interval: int = 1000
+
+    def total_iters(self, samples: int, global_batch: int) -> int:
+        if (self.max_iters is None) == (self.epochs is None):
+            raise ConfigError("set exactly one of train.max_iters and train.epochs")
+        if self.max_iters is not None:
+            return self.max_iters
+        return max(1, round(self.epochs * samples / global_batch))
+
+
+@dataclass
+class ZeroShotConfig:
+    """Held-out labelled images for zero-shot top-1 before and after training."""
+
+    classes: str
+    images: str
+    templates: str = "simple"
+    batch_size: int = 256
+
+
+@dataclass
+class _RunConfig:
+    kind: str
+    data: DataConfig
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: Optional[ZeroShotConfig] = None
+    world: Optional[WorldConfig] = None
+    out: Optional[str] = None
+
+
+@config_kind("customize")
+@dataclass
+class CustomizeConfig(_RunConfig):
+    """Customize a CLIP on image-text pairs; `base_pretrain` names a pretrain config whose (cached)
+    result is the base model, in place of `model.weights`."""
+
+    gated: GatedConfig = field(default_factory=GatedConfig)
+    base_pretrain: Optional[str] = None
+
+
+@config_kind("pretrain")
+@dataclass
+class PretrainConfig(_RunConfig):
+    """Train a CLIP from scratch (both towers, mode full) on a generic pair set."""

@@ -1,0 +1,74 @@
+"""mmengine hooks for contrastive training: throughput, logit-scale clamp, safe checkpoints."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import torch
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+MAX_LOGIT_SCALE = math.log(100)
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if is_model_wrapper(model) else model
+
+
+class ThroughputHook(Hook):
+    """Logs images/s (all ranks together) and the running count of skipped, unreadable images.
+
+    The count comes from the `skipped` entry that `PairCollate` puts in each batch; the hook
+    takes it out before the batch reaches the model.
+    """
+
+    priority = "HIGH"
+
+    def __init__(self):
+        self.skipped = 0
+        self._images = 0
+        self._start = None
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if self._start is None:
+            self._start = time.perf_counter()
+        self.skipped += int(data_batch.pop("skipped", 0)) * runner.world_size
+        self._images = int(len(data_batch["images"])) * runner.world_size
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        now = time.perf_counter()
+        runner.message_hub.update_scalar("train/images_per_s", self._images / max(now - self._start, 1e-9))
+        runner.message_hub.update_scalar("train/skipped", self.skipped)
+        self._start = now
+
+
+class ClampLogitScaleHook(Hook):
+    """Clamp `logit_scale` to [0, ln 100] after every optimizer step, as CLIP does."""
+
+    priority = "LOW"
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        with torch.no_grad():
+            unwrap(runner.model).logit_scale.clamp_(0, MAX_LOGIT_SCALE)
+
+
+class SafeCheckpointHook(Hook):
+    """Every `interval` iterations and at the end: the resumable checkpoint, then `export()`.
+
+    `export` writes the user-facing weights (an adapter or a full state dict) on the main
+    process; the resumable checkpoint is `SafeRunner.save_checkpoint`'s.
+    """
+
+    priority = "VERY_LOW"
+
+    def __init__(self, interval: int, export: Callable[[], None] | None = None):
+        self.interval = interval
+        self.export = export
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        done = runner.iter + 1
+        if done % self.interval == 0 or done == runner.max_iters:
+            runner.save_checkpoint(runner.work_dir, "checkpoint_last.pt", by_epoch=False)
+            if self.export is not None and runner.rank == 0:
+                self.export()

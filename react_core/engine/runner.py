@@ -1,0 +1,133 @@
+"""mmengine's Runner with checkpointing and resume of our own, safe to load.
+
+mmengine 0.10.7 resumes through `torch.load` without `weights_only`, which fails on
+PyTorch >= 2.6 (and would unpickle arbitrary objects). Our checkpoint holds only tensors and
+plain containers: the trainable tensors, optimizer and scheduler states, the iteration and
+the random states, and is read back with `weights_only=True`. Resuming also restores the
+data position exactly: `ResumableIterBasedTrainLoop` starts the sampler where the
+interrupted run stopped instead of re-reading every batch before it.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.registry import LOOPS
+from mmengine.runner import IterBasedTrainLoop, Runner
+from mmengine.runner.loops import _InfiniteDataloaderIterator
+
+from react_core.engine.hooks import unwrap
+from react_core.io import atomic_path
+
+CHECKPOINT_NAME = "checkpoint_last.pt"
+
+
+class ResumeError(ValueError):
+    """A checkpoint that cannot resume this run; the message names the file and why."""
+
+
+@LOOPS.register_module()
+class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
+    """IterBasedTrainLoop that, when resumed, moves the sampler instead of replaying batches."""
+
+    def run(self) -> torch.nn.Module:
+        if self._iter > 0:
+            sampler = self.dataloader.sampler
+            if not hasattr(sampler, "start_at"):
+                raise ResumeError("resuming needs a ResumableSampler in the training dataloader")
+            sampler.start_at(self._iter * self.dataloader.batch_size)
+            self.dataloader_iterator = _InfiniteDataloaderIterator(self.dataloader)
+        self.runner.call_hook("before_train")
+        self.runner.call_hook("before_train_epoch")
+        while self._iter < self._max_iters and not self.stop_training:
+            self.runner.model.train()
+            self.run_iter(next(self.dataloader_iterator))
+        self.runner.call_hook("after_train_epoch")
+        self.runner.call_hook("after_train")
+        return self.runner.model
+
+
+def _random_states() -> dict:
+    numpy_state = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
+        "numpy_pos": int(numpy_state[2]),
+        "python": list(random.getstate()[1]),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _restore_random_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"])
+    np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), states["numpy_pos"], 0, 0.0))
+    random.setstate((3, tuple(states["python"]), None))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class SafeRunner(Runner):
+    """Runner whose checkpoints are weights-only files and whose resume reads them safely.
+
+    `run_identity` (any JSON-able dict, e.g. the config hash and base model identity) is stored
+    in each checkpoint; resuming from a checkpoint of a different run is an error.
+    """
+
+    def __init__(self, *args, run_identity: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.run_identity = dict(run_identity or {})
+
+    def checkpoint_path(self) -> Path:
+        return Path(self.work_dir) / CHECKPOINT_NAME
+
+    def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True,
+                        save_param_scheduler=True, meta=None, by_epoch=False, backend_args=None):
+        if self.rank != 0:
+            return
+        model = unwrap(self.model)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        checkpoint = {
+            "meta": {"iter": self.iter + 1, "epoch": self.epoch, "seed": self.seed, "run": self.run_identity},
+            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if k in trainable},
+            "optimizer": self.optim_wrapper.state_dict(),
+            "param_schedulers": [s.state_dict() for s in self.param_schedulers or []],
+            "random": _random_states(),
+        }
+        with atomic_path(Path(out_dir) / filename) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_or_resume(self) -> None:
+        if self._has_loaded:
+            return
+        if self._resume and self.checkpoint_path().is_file():
+            self.resume(str(self.checkpoint_path()))
+        self._has_loaded = True
+
+    def resume(self, filename, resume_optimizer=True, resume_param_scheduler=True, map_location="cpu") -> None:
+        try:
+            checkpoint = torch.load(filename, map_location="cpu", weights_only=True)
+        except Exception as error:
+            raise ResumeError(f"{filename}: not a readable checkpoint ({type(error).__name__}: {error})") from None
+        saved_run = checkpoint["meta"].get("run", {})
+        if saved_run != self.run_identity:
+            changed = sorted(k for k in saved_run.keys() | self.run_identity.keys() if saved_run.get(k) != self.run_identity.get(k))
+            raise ResumeError(
+                f"{filename} belongs to a different run (differs in: {', '.join(changed)}); "
+                "use another output folder or start over"
+            )
+        model = unwrap(self.model)
+        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+        if set(checkpoint["state_dict"]) != trainable:
+            raise ResumeError(f"{filename}: its tensors are not the trainable tensors of this model")
+        model.load_state_dict(checkpoint["state_dict"], strict=False)
+        self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
+        for scheduler, state in zip(self.param_schedulers or [], checkpoint["param_schedulers"]):
+            scheduler.load_state_dict(state)
+        _restore_random_states(checkpoint["random"])
+        self.train_loop._iter = checkpoint["meta"]["iter"]
+        self.train_loop._epoch = checkpoint["meta"]["epoch"]
+        self.logger.info(f"resumed from {filename} at iteration {self.train_loop._iter}")

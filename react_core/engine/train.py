@@ -1,0 +1,94 @@
+"""One contrastive training run on mmengine's Runner: the engine behind pretrain and customize."""
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import DataLoader
+
+from react_core.data import PairCollate, PairDataset, ResumableSampler
+from react_core.engine.hooks import ClampLogitScaleHook, SafeCheckpointHook, ThroughputHook
+from react_core.engine.model import ContrastiveCLIP
+from react_core.engine.optim import build_optim_wrapper, warmup_cosine
+from react_core.engine.runner import SafeRunner
+
+_run_counter = itertools.count()
+
+
+def distributed_context() -> tuple[str, int, int]:
+    """(launcher, rank, world size); starts the process group when launched by torchrun."""
+    from mmengine.dist import get_dist_info, init_dist, is_distributed
+
+    launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
+    if launcher == "pytorch" and not is_distributed():
+        init_dist("pytorch", backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world_size = get_dist_info()
+    return launcher, rank, world_size
+
+
+def train_contrastive(
+    clip: torch.nn.Module,
+    dataset: PairDataset,
+    *,
+    mode: str,
+    train,
+    data,
+    work_dir: str | Path,
+    run_identity: dict,
+    tokenizer: Callable | None = None,
+    caption_embeddings: torch.Tensor | None = None,
+    export: Callable[[], None] | None = None,
+) -> dict:
+    """Train `clip` (its `requires_grad` flags already set for `mode`) on `dataset`; resumes from
+    `work_dir` when it holds a checkpoint of the same `run_identity`.
+
+    `train` and `data` are the `TrainConfig` and `DataConfig` of the run. Returns the number of
+    iterations, the images skipped as unreadable, and the wall time of this call.
+    """
+    launcher, rank, world_size = distributed_context()
+    text_locked = mode != "full"
+    if text_locked and caption_embeddings is None:
+        raise ValueError(f"mode {mode!r} locks the text tower: pass the caption embeddings")
+    model = ContrastiveCLIP(clip, text_locked=text_locked, rank=rank, world_size=world_size)
+    collate = PairCollate(dataset.captions, None if text_locked else tokenizer, caption_embeddings if text_locked else None)
+    loader = DataLoader(
+        dataset,
+        batch_size=data.batch_size,
+        sampler=ResumableSampler(len(dataset), seed=train.seed, rank=rank, world_size=world_size),
+        num_workers=data.workers,
+        collate_fn=collate,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=data.workers > 0,
+    )
+    max_iters = train.total_iters(len(dataset), data.batch_size * world_size)
+    amp = train.amp if torch.cuda.is_available() and train.amp != "none" else None
+    throughput = ThroughputHook()
+    runner = SafeRunner(
+        model=model,
+        work_dir=str(work_dir),
+        experiment_name=f"{mode}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_{next(_run_counter)}",
+        train_dataloader=loader,
+        train_cfg=dict(type="ResumableIterBasedTrainLoop", max_iters=max_iters),
+        optim_wrapper=build_optim_wrapper(
+            model, train.lr, train.weight_decay, train.betas, train.eps, amp=amp, grad_clip=train.grad_clip
+        ),
+        param_scheduler=warmup_cosine(max_iters, train.warmup_iters),
+        default_hooks=dict(
+            logger=dict(type="LoggerHook", interval=train.log_interval),
+            checkpoint=None,
+            sampler_seed=None,
+        ),
+        custom_hooks=[throughput, ClampLogitScaleHook(), SafeCheckpointHook(train.checkpoint_interval, export)],
+        log_processor=dict(by_epoch=False, window_size=train.log_interval),
+        launcher=launcher,
+        randomness=dict(seed=train.seed),
+        resume=True,
+        run_identity=run_identity,
+    )
+    start = time.perf_counter()
+    runner.train()
+    return {"iters": max_iters, "skipped_images": throughput.skipped, "train_seconds": time.perf_counter() - start}
