@@ -5,7 +5,7 @@ import itertools
 import os
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader
@@ -42,12 +42,14 @@ def train_contrastive(
     tokenizer: Callable | None = None,
     caption_embeddings: torch.Tensor | None = None,
     export: Callable[[], None] | None = None,
+    hooks: Sequence = (),
 ) -> dict:
     """Train `clip` (its `requires_grad` flags already set for `mode`) on `dataset`; resumes from
     `work_dir` when it holds a checkpoint of the same `run_identity`.
 
-    `train` and `data` are the `TrainConfig` and `DataConfig` of the run. Returns the number of
-    iterations, the images skipped as unreadable, and the wall time of this call.
+    `train` and `data` are the `TrainConfig` and `DataConfig` of the run; `hooks` are extra
+    mmengine hooks. Returns the number of iterations, the images skipped as unreadable, the final
+    learning rate and the wall time of this call.
     """
     launcher, rank, world_size = distributed_context()
     text_locked = mode != "full"
@@ -82,7 +84,7 @@ def train_contrastive(
             checkpoint=None,
             sampler_seed=None,
         ),
-        custom_hooks=[throughput, ClampLogitScaleHook(), SafeCheckpointHook(train.checkpoint_interval, export)],
+        custom_hooks=[throughput, ClampLogitScaleHook(), SafeCheckpointHook(train.checkpoint_interval, export), *hooks],
         log_processor=dict(by_epoch=False, window_size=train.log_interval),
         launcher=launcher,
         randomness=dict(seed=train.seed),
@@ -91,4 +93,9 @@ def train_contrastive(
     )
     start = time.perf_counter()
     runner.train()
-    return {"iters": max_iters, "skipped_images": throughput.skipped, "train_seconds": time.perf_counter() - start}
+    return {
+        "iters": max_iters,
+        "skipped_images": throughput.skipped,
+        "final_lr": runner.optim_wrapper.get_lr()["lr"][0],
+        "train_seconds": time.perf_counter() - start,
+    }

@@ -1,0 +1,65 @@
+"""`react customize --config CONFIG [--out DIR] [key=value ...]`: REACT customization of a CLIP."""
+from __future__ import annotations
+
+import contextlib
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "customize",
+        help="train gated blocks (or the image tower) of a frozen CLIP on image-text pairs",
+        description="Freeze a CLIP and train it on image-text pairs with the contrastive loss. Modes "
+        "(train.mode): gated-image (new gated blocks and logit_scale train; the REACT recipe), locked-text "
+        "(the whole image tower trains), full. With the text tower locked, caption embeddings are computed "
+        "once (or reused from data.text_embeddings after checking the model identity) and the text tower "
+        "never runs in a training step. Writes to --out: adapter.safetensors (or model.safetensors in full "
+        "mode), checkpoint_last.pt (resume: run the same command again), the mmengine log, config.yaml, "
+        "and metrics.json with zeroshot_top1_before/after when the config has an eval: section. "
+        "Under torchrun, trains with DDP.",
+    )
+    parser.add_argument("--config", required=True, help="a YAML config of kind: customize")
+    parser.add_argument("--out", help="output folder (default: the config's `out`)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=1e-4")
+    parser.set_defaults(handler=run)
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Turn the data, checkpoint and vocabulary errors of a run into one-line user errors."""
+    from react_core.cli import UserError
+    from react_core.data import PairDataError
+    from react_core.engine.caption_embeddings import EmbeddingFolderError
+    from react_core.engine.runner import ResumeError
+    from react_core.modeling import CheckpointError
+    from react_core.modeling.text import VocabularyError
+
+    try:
+        yield
+    except (PairDataError, EmbeddingFolderError, ResumeError, CheckpointError, VocabularyError) as error:
+        raise UserError(str(error)) from None
+
+
+def output_folder(args, cfg, command: str) -> str:
+    from react_core.cli import UserError
+
+    out = args.out or cfg.out
+    if out is None:
+        raise UserError(f"no output folder: pass --out DIR (or set `out:` in {args.config}) for react {command}")
+    return out
+
+
+def run(args) -> int:
+    import json
+
+    from react_core.config import load
+    from react_core.engine.config import CustomizeConfig
+    from react_core.engine.customize import METRICS_FILE, customize
+
+    cfg = load(args.config, args.overrides, schema=CustomizeConfig)
+    out = output_folder(args, cfg, "customize")
+    with user_errors():
+        metrics = customize(cfg, out)
+    shown = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
+    print(json.dumps(shown, indent=2))
+    print(f"wrote {out}/{METRICS_FILE}")
+    return 0

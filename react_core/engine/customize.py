@@ -1,0 +1,104 @@
+"""REACT customization: freeze a CLIP, train new modules on image-text pairs, measure zero-shot.
+
+`gated-image` adds gated blocks to the image tower and trains them (and `logit_scale`);
+`locked-text` trains the whole image tower; both keep the text tower locked, so caption
+embeddings are computed once (or reused from the retrieval stage) and the text tower never runs
+in a training step. `full` trains everything.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from react_core.engine.common import config_hash, ensure_world, training_device, zeroshot
+from react_core.io import atomic_write_json, atomic_write_text
+
+ADAPTER_FILE = "adapter.safetensors"
+FULL_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
+
+logger = logging.getLogger("react")
+
+
+def base_model_config(cfg):
+    """The ModelConfig to start from: `model`, with the weights of `base_pretrain` when it is set."""
+    if cfg.base_pretrain is None:
+        return cfg.model
+    from react_core.config import load
+    from react_core.engine.pretrain import pretrain
+
+    pretrain_cfg = load(cfg.base_pretrain)
+    if pretrain_cfg.out is None:
+        from react_core.config import ConfigError
+
+        raise ConfigError(f"{cfg.base_pretrain}: a base_pretrain config needs 'out' (where its cached model lives)")
+    weights = pretrain(pretrain_cfg, pretrain_cfg.out)
+    return dataclasses.replace(pretrain_cfg.model, weights=str(weights))
+
+
+def customize(cfg, out: str | Path) -> dict:
+    """Run a `CustomizeConfig` into `out` (resuming if `out` holds its checkpoint); returns the metrics."""
+    from react_core.config import to_yaml
+    from react_core.data import build_pairs, train_transform
+    from react_core.engine.caption_embeddings import caption_embeddings, embeddings_from_folder
+    from react_core.engine.train import train_contrastive
+    from react_core.modeling import add_gated_blocks, save_adapter, save_full, set_trainable
+
+    out = Path(out)
+    mode = cfg.train.mode
+    ensure_world(cfg.world)
+    model_cfg = base_model_config(cfg)
+    bundle = model_cfg.load()
+    base_identity = bundle.spec.identity()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))
+    cache = out / "cache"
+    device = training_device()
+    bundle.model.to(device)
+    before = zeroshot(bundle, cfg.eval, cache, device)
+
+    layers = []
+    if mode == "gated-image":
+        layers = add_gated_blocks(bundle.model, cfg.gated.layers, cfg.gated.k, cfg.gated.checkpointing)
+    counts = set_trainable(bundle.model, mode)
+    logger.info("customizing %s (%s): %s, gated layers %s", bundle.spec.name, mode, counts, layers)
+
+    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
+    captions = None
+    if mode != "full":
+        if cfg.data.text_embeddings:
+            captions = embeddings_from_folder(cfg.data.text_embeddings, dataset.ids, base_identity)
+        else:
+            captions = caption_embeddings(bundle, dataset.captions, cache)
+        bundle.model.cpu()  # the runner moves what trains back; a locked text tower stays off the accelerator
+
+    def export():
+        if mode == "full" or not (bundle.spec.pretrained or bundle.spec.weights):
+            save_full(bundle.model, out / FULL_FILE)
+        else:
+            save_adapter(bundle.model, out / ADAPTER_FILE, spec=bundle.spec, mode=mode, layers=layers)
+
+    summary = train_contrastive(
+        bundle.model,
+        dataset,
+        mode=mode,
+        train=cfg.train,
+        data=cfg.data,
+        work_dir=out,
+        run_identity={"config": config_hash(cfg), "base": base_identity},
+        tokenizer=bundle.tokenizer,
+        caption_embeddings=captions,
+        export=export,
+    )
+    after = zeroshot(bundle, cfg.eval, None if mode == "full" else cache, device)
+    metrics = {"mode": mode, "pairs": len(dataset), "gated_layers": layers, **counts, **summary}
+    if before is not None:
+        metrics.update(
+            zeroshot_top1_before=before["top1"],
+            zeroshot_top1_after=after["top1"],
+            zeroshot_before=before,
+            zeroshot_after=after,
+        )
+    atomic_write_json(out / METRICS_FILE, metrics)
+    return metrics

@@ -1,0 +1,68 @@
+"""Pretraining a small CLIP from scratch: the base model of the synthetic world.
+
+CLIP knows the web a little before REACT customizes it; our base model must likewise know the
+synthetic world a little (zero-shot on the task clearly above chance, well below perfect), so
+that customization has something to improve. It is trained on a generic slice of the corpus in
+which the target concepts are rare, with full contrastive training of both towers, and cached:
+a second run with the same config and data returns the saved weights at once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from react_core.engine.common import config_hash, ensure_world, pairs_fingerprint, training_device, zeroshot
+from react_core.io import atomic_write_json, atomic_write_text
+
+MODEL_FILE = "model.safetensors"
+SUMMARY_FILE = "pretrain.json"
+
+logger = logging.getLogger("react")
+
+
+def cached_pretrain(out: str | Path, key: str) -> Path | None:
+    summary = Path(out) / SUMMARY_FILE
+    weights = Path(out) / MODEL_FILE
+    if summary.is_file() and weights.is_file() and json.loads(summary.read_text()).get("cache_key") == key:
+        return weights
+    return None
+
+
+def pretrain(cfg, out: str | Path) -> Path:
+    """Train (or resume, or return the cached result of) a `PretrainConfig`; returns the weights file."""
+    from react_core.config import to_yaml
+    from react_core.data import build_pairs, train_transform
+    from react_core.engine.train import train_contrastive
+    from react_core.modeling import save_full, set_trainable
+
+    out = Path(out)
+    ensure_world(cfg.world)
+    if cfg.model.weights or cfg.model.pretrained:
+        logger.warning("pretrain starts from %s, not from scratch", cfg.model.weights or cfg.model.pretrained)
+    bundle = cfg.model.load()
+    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
+    key = f"{config_hash(cfg)}-{pairs_fingerprint(dataset)}"
+    cached = cached_pretrain(out, key)
+    if cached is not None:
+        logger.info("pretrained model for this config is cached: %s", cached)
+        return cached
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))
+    counts = set_trainable(bundle.model, "full")
+    logger.info("pretraining %s from scratch on %d pairs: %s", bundle.spec.name, len(dataset), counts)
+    summary = train_contrastive(
+        bundle.model,
+        dataset,
+        mode="full",
+        train=cfg.train,
+        data=cfg.data,
+        work_dir=out,
+        run_identity={"cache_key": key},
+        tokenizer=bundle.tokenizer,
+        export=lambda: save_full(bundle.model, out / MODEL_FILE),
+    )
+    metrics = zeroshot(bundle, cfg.eval, None, training_device())
+    atomic_write_json(out / SUMMARY_FILE, {"cache_key": key, "pairs": len(dataset), "zeroshot": metrics, **summary})
+    return out / MODEL_FILE
