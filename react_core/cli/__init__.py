@@ -17,6 +17,9 @@ from react_core.config import ConfigError
 CORE_COMMANDS = [
     "react_core.cli.config_cmd",
     "react_core.cli.synth_cmd",
+    "react_core.cli.pretrain_cmd",
+    "react_core.cli.customize_cmd",
+    "react_core.cli.eval_cmd",
 ]
 
 
