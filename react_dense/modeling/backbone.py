@@ -27,49 +27,21 @@ from react_core.registry import BACKBONES
 
 FREEZE_POLICIES = ("frozen", "gated", "full")
 CLIP_MAP = "clip"
-GATED_KEY = ".gated_attn_block."
 
 
 def load_dense_clip(model, adapter: Optional[str] = None):
-    """Load the CLIP for a dense model: `model` is a `ModelConfig`; `adapter` a customization file.
+    """Load the CLIP for a dense model: `model` is a `ModelConfig`; `adapter` a `react customize` file.
 
-    The adapter (safetensors from `react customize`) holds only the tensors customization trained,
-    under full-model key names; gated blocks are added to the tower first when it has them.
+    With an adapter, `model.weights` (if set) is where the adapter's base weights live now.
     Returns the `ClipBundle`.
     """
-    bundle = model.load()
-    if adapter:
-        apply_adapter(bundle.model, adapter)
-    return bundle
+    if not adapter:
+        return model.load()
+    from react_core.modeling import load_clip
 
-
-def apply_adapter(clip_model: nn.Module, path: str) -> None:
-    """Load an adapter file over a base CLIP; every adapter key must exist in the model."""
-    from pathlib import Path
-
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from react_core.modeling.checkpoints import CheckpointError
-
-    if not Path(path).is_file():
-        raise CheckpointError(f"adapter file not found: {path}")
-    with safe_open(path, framework="pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = load_file(path)
-    if any(GATED_KEY in f".{k}" for k in tensors) and not any(GATED_KEY in f".{k}" for k in clip_model.state_dict()):
-        from react_core.modeling.gated import add_gated_blocks
-
-        layers = sorted({int(k.split(".resblocks.")[1].split(".")[0]) for k in tensors if GATED_KEY in f".{k}"})
-        add_gated_blocks(clip_model, layers=layers)
-    own = clip_model.state_dict()
-    unknown = sorted(k for k in tensors if k not in own)
-    if unknown:
-        raise CheckpointError(f"{path}: adapter keys not in the model ({metadata.get('base', 'unknown base')}): {', '.join(unknown[:5])}")
-    wrong = sorted(k for k, v in tensors.items() if v.shape != own[k].shape)
-    if wrong:
-        raise CheckpointError(f"{path}: adapter tensors of the wrong shape: {', '.join(wrong[:5])}")
-    clip_model.load_state_dict({k: v.to(own[k].dtype) for k, v in tensors.items()}, strict=False)
+    return load_clip(
+        model.architecture or model.name, model.pretrained, adapter, quick_gelu=model.quick_gelu, base_weights=model.weights
+    )
 
 
 class FeatureSpec(NamedTuple):
@@ -109,14 +81,13 @@ def freeze_batchnorm(module: nn.Module) -> nn.Module:
 def _set_trunk_trainable(trunk: nn.Module, freeze: str) -> None:
     if freeze not in FREEZE_POLICIES:
         raise ValueError(f"freeze must be one of {', '.join(FREEZE_POLICIES)}, got {freeze!r}")
-    if freeze == "gated":
-        gated = [n for n, _ in trunk.named_parameters() if GATED_KEY in f".{n}"]
-        if not gated:
-            raise ValueError(
-                "freeze='gated' needs gated blocks in the image tower (load a customized model or an adapter file)"
-            )
-    for name, param in trunk.named_parameters():
-        param.requires_grad = freeze == "full" or (freeze == "gated" and GATED_KEY in f".{name}")
+    from react_core.modeling.gated import is_trainable
+
+    names = [f"visual.{name}" for name, _ in trunk.named_parameters()]
+    if freeze == "gated" and not any(is_trainable(n, "gated-image") for n in names):
+        raise ValueError("freeze='gated' needs gated blocks in the image tower (load a customized model or an adapter file)")
+    for name, param in zip(names, trunk.parameters()):
+        param.requires_grad = freeze == "full" or (freeze == "gated" and is_trainable(name, "gated-image"))
 
 
 def _stride_name(stride: int) -> str:

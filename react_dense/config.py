@@ -1,0 +1,94 @@
+"""The `kind: detection` config: one YAML for both engines (see configs/_base_/dense_detection.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from react_core.config import buildable, config_kind
+from react_core.config.common import ModelConfig
+from react_core.registry import BACKBONES, HEADS
+
+
+@dataclass
+class DetectionData:
+    """COCO/LVIS JSON files; `novel` categories lose their annotations in training."""
+
+    train: str = ""
+    train_images: str = ""
+    val: str = ""
+    val_images: str = ""
+    novel: Union[str, List[str]] = "rare"
+    lvis_style: bool = True
+    with_masks: bool = True
+    hflip: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class DetectorConfig:
+    """Engine-independent detector settings (input size, RPN/RoI sampling, test-time limits)."""
+
+    min_size: int = 800
+    max_size: int = 1333
+    masks: bool = True
+    box_head_dim: int = 1024
+    rpn_pre_nms_train: int = 2000
+    rpn_post_nms_train: int = 1000
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_test: int = 1000
+    roi_batch_size: int = 512
+    roi_positive_fraction: float = 0.25
+    score_threshold: float = 0.0001
+    nms_threshold: float = 0.5
+    detections_per_image: int = 300
+
+
+@dataclass
+class EnsembleConfig:
+    """Frozen-CLIP region scores combined with the detector's (F-VLM); `enabled: false` turns it off."""
+
+    enabled: bool = False
+    base_weight: float = 0.35
+    novel_weight: float = 0.65
+    clip_temperature: float = 0.01
+
+
+@dataclass
+class TextConfig:
+    templates: Union[str, List[str]] = "imagenet"
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    clip_grad_norm: float = 0.0
+    checkpoint_period: int = 500
+    log_period: int = 20
+    seed: int = 0
+    device: str = "cpu"
+
+
+@config_kind("detection")
+@dataclass
+class DetectionConfig:
+    """An open-vocabulary detector: CLIP, backbone adapter, region-text head, data, engine."""
+
+    kind: str = "detection"
+    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
+    engine: Literal["torchvision", "detectron2"] = "torchvision"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: Optional[str] = None
+    backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone"})
+    head: Dict[str, Any] = buildable(HEADS, {"type": "RegionTextClassifier"})
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    data: DetectionData = field(default_factory=DetectionData)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    detectron2: Dict[str, Any] = field(default_factory=dict)
+    permute_novel_embeddings: bool = False

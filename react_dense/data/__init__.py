@@ -1,0 +1,1 @@
+"""COCO/LVIS data for dense models."""

@@ -1,0 +1,158 @@
+"""COCO/LVIS-format detection data and the open-vocabulary split, engine-free.
+
+The split follows the LVIS open-vocabulary protocol: novel categories (LVIS: the rare ones; COCO
+OVD: 17 named ones) lose every annotation in training, and the training vocabulary holds the
+base categories only, so novel text embeddings are never negatives. Evaluation keeps every
+category.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from react_dense.modeling.vocabulary import Vocabulary
+
+
+class DatasetError(ValueError):
+    """A detection JSON or image that cannot be used; the message names the file and entry."""
+
+
+def load_coco(path: str | Path):
+    """pycocotools COCO for a COCO/LVIS JSON, quietly, with a clear error for a bad file."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"annotation file not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+    for key in ("images", "annotations", "categories"):
+        if key not in data:
+            raise DatasetError(f"{path}: missing top-level key '{key}' (expected COCO/LVIS format)")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+@dataclass
+class OpenVocabularySplit:
+    """Category ids seen in training (base) and held out (novel)."""
+
+    base_ids: list[int]
+    novel_ids: list[int]
+
+    @classmethod
+    def from_categories(cls, categories: Sequence[dict], novel: str | Sequence[str] = "rare") -> "OpenVocabularySplit":
+        """`novel`: `rare` (LVIS frequency `r`), `none`, or a list of category names."""
+        ordered = sorted(categories, key=lambda c: c["id"])
+        if novel == "rare":
+            if not all("frequency" in c for c in ordered):
+                raise DatasetError("novel='rare' needs LVIS categories with a 'frequency' field")
+            novel_ids = [c["id"] for c in ordered if c["frequency"] == "r"]
+        elif novel == "none":
+            novel_ids = []
+        else:
+            by_name = {c["name"]: c["id"] for c in ordered}
+            unknown = [n for n in novel if n not in by_name]
+            if unknown:
+                raise DatasetError(f"novel categories not in the dataset: {', '.join(unknown)}")
+            novel_ids = [by_name[n] for n in novel]
+        novel_set = set(novel_ids)
+        return cls([c["id"] for c in ordered if c["id"] not in novel_set], sorted(novel_ids))
+
+
+def resolve_image_path(image: dict, image_root: Path) -> Path:
+    """COCO `file_name`, or the last two parts of LVIS v1's `coco_url` (`train2017/xxx.jpg`)."""
+    if "file_name" in image:
+        return image_root / image["file_name"]
+    if "coco_url" in image:
+        return image_root / Path(*Path(image["coco_url"]).parts[-2:])
+    raise DatasetError(f"image {image.get('id')} has neither 'file_name' nor 'coco_url'")
+
+
+class DetectionDataset(torch.utils.data.Dataset):
+    """Images with boxes, labels and masks of the kept categories.
+
+    Item: (image float [3, H, W] in 0..1, target dict with `boxes` [N, 4] xyxy, `labels` [N]
+    as indices into `category_ids`, `masks` [N, H, W] uint8 when `with_masks`, `image_id`).
+    Crowd annotations and categories outside `category_ids` are dropped.
+    """
+
+    def __init__(
+        self,
+        annotation_file: str | Path,
+        image_root: str | Path,
+        category_ids: Optional[Sequence[int]] = None,
+        with_masks: bool = True,
+        skip_empty: bool = False,
+        hflip: bool = False,
+    ):
+        self.coco = load_coco(annotation_file)
+        self.annotation_file = str(annotation_file)
+        self.image_root = Path(image_root)
+        self.category_ids = list(category_ids) if category_ids is not None else sorted(self.coco.getCatIds())
+        self.label_of = {cid: i for i, cid in enumerate(self.category_ids)}
+        self.with_masks = with_masks
+        self.hflip = hflip
+        image_ids = sorted(self.coco.getImgIds())
+        if skip_empty:
+            image_ids = [i for i in image_ids if any(self._kept(a) for a in self.coco.imgToAnns.get(i, []))]
+        self.image_ids = image_ids
+
+    def _kept(self, annotation: dict) -> bool:
+        return annotation["category_id"] in self.label_of and not annotation.get("iscrowd", 0)
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def vocabulary(self) -> Vocabulary:
+        return Vocabulary.from_categories(self.coco.loadCats(self.category_ids))
+
+    def __getitem__(self, index: int):
+        from PIL import Image
+
+        image_id = self.image_ids[index]
+        info = self.coco.imgs[image_id]
+        path = resolve_image_path(info, self.image_root)
+        try:
+            with Image.open(path) as handle:
+                array = np.asarray(handle.convert("RGB"), dtype=np.float32) / 255.0
+        except (FileNotFoundError, OSError) as error:
+            raise DatasetError(f"image {image_id} of {self.annotation_file}: cannot read {path} ({error})") from None
+        image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
+        annotations = [a for a in self.coco.imgToAnns.get(image_id, []) if self._kept(a) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
+        boxes[:, 2:] += boxes[:, :2]
+        target = {
+            "boxes": boxes,
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in annotations], dtype=torch.int64),
+            "image_id": image_id,
+        }
+        if self.with_masks:
+            masks = [self.coco.annToMask(a) for a in annotations]
+            height, width = image.shape[-2:]
+            target["masks"] = torch.from_numpy(np.stack(masks)) if masks else torch.zeros(0, height, width, dtype=torch.uint8)
+        if self.hflip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+            width = image.shape[-1]
+            target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+            if self.with_masks:
+                target["masks"] = target["masks"].flip(-1)
+        return image, target
+
+
+def collate(batch):
+    """Lists of images and targets, as both engines' detectors take them."""
+    images, targets = zip(*batch)
+    return list(images), list(targets)

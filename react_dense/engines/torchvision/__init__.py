@@ -1,0 +1,1 @@
+"""torchvision engine: Faster/Mask R-CNN around the CLIP backbone and the region-text head."""

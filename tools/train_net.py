@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Train and evaluate an open-vocabulary detector with a (customized) CLIP backbone.
+
+    python tools/train_net.py --config configs/demo/ovd_synthetic.yaml --out runs/ovd
+    python tools/train_net.py --config configs/lvis_react.yaml --num-gpus 8 --out runs/lvis
+    python tools/train_net.py --config CONFIG --eval-only --out runs/ovd [--weights FILE]
+    python tools/train_net.py --config CONFIG engine=detectron2 train.steps=100
+
+The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
+evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
+--out. `--resume` continues from the last checkpoint in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] + " The engine (detectron2 or torchvision) comes from the config.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    parser.add_argument("--config", required=True, help="a `kind: detection` YAML (see configs/)")
+    parser.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
+    parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or --out/model_final.pth) without training")
+    parser.add_argument("--weights", default=None, help="detector checkpoint to evaluate with --eval-only")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (Detectron2 engine: one process each)")
+    parser.add_argument("--num-machines", type=int, default=1, help="machines (Detectron2 engine)")
+    parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (Detectron2 engine)")
+    parser.add_argument("--dist-url", default="auto", help="rendezvous URL for several machines (Detectron2 engine)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100 engine=detectron2")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from react_dense.train_net import USER_ERRORS, run
+
+    try:
+        metrics = run(args)
+    except USER_ERRORS as error:
+        print(f"train_net: error: {error}", file=sys.stderr)
+        return 2
+    if metrics is not None:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    sys.exit(main())
