@@ -20,6 +20,7 @@ CORE_COMMANDS = [
     "react_core.cli.pretrain_cmd",
     "react_core.cli.customize_cmd",
     "react_core.cli.eval_cmd",
+    "react_core.cli.convert_cmd",
 ]
 
 
