@@ -17,6 +17,7 @@ setup(
         "open_clip_torch>=2.24",
         "faiss-cpu>=1.8",
         "pycocotools>=2.0.7",
+        "faster-coco-eval>=1.6",
         "mmengine>=0.10",
         "omegaconf>=2.3",
         "safetensors>=0.4",
@@ -29,6 +30,6 @@ setup(
     extras_require={"dev": ["pytest>=7"]},
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
-        "react.commands": [],
+        "react.commands": ["detect = react_dense.cli.detect_cmd"],
     },
 )

@@ -1,0 +1,1 @@
+"""`react` subcommands that react_dense adds through the `react.commands` entry-point group."""

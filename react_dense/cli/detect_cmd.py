@@ -1,0 +1,93 @@
+"""`react detect`: boxes and masks for any vocabulary, with a trained open-vocabulary detector."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """Detect the classes of a vocabulary the detector may never have been trained on:
+their CLIP text embeddings become the classifier. Writes DIR/detections.json (COCO results,
+with DIR/images.json listing the image ids) and one PNG per image with boxes, masks and labels.
+Runs on the torchvision engine (checkpoints of either engine's training with it)."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect", help="open-vocabulary detection on images", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--config", required=True, help="the detector's `kind: detection` config")
+    parser.add_argument("--weights", required=True, help="detector checkpoint (model_final.pth from tools/train_net.py)")
+    parser.add_argument(
+        "--vocabulary", required=True,
+        help='"cat,red car,..." or a file: .txt (one class per line, synonyms after "|") or COCO/LVIS .json',
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--score-threshold", type=float, default=0.3, help="lowest score drawn and written (default 0.3)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from react_core.cli import UserError
+    from react_dense.train_net import USER_ERRORS
+
+    try:
+        return _detect(args)
+    except USER_ERRORS as error:
+        if isinstance(error, UserError):
+            raise
+        raise UserError(str(error)) from None
+
+
+def _detect(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from react_core.cli import UserError
+    from react_core.io import atomic_path, atomic_write_json
+    from react_dense.build import build_parts, encode_vocabulary
+    from react_dense.engines.torchvision.model import build_torchvision_detector
+    from react_dense.engines.torchvision.train import load_checkpoint
+    from react_dense.evaluation.detection import to_coco_results
+    from react_dense.modeling.vocabulary import parse_vocabulary
+    from react_dense.train_net import load_detection_config
+    from react_dense.visualize import draw_detections
+
+    cfg = load_detection_config(args.config, args.set)
+    vocabulary = parse_vocabulary(args.vocabulary)
+    parts = build_parts(cfg)
+    encoded = encode_vocabulary(parts.bundle, cfg, vocabulary)
+    model = build_torchvision_detector(parts, cfg.detector)
+    load_checkpoint(args.weights, model)
+    model.set_vocabulary(encoded.embeddings, encoded.is_base)
+    model.to(args.device).eval()
+    out = Path(args.out)
+    results, listing = [], []
+    for image_id, path in enumerate(tqdm(args.images, desc="detect"), 1):
+        try:
+            with Image.open(path) as handle:
+                picture = handle.convert("RGB")
+        except (FileNotFoundError, OSError) as error:
+            raise UserError(f"cannot read image {path}: {error}") from None
+        tensor = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)
+        with torch.no_grad():
+            output = model([tensor.to(args.device)])[0]
+        keep = output["scores"] >= args.score_threshold
+        output = {k: v[keep] for k, v in output.items()}
+        results.extend(
+            to_coco_results(image_id, output["boxes"], output["scores"], output["labels"], vocabulary.category_ids, output.get("masks"))
+        )
+        listing.append({"id": image_id, "file_name": str(path), "width": picture.width, "height": picture.height})
+        drawing = draw_detections(picture, output, vocabulary.names)
+        with atomic_path(out / f"{image_id:05d}_{Path(path).stem}.png") as tmp:
+            drawing.save(tmp, format="PNG")
+    categories = [{"id": cid, "name": name} for cid, name in zip(vocabulary.category_ids, vocabulary.names)]
+    atomic_write_json(out / "images.json", {"images": listing, "categories": categories})
+    atomic_write_json(out / "detections.json", results)
+    print(f"{len(results)} detections in {len(listing)} images -> {out}")
+    return 0
