@@ -205,3 +205,31 @@ def test_unsupported_tower_is_a_clear_error():
     model.visual = torch.nn.Linear(2, 2)
     with pytest.raises(TypeError, match="VisionTransformer or ModifiedResNet"):
         add_gated_blocks(model)
+
+
+def _gated_transformer(batch_first: bool) -> torch.nn.Module:
+    from open_clip.transformer import Transformer
+
+    torch.manual_seed(0)
+    tower = torch.nn.Module()
+    tower.conv1 = torch.nn.Identity()
+    tower.transformer = Transformer(32, 3, 4, batch_first=batch_first)
+    add_gated_blocks(tower, layers=[1, 2])
+    _randomize_gated(tower)
+    return tower.transformer
+
+
+def test_gated_block_runs_before_its_host_in_either_layout_and_with_a_mask():
+    first, second = _gated_transformer(batch_first=True), _gated_transformer(batch_first=False)
+    assert torch.equal(torch.nn.utils.parameters_to_vector(first.parameters()),
+                       torch.nn.utils.parameters_to_vector(second.parameters()))
+    x = torch.randn(2, 5, 32)
+    mask = torch.full((5, 5), float("-inf")).triu(1)
+    out = first(x, attn_mask=mask)
+    torch.testing.assert_close(second(x, attn_mask=mask), out)
+    reference = x
+    for block in first.resblocks:
+        if hasattr(block, GATED_ATTR):
+            reference = getattr(block, GATED_ATTR)(reference, mask)
+        reference = type(block).forward(block, reference, attn_mask=mask)  # the host without its hook
+    torch.testing.assert_close(out, reference)  # fails if the hook dropped the mask or ran after the host

@@ -305,7 +305,7 @@ def encode_image_for_training(model: nn.Module, images: torch.Tensor) -> torch.T
     `model` is a CLIP or its `visual`; the result equals `model.encode_image(images)`.
     """
     visual = getattr(model, "visual", model)
-    if not _is_vit(visual) or not hasattr(visual, "_embeds") or visual.attn_pool is not None:
+    if not _is_vit(visual) or not hasattr(visual, "_embeds") or getattr(visual, "attn_pool", None) is not None:
         return visual(images)
     first = _first_trainable_block(visual)
     transformer = visual.transformer
