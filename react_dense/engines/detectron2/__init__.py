@@ -1,0 +1,1 @@
+"""Detectron2 engine (optional dependency, imported lazily)."""

@@ -1,0 +1,141 @@
+"""Detectron2 adapters: the CLIP backbone in BACKBONE_REGISTRY, region-text RoI heads in ROI_HEADS_REGISTRY.
+
+Both build the engine-free parts once per config (`react_dense.build.build_parts`) and wrap
+them; no modelling code lives here. Importing this module registers them (Detectron2 required).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Dict, List
+
+import torch
+from detectron2.layers import ShapeSpec, cat
+from detectron2.modeling import BACKBONE_REGISTRY, ROI_HEADS_REGISTRY, Backbone, StandardROIHeads
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
+from detectron2.structures import Instances
+from torch import nn
+from torchvision.ops import roi_align
+
+from react_dense.build import build_parts
+from react_dense.modeling.backbone import CLIP_MAP
+
+
+@functools.lru_cache(maxsize=4)
+def parts_for(config_path: str, overrides: tuple):
+    """The parts of one config, built once and shared by the backbone and the RoI heads."""
+    from react_dense.train_net import load_detection_config
+
+    return build_parts(load_detection_config(config_path, list(overrides)))
+
+
+def _parts(cfg):
+    return parts_for(cfg.REACT.CONFIG, tuple(cfg.REACT.OVERRIDES))
+
+
+class Detectron2ClipBackbone(Backbone):
+    def __init__(self, clip_backbone):
+        super().__init__()
+        self.clip_backbone = clip_backbone
+
+    @property
+    def size_divisibility(self) -> int:
+        return self.clip_backbone.size_divisibility
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return {name: ShapeSpec(channels=s.channels, stride=s.stride) for name, s in self.clip_backbone.output_shape().items()}
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        return dict(self.clip_backbone(images))
+
+
+@BACKBONE_REGISTRY.register()
+def build_react_clip_backbone(cfg, input_shape):
+    return Detectron2ClipBackbone(_parts(cfg).backbone)
+
+
+class RegionTextOutputLayers(nn.Module):
+    """FastRCNNOutputLayers' interface over the engine-free RegionTextClassifier."""
+
+    def __init__(self, classifier, ensemble, box2box_transform, score_thresh, nms_thresh, topk):
+        super().__init__()
+        self.classifier = classifier
+        self.ensemble = ensemble
+        self.box2box_transform = box2box_transform
+        self.test_score_thresh = score_thresh
+        self.test_nms_thresh = nms_thresh
+        self.test_topk_per_image = topk
+        self.register_buffer("is_base", torch.zeros(0, dtype=torch.bool), persistent=False)
+
+    def set_vocabulary(self, embeddings, is_base=None, image_counts=None):
+        self.classifier.set_vocabulary(embeddings, image_counts)
+        self.is_base = is_base if is_base is not None else torch.zeros(len(embeddings), dtype=torch.bool)
+
+    def forward(self, x):
+        return self.classifier(x)
+
+    def losses(self, predictions, proposals: List[Instances]):
+        logits, deltas = predictions
+        gt_classes = cat([p.gt_classes for p in proposals])
+        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals])
+        gt_boxes = cat([(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals])
+        targets = self.box2box_transform.get_deltas(proposal_boxes, gt_boxes)
+        return {
+            "loss_cls": self.classifier.classification_loss(logits, gt_classes),
+            "loss_box_reg": self.classifier.box_loss(deltas, targets, gt_classes),
+        }
+
+    def inference(self, predictions, proposals: List[Instances], clip_scores=None):
+        logits, deltas = predictions
+        scores = self.classifier.scores(logits)
+        if self.ensemble is not None and clip_scores is not None:
+            scores = self.ensemble(scores, clip_scores, self.is_base.to(scores.device))
+        scores = torch.cat([scores, scores.new_zeros(len(scores), 1)], dim=1)
+        boxes = self.box2box_transform.apply_deltas(deltas, cat([p.proposal_boxes.tensor for p in proposals]))
+        counts = [len(p) for p in proposals]
+        return fast_rcnn_inference(
+            boxes.split(counts), scores.split(counts), [p.image_size for p in proposals],
+            self.test_score_thresh, self.test_nms_thresh, self.test_topk_per_image,
+        )
+
+
+@ROI_HEADS_REGISTRY.register()
+class RegionTextROIHeads(StandardROIHeads):
+    """StandardROIHeads with the region-text predictor and class-agnostic boxes and masks."""
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        config = super().from_config(cfg, input_shape)
+        parts = _parts(cfg)
+        config["box_predictor"] = RegionTextOutputLayers(
+            parts.classifier,
+            parts.ensemble,
+            Box2BoxTransform(weights=cfg.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS),
+            cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST,
+            cfg.MODEL.ROI_HEADS.NMS_THRESH_TEST,
+            cfg.TEST.DETECTIONS_PER_IMAGE,
+        )
+        return config
+
+    def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        if self.training:
+            return super()._forward_box(features, proposals)
+        box_features = self.box_head(self.box_pooler([features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]))
+        predictions = self.box_predictor(box_features)
+        clip_scores = None
+        predictor = self.box_predictor
+        if predictor.ensemble is not None and CLIP_MAP in features:
+            stride = predictor_stride(features, self)
+            regions = roi_align(
+                features[CLIP_MAP], [p.proposal_boxes.tensor for p in proposals], (7, 7), 1.0 / stride, 2, True
+            )
+            clip_scores = predictor.ensemble.clip_scores(regions, predictor.classifier.class_embeddings)
+        instances, _ = predictor.inference(predictions, proposals, clip_scores)
+        return instances
+
+
+def predictor_stride(features, heads) -> int:
+    """Stride of the CLIP map, from its size relative to the finest pooled level."""
+    finest = heads.box_in_features[0]
+    finest_stride = 1.0 / heads.box_pooler.level_poolers[0].spatial_scale
+    return int(round(finest_stride * features[finest].shape[-1] / features[CLIP_MAP].shape[-1]))

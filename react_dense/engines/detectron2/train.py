@@ -1,0 +1,275 @@
+"""The Detectron2 engine: our YAML -> yacs config, open-vocabulary datasets, LVIS-rule evaluator,
+Detectron2's trainer and checkpointer, `launch` for several GPUs.
+
+Our config stays the one users edit: `to_detectron2_cfg` fills `get_cfg()` from it, after
+`add_react_config`, then applies the `detectron2:` section's yacs keys last, so any Detectron2
+key can still be set. Detectron2 is imported lazily (it is optional); `detectron2.model_zoo` is
+never imported (it needs `pkg_resources`).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from react_core.config import ConfigError
+from react_core.io import atomic_write_json
+from react_dense.config import DetectionConfig
+
+TRAIN_NAME = "react_ov_train"
+VAL_NAME = "react_ov_val"
+log = logging.getLogger(__name__)
+
+
+def add_react_config(cfg) -> None:
+    """`cfg.REACT`: which of our configs (and overrides) the backbone and heads are built from."""
+    from detectron2.config import CfgNode
+
+    cfg.REACT = CfgNode()
+    cfg.REACT.CONFIG = ""
+    cfg.REACT.OVERRIDES = []
+
+
+def _flatten(mapping: dict, prefix: str = "") -> list:
+    items = []
+    for key, value in mapping.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.extend(_flatten(value, f"{name}."))
+        else:
+            items.extend([name, value])
+    return items
+
+
+def to_detectron2_cfg(cfg: DetectionConfig, config_path: str, overrides: list, out: Path, num_train_classes: int):
+    from detectron2.config import get_cfg
+
+    d2 = get_cfg()
+    add_react_config(d2)
+    d2.REACT.CONFIG = str(config_path)
+    d2.REACT.OVERRIDES = list(overrides)
+
+    model = d2.MODEL
+    model.META_ARCHITECTURE = "GeneralizedRCNN"
+    model.BACKBONE.NAME = "build_react_clip_backbone"
+    model.BACKBONE.FREEZE_AT = 0
+    model.MASK_ON = cfg.detector.masks
+    model.PIXEL_MEAN = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
+    model.PIXEL_STD = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
+    d2.INPUT.FORMAT = "RGB"
+    levels = _pyramid_levels(config_path, overrides)
+    model.RPN.IN_FEATURES = levels
+    model.ANCHOR_GENERATOR.SIZES = [[8 * 2 ** int(name[1:])] for name in levels]
+    model.RPN.PRE_NMS_TOPK_TRAIN = cfg.detector.rpn_pre_nms_train
+    model.RPN.POST_NMS_TOPK_TRAIN = cfg.detector.rpn_post_nms_train
+    model.RPN.PRE_NMS_TOPK_TEST = cfg.detector.rpn_pre_nms_test
+    model.RPN.POST_NMS_TOPK_TEST = cfg.detector.rpn_post_nms_test
+    model.ROI_HEADS.NAME = "RegionTextROIHeads"
+    model.ROI_HEADS.NUM_CLASSES = num_train_classes
+    model.ROI_HEADS.IN_FEATURES = levels[:4]
+    model.ROI_HEADS.BATCH_SIZE_PER_IMAGE = cfg.detector.roi_batch_size
+    model.ROI_HEADS.POSITIVE_FRACTION = cfg.detector.roi_positive_fraction
+    model.ROI_HEADS.SCORE_THRESH_TEST = cfg.detector.score_threshold
+    model.ROI_HEADS.NMS_THRESH_TEST = cfg.detector.nms_threshold
+    model.ROI_BOX_HEAD.NAME = "FastRCNNConvFCHead"
+    model.ROI_BOX_HEAD.NUM_FC = 2
+    model.ROI_BOX_HEAD.FC_DIM = cfg.detector.box_head_dim
+    model.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    model.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
+    model.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
+    model.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
+    model.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+    d2.TEST.DETECTIONS_PER_IMAGE = cfg.detector.detections_per_image
+    d2.INPUT.MIN_SIZE_TRAIN = (cfg.detector.min_size,)
+    d2.INPUT.MAX_SIZE_TRAIN = cfg.detector.max_size
+    d2.INPUT.MIN_SIZE_TEST = cfg.detector.min_size
+    d2.INPUT.MAX_SIZE_TEST = cfg.detector.max_size
+    d2.INPUT.RANDOM_FLIP = "horizontal" if cfg.data.hflip else "none"
+    d2.DATASETS.TRAIN = (TRAIN_NAME,)
+    d2.DATASETS.TEST = (VAL_NAME,)
+    d2.DATALOADER.NUM_WORKERS = cfg.data.num_workers
+    d2.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+    solver = d2.SOLVER
+    solver.OPTIMIZER = "ADAMW"
+    solver.IMS_PER_BATCH = cfg.train.batch_size
+    solver.BASE_LR = cfg.train.lr
+    solver.WEIGHT_DECAY = cfg.train.weight_decay
+    solver.WEIGHT_DECAY_NORM = 0.0
+    solver.MAX_ITER = cfg.train.steps
+    solver.STEPS = ()
+    solver.LR_SCHEDULER_NAME = "WarmupCosineLR"
+    solver.WARMUP_ITERS = cfg.train.warmup_steps
+    solver.CHECKPOINT_PERIOD = cfg.train.checkpoint_period
+    solver.CLIP_GRADIENTS.ENABLED = cfg.train.clip_grad_norm > 0
+    solver.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    solver.CLIP_GRADIENTS.CLIP_VALUE = cfg.train.clip_grad_norm or 1.0
+    d2.TEST.EVAL_PERIOD = 0
+    d2.SEED = cfg.train.seed
+    model.DEVICE = cfg.train.device
+    d2.OUTPUT_DIR = str(out)
+    try:
+        d2.merge_from_list(_flatten(cfg.detectron2))
+    except (KeyError, AssertionError, ValueError) as error:
+        raise ConfigError(f"detectron2 section of {config_path}: {error}") from None
+    return d2
+
+
+def _pyramid_levels(config_path: str, overrides: list) -> list:
+    from react_dense.engines.detectron2.modeling import parts_for
+    from react_dense.modeling.backbone import CLIP_MAP
+
+    shapes = parts_for(str(config_path), tuple(overrides)).backbone.output_shape()
+    return [name for name in shapes if name != CLIP_MAP]
+
+
+def register_datasets(cfg: DetectionConfig):
+    """Training split (base categories only) and evaluation split (all categories) in the catalogs."""
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.structures import BoxMode
+
+    from react_dense.data.detection import DetectionDataset, OpenVocabularySplit, load_coco, resolve_image_path
+
+    categories = load_coco(cfg.data.train or cfg.data.val).dataset["categories"]
+    split = OpenVocabularySplit.from_categories(categories, cfg.data.novel)
+    names = {c["id"]: c["name"] for c in categories}
+
+    def dicts(annotation_file, image_root, category_ids):
+        dataset = DetectionDataset(annotation_file, image_root, category_ids, with_masks=False)
+        records = []
+        for image_id in dataset.image_ids:
+            info = dataset.coco.imgs[image_id]
+            annotations = [
+                {"bbox": a["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "category_id": dataset.label_of[a["category_id"]],
+                 "segmentation": a.get("segmentation", []), "iscrowd": 0}
+                for a in dataset.coco.imgToAnns.get(image_id, []) if dataset._kept(a)
+            ]
+            records.append({"file_name": str(resolve_image_path(info, dataset.image_root)), "image_id": image_id,
+                            "height": info["height"], "width": info["width"], "annotations": annotations})
+        return records
+
+    all_ids = sorted(names)
+    for name, source, root, ids in (
+        (TRAIN_NAME, cfg.data.train, cfg.data.train_images, split.base_ids),
+        (VAL_NAME, cfg.data.val, cfg.data.val_images, all_ids),
+    ):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        if source:
+            DatasetCatalog.register(name, functools.partial(dicts, source, root, ids))
+            MetadataCatalog.get(name).set(thing_classes=[names[i] for i in ids], category_ids=ids, json_file=source)
+    return split
+
+
+def build_evaluator_class():
+    from detectron2.evaluation import DatasetEvaluator
+    from detectron2.utils import comm
+
+    from react_dense.evaluation.detection import evaluate, to_coco_results
+
+    class OpenVocabularyEvaluator(DatasetEvaluator):
+        """LVIS-rule box/mask AP over all categories (react_dense.evaluation), gathered over GPUs."""
+
+        def __init__(self, cfg: DetectionConfig, category_ids, novel_ids, out: Path):
+            self.cfg, self.category_ids, self.novel_ids, self.out = cfg, category_ids, novel_ids, out
+
+        def reset(self):
+            self.results = []
+
+        def process(self, inputs, outputs):
+            for item, output in zip(inputs, outputs):
+                instances = output["instances"].to("cpu")
+                masks = instances.pred_masks if instances.has("pred_masks") else None
+                self.results.extend(to_coco_results(
+                    item["image_id"], instances.pred_boxes.tensor, instances.scores, instances.pred_classes, self.category_ids, masks
+                ))
+
+        def evaluate(self):
+            gathered = comm.gather(self.results, dst=0)
+            if not comm.is_main_process():
+                return {}
+            results = [r for part in gathered for r in part]
+            atomic_write_json(self.out / "inference" / "detections.json", results)
+            from react_dense.data.detection import load_coco
+
+            iou_types = ("bbox", "segm") if self.cfg.detector.masks else ("bbox",)
+            metrics = evaluate(load_coco(self.cfg.data.val), results, iou_types, self.cfg.data.lvis_style,
+                               self.cfg.detector.detections_per_image, self.novel_ids)
+            atomic_write_json(self.out / "metrics.json", metrics)
+            return {"metrics": metrics}
+
+    return OpenVocabularyEvaluator
+
+
+def _set_vocabulary(model, vocab) -> None:
+    from torch.nn.parallel import DistributedDataParallel
+
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    device = next(module.parameters()).device
+    module.roi_heads.box_predictor.set_vocabulary(vocab.embeddings.to(device), vocab.is_base.to(device), vocab.image_counts)
+
+
+def main(cfg: DetectionConfig, config_path: str, overrides: list, out: Path, eval_only: bool, resume: bool, weights):
+    """One process's work (Detectron2's `launch` runs this on every GPU)."""
+    import react_dense.engines.detectron2.modeling  # noqa: F401  (registers backbone and heads)
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.engine import DefaultTrainer, default_setup
+    from detectron2.utils import comm
+
+    from react_dense.build import dataset_vocabularies
+    from react_dense.engines.detectron2.modeling import parts_for
+
+    split = register_datasets(cfg)
+    d2 = to_detectron2_cfg(cfg, config_path, overrides, out, len(split.base_ids))
+    d2.freeze()
+    default_setup(d2, argparse.Namespace(config_file="", eval_only=eval_only, resume=resume))
+    bundle = parts_for(str(config_path), tuple(overrides)).bundle
+    train_vocab, eval_vocab, _ = dataset_vocabularies(bundle, cfg, cfg.data.train or cfg.data.val)
+    evaluator_class = build_evaluator_class()
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_evaluator(cls, _cfg, dataset_name):
+            return evaluator_class(cfg, eval_vocab.vocabulary.category_ids, split.novel_ids, out)
+
+        @classmethod
+        def test(cls, _cfg, model, evaluators=None):
+            _set_vocabulary(model, eval_vocab)
+            try:
+                return super().test(_cfg, model, evaluators)
+            finally:
+                _set_vocabulary(model, train_vocab)
+
+    if eval_only:
+        model = Trainer.build_model(d2)
+        _set_vocabulary(model, train_vocab)
+        DetectionCheckpointer(model, save_dir=str(out)).resume_or_load(weights or str(out / "model_final.pth"), resume=False)
+        result = Trainer.test(d2, model)
+    else:
+        trainer = Trainer(d2)
+        _set_vocabulary(trainer.model, train_vocab)
+        trainer.resume_or_load(resume=resume)
+        trainer.train()
+        result = Trainer.test(d2, trainer.model)
+    return result.get("metrics") if comm.is_main_process() else None
+
+
+def launch_run(cfg: DetectionConfig, args, out: Path):
+    try:
+        from detectron2.engine import launch
+    except ImportError:
+        raise ConfigError("engine: detectron2 needs Detectron2 installed (see the README); or use engine=torchvision") from None
+    if args.num_gpus > 1 and not torch.cuda.is_available():
+        raise ConfigError("--num-gpus > 1 needs CUDA GPUs")
+    out.mkdir(parents=True, exist_ok=True)
+    main_args = (cfg, args.config, list(args.overrides), out, args.eval_only, args.resume, args.weights)
+    if args.num_gpus * args.num_machines > 1:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=main_args)
+        metrics_file = out / "metrics.json"
+        return json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+    return main(*main_args)
