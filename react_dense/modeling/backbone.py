@@ -145,6 +145,31 @@ class SimpleFeaturePyramid(nn.Module):
         return OrderedDict(zip(self.names, maps))
 
 
+def attnpool_value_map(pool: nn.Module, res5: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP for ModifiedResNet: the attention pool's value and output projections at every
+    location of res5 [B, C, h, w] -> [B, embed_dim, h, w], in CLIP's joint space."""
+    return pool.c_proj(pool.v_proj(res5.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+def vit_input_tokens(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Class + patch tokens entering the ViT's first block [B, 1 + h*w, width], and the grid (h, w).
+
+    Position embeddings are resampled to the input's grid, so any input size works.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    x = visual.conv1(images)
+    grid = tuple(x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    pos = visual.positional_embedding
+    trained_grid = int(round(math.sqrt(pos.shape[0] - 1)))
+    if grid != (trained_grid, trained_grid):
+        pos = resample_abs_pos_embed(pos[None], list(grid), [trained_grid, trained_grid], num_prefix_tokens=1)[0]
+    return visual.ln_pre(x + pos.to(x.dtype)), grid
+
+
 class ClipBackbone(nn.Module):
     """open_clip image tower -> multi-scale feature maps, `output_shape()` says channels/stride.
 
@@ -241,20 +266,8 @@ class ClipBackbone(nn.Module):
 
     def _vit_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """Patch tokens of the last block as a map [B, width, H/patch, W/patch]."""
-        from timm.layers import resample_abs_pos_embed
-
-        visual = self.trunk
-        x = visual.conv1(images)
-        grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)
-        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-        x = torch.cat([cls, x], dim=1)
-        pos = visual.positional_embedding
-        trained_grid = int(round(math.sqrt(pos.shape[0] - 1)))
-        if tuple(grid) != (trained_grid, trained_grid):
-            pos = resample_abs_pos_embed(pos[None], list(grid), [trained_grid, trained_grid], num_prefix_tokens=1)[0]
-        x = visual.ln_pre(x + pos.to(x.dtype))
-        x = visual.transformer(x)
+        x, grid = vit_input_tokens(self.trunk, images)
+        x = self.trunk.transformer(x)
         return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
     def vit_clip_map(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -276,9 +289,7 @@ class ClipBackbone(nn.Module):
 
     def resnet_clip_map(self, res5: torch.Tensor) -> torch.Tensor:
         """The attention pool's value and output projections at every location (MaskCLIP)."""
-        pool = self.trunk.attnpool
-        x = pool.c_proj(pool.v_proj(res5.permute(0, 2, 3, 1)))
-        return x.permute(0, 3, 1, 2)
+        return attnpool_value_map(self.trunk.attnpool, res5)
 
 
 @BACKBONES.register_module(name="ClipBackbone")

@@ -1,0 +1,1 @@
+"""Open-vocabulary semantic segmentation: data layouts, metrics, sliding-window inference, training."""

@@ -1,0 +1,88 @@
+"""The `kind: segmentation` config (see configs/demo/seg_synthetic.yaml and configs/ade20k_react_seg.yaml)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Literal, Optional, Union
+
+from react_core.config import buildable, config_kind
+from react_core.config.common import ModelConfig
+from react_core.registry import BACKBONES, HEADS
+
+
+@dataclass
+class SegmentationDataSpec:
+    """One dataset split in a published layout (react_dense/segmentation/README.md)."""
+
+    layout: str = "synthetic"
+    root: str = ""
+    split: str = "val"
+    classes: Optional[str] = None  # a file of class names replacing the layout's
+    unseen: Optional[List[str]] = None  # classes held out of training (default: the layout's)
+    background: Optional[str] = None  # a class scored by the learned void embedding (default: the layout's)
+    name: Optional[str] = None
+    max_images: int = 0
+
+
+@dataclass
+class SegmentationTrain:
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    clip_grad_norm: float = 0.0
+    crop_size: int = 512
+    scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
+    hflip: bool = True
+    checkpoint_period: int = 500
+    log_period: int = 20
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+
+
+@dataclass
+class SegmentationTest:
+    mode: Literal["whole", "slide"] = "whole"
+    crop_size: int = 512
+    stride: int = 341
+    test_size: Optional[int] = None  # resize the short side to this before inference
+    batch_size: int = 1
+
+
+@dataclass
+class SegmentationText:
+    templates: Union[str, List[str]] = "imagenet"
+    cache_dir: Optional[str] = None
+
+
+@dataclass
+class MaskClipConfig:
+    """The training-free baseline's options (`method: maskclip`)."""
+
+    residual: bool = False
+    raw_tokens: bool = False
+    temperature: float = 0.01
+
+
+@config_kind("segmentation")
+@dataclass
+class SegmentationConfig:
+    """An open-vocabulary segmenter: trained head (`method: head`) or MaskCLIP (`method: maskclip`)."""
+
+    kind: str = "segmentation"
+    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
+    engine: Literal["plain", "detectron2"] = "plain"
+    method: Literal["head", "maskclip"] = "head"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: Optional[str] = None
+    backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone", "top_block": False})
+    head: Dict[str, Any] = buildable(HEADS, {"type": "OpenVocabSegHead"})
+    maskclip: MaskClipConfig = field(default_factory=MaskClipConfig)
+    text: SegmentationText = field(default_factory=SegmentationText)
+    train_data: Optional[SegmentationDataSpec] = None
+    test_data: List[SegmentationDataSpec] = field(default_factory=list)
+    train: SegmentationTrain = field(default_factory=SegmentationTrain)
+    test: SegmentationTest = field(default_factory=SegmentationTest)
+    detectron2: Dict[str, Any] = field(default_factory=dict)
+    permute_unseen_embeddings: bool = False  # control run: unseen text embeddings shuffled among themselves

@@ -1,0 +1,253 @@
+"""Train and evaluate an open-vocabulary segmenter (the plain PyTorch engine), or evaluate the
+training-free MaskCLIP baseline; `train_from_config` is what `tools/train_net.py` calls.
+
+Training sees the seen classes only: the vocabulary of the loss is the seen classes' text
+embeddings, so unseen classes are never negatives, and unseen pixels are ignored. Evaluation
+scores every class of each test set (any vocabulary works: the classifier is the text
+embeddings) and writes `metrics.json`. Checkpoints (`last_checkpoint.pth`: model, optimizer,
+scheduler, step) are written atomically every `train.checkpoint_period` steps, so `resume`
+continues an interrupted run; `model_final.pth` holds the weights.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from react_core.config import ConfigError, load
+from react_core.io import atomic_write_json
+from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
+from react_dense.segmentation.data import (
+    IGNORE_INDEX,
+    RandomScaleCropFlip,
+    SegmentationDataError,
+    SegmentationDataset,
+    SegmentationSource,
+    open_source,
+)
+from react_dense.segmentation.inference import predict_logits
+from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
+
+log = logging.getLogger(__name__)
+LAST = "last_checkpoint.pth"
+FINAL = "model_final.pth"
+
+
+def load_segmentation_config(path: str, overrides=()) -> SegmentationConfig:
+    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
+    import react_dense.modeling.seg_head  # noqa: F401  (registers OpenVocabSegHead)
+
+    cfg = load(path, overrides)
+    if not isinstance(cfg, SegmentationConfig):
+        raise ConfigError(f"{path}: expected `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}")
+    return cfg
+
+
+@dataclass
+class ClassEmbeddings:
+    """A label space's text embeddings, and which rows are unseen or scored by the void embedding."""
+
+    names: list[str]
+    embeddings: torch.Tensor
+    unseen: torch.Tensor
+    void_rows: torch.Tensor
+
+
+def vocabulary_of(names: list[str]):
+    """Layout class names (`name|synonym|...`, ADE's `name;synonym`) as a `Vocabulary`."""
+    from react_dense.modeling.vocabulary import Vocabulary
+
+    synonyms = [[word.strip() for word in name.split("|") if word.strip()] for name in names]
+    return Vocabulary([words[0] for words in synonyms], synonyms)
+
+
+def encode_classes(bundle, cfg: SegmentationConfig, source: SegmentationSource, background: Optional[str]) -> ClassEmbeddings:
+    from react_dense.build import permute_novel
+    from react_dense.modeling.vocabulary import vocabulary_embeddings
+
+    vocabulary = vocabulary_of(source.class_names)
+    embeddings = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir)
+    unseen = torch.tensor([name in set(source.unseen) for name in source.class_names])
+    if background is not None and background not in source.class_names:
+        raise ConfigError(f"background class {background!r} is not a class of {source.name}")
+    void_rows = torch.tensor([name == background for name in source.class_names])
+    if cfg.permute_unseen_embeddings:
+        embeddings = permute_novel(embeddings, unseen, cfg.train.seed)
+    return ClassEmbeddings(vocabulary.names, embeddings, unseen, void_rows)
+
+
+def open_spec(spec: SegmentationDataSpec) -> SegmentationSource:
+    source = open_source(spec.layout, spec.root, spec.split, spec.classes, spec.unseen, spec.max_images)
+    if spec.name:
+        source.name = spec.name
+    if spec.background is not None:
+        source.background = spec.background
+    return source
+
+
+def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
+    """The trained-head segmenter or the MaskCLIP baseline over `bundle`'s image tower."""
+    from react_core.registry import BACKBONES, HEADS
+    from react_dense.modeling.seg_maskclip import MaskClipSegmenter
+    from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter
+
+    if cfg.method == "maskclip":
+        options = cfg.maskclip
+        return MaskClipModel(MaskClipSegmenter(bundle.model.visual, options.residual, options.raw_tokens, options.temperature))
+    backbone = BACKBONES.build({**cfg.backbone, "visual": bundle.model.visual})
+    head = HEADS.build({**cfg.head, "input_shape": backbone.output_shape(), "embed_dim": backbone.embed_dim})
+    return OpenVocabSegmenter(backbone, head)
+
+
+def _optimizer(cfg: SegmentationConfig, model: torch.nn.Module):
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr
+    )
+    warmup = max(min(cfg.train.warmup_steps, cfg.train.steps - 1), 1)
+    scheduler = torch.optim.lr_scheduler.SequentialLR(
+        optimizer,
+        [
+            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),
+            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.train.steps - warmup, 1)),
+        ],
+        milestones=[warmup],
+    )
+    return params, optimizer, scheduler
+
+
+def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> torch.nn.Module:
+    """Per-pixel cross-entropy over the seen classes; returns the trained model."""
+    from react_dense.engines.torchvision.train import load_checkpoint, save_checkpoint
+
+    if cfg.train_data is None:
+        raise ConfigError("train_data is not set: name the training set (or run with --eval-only)")
+    source = open_spec(cfg.train_data)
+    classes = encode_classes(bundle, cfg, source, source.background)
+    seen = ~classes.unseen
+    # Training label space: seen classes only; unseen pixels are ignored.
+    to_seen = torch.full((len(seen),), IGNORE_INDEX, dtype=torch.long)
+    to_seen[torch.nonzero(seen).flatten()] = torch.arange(int(seen.sum()))
+    text, void_rows = classes.embeddings[seen], classes.void_rows[seen]
+    augment = RandomScaleCropFlip(cfg.train.crop_size, cfg.train.scale_range, cfg.train.hflip)
+    dataset = SegmentationDataset(source, augment)
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.train.num_workers,
+        generator=generator, drop_last=len(dataset) >= cfg.train.batch_size,
+    )
+    device = torch.device(cfg.train.device)
+    model.to(device)
+    text, void_rows, to_seen = text.to(device), void_rows.to(device), to_seen.to(device)
+    params, optimizer, scheduler = _optimizer(cfg, model)
+    step = 0
+    if resume and (out / LAST).is_file():
+        step = load_checkpoint(out / LAST, model, optimizer, scheduler)
+        log.info("resumed from %s at step %d", out / LAST, step)
+    model.train()
+    progress = tqdm(total=cfg.train.steps, initial=step, desc="train", dynamic_ncols=True)
+    while step < cfg.train.steps:
+        for images, labels in loader:
+            if step >= cfg.train.steps:
+                break
+            images, labels = images.to(device), labels.to(device)
+            labels = torch.where(labels == IGNORE_INDEX, labels, to_seen[labels.clamp(min=0)])
+            logits = model(images, text, void_rows)
+            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.train.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            progress.update(1)
+            if step % cfg.train.log_period == 0:
+                progress.set_postfix(loss=f"{loss.item():.3f}")
+            if step % cfg.train.checkpoint_period == 0 or step == cfg.train.steps:
+                save_checkpoint(out / LAST, model, optimizer, scheduler, step)
+    progress.close()
+    save_checkpoint(out / FINAL, model)
+    return model
+
+
+@torch.no_grad()
+def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, source: SegmentationSource) -> dict:
+    """Metrics of one test set over its full vocabulary."""
+    classes = encode_classes(bundle, cfg, source, source.background)
+    device = next(model.parameters()).device
+    text, void_rows = classes.embeddings.to(device), classes.void_rows.to(device)
+    matrix = ConfusionMatrix(len(classes.names), IGNORE_INDEX)
+    loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=cfg.test.batch_size, num_workers=cfg.train.num_workers)
+    model.eval()
+    test = cfg.test
+    for images, labels in tqdm(loader, desc=f"evaluate {source.name}", dynamic_ncols=True):
+        logits = predict_logits(
+            lambda x: model(x, text, void_rows), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
+        )
+        matrix.update(logits.argmax(1), labels)
+    unseen = source.unseen if source.unseen else None
+    return segmentation_metrics(matrix.matrix, source.class_names, unseen)
+
+
+def _json_safe(metrics: dict) -> dict:
+    """NaN (a class neither present nor predicted) is written as null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else (round(v, 4) if isinstance(v, float) else v)) for k, v in metrics.items()}
+
+
+def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> dict:
+    """Every `test_data` set; metrics.json holds the first set's metrics at the top level and
+    every set's under `datasets`."""
+    if not cfg.test_data:
+        raise ConfigError("test_data is empty: name at least one evaluation set")
+    per_dataset = {}
+    for spec in cfg.test_data:
+        source = open_spec(spec)
+        per_dataset[source.name] = _json_safe(evaluate_source(cfg, model, bundle, source))
+        log.info("%s: mIoU %.2f", source.name, per_dataset[source.name]["mIoU"] or float("nan"))
+    first = next(iter(per_dataset.values()))
+    metrics = {**first, "dataset": next(iter(per_dataset)), "method": cfg.method}
+    if len(per_dataset) > 1:
+        metrics["datasets"] = per_dataset
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def train_from_config(
+    cfg: SegmentationConfig, out_dir: str | Path, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None
+) -> dict:
+    """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics
+    written to `out_dir/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
+    from react_dense.engines.torchvision.train import load_checkpoint, seed_everything
+    from react_dense.modeling.backbone import load_dense_clip
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.engine == "detectron2" and cfg.method == "head":
+        from react_dense.engines.detectron2.seg_train import train_from_config as detectron2_run
+
+        return detectron2_run(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+    seed_everything(cfg.train.seed)
+    bundle = load_dense_clip(cfg.model, cfg.adapter)
+    bundle.model.eval()
+    model = build_segmenter(cfg, bundle)
+    if cfg.method == "head":
+        if eval_only:
+            load_checkpoint(weights or out / FINAL, model)
+        else:
+            model = train(cfg, model, bundle, out, resume)
+    model.to(cfg.train.device)
+    return evaluate(cfg, model, bundle, out)
+
+
+USER_ERRORS = (SegmentationDataError,)
