@@ -31,7 +31,9 @@ def register(subparsers):
         "(each name in each template, averaged). Sub-folders are named by class name (spaces as _ or -) or index.",
     )
     _model_arguments(zeroshot)
-    zeroshot.add_argument("--classes", required=True, help="class names, one per line, in label order")
+    zeroshot.add_argument(
+        "--classes", required=True, help="class names, one per line, in label order; or imagenet (ImageNet-1K)"
+    )
     zeroshot.add_argument("--images", required=True, help="folder with one sub-folder per class")
     zeroshot.add_argument("--templates", default="imagenet", help="imagenet (80 CLIP templates), simple, none, or a file")
     zeroshot.set_defaults(handler=run_zeroshot)

@@ -16,7 +16,15 @@ from react_core.data.pairs import PairDataError
 
 
 def read_classnames(path: str | Path) -> list[str]:
-    """One class name per line; blank lines ignored; duplicates are an error naming the line."""
+    """One class name per line; blank lines ignored; duplicates are an error naming the line.
+
+    `imagenet` (when no such file exists) is ImageNet-1K's class names in OpenAI's wording, as
+    CLIP's zero-shot evaluation uses them (two of them repeat, as there).
+    """
+    if str(path) == "imagenet" and not Path(path).exists():
+        from react_core.modeling.text import imagenet_classnames
+
+        return imagenet_classnames()
     path = Path(path)
     if not path.is_file():
         raise PairDataError(f"class list not found: {path}")

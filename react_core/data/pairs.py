@@ -69,7 +69,7 @@ class ManifestPairs(PairDataset):
         self,
         manifest: str,
         root: str | None = None,
-        classes: Sequence[str] | None = None,
+        classes: list[str] | None = None,
         transform: Callable | None = None,
     ):
         super().__init__(transform)

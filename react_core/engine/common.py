@@ -14,24 +14,22 @@ logger = logging.getLogger("react")
 
 
 def ensure_world(world) -> None:
-    """Generate the synthetic world named by a `WorldConfig` unless its folder already holds one."""
-    if world is None or (Path(world.dir) / "world.json").is_file():
+    """Generate the synthetic world of a `WorldConfig` unless its folder already holds it."""
+    if world is None:
         return
     from react_core.synth import generate_world
 
-    logger.info("generating the synthetic world (%s) in %s", world.preset, world.dir)
-    generate_world(world.preset, world.dir, world.seed)
+    summary = generate_world(world.preset, world.dir, world.seed)
+    if not summary["cached"]:
+        logger.info("generated the synthetic world (%s) in %s", world.preset, world.dir)
 
 
-def config_hash(cfg, exclude: Sequence[str] = ("out",)) -> str:
-    """SHA-256 of the validated config without the keys that do not change the result."""
-    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in exclude}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def pairs_fingerprint(dataset) -> str:
-    """SHA-256 over a pair dataset's ids and captions: changes when the data does."""
-    digest = hashlib.sha256()
+def run_key(cfg, dataset) -> str:
+    """What decides a run's result: the config (less where outputs go, where the world lies and
+    how it is evaluated) and the content of the training pairs (not their paths)."""
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "world", "eval", "data")}
+    data["data"] = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("train", "workers")}
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode())
     for sample_id, caption in zip(dataset.ids, dataset.captions):
         digest.update(f"{sample_id}\t{caption}\n".encode())
     return digest.hexdigest()[:16]

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
+import react_core.data  # noqa: F401  (registers the pair dataset types named in `data.train`)
 from react_core.config import ConfigError, buildable, config_kind
 from react_core.config.common import ModelConfig
 from react_core.registry import DATASETS

@@ -11,7 +11,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from react_core.engine.common import config_hash, ensure_world, training_device, zeroshot
+from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
 from react_core.io import atomic_write_json, atomic_write_text
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -22,13 +22,15 @@ logger = logging.getLogger("react")
 
 
 def base_model_config(cfg):
-    """The ModelConfig to start from: `model`, with the weights of `base_pretrain` when it is set."""
+    """The ModelConfig to start from: `model`, or the model of `base_pretrain` with its (cached)
+    weights, pretrained in this config's world."""
     if cfg.base_pretrain is None:
         return cfg.model
     from react_core.config import load
     from react_core.engine.pretrain import pretrain
 
-    pretrain_cfg = load(cfg.base_pretrain)
+    world = [f"world.{k}={v}" for k, v in dataclasses.asdict(cfg.world).items()] if cfg.world else []
+    pretrain_cfg = load(cfg.base_pretrain, world)
     if pretrain_cfg.out is None:
         from react_core.config import ConfigError
 
@@ -86,7 +88,7 @@ def customize(cfg, out: str | Path) -> dict:
         train=cfg.train,
         data=cfg.data,
         work_dir=out,
-        run_identity={"config": config_hash(cfg), "base": base_identity},
+        run_identity={"config": run_key(cfg, dataset), "base": base_identity},
         tokenizer=bundle.tokenizer,
         caption_embeddings=captions,
         export=export,

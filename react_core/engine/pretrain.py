@@ -13,7 +13,7 @@ import json
 import logging
 from pathlib import Path
 
-from react_core.engine.common import config_hash, ensure_world, pairs_fingerprint, training_device, zeroshot
+from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
 from react_core.io import atomic_write_json, atomic_write_text
 
 MODEL_FILE = "model.safetensors"
@@ -43,7 +43,7 @@ def pretrain(cfg, out: str | Path) -> Path:
         logger.warning("pretrain starts from %s, not from scratch", cfg.model.weights or cfg.model.pretrained)
     bundle = cfg.model.load()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
-    key = f"{config_hash(cfg)}-{pairs_fingerprint(dataset)}"
+    key = run_key(cfg, dataset)
     cached = cached_pretrain(out, key)
     if cached is not None:
         logger.info("pretrained model for this config is cached: %s", cached)

@@ -1,0 +1,108 @@
+"""`react pretrain` and `react customize` end to end on the tiny synthetic world."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from react_core.config import load
+from react_core.engine.caption_embeddings import EmbeddingFolderError, embeddings_from_folder
+from react_core.engine.config import CustomizeConfig, PretrainConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+
+
+@pytest.fixture(scope="module")
+def tiny_runs(tiny_world, tmp_path_factory):
+    """A few-step pretrain config over the demo one, in the tiny world; and a customize config on it."""
+    root = tmp_path_factory.mktemp("runs")
+    pretrain_yaml = root / "pretrain.yaml"
+    pretrain_yaml.write_text(
+        f"_base_: {CONFIGS / 'pretrain.yaml'}\n"
+        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"out: {root / 'pretrain'}\n"
+        "data: {batch_size: 32, workers: 0}\n"
+        "train: {max_iters: 3, warmup_iters: 1, checkpoint_interval: 2}\n"
+    )
+    customize_yaml = root / "customize.yaml"
+    customize_yaml.write_text(
+        f"_base_: {CONFIGS / 'customize.yaml'}\n"
+        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"base_pretrain: {pretrain_yaml}\n"
+        "gated: {k: 1}\n"
+        "data: {batch_size: 16}\n"
+        "train: {max_iters: 3, warmup_iters: 1}\n"
+    )
+    return root, pretrain_yaml, customize_yaml
+
+
+def test_pretrain_is_cached_by_config_and_data(tiny_runs):
+    from react_core.engine.pretrain import SUMMARY_FILE, pretrain
+
+    root, pretrain_yaml, _ = tiny_runs
+    weights = pretrain(load(pretrain_yaml, schema=PretrainConfig), root / "pretrain")
+    summary = json.loads((root / "pretrain" / SUMMARY_FILE).read_text())
+    assert summary["iters"] == 3 and 0 <= summary["zeroshot"]["top1"] <= 100
+    stamp = weights.stat().st_mtime_ns
+    assert pretrain(load(pretrain_yaml, schema=PretrainConfig), root / "pretrain") == weights
+    assert weights.stat().st_mtime_ns == stamp  # not trained again
+    changed = load(pretrain_yaml, ["train.lr=2e-3", "train.max_iters=1"], schema=PretrainConfig)
+    assert pretrain(changed, root / "other") != weights
+
+
+def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path):
+    from react_core.cli import main
+    from react_core.modeling import load_clip
+
+    root, _, customize_yaml = tiny_runs
+    out = tmp_path / "gated"
+    assert main(["customize", "--config", str(customize_yaml), "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"zeroshot_top1_before", "zeroshot_top1_after"} <= metrics.keys()
+    assert metrics["mode"] == "gated-image" and metrics["gated_layers"] == [5]
+    assert 0 < metrics["trainable"] < 0.2 * metrics["total"]
+    assert metrics["pairs"] > 0 and metrics["iters"] == 3
+
+    adapter = load_clip("react-tiny", weights=out / "adapter.safetensors")
+    assert adapter.spec.gated_layers == [5]
+    base = load_clip("react-tiny", weights=root / "pretrain" / "model.safetensors")
+    gates = {k: v for k, v in adapter.model.state_dict().items() if "alpha" in k}
+    assert any(v.abs().item() > 0 for v in gates.values())  # the gates moved off zero
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert not torch.allclose(adapter.model.encode_image(images), base.model.encode_image(images))
+        torch.testing.assert_close(adapter.model.encode_text(base.tokenizer(["a cat"])), base.model.encode_text(base.tokenizer(["a cat"])))
+
+    # running again resumes the finished run: no new training, same result
+    assert main(["customize", "--config", str(customize_yaml), "--out", str(out)]) == 0
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["zeroshot_top1_after"] == pytest.approx(metrics["zeroshot_top1_after"])
+
+
+def test_customize_config_errors_name_the_key(tiny_runs, capsys):
+    from react_core.cli import main
+
+    _, _, customize_yaml = tiny_runs
+    assert main(["customize", "--config", str(customize_yaml), "train.mode=half"]) == 2
+    assert "train.mode" in capsys.readouterr().err
+    assert main(["customize", "--config", str(customize_yaml), "data.train.manifest=/nowhere.parquet", "--out", "/tmp/x"]) == 2
+    assert "/nowhere.parquet" in capsys.readouterr().err
+
+
+def test_embedding_folder_reused_only_for_the_same_text_tower(tmp_path):
+    identity = {"model": "react-tiny", "weights_sha256": "abc"}
+    (tmp_path / "text_emb").mkdir()
+    (tmp_path / "metadata").mkdir()
+    vectors = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    np.save(tmp_path / "text_emb" / "text_emb_0.npy", vectors)
+    pd.DataFrame({"id": ["a", "b", "c"]}).to_parquet(tmp_path / "metadata" / "metadata_0.parquet")
+    (tmp_path / "embeddings.json").write_text(json.dumps({"identity": identity}))
+    rows = embeddings_from_folder(tmp_path, ["c", "a"], identity)
+    expected = torch.nn.functional.normalize(torch.from_numpy(vectors[[2, 0]]), dim=-1)
+    torch.testing.assert_close(rows, expected)
+    with pytest.raises(EmbeddingFolderError, match="cannot be reused"):
+        embeddings_from_folder(tmp_path, ["a"], {**identity, "weights_sha256": "other"})
+    with pytest.raises(EmbeddingFolderError, match="no embedding for 1 training captions .e.g. id 'zz'"):
+        embeddings_from_folder(tmp_path, ["a", "zz"], identity)
