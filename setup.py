@@ -30,6 +30,9 @@ setup(
     extras_require={"dev": ["pytest>=7"]},
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
-        "react.commands": ["detect = react_dense.cli.detect_cmd"],
+        "react.commands": [
+            "detect = react_dense.cli.detect_cmd",
+            "demo = react_dense.cli.demo_cmd",
+        ],
     },
 )

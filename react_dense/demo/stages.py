@@ -1,0 +1,54 @@
+"""Cached demo stages: each stage's outputs live in their own folder with a `stage.json`.
+
+A stage is redone only when its key (a hash of its inputs and of the stages it reads from)
+changes, so a second `react demo` only redoes what changed, and an interrupted one resumes at
+the first unfinished stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from react_core.io import atomic_write_json
+
+STAGE_FILE = "stage.json"
+
+
+def stage_key(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class StageRunner:
+    """Runs named stages in order, printing progress, skipping those already done for their key."""
+
+    def __init__(self, root: Path, total: int, echo: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.total = total
+        self.done = 0
+        self.echo = echo
+        self.timings: dict[str, float] = {}
+
+    def run(self, name: str, key: str, work: Callable[[Path], dict]) -> dict:
+        """Run `work(folder) -> result` unless `folder/stage.json` holds the same key."""
+        folder = self.root / name
+        record = folder / STAGE_FILE
+        self.done += 1
+        prefix = f"[{self.done}/{self.total}] {name}"
+        if record.is_file():
+            saved = json.loads(record.read_text())
+            if saved.get("key") == key:
+                self.echo(f"{prefix}: cached")
+                self.timings[name] = 0.0
+                return saved["result"]
+        self.echo(f"{prefix} ...")
+        start = time.perf_counter()
+        folder.mkdir(parents=True, exist_ok=True)
+        result = work(folder)
+        seconds = time.perf_counter() - start
+        atomic_write_json(record, {"key": key, "result": result, "seconds": round(seconds, 1)})
+        self.timings[name] = seconds
+        self.echo(f"{prefix}: done in {seconds:.0f} s")
+        return result
