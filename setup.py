@@ -33,6 +33,7 @@ setup(
         "react.commands": [
             "detect = react_dense.cli.detect_cmd",
             "demo = react_dense.cli.demo_cmd",
+            "segment = react_dense.cli.segment_cmd",
         ],
     },
 )

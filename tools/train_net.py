@@ -5,7 +5,9 @@
     python tools/train_net.py --config configs/lvis_react.yaml --num-gpus 8 --out runs/lvis
     python tools/train_net.py --config CONFIG --eval-only --out runs/ovd [--weights FILE]
     python tools/train_net.py --config CONFIG engine=detectron2 train.steps=100
+    python tools/train_net.py --config configs/demo/seg_synthetic.yaml --out runs/seg
 
+A `kind: segmentation` config trains an open-vocabulary segmenter instead (react_dense.segmentation).
 The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
 evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
 --out. `--resume` continues from the last checkpoint in --out.
@@ -25,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--config", required=True, help="a `kind: detection` YAML (see configs/)")
+    parser.add_argument("--config", required=True, help="a `kind: detection` or `kind: segmentation` YAML (see configs/)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or --out/model_final.pth) without training")
     parser.add_argument("--weights", default=None, help="detector checkpoint to evaluate with --eval-only")
@@ -41,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from react_dense.segmentation.train import SEGMENTATION_ERRORS, is_segmentation_config
+    from react_dense.segmentation.train import run as run_segmentation
     from react_dense.train_net import USER_ERRORS, run
 
     try:
-        metrics = run(args)
-    except USER_ERRORS as error:
+        metrics = (run_segmentation if is_segmentation_config(args.config, args.overrides) else run)(args)
+    except USER_ERRORS + SEGMENTATION_ERRORS as error:
         print(f"train_net: error: {error}", file=sys.stderr)
         return 2
     if metrics is not None:

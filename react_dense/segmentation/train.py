@@ -237,6 +237,8 @@ def train_from_config(
         from react_dense.engines.detectron2.seg_train import train_from_config as detectron2_run
 
         return detectron2_run(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+    for spec in ([cfg.train_data] if cfg.train_data and not eval_only and cfg.method == "head" else []) + cfg.test_data:
+        open_spec(spec)  # fail on a bad dataset before loading any model
     seed_everything(cfg.train.seed)
     bundle = load_dense_clip(cfg.model, cfg.adapter)
     bundle.model.eval()
@@ -250,4 +252,25 @@ def train_from_config(
     return evaluate(cfg, model, bundle, out)
 
 
-USER_ERRORS = (SegmentationDataError,)
+SEGMENTATION_ERRORS = (SegmentationDataError,)
+
+
+def is_segmentation_config(path: str, overrides=()) -> bool:
+    """Whether `path` (with overrides) is a `kind: segmentation` config, for `tools/train_net.py`."""
+    from react_core.config import load_config
+
+    data, _ = load_config(path, overrides)
+    return data.get("kind") == "segmentation"
+
+
+def run(args) -> dict:
+    """`tools/train_net.py --config SEG_CONFIG [--eval-only] [--resume] [--weights FILE] [--out DIR]`."""
+    from react_core.cli import UserError
+
+    cfg = load_segmentation_config(args.config, args.overrides)
+    if args.weights and not args.eval_only:
+        raise UserError("--weights is for --eval-only")
+    if args.num_gpus > 1 or args.num_machines > 1:
+        raise UserError("segmentation trains on one device (several GPUs are not supported yet)")
+    out = Path(args.out or Path("runs") / Path(args.config).stem)
+    return train_from_config(cfg, out, eval_only=args.eval_only, resume=args.resume, weights=args.weights)

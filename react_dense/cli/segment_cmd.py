@@ -1,0 +1,101 @@
+"""`react segment`: label maps and overlays for any vocabulary, with a trained segmenter or MaskCLIP."""
+from __future__ import annotations
+
+import argparse
+
+DESCRIPTION = """Segment images into the classes of a vocabulary the segmenter may never have
+been trained on: their CLIP text embeddings are the classifier. Writes, per image,
+DIR/labels/<name>.png (label value = class index in the vocabulary, 255 = unlabeled; 16-bit
+when the vocabulary has 255 classes or more) and DIR/overlays/<name>.png (colours over the
+image, with a legend), plus DIR/classes.json (index, name, colour). With a trained head, pixels
+that match no class better than the learned void embedding are unlabeled (--no-void turns that
+off). A `method: maskclip` config needs no --weights: it is the training-free baseline."""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "segment", help="open-vocabulary semantic segmentation of images", description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument("--config", required=True, help="the segmenter's `kind: segmentation` config")
+    parser.add_argument("--weights", default=None, help="segmenter checkpoint (model_final.pth from tools/train_net.py)")
+    parser.add_argument(
+        "--vocabulary", required=True,
+        help='"cat,red car,..." or a file: .txt (one class per line, synonyms after "|") or COCO/LVIS .json',
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--no-void", action="store_true", help="label every pixel with a vocabulary class")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from react_core.cli import UserError
+    from react_core.modeling.checkpoints import CheckpointError
+    from react_core.modeling.text import VocabularyError
+    from react_dense.segmentation.train import SEGMENTATION_ERRORS
+
+    try:
+        return _segment(args)
+    except SEGMENTATION_ERRORS + (CheckpointError, VocabularyError) as error:
+        raise UserError(str(error)) from None
+
+
+def _segment(args) -> int:
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from react_core.cli import UserError
+    from react_core.io import atomic_path, atomic_write_json
+    from react_dense.engines.torchvision.train import load_checkpoint
+    from react_dense.modeling.backbone import load_dense_clip
+    from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
+    from react_dense.segmentation.data import read_image
+    from react_dense.segmentation.inference import predict_logits
+    from react_dense.segmentation.train import build_segmenter, load_segmentation_config
+    from react_dense.segmentation.visualize import overlay_with_legend, palette
+
+    cfg = load_segmentation_config(args.config, args.set)
+    if cfg.method == "head" and not args.weights:
+        raise UserError("--weights is required for a trained head (method: head); only method: maskclip runs without")
+    vocabulary = parse_vocabulary(args.vocabulary)
+    bundle = load_dense_clip(cfg.model, cfg.adapter)
+    bundle.model.eval()
+    model = build_segmenter(cfg, bundle)
+    if cfg.method == "head":
+        load_checkpoint(args.weights, model)
+    model.to(args.device).eval()
+    text = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir).to(args.device)
+    append_void = not args.no_void and cfg.method == "head"
+    unlabeled = len(vocabulary) if append_void else None
+    out = Path(args.out)
+    dtype = np.uint8 if len(vocabulary) < 255 else np.uint16
+    fill = np.iinfo(dtype).max
+    for path in tqdm(args.images, desc="segment"):
+        image = read_image(Path(path))
+        with torch.no_grad():
+            logits = predict_logits(
+                lambda x: model(x, text, append_void=append_void), image[None].to(args.device),
+                cfg.test.mode, cfg.test.crop_size, cfg.test.stride, cfg.test.test_size,
+            )
+        labels = logits[0].argmax(0).cpu().numpy()
+        stored = np.where(labels == unlabeled, fill, labels).astype(dtype) if unlabeled is not None else labels.astype(dtype)
+        stem = Path(path).stem
+        with atomic_path(out / "labels" / f"{stem}.png") as tmp:
+            Image.fromarray(stored).save(tmp, format="PNG")
+        picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+        with atomic_path(out / "overlays" / f"{stem}.png") as tmp:
+            overlay_with_legend(picture, labels, vocabulary.names, unlabeled=unlabeled).save(tmp, format="PNG")
+    colors = palette(len(vocabulary)).tolist()
+    atomic_write_json(
+        out / "classes.json",
+        {"classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(vocabulary.names, colors))], "unlabeled": int(fill)},
+    )
+    print(f"{len(args.images)} images segmented into {len(vocabulary)} classes -> {out}")
+    return 0
