@@ -21,6 +21,9 @@ CORE_COMMANDS = [
     "react_core.cli.customize_cmd",
     "react_core.cli.eval_cmd",
     "react_core.cli.convert_cmd",
+    "react_core.cli.embed_cmd",
+    "react_core.cli.index_cmd",
+    "react_core.cli.retrieve_cmd",
 ]
 
 

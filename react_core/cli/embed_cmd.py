@@ -1,0 +1,64 @@
+"""`react embed --model NAME [--weights FILE] --data SRC --out EMBDIR`: corpus embeddings."""
+from __future__ import annotations
+
+import os
+
+from react_core.cli import UserError
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "embed",
+        help="CLIP image and caption embeddings of a corpus, in LAION's layout",
+        description="Embed the images and captions of a corpus with a CLIP and write them in LAION's released "
+        "layout: EMBDIR/img_emb/img_emb_N.npy and text_emb/text_emb_N.npy (float16, L2-normalised), "
+        "metadata/metadata_N.parquet (id, caption, key, shard, path, url, sha256 of the image bytes), plus "
+        "embeddings.json naming the model. SRC is webdataset shards (a folder of *.tar, a glob, or one tar), a "
+        "parquet manifest (caption plus path, url, or shard+key), or a folder of images with a .txt caption "
+        "beside each. One input shard gives one output shard; a shard is done when all its files exist, so "
+        "running the same command again resumes where it stopped. Unreadable images are skipped and listed in "
+        "skipped/skipped_N.parquet. Under torchrun each rank takes every WORLD_SIZE-th shard.",
+    )
+    parser.add_argument("--model", default="react-tiny", help="architecture: an open_clip name or react-tiny")
+    parser.add_argument("--pretrained", help="an open_clip pretrained tag")
+    parser.add_argument("--weights", help="weights file: full state dict, official REACT file, or adapter")
+    parser.add_argument("--data", required=True, metavar="SRC", help="webdataset shards, parquet manifest or captioned folder")
+    parser.add_argument("--out", required=True, metavar="EMBDIR", help="embedding folder to write (or resume)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=4, help="DataLoader processes decoding images (default: 4)")
+    parser.add_argument(
+        "--shard-size", type=int, default=10_000,
+        help="rows per output shard for a manifest or folder source (webdataset shards keep theirs)",
+    )
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU if any)")
+    parser.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    import torch
+
+    from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
+    from react_core.retrieval.embed import EmbeddingError, embed_corpus, rank_and_world
+
+    if args.batch_size < 1 or args.workers < 0 or args.shard_size < 1:
+        raise UserError("--batch-size and --shard-size must be >= 1, --workers >= 0")
+    rank, world_size = rank_and_world()
+    device = args.device
+    if device is None:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    try:
+        bundle = load_clip(args.model, args.pretrained, args.weights, device=device)
+        summary = embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
+                               shard_size=args.shard_size, rank=rank, world_size=world_size)
+    except (EmbeddingError, CheckpointError, PretrainedUnavailableError, FileNotFoundError) as error:
+        raise UserError(str(error)) from error
+    print(f"embedded {summary['rows']} pairs in {summary['shards']} shards "
+          f"({summary['already_done']} shards were already done) into {args.out}")
+    if summary["failed"]:
+        print(f"{len(summary['failed'])} unreadable images skipped (listed in {args.out}/skipped/):")
+        for shard, sample_id, reason in summary["failed"][:10]:
+            print(f"  shard {shard}, id {sample_id}: {reason}")
+        if len(summary["failed"]) > 10:
+            print(f"  ... and {len(summary['failed']) - 10} more")
+    return 0

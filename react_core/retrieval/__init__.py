@@ -1,0 +1,19 @@
+"""Retrieval, REACT's first stage: embed a web corpus, index it with FAISS, retrieve the pairs
+most relevant to a task from its class names alone, and turn them into a training set.
+
+embed.py     corpus -> LAION-layout embedding folder (`react embed`)
+index.py     embedding folder -> tuned FAISS index (`react index`)
+classes.py   class lists (text, JSON, ImageNet-1K, COCO/LVIS categories) -> queries
+retrieve.py  queries -> per-class hits -> filtered subset (`react retrieve`)
+export.py    subset -> webdataset shards, image folder or URL list (`react export`)
+report.py    subset -> HTML page with images, captions and histograms (`react report`)
+"""
+from react_core.retrieval.embed import (
+    EmbeddingError,
+    EmbeddingFolder,
+    embed_corpus,
+    matches_model,
+    read_embedding_info,
+)
+
+__all__ = ["EmbeddingError", "EmbeddingFolder", "embed_corpus", "matches_model", "read_embedding_info"]

@@ -1,0 +1,487 @@
+"""CLIP image and caption embeddings of a corpus, in LAION's released layout.
+
+    EMBDIR/img_emb/img_emb_{N}.npy      float16 [rows, dim], L2-normalised image embeddings
+    EMBDIR/text_emb/text_emb_{N}.npy    float16 [rows, dim], L2-normalised caption embeddings
+    EMBDIR/metadata/metadata_{N}.parquet  one row per embedding: id, caption, key, shard, path,
+                                          url, sha256 (of the image bytes)
+    EMBDIR/skipped/skipped_{N}.parquet  samples of shard N whose image could not be read
+    EMBDIR/embeddings.json              the model (identity, tokenizer, normalisation, dtype)
+
+Because the layout is LAION's, LAION's published embeddings can stand in for ours (add an
+`embeddings.json` naming their model). One input shard gives one output shard N; each file is
+written atomically and `metadata_{N}.parquet` last, so a shard is done exactly when its files
+all exist, and an interrupted run resumes at the first shard not done. Under torchrun each rank
+takes every WORLD_SIZE-th shard.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from react_core.io import atomic_path, atomic_write_json
+
+INFO_FILE = "embeddings.json"
+KINDS = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
+FORMAT_VERSION = 1
+DEFAULT_SHARD_SIZE = 10_000
+
+
+class EmbeddingError(ValueError):
+    """An embedding folder or corpus that cannot be used; the message names the file."""
+
+
+def shard_files(root: str | Path, number: int) -> dict[str, Path]:
+    root = Path(root)
+    return {
+        "image": root / "img_emb" / f"img_emb_{number}.npy",
+        "text": root / "text_emb" / f"text_emb_{number}.npy",
+        "skipped": root / "skipped" / f"skipped_{number}.parquet",
+        "metadata": root / "metadata" / f"metadata_{number}.parquet",
+    }
+
+
+def shard_done(root: str | Path, number: int) -> bool:
+    return all(path.is_file() for path in shard_files(root, number).values())
+
+
+# --------------------------------------------------------------------------------------------
+# Model identity
+
+
+def read_embedding_info(emb_dir: str | Path) -> dict:
+    """The folder's `embeddings.json`: model identity, how to rebuild the model, dtype, dim."""
+    path = Path(emb_dir) / INFO_FILE
+    if not path.is_file():
+        raise EmbeddingError(f"{path} not found: cannot tell which model made these embeddings")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise EmbeddingError(f"{path}: not valid JSON ({error})") from None
+
+
+def matches_model(emb_dir: str | Path, spec) -> bool:
+    """True when the folder's embeddings come from the model `spec` (a `ModelSpec`) describes.
+
+    Cached caption embeddings are valid only for the very text tower that made them; this is the
+    check to make before reusing them.
+    """
+    try:
+        info = read_embedding_info(emb_dir)
+    except EmbeddingError:
+        return False
+    return info.get("identity") == spec.identity()
+
+
+def embedding_info(bundle, dim: int, source: str, shard_names: list[str]) -> dict:
+    spec = bundle.spec
+    tokenizer = bundle.tokenizer
+    return {
+        "format": "laion",
+        "version": FORMAT_VERSION,
+        "identity": spec.identity(),
+        "model": {"name": spec.name, "pretrained": spec.pretrained, "weights": spec.adapter or spec.weights,
+                  "quick_gelu": spec.quick_gelu},
+        "tokenizer": {"type": type(tokenizer).__name__,
+                      "context_length": int(getattr(tokenizer, "context_length", 0) or 0)},
+        "normalized": True,
+        "dtype": "float16",
+        "dim": int(dim),
+        "source": source,
+        "shards": shard_names,
+    }
+
+
+def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None = None):
+    """Rebuild the model named by an embedding folder, checking that its identity still matches."""
+    from react_core.modeling import load_clip
+
+    info = read_embedding_info(emb_dir)
+    model = info["model"]
+    bundle = load_clip(model["name"], model.get("pretrained"), weights or model.get("weights"),
+                       quick_gelu=model.get("quick_gelu"), device=device)
+    if bundle.spec.identity() != info["identity"]:
+        raise EmbeddingError(
+            f"{Path(emb_dir) / INFO_FILE}: the model rebuilt from it ({bundle.spec.identity()}) is not the one that "
+            f"made the embeddings ({info['identity']}); were the weights changed?"
+        )
+    return bundle
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus sources: webdataset shards, a parquet manifest, a folder of captioned images
+
+
+@dataclass
+class InputShard:
+    """One unit of work; `load()` returns its metadata rows and the image location of each row."""
+
+    number: int
+    name: str
+    load: Callable[[], tuple["object", list]]
+
+
+def _webdataset_shard(path: str) -> tuple[object, list]:
+    import pandas as pd
+
+    from react_core.data.images import IMAGE_EXTENSIONS, index_shard
+
+    rows, locations = [], []
+    for key, entry in index_shard(path).items():
+        meta = json.loads(entry["json"]) if "json" in entry else {}
+        caption = entry["txt"].decode("utf-8").strip() if "txt" in entry else meta.get("caption")
+        if caption is None:
+            continue
+        rows.append({"id": str(meta.get("id", key)), "caption": caption, "key": key, "shard": path,
+                     "url": meta.get("url")})
+        locations.append(next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
+    return pd.DataFrame(rows, columns=["id", "caption", "key", "shard", "url"]), locations
+
+
+def _chunks(count: int, size: int) -> list[tuple[int, int]]:
+    return [(start, min(start + size, count)) for start in range(0, count, size)]
+
+
+def _manifest_shards(path: Path, shard_size: int) -> list[InputShard]:
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from react_core.data import ManifestPairs, PairDataError
+
+    try:
+        count = pq.ParquetFile(path).metadata.num_rows
+    except Exception as error:
+        raise EmbeddingError(f"{path}: not a readable parquet file ({type(error).__name__}: {error})") from None
+    pairs: list = []
+
+    def load(start: int, stop: int):
+        if not pairs:
+            try:
+                pairs.append(ManifestPairs(str(path)))
+            except PairDataError as error:
+                raise EmbeddingError(str(error)) from None
+            pairs.append(pd.read_parquet(path))
+        dataset, table = pairs
+        rows = table.iloc[start:stop]
+        columns = {"id": [str(i) for i in dataset.ids[start:stop]], "caption": dataset.captions[start:stop]}
+        for name in ("key", "shard", "path", "url"):
+            if name in rows.columns:
+                columns[name] = rows[name].astype("string").tolist()
+        frame = pd.DataFrame(columns)
+        return frame, [_ManifestImage(dataset, i) for i in range(start, stop)]
+
+    return [InputShard(n, f"{path}[{a}:{b}]", lambda a=a, b=b: load(a, b)) for n, (a, b) in enumerate(_chunks(count, shard_size))]
+
+
+@dataclass(frozen=True)
+class _ManifestImage:
+    """A row of a `ManifestPairs`, read through it (paths, urls or shard members)."""
+
+    dataset: object
+    index: int
+
+
+def _folder_shards(root: Path, shard_size: int) -> list[InputShard]:
+    import pandas as pd
+
+    from react_core.data.images import IMAGE_EXTENSIONS
+
+    images = sorted(p for p in root.rglob("*") if p.suffix.lower().lstrip(".") in IMAGE_EXTENSIONS
+                    and p.with_suffix(".txt").is_file())
+    if not images:
+        raise EmbeddingError(f"{root}: no webdataset shards (*.tar) and no image with a .txt caption beside it")
+
+    def load(start: int, stop: int):
+        chunk = images[start:stop]
+        frame = pd.DataFrame({
+            "id": [str(p.relative_to(root).with_suffix("")) for p in chunk],
+            "caption": [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in chunk],
+            "path": [str(p) for p in chunk],
+        })
+        return frame, [str(p) for p in chunk]
+
+    return [InputShard(n, f"{root}[{a}:{b}]", lambda a=a, b=b: load(a, b)) for n, (a, b) in enumerate(_chunks(len(images), shard_size))]
+
+
+def discover_shards(source: str | Path, shard_size: int = DEFAULT_SHARD_SIZE) -> list[InputShard]:
+    """Input shards of a corpus: `*.tar` files (a glob, a file, or a folder holding them), a
+    parquet manifest (cut into `shard_size` rows), or a folder of images with `.txt` captions."""
+    text = str(source)
+    if glob.has_magic(text):
+        tars = sorted(glob.glob(text))
+        if not tars:
+            raise EmbeddingError(f"no files match {text!r}")
+    else:
+        path = Path(text)
+        if not path.exists():
+            raise EmbeddingError(f"corpus not found: {path}")
+        if path.suffix == ".parquet":
+            return _manifest_shards(path, shard_size)
+        if path.is_file():
+            tars = [text]
+        else:
+            tars = sorted(str(p) for p in path.rglob("*.tar"))
+            if not tars:
+                return _folder_shards(path, shard_size)
+    return [InputShard(n, tar, lambda tar=tar: _webdataset_shard(tar)) for n, tar in enumerate(tars)]
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding
+
+
+class _ShardImages:
+    """Map-style dataset over one shard's image locations: (tensor or None, row, sha256, error)."""
+
+    def __init__(self, locations: list, transform: Callable):
+        from react_core.data.images import ShardReader
+
+        self.locations = locations
+        self.transform = transform
+        self.reader = ShardReader()
+
+    def __len__(self) -> int:
+        return len(self.locations)
+
+    def _bytes(self, location) -> bytes | None:
+        from react_core.data.images import TarMember, read_bytes
+
+        if location is None:
+            return None
+        if isinstance(location, TarMember):
+            return self.reader.read(location)
+        return read_bytes(location)
+
+    def __getitem__(self, row: int):
+        from react_core.data.images import decode_image
+
+        location = self.locations[row]
+        if isinstance(location, _ManifestImage):
+            image = location.dataset.load_image(location.index)
+            digest = None
+        else:
+            data = self._bytes(location)
+            if data is None:
+                return None, row, None, "missing or unreadable file"
+            digest = hashlib.sha256(data).hexdigest()
+            image = decode_image(data, str(location))
+        if image is None:
+            return None, row, digest, "not a decodable image"
+        try:
+            return self.transform(image), row, digest, None
+        except Exception as error:  # a transform failure is one bad sample, not a failed job
+            return None, row, digest, f"{type(error).__name__}: {error}"
+
+
+def _collate(samples):
+    import torch
+
+    kept = [s for s in samples if s[0] is not None]
+    images = torch.stack([s[0] for s in kept]) if kept else torch.empty(0)
+    return images, [s[1] for s in kept], [s[2] for s in kept], [(s[1], s[3]) for s in samples if s[0] is None]
+
+
+def rank_and_world() -> tuple[int, int]:
+    """This process's rank and the number of ranks, from torchrun's environment."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _check_or_write_info(out: Path, info: dict, rank: int) -> None:
+    path = out / INFO_FILE
+    if path.is_file():
+        existing = read_embedding_info(out)
+        if existing.get("identity") != info["identity"]:
+            raise EmbeddingError(
+                f"{path}: this folder holds embeddings of another model ({existing.get('identity')}); "
+                f"give a new --out for {info['identity']}"
+            )
+        if existing.get("shards") != info["shards"]:
+            raise EmbeddingError(f"{path}: this folder holds embeddings of another corpus ({existing.get('source')})")
+        return
+    if rank == 0:
+        atomic_write_json(path, info)
+
+
+def embed_corpus(
+    bundle,
+    source: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 256,
+    workers: int = 4,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    rank: int | None = None,
+    world_size: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Embed every not-yet-done shard of `source` that belongs to this rank; returns a summary.
+
+    The summary has `shards` (done by this call), `skipped_shards` (already done), `rows`, and
+    `failed` (list of (shard, id, reason)) for the images that could not be read.
+    """
+    import pandas as pd
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    out = Path(out)
+    env_rank, env_world = rank_and_world()
+    rank = env_rank if rank is None else rank
+    world_size = env_world if world_size is None else world_size
+    shards = discover_shards(source, shard_size)
+    model = bundle.model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        probe = model.encode_text(bundle.tokenizer(["probe"]).to(device))
+    dim = int(probe.shape[-1])
+    _check_or_write_info(out, embedding_info(bundle, dim, str(source), [s.name for s in shards]), rank)
+
+    mine = shards[rank::world_size]
+    pending = [s for s in mine if not shard_done(out, s.number)]
+    summary = {"shards": 0, "already_done": len(mine) - len(pending), "rows": 0, "failed": []}
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    bar = tqdm(total=None, desc=f"embed (rank {rank})" if world_size > 1 else "embed", unit="img",
+               disable=not progress, smoothing=0.1)
+    for shard in pending:
+        bar.set_postfix_str(f"shard {shard.number + 1}/{len(shards)}")
+        rows, locations = shard.load()
+        dataset = _ShardImages(locations, bundle.preprocess_val)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                            pin_memory=device.type == "cuda", persistent_workers=False)
+        image_chunks, text_chunks, kept, digests, failed = [], [], [], [], []
+        captions = rows["caption"].tolist()
+        with torch.no_grad(), autocast:
+            for images, batch_rows, batch_digests, batch_failed in loader:
+                failed.extend(batch_failed)
+                if batch_rows:
+                    image = model.encode_image(images.to(device, non_blocking=True))
+                    tokens = bundle.tokenizer([captions[r] for r in batch_rows]).to(device)
+                    text = model.encode_text(tokens)
+                    image_chunks.append(torch.nn.functional.normalize(image.float(), dim=-1).half().cpu())
+                    text_chunks.append(torch.nn.functional.normalize(text.float(), dim=-1).half().cpu())
+                    kept.extend(batch_rows)
+                    digests.extend(batch_digests)
+                bar.update(len(batch_rows) + len(batch_failed))
+        files = shard_files(out, shard.number)
+        skipped = rows.iloc[[r for r, _ in failed]].copy()
+        skipped["reason"] = [reason for _, reason in failed]
+        skipped["input_shard"] = shard.name
+        _write_parquet(files["skipped"], skipped)
+        empty = torch.empty(0, dim, dtype=torch.float16)
+        _write_npy(files["image"], torch.cat(image_chunks).numpy() if image_chunks else empty.numpy())
+        _write_npy(files["text"], torch.cat(text_chunks).numpy() if text_chunks else empty.numpy())
+        metadata = rows.iloc[kept].reset_index(drop=True)
+        metadata["sha256"] = pd.array(digests, dtype="string")
+        _write_parquet(files["metadata"], metadata)
+        summary["shards"] += 1
+        summary["rows"] += len(kept)
+        summary["failed"].extend((shard.number, str(rows["id"].iloc[r]), reason) for r, reason in failed)
+    bar.close()
+    return summary
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array, dtype=np.float16))
+
+
+def _write_parquet(path: Path, frame) -> None:
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+
+
+def skipped_samples(emb_dir: str | Path):
+    """Every sample that embedding skipped (unreadable image), with its shard and reason."""
+    import pandas as pd
+
+    files = sorted(Path(emb_dir, "skipped").glob("skipped_*.parquet"), key=_shard_number)
+    frames = [pd.read_parquet(f).assign(output_shard=_shard_number(f)) for f in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "reason", "output_shard"])
+
+
+def _shard_number(path: Path) -> int:
+    return int(path.stem.rsplit("_", 1)[1])
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a folder
+
+
+class EmbeddingFolder:
+    """A finished LAION-layout folder: per-shard arrays (memory-mapped) and metadata.
+
+    Rows are numbered globally in shard order; a FAISS index built from the folder uses these
+    row numbers as ids.
+    """
+
+    def __init__(self, root: str | Path, require_info: bool = True):
+        self.root = Path(root)
+        self.info = read_embedding_info(self.root) if require_info or (self.root / INFO_FILE).is_file() else {}
+        numbers = sorted(_shard_number(p) for p in (self.root / "metadata").glob("metadata_*.parquet"))
+        if not numbers:
+            raise EmbeddingError(f"{self.root / 'metadata'}: no metadata_N.parquet files (not an embedding folder?)")
+        expected = len(self.info.get("shards", numbers))
+        missing = sorted(set(range(expected)) - set(numbers)) if self.info else []
+        if missing:
+            raise EmbeddingError(
+                f"{self.root}: shards {missing[:10]} of {expected} are not embedded yet; run `react embed` again to finish"
+            )
+        self.numbers = numbers
+        self.counts = []
+        for number in numbers:
+            array = self.array("image", number) if shard_files(self.root, number)["image"].is_file() else self.array("text", number)
+            self.counts.append(len(array))
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+        self.dim = int(self.info.get("dim") or self.array("image", numbers[0]).shape[1])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def array(self, kind: str, number: int) -> np.ndarray:
+        path = shard_files(self.root, number)[kind]
+        if not path.is_file():
+            raise EmbeddingError(f"{path} not found ({kind} embeddings of shard {number})")
+        return np.load(path, mmap_mode="r")
+
+    def iter_arrays(self, kind: str) -> Iterator[tuple[int, np.ndarray]]:
+        """(first global row, float32 array) per shard, in order."""
+        for number, start in zip(self.numbers, self.offsets[:-1]):
+            yield int(start), np.asarray(self.array(kind, number), dtype=np.float32)
+
+    def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
+        """float32 embeddings of global `rows` (any order)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        result = np.empty((len(rows), self.dim), dtype=np.float32)
+        shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
+        for position in np.unique(shard_of):
+            mask = shard_of == position
+            local = rows[mask] - self.offsets[position]
+            result[mask] = self.array(kind, self.numbers[position])[local]
+        return result
+
+    def metadata(self, columns: list[str] | None = None):
+        """All metadata rows in global row order, with a `row` column."""
+        import pandas as pd
+
+        frames = []
+        for number in self.numbers:
+            path = shard_files(self.root, number)["metadata"]
+            available = None
+            if columns is not None:
+                import pyarrow.parquet as pq
+
+                names = pq.ParquetFile(path).schema_arrow.names
+                available = [c for c in columns if c in names]
+            frames.append(pd.read_parquet(path, columns=available))
+        table = pd.concat(frames, ignore_index=True)
+        if len(table) != len(self):
+            raise EmbeddingError(f"{self.root}: metadata has {len(table)} rows but the embeddings have {len(self)}")
+        table["row"] = np.arange(len(table), dtype=np.int64)
+        return table

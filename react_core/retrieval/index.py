@@ -1,0 +1,351 @@
+"""FAISS indexes over an embedding folder: chosen for the corpus size and memory, built shard by
+shard, tuned for recall on the queries that will actually be run.
+
+The automatic choice (`choose_factory`, autofaiss-like; we own it because autofaiss pins
+numpy<2 and clip-retrieval pins open_clip<3):
+
+  * fewer than 50k vectors, or an exact index that fits in a quarter of the budget with fewer
+    than 200k vectors: `Flat` (exact; nothing to train or tune);
+  * otherwise an inverted file with `nlist` = the power of two nearest 4*sqrt(n) (at least 64,
+    at most 2^18), its coarse quantizer an HNSW32 graph once nlist > 16384 (a flat one below);
+  * codes: the richest that fit 90% of the memory budget, counting 8 bytes of id per vector:
+    `Flat` (4d bytes), `SQ8` (d bytes), then `PQ{m}x8` with m the largest divisor of d among
+    256, 128, 96, 64, 48, 32, 16, 8 that fits, preceded by an `OPQ{m}` rotation when each
+    sub-quantizer covers more than 4 dimensions (where the rotation pays most).
+
+Vectors are added shard by shard with their global row numbers as ids. When the index would not
+fit in half the memory budget, each shard is added to its own copy of the trained empty index,
+written to disk, and the copies are merged with `faiss.contrib.ondisk.merge_ondisk` into one
+`index.ivfdata` file beside `index.faiss`, which is then searched memory-mapped. Finished parts
+are kept until the merge, so an interrupted build resumes.
+
+Tuning: exact neighbours of the tuning queries (by blocks, never the whole corpus in memory) are
+the ground truth; `faiss.ParameterSpace` explores nprobe / efSearch; the fastest setting whose
+recall@k (|ANN ∩ exact| / k) reaches the target is kept in `index.json` with the recall it
+achieved. Text queries are not distributed like corpus vectors (the modality gap), so the queries
+are the class x template text embeddings, or else caption embeddings, never corpus samples of
+the indexed kind.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+from react_core.io import atomic_path, atomic_write_json
+from react_core.retrieval.embed import EmbeddingFolder
+
+INDEX_FILE = "index.faiss"
+INFO_FILE = "index.json"
+IVFDATA_FILE = "index.ivfdata"
+PARTS_DIR = "parts"
+FLAT_MAX = 50_000
+ID_BYTES = 8
+PQ_SUBQUANTIZERS = (256, 128, 96, 64, 48, 32, 16, 8)
+
+logger = logging.getLogger("react")
+
+
+class IndexBuildError(ValueError):
+    """An index folder or build request that cannot be used; names the file or option."""
+
+
+def parse_memory(text: str | int | None) -> int | None:
+    """`8G`, `512M`, `1.5T`, or a byte count."""
+    if text is None or isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([KMGT]?)i?B?\s*", str(text), flags=re.IGNORECASE)
+    if not match:
+        raise IndexBuildError(f"memory size {text!r}: expected a number with an optional K, M, G or T suffix (e.g. 8G)")
+    return int(float(match.group(1)) * 1024 ** "BKMGT".index((match.group(2) or "B").upper()))
+
+
+def _nlist(n: int) -> int:
+    return int(min(2 ** 18, max(64, 2 ** round(math.log2(4 * math.sqrt(n))))))
+
+
+def choose_factory(n: int, d: int, max_memory: int | None = None) -> str:
+    """The index factory string the rule above gives for n vectors of dimension d."""
+    budget = 0.9 * max_memory if max_memory else float("inf")
+    if n < FLAT_MAX or (n < 200_000 and n * d * 4 <= budget / 4):
+        return "Flat"
+    nlist = _nlist(n)
+    quantizer = f"IVF{nlist}_HNSW32" if nlist > 16384 else f"IVF{nlist}"
+    per_vector = budget / n - ID_BYTES
+    if per_vector >= 4 * d:
+        return f"{quantizer},Flat"
+    if per_vector >= d:
+        return f"{quantizer},SQ8"
+    fitting = [m for m in PQ_SUBQUANTIZERS if d % m == 0 and m <= per_vector]
+    if not fitting:
+        raise IndexBuildError(
+            f"{n} vectors of dimension {d} do not fit in {max_memory} bytes even as 8-byte codes; raise --max-memory"
+        )
+    m = fitting[0]
+    rotation = f"OPQ{m}," if d // m > 4 else ""
+    return f"{rotation}{quantizer},PQ{m}x8"
+
+
+def _uses_gpu() -> bool:
+    import faiss
+
+    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+
+
+def train_index(index, sample: np.ndarray) -> None:
+    """Train on a sample; k-means of an inverted file runs on the GPUs when FAISS has them."""
+    import faiss
+
+    if index.is_trained:
+        return
+    ivf = _ivf_of(index)
+    if ivf is not None and _uses_gpu():
+        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    index.train(sample)
+
+
+def _ivf_of(index):
+    import faiss
+
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def training_size(factory: str, n: int) -> int:
+    """Enough vectors for k-means (~50 per list) and PQ codebooks (~256 * 40), capped by n."""
+    match = re.search(r"IVF(\d+)", factory)
+    need = 50 * int(match.group(1)) if match else 0
+    if "PQ" in factory or "SQ" in factory:
+        need = max(need, 256 * 40)
+    return int(min(n, max(need, 10_000)))
+
+
+def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
+    return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
+
+
+def exact_neighbours(folder: EmbeddingFolder, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k over the whole folder, shard by shard (scores, rows)."""
+    import faiss
+    from faiss.contrib.exhaustive_search import knn_ground_truth
+
+    blocks = (block for _, block in folder.iter_arrays(kind))
+    return knn_ground_truth(np.ascontiguousarray(queries, dtype=np.float32), blocks, k, metric_type=faiss.METRIC_INNER_PRODUCT)
+
+
+def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean |found ∩ exact| / k over queries (ids < 0 never count)."""
+    k = exact.shape[1]
+    hits = [len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) for a, b in zip(found, exact)]
+    return float(np.mean(hits) / k) if hits else 1.0
+
+
+def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float]:
+    """Fastest search parameters reaching `target` recall@k: (parameter string, recall, s/query).
+
+    faiss's `ParameterSpace.explore` measures recall (an intersection criterion against the exact
+    neighbours) and time over the parameter grid, keeping the Pareto-optimal settings.
+    """
+    import faiss
+
+    k = exact.shape[1]
+    space = faiss.ParameterSpace()
+    space.initialize(index)
+    if space.n_combinations() <= 1:
+        _, found = index.search(queries, k)
+        return "", recall_at_k(found, exact), 0.0
+    criterion = faiss.IntersectionCriterion(len(queries), k)
+    criterion.set_groundtruth(None, np.ascontiguousarray(exact, dtype=np.int64))
+    space.n_experiments = 0  # try the whole grid (bounded by timing pruning), not a random subset
+    space.verbose = 0
+    points = space.explore(index, np.ascontiguousarray(queries, dtype=np.float32), criterion)
+    optimal = [(points.all_pts.at(i).perf, points.all_pts.at(i).t, points.all_pts.at(i).key) for i in range(points.all_pts.size())]
+    reaching = [p for p in optimal if p[0] >= target]
+    perf, seconds, key = min(reaching, key=lambda p: p[1]) if reaching else max(optimal, key=lambda p: p[0])
+    space.set_index_parameters(index, key)
+    return key, float(perf), float(seconds) / len(queries)
+
+
+def build_index(
+    emb_dir: str | Path,
+    kind: str,
+    out: str | Path,
+    *,
+    factory: str | None = None,
+    max_memory: int | None = None,
+    queries: np.ndarray | None = None,
+    queries_source: str = "",
+    target_recall: float = 0.95,
+    k: int = 100,
+    max_tuning_queries: int = 1000,
+    on_disk: bool | None = None,
+    progress: bool = True,
+) -> dict:
+    """Build, tune and save an index of `kind` ('image' or 'text') embeddings; returns index.json's content."""
+    import faiss
+    from tqdm import tqdm
+
+    if kind not in ("image", "text"):
+        raise IndexBuildError(f"--kind must be image or text, not {kind!r}")
+    folder = EmbeddingFolder(emb_dir)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    n, d = len(folder), folder.dim
+    if n == 0:
+        raise IndexBuildError(f"{emb_dir}: no embeddings to index")
+    factory = factory or choose_factory(n, d, max_memory)
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise IndexBuildError(f"FAISS cannot build index factory {factory!r}: {str(error).splitlines()[-1]}") from None
+    started = time.perf_counter()
+    train_rows = _sample_rows(n, training_size(factory, n))
+    if not index.is_trained:
+        logger.info("training %s on %d of %d vectors", factory, len(train_rows), n)
+        train_index(index, folder.gather(kind, train_rows))
+    estimated = _estimated_bytes(index, n, d)
+    ivf = _ivf_of(index)
+    if on_disk is None:
+        on_disk = ivf is not None and max_memory is not None and estimated > max_memory / 2
+    if on_disk and ivf is None:
+        raise IndexBuildError(f"{factory!r} is not an inverted-file index; only those can be merged on disk")
+    bar = tqdm(total=n, desc=f"index {kind}", unit="vec", disable=not progress)
+    if on_disk:
+        _build_on_disk(index, folder, kind, out, bar)
+    else:
+        for start, block in folder.iter_arrays(kind):
+            if ivf is not None:
+                index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
+            else:
+                index.add(block)
+            bar.update(len(block))
+        with atomic_path(out / INDEX_FILE) as tmp:
+            faiss.write_index(index, str(tmp))
+    bar.close()
+    build_seconds = time.perf_counter() - started
+
+    parameters, recall, seconds_per_query = "", 1.0, None
+    tuning = {"queries": 0, "source": queries_source}
+    if factory != "Flat" and queries is not None and len(queries):
+        picked = queries if len(queries) <= max_tuning_queries else queries[_sample_rows(len(queries), max_tuning_queries, 1)]
+        picked = np.ascontiguousarray(picked, dtype=np.float32)
+        k_tune = min(k, n)
+        _, exact = exact_neighbours(folder, kind, picked, k_tune)
+        searchable = read_index(out)
+        parameters, recall, seconds_per_query = tune(searchable, picked, exact, target_recall)
+        tuning = {"queries": len(picked), "source": queries_source, "k": k_tune}
+        if recall < target_recall:
+            logger.warning("index reaches recall@%d %.3f < target %.3f at best (%s); consider a richer --factory "
+                           "or more --max-memory", k_tune, recall, target_recall, parameters)
+    elif factory != "Flat":
+        logger.warning("no tuning queries: search parameters are FAISS defaults and recall is unknown")
+        recall = None
+    info = {
+        "factory": factory,
+        "kind": kind,
+        "metric": "inner_product",
+        "ntotal": int(n),
+        "dim": int(d),
+        "on_disk": bool(on_disk),
+        "search_parameters": parameters,
+        "target_recall": target_recall,
+        "recall": recall,
+        "recall_k": tuning.get("k"),
+        "tuning": tuning,
+        "seconds_per_query": seconds_per_query,
+        "build_seconds": round(build_seconds, 2),
+        "index_bytes": _index_bytes(out),
+        "embeddings": str(Path(emb_dir).resolve()),
+        "identity": folder.info.get("identity"),
+        "faiss_version": faiss.__version__,
+    }
+    atomic_write_json(out / INFO_FILE, info)
+    return info
+
+
+def _estimated_bytes(index, n: int, d: int) -> int:
+    ivf = _ivf_of(index)
+    code = ivf.code_size if ivf is not None else 4 * d
+    return int(n * (code + (ID_BYTES if ivf is not None else 0)))
+
+
+def _build_on_disk(index, folder: EmbeddingFolder, kind: str, out: Path, bar) -> None:
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    parts = out / PARTS_DIR
+    parts.mkdir(exist_ok=True)
+    trained = parts / "trained.faiss"
+    with atomic_path(trained) as tmp:
+        faiss.write_index(index, str(tmp))
+    names = []
+    for number, (start, block) in zip(folder.numbers, folder.iter_arrays(kind)):
+        part = parts / f"part_{number}.faiss"
+        names.append(str(part))
+        if not part.is_file():
+            shard_index = faiss.read_index(str(trained))
+            shard_index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
+            with atomic_path(part) as tmp:
+                faiss.write_index(shard_index, str(tmp))
+        bar.update(len(block))
+    merged = faiss.read_index(str(trained))
+    (out / IVFDATA_FILE).unlink(missing_ok=True)
+    merge_ondisk(merged, names, str(out / IVFDATA_FILE))
+    with atomic_path(out / INDEX_FILE) as tmp:
+        faiss.write_index(merged, str(tmp))
+    shutil.rmtree(parts)
+
+
+def _index_bytes(out: Path) -> int:
+    return sum(p.stat().st_size for p in (out / INDEX_FILE, out / IVFDATA_FILE) if p.is_file())
+
+
+def read_index_info(index_dir: str | Path) -> dict:
+    path = Path(index_dir) / INFO_FILE
+    if not path.is_file():
+        raise IndexBuildError(f"{path} not found (build the index with `react index`)")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_index(index_dir: str | Path, parameters: str | None = None, gpu: bool = False):
+    """The index, memory-mapped (on-disk inverted lists read from the same folder), with its
+    tuned search parameters applied; on the GPUs when asked and FAISS has them."""
+    import faiss
+
+    path = Path(index_dir) / INDEX_FILE
+    if not path.is_file():
+        raise IndexBuildError(f"{path} not found (build the index with `react index`)")
+    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_ONDISK_SAME_DIR if (Path(index_dir) / IVFDATA_FILE).is_file() else faiss.IO_FLAG_MMAP
+    index = faiss.read_index(str(path), flags)
+    if parameters is None and (Path(index_dir) / INFO_FILE).is_file():
+        parameters = read_index_info(index_dir).get("search_parameters") or ""
+    if gpu and _uses_gpu() and not (Path(index_dir) / IVFDATA_FILE).is_file():
+        index = faiss.index_cpu_to_all_gpus(index)
+    if parameters:
+        space = faiss.GpuParameterSpace() if gpu and _uses_gpu() else faiss.ParameterSpace()
+        space.set_index_parameters(index, parameters)
+    return index
+
+
+def search(index, queries: np.ndarray, k: int, ntotal: int | None = None, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k (scores, rows) in batches; FAISS's -1 (fewer than k found) stays -1 with score -inf,
+    and any id outside [0, ntotal) is an error, never a silently wrong sample."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    rows = np.empty((len(queries), k), dtype=np.int64)
+    for start in range(0, len(queries), batch):
+        scores[start:start + batch], rows[start:start + batch] = index.search(queries[start:start + batch], k)
+    missing = rows < 0
+    scores[missing] = -np.inf
+    limit = ntotal if ntotal is not None else index.ntotal
+    if ((rows >= limit) & ~missing).any():
+        raise IndexBuildError(f"the index returned ids beyond its {limit} vectors: index and embeddings do not match")
+    return scores, rows

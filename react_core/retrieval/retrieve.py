@@ -1,0 +1,349 @@
+"""Per-class retrieval: class-name queries -> FAISS hits -> an exact re-score -> filters -> subset.
+
+Candidates are every hit of every query of a class (k per query, as the official code does),
+from the image index (t2i), the caption index (t2t) or both. Every candidate is then re-scored
+exactly against all of its class's queries (max over queries) from the stored embeddings, so
+scores do not depend on the index's approximation, and `both` can rank by the mean of the two
+similarities instead of mixing scales. Then, in this order, each filter drops rows and is
+counted in stats.json: score threshold, blocklist, safety hook, decontamination, cross-class
+assignment, near-duplicates, per-class cap / balance.
+
+FAISS marks "fewer than k found" with id -1: such hits are dropped, never mapped to a sample.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from react_core.io import atomic_path, atomic_write_json
+from react_core.retrieval.classes import ClassSpec, Queries
+from react_core.retrieval.embed import EmbeddingFolder
+from react_core.retrieval.index import search
+
+MODES = {"t2i": ("image",), "t2t": ("text",), "both": ("image", "text")}
+MODE_OF_KIND = {"image": "t2i", "text": "t2t"}
+SUBSET_FILE = "subset.parquet"
+STATS_FILE = "stats.json"
+
+logger = logging.getLogger("react")
+
+
+class RetrievalError(ValueError):
+    """Bad retrieval input; names the option or file."""
+
+
+@dataclass
+class RetrievalOptions:
+    k: int = 100
+    mode: str = "t2i"
+    threshold: float | None = None
+    assign: str = "best"
+    dedup_threshold: float | None = 0.95
+    per_class: int | None = None
+    balance: bool = False
+    decontaminate_threshold: float = 0.9
+    blocklist: list[str] = field(default_factory=list)
+    safety_filter: str | None = None
+
+    def check(self) -> None:
+        if self.mode not in MODES:
+            raise RetrievalError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
+        if self.assign not in ("best", "all"):
+            raise RetrievalError(f"--assign must be best or all, not {self.assign!r}")
+        if self.k < 1:
+            raise RetrievalError(f"--k must be >= 1, got {self.k}")
+
+
+def load_safety_filter(spec: str) -> Callable:
+    """`package.module:function`, called with the candidate rows (a DataFrame with id, caption,
+    url/path, sha256, class, score) and returning a boolean keep-mask of the same length."""
+    module_name, _, function = spec.partition(":")
+    if not function:
+        raise RetrievalError(f"--safety-filter {spec!r}: expected 'package.module:function'")
+    try:
+        return getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as error:
+        raise RetrievalError(f"--safety-filter {spec!r}: {error}") from None
+
+
+def read_blocklist(path: str | Path) -> set[str]:
+    """One entry per line: a URL, or a SHA-256 / MD5 hex digest of the image bytes or of the URL."""
+    path = Path(path)
+    if not path.is_file():
+        raise RetrievalError(f"blocklist not found: {path}")
+    return {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+
+
+def _blocked(table, entries: set[str]) -> np.ndarray:
+    blocked = np.zeros(len(table), dtype=bool)
+    if "sha256" in table.columns:
+        blocked |= table["sha256"].fillna("").str.lower().isin(entries).to_numpy()
+    if "url" in table.columns:
+        urls = table["url"].fillna("")
+        blocked |= urls.str.lower().isin(entries).to_numpy()
+        digests = [
+            {hashlib.sha256(u.encode()).hexdigest(), hashlib.md5(u.encode()).hexdigest()} if u else set() for u in urls
+        ]
+        blocked |= np.array([bool(d & entries) for d in digests], dtype=bool)
+    return blocked
+
+
+def candidates(indexes: dict, queries: Queries, k: int, ntotal: int):
+    """Union of the k hits of every query in every index: (class, row, mode, query) rows."""
+    import pandas as pd
+
+    frames = []
+    owners = np.asarray(queries.classes)
+    for kind, index in indexes.items():
+        scores, rows = search(index, queries.embeddings, min(k, ntotal), ntotal)
+        query_of = np.repeat(np.arange(len(owners)), rows.shape[1])
+        flat_rows = rows.reshape(-1)
+        valid = flat_rows >= 0
+        frames.append(pd.DataFrame({
+            "class_index": owners[query_of[valid]],
+            "row": flat_rows[valid],
+            "ann_score": scores.reshape(-1)[valid],
+            "query_index": query_of[valid],
+            "mode": MODE_OF_KIND[kind],
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def rescore(table, folder: EmbeddingFolder, queries: Queries, kinds: tuple[str, ...]):
+    """Exact per-class scores of each unique (class, row): max over the class's queries, per kind;
+    `query` is the query text giving the best score of the first kind."""
+    import pandas as pd
+
+    found_by = table.groupby(["class_index", "row"])["mode"].agg(lambda m: ",".join(sorted(set(m))))
+    pairs = found_by.rename("found_by").reset_index()
+    owners = np.asarray(queries.classes)
+    for kind in ("image", "text"):
+        pairs[f"score_{MODE_OF_KIND[kind]}"] = np.nan
+    pairs["query"] = ""
+    for class_index, group in pairs.groupby("class_index"):
+        own = np.flatnonzero(owners == class_index)
+        q = queries.embeddings[own]
+        for position, kind in enumerate(kinds):
+            similarity = folder.gather(kind, group["row"].to_numpy()) @ q.T
+            pairs.loc[group.index, f"score_{MODE_OF_KIND[kind]}"] = similarity.max(axis=1)
+            if position == 0:
+                pairs.loc[group.index, "query"] = [queries.texts[own[i]] for i in similarity.argmax(axis=1)]
+    score_columns = [f"score_{MODE_OF_KIND[kind]}" for kind in kinds]
+    pairs["score"] = pairs[score_columns].mean(axis=1)
+    return pd.DataFrame(pairs)
+
+
+def _near_duplicates(vectors: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean mask of rows to drop: in `order` (best first), a row whose image embedding has
+    cosine >= threshold with an earlier kept row is a near-duplicate. Exact below 50k rows, an
+    IVF approximation (nprobe 8) above."""
+    import faiss
+
+    n, d = vectors.shape
+    if n < 2:
+        return np.zeros(n, dtype=bool)
+    if n < 50_000:
+        index = faiss.IndexFlatIP(d)
+    else:
+        nlist = int(4 * np.sqrt(n))
+        index = faiss.index_factory(d, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        index.train(vectors[np.random.default_rng(0).choice(n, min(n, 50 * nlist), replace=False)])
+        faiss.extract_index_ivf(index).nprobe = 8
+    index.add(vectors)
+    lims, _, neighbours = index.range_search(vectors, threshold)
+    dropped = np.zeros(n, dtype=bool)
+    for i in order:
+        if dropped[i]:
+            continue
+        others = neighbours[lims[i]:lims[i + 1]]
+        dropped[others[others != i]] = True
+    return dropped
+
+
+def _decontaminated(vectors: np.ndarray, evaluation: np.ndarray, threshold: float) -> np.ndarray:
+    """Rows whose image is a near-duplicate (cosine >= threshold) of an evaluation image."""
+    import faiss
+
+    index = faiss.IndexFlatIP(evaluation.shape[1])
+    index.add(np.ascontiguousarray(evaluation, dtype=np.float32))
+    scores, _ = index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+    return scores[:, 0] >= threshold
+
+
+def precision_at_k(pairs, classes: list[ClassSpec], truth, k: int) -> dict:
+    """Per mode: mean over classes of the share of the top-k (by that mode's exact score, among
+    that mode's hits) whose image's ground-truth class is the query class; plus the random
+    baseline's expected precision (the class's share of the corpus), and the share of correct
+    hits whose caption also matches (not `mismatched`)."""
+    result = {}
+    names = np.array([c.name for c in classes])
+    truth_class = truth["class"].to_numpy()
+    mismatched = truth["mismatched"].to_numpy() if "mismatched" in truth.columns else np.zeros(len(truth), dtype=bool)
+    for mode in ("t2i", "t2t", "both"):
+        kinds_needed = MODES[mode]
+        columns = [f"score_{MODE_OF_KIND[kind]}" for kind in kinds_needed]
+        if not all(c in pairs.columns and pairs[c].notna().any() for c in columns):
+            continue
+        found = pairs if mode == "both" else pairs[pairs["found_by"].str.contains(mode)]
+        per_class, pair_correct = [], []
+        for class_index, group in found.groupby("class_index"):
+            top = group.assign(_s=group[columns].mean(axis=1)).nlargest(k, "_s")
+            rows = top["row"].to_numpy()
+            correct = truth_class[rows] == names[class_index]
+            per_class.append(correct.sum() / k)
+            pair_correct.append((correct & ~mismatched[rows]).sum() / k)
+        missing = len(classes) - len(per_class)
+        result[mode] = {
+            "precision": float(np.sum(per_class) / len(classes)),
+            "pair_precision": float(np.sum(pair_correct) / len(classes)),
+            "classes_without_hits": int(missing),
+        }
+    share = np.array([(truth_class == c.name).mean() for c in classes])
+    result["random"] = {"precision": float(share.mean()),
+                        "pair_precision": float(np.mean([((truth_class == c.name) & ~mismatched).mean() for c in classes]))}
+    result["k"] = k
+    return result
+
+
+def aligned_truth(metadata, truth):
+    """Ground truth (`id`, `class`, optional `mismatched`) in the folder's row order."""
+    if not {"id", "class"} <= set(truth.columns):
+        raise RetrievalError(f"ground truth needs 'id' and 'class' columns, has {', '.join(truth.columns)}")
+    columns = [c for c in ("id", "class", "mismatched") if c in truth.columns]
+    truth = truth[columns].assign(id=truth["id"].astype(str)).drop_duplicates("id")
+    aligned = metadata[["id", "row"]].assign(id=metadata["id"].astype(str)).merge(truth, on="id", how="left")
+    aligned = aligned.sort_values("row").reset_index(drop=True)
+    unknown = aligned["class"].isna()
+    if unknown.any():
+        raise RetrievalError(f"ground truth has no class for {int(unknown.sum())} samples (e.g. id {aligned['id'][unknown].iloc[0]!r})")
+    if "mismatched" in aligned.columns:
+        aligned["mismatched"] = aligned["mismatched"].fillna(False).astype(bool)
+    return aligned
+
+
+def retrieve(
+    folder: EmbeddingFolder,
+    indexes: dict,
+    queries: Queries,
+    classes: list[ClassSpec],
+    options: RetrievalOptions,
+    out: str | Path,
+    *,
+    evaluation_embeddings: np.ndarray | None = None,
+    ground_truth=None,
+    settings: dict | None = None,
+) -> dict:
+    """Run retrieval and write SUBSETDIR/subset.parquet and stats.json; returns the stats."""
+    options.check()
+    kinds = MODES[options.mode]
+    missing = [kind for kind in kinds if kind not in indexes]
+    if missing:
+        raise RetrievalError(f"--mode {options.mode} needs an index of {' and '.join(missing)} embeddings (--index)")
+    ntotal = len(folder)
+    found = candidates(indexes, queries, options.k, ntotal)
+    scored_kinds = tuple(kind for kind in ("image", "text") if kind in indexes)
+    pairs = rescore(found, folder, queries, tuple(k for k in kinds) + tuple(k for k in scored_kinds if k not in kinds))
+    pairs["score"] = pairs[[f"score_{MODE_OF_KIND[kind]}" for kind in kinds]].mean(axis=1)
+    metadata = folder.metadata()
+    evaluation = None
+    if ground_truth is not None:
+        evaluation = precision_at_k(pairs, classes, aligned_truth(metadata, ground_truth), options.k)
+    if options.mode != "both":
+        pairs = pairs[pairs["found_by"].str.contains(options.mode)]
+    keep_columns = [c for c in ("id", "caption", "path", "url", "key", "shard", "sha256") if c in metadata.columns]
+    pairs = pairs.merge(metadata[keep_columns + ["row"]], on="row", how="left")
+    pairs["class"] = [classes[i].name for i in pairs["class_index"]]
+    counts = {"candidates": int(len(pairs))}
+
+    def drop(mask, name):
+        nonlocal pairs
+        counts[name] = int(mask.sum())
+        pairs = pairs[~mask].reset_index(drop=True)
+
+    if options.threshold is not None:
+        drop((pairs["score"] < options.threshold).to_numpy(), "below_threshold")
+    if options.blocklist:
+        drop(_blocked(pairs, set(options.blocklist)), "blocklisted")
+    if options.safety_filter:
+        keep = np.asarray(load_safety_filter(options.safety_filter)(pairs.copy()), dtype=bool)
+        if keep.shape != (len(pairs),):
+            raise RetrievalError(f"--safety-filter {options.safety_filter} returned {keep.shape}, not one flag per row")
+        drop(~keep, "safety_filter")
+    if evaluation_embeddings is not None and len(pairs):
+        unique_rows = np.unique(pairs["row"].to_numpy())
+        contaminated = unique_rows[_decontaminated(folder.gather("image", unique_rows), evaluation_embeddings,
+                                                   options.decontaminate_threshold)]
+        drop(pairs["row"].isin(contaminated).to_numpy(), "decontaminated")
+    if options.assign == "best":
+        best = pairs.sort_values(["score", "class_index"], ascending=[False, True]).drop_duplicates("row")
+        drop(~pairs.index.isin(best.index), "other_class_better")
+    if options.dedup_threshold is not None and len(pairs):
+        by_row = pairs.groupby("row")["score"].max().sort_values(ascending=False)
+        unique_rows = by_row.index.to_numpy()
+        duplicate = _near_duplicates(folder.gather("image", unique_rows), np.arange(len(unique_rows)),
+                                     options.dedup_threshold)
+        drop(pairs["row"].isin(unique_rows[duplicate]).to_numpy(), "near_duplicates")
+    pairs = pairs.sort_values(["class_index", "score"], ascending=[True, False]).reset_index(drop=True)
+    pairs["rank"] = pairs.groupby("class_index").cumcount()
+    cap = options.per_class
+    if options.balance and len(pairs):
+        sizes = pairs.groupby("class_index").size()
+        cap = min(cap or sizes.min(), int(sizes.min()))
+    if cap is not None:
+        drop((pairs["rank"] >= cap).to_numpy(), "over_class_cap")
+    ordered = ["id", "class", "score", "rank", "query", "caption"] + [c for c in ("path", "url", "key", "shard") if c in pairs.columns]
+    extra = [c for c in ("score_t2i", "score_t2t", "found_by", "sha256", "row") if c in pairs.columns]
+    subset = pairs[ordered + extra].copy()
+    subset["rank"] = subset["rank"].astype("int64")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / SUBSET_FILE) as tmp:
+        subset.to_parquet(tmp, index=False)
+    per_class = subset.groupby("class").size().reindex([c.name for c in classes], fill_value=0)
+    stats = {
+        "mode": options.mode,
+        "options": asdict(options) | {"blocklist": len(options.blocklist)},
+        "queries": len(queries.texts),
+        "corpus": ntotal,
+        "filters": counts,
+        "rows": int(len(subset)),
+        "unique_samples": int(subset["row"].nunique()),
+        "per_class": {str(k): int(v) for k, v in per_class.items()},
+        "empty_classes": [str(k) for k, v in per_class.items() if v == 0],
+        "evaluation": evaluation,
+        **(settings or {}),
+    }
+    atomic_write_json(out / STATS_FILE, stats)
+    return stats
+
+
+def read_subset(subset_dir: str | Path):
+    import pandas as pd
+
+    path = Path(subset_dir) / SUBSET_FILE
+    if not path.is_file():
+        raise RetrievalError(f"{path} not found (make it with `react retrieve`)")
+    return pd.read_parquet(path)
+
+
+def read_stats(subset_dir: str | Path) -> dict:
+    path = Path(subset_dir) / STATS_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def world_manifest(source: str) -> Path | None:
+    """The synthetic world's manifest (ground truth) for an embedded corpus inside a world, if any."""
+    path = Path(source.split("[")[0])
+    for parent in [path, *path.parents]:
+        if (parent / "world.json").is_file():
+            relative = path.relative_to(parent).parts
+            manifest = parent / relative[0] / "manifest.parquet" if relative else None
+            return manifest if manifest is not None and manifest.is_file() else None
+    return None
