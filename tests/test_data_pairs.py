@@ -139,3 +139,18 @@ def test_classification_folder_follows_class_list_order(tmp_path):
     (tmp_path / "dup.txt").write_text("a\nb\na\n")
     with pytest.raises(PairDataError, match=r"dup\.txt, line 3: class 'a' repeats line 1"):
         read_classnames(tmp_path / "dup.txt")
+
+
+def test_manifest_class_filter_and_official_augmentation(tmp_path):
+    from react_core.data import official_augmentation
+
+    (tmp_path / "a.jpg").write_bytes(jpeg(COLORS["red"]))
+    pd.DataFrame({"caption": ["x", "y", "z"], "path": ["a.jpg"] * 3, "class": ["cat", "dog", "cat"]}).to_parquet(
+        tmp_path / "m.parquet"
+    )
+    augment = official_augmentation(32)
+    pairs = ManifestPairs(str(tmp_path / "m.parquet"), classes=["cat"], transform=augment)
+    assert pairs.captions == ["x", "z"]
+    torch.manual_seed(0)
+    first, second = pairs[0]["image"], pairs[0]["image"]
+    assert first.shape == (3, 32, 32) and not torch.equal(first, second)  # random crops, RandAugment, erasing

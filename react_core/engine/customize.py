@@ -53,6 +53,7 @@ def customize(cfg, out: str | Path) -> dict:
     model_cfg = base_model_config(cfg)
     bundle = model_cfg.load()
     base_identity = bundle.spec.identity()
+    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))
     cache = out / "cache"
@@ -66,7 +67,6 @@ def customize(cfg, out: str | Path) -> dict:
     counts = set_trainable(bundle.model, mode)
     logger.info("customizing %s (%s): %s, gated layers %s", bundle.spec.name, mode, counts, layers)
 
-    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
     captions = None
     if mode != "full":
         if cfg.data.text_embeddings:
