@@ -41,6 +41,8 @@ def base_model_config(cfg):
 
 def customize(cfg, out: str | Path) -> dict:
     """Run a `CustomizeConfig` into `out` (resuming if `out` holds its checkpoint); returns the metrics."""
+    import torch
+
     from react_core.config import to_yaml
     from react_core.data import build_pairs, train_transform
     from react_core.engine.caption_embeddings import caption_embeddings, embeddings_from_folder
@@ -62,6 +64,7 @@ def customize(cfg, out: str | Path) -> dict:
     before = zeroshot(bundle, cfg.eval, cache, device)
 
     layers = []
+    torch.manual_seed(cfg.train.seed)  # the gated blocks' random initial weights
     if mode == "gated-image":
         layers = add_gated_blocks(bundle.model, cfg.gated.layers, cfg.gated.k, cfg.gated.checkpointing)
     counts = set_trainable(bundle.model, mode)

@@ -32,6 +32,8 @@ def cached_pretrain(out: str | Path, key: str) -> Path | None:
 
 def pretrain(cfg, out: str | Path) -> Path:
     """Train (or resume, or return the cached result of) a `PretrainConfig`; returns the weights file."""
+    import torch
+
     from react_core.config import to_yaml
     from react_core.data import build_pairs, train_transform
     from react_core.engine.train import train_contrastive
@@ -41,6 +43,7 @@ def pretrain(cfg, out: str | Path) -> Path:
     ensure_world(cfg.world)
     if cfg.model.weights or cfg.model.pretrained:
         logger.warning("pretrain starts from %s, not from scratch", cfg.model.weights or cfg.model.pretrained)
+    torch.manual_seed(cfg.train.seed)  # the random initial weights
     bundle = cfg.model.load()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
     key = run_key(cfg, dataset)
