@@ -24,6 +24,8 @@ CORE_COMMANDS = [
     "react_core.cli.embed_cmd",
     "react_core.cli.index_cmd",
     "react_core.cli.retrieve_cmd",
+    "react_core.cli.export_cmd",
+    "react_core.cli.report_cmd",
 ]
 
 

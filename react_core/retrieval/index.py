@@ -120,9 +120,9 @@ def _ivf_of(index):
 
 
 def training_size(factory: str, n: int) -> int:
-    """Enough vectors for k-means (~50 per list) and PQ codebooks (~256 * 40), capped by n."""
+    """Enough vectors for k-means (40 per list, FAISS's lower bound) and PQ codebooks (256 * 40), capped by n."""
     match = re.search(r"IVF(\d+)", factory)
-    need = 50 * int(match.group(1)) if match else 0
+    need = 40 * int(match.group(1)) if match else 0
     if "PQ" in factory or "SQ" in factory:
         need = max(need, 256 * 40)
     return int(min(n, max(need, 10_000)))

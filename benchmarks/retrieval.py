@@ -1,0 +1,203 @@
+"""Retrieval at scale: exact IndexFlatIP vs the index `react index` builds, on generated embeddings.
+
+    python benchmarks/retrieval.py                       # 1M x 512, as the issue asks
+    python benchmarks/retrieval.py --n 200000 --eval-queries 200 --classes 200   # a small machine
+
+Generator (fixed, seed 0): CLIP embeddings are anisotropic (a few directions carry most of the
+variance) and clustered by concept, and text queries sit apart from the images they match (the
+modality gap). So, with a random rotation R and per-dimension scales s_j = (1 + j)^-1/2:
+  concept centres   c = normalise(z * s @ R),                   z ~ N(0, I), `--classes` of them
+  corpus vectors    x = normalise(c_label + 0.8 normalise(z * s @ R)), label uniform
+  queries           q = normalise(c_class + 0.6 g + 0.4 t_template), g a fixed unit "gap" vector,
+                    t_template = normalise(z * s @ R), `--templates` of them per class
+The corpus is written as a LAION-layout embedding folder (float16 shards of 100k), so the index
+is built by the same code as `react index`, with --max-memory = 1/8 of the exact index's bytes,
+tuned on one sample of the queries and evaluated on a disjoint one.
+
+Measured, each search in its own subprocess (so peak RSS is that search's process alone):
+recall@10 and @100 (|ANN ∩ exact| / k), queries/s (median and spread of interleaved repeats:
+exact, ours, exact, ours, ...), index bytes, peak RSS, build time; then the per-class retrieval
+(all class x template queries, k hits each, union per class) with our index. OMP_WAIT_POLICY is
+PASSIVE in the children because busy-waiting OpenMP threads collapse on a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+SHARD = 100_000
+
+
+def _rotation_and_scale(d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    rotation = np.linalg.qr(rng.standard_normal((d, d)))[0].astype(np.float32)
+    return rotation, (1.0 + np.arange(d, dtype=np.float32)) ** -0.5
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def generate(folder: Path, n: int, d: int, classes: int, templates: int, seed: int = 0) -> np.ndarray:
+    """Write the corpus as an embedding folder; return the [classes * templates, d] queries."""
+    import pandas as pd
+
+    from react_core.io import atomic_write_json
+
+    rng = np.random.default_rng(seed)
+    rotation, scale = _rotation_and_scale(d, rng)
+    centres = _normalise((rng.standard_normal((classes, d)).astype(np.float32) * scale) @ rotation)
+    (folder / "img_emb").mkdir(parents=True, exist_ok=True)
+    (folder / "metadata").mkdir(exist_ok=True)
+    (folder / "skipped").mkdir(exist_ok=True)
+    names = []
+    for number, start in enumerate(range(0, n, SHARD)):
+        stop = min(n, start + SHARD)
+        labels = rng.integers(0, classes, stop - start)
+        noise = _normalise((rng.standard_normal((stop - start, d)).astype(np.float32) * scale) @ rotation)
+        np.save(folder / "img_emb" / f"img_emb_{number}.npy", _normalise(centres[labels] + 0.8 * noise).astype(np.float16))
+        pd.DataFrame({"id": np.arange(start, stop).astype(str), "label": labels}).to_parquet(
+            folder / "metadata" / f"metadata_{number}.parquet")
+        pd.DataFrame({"id": []}).to_parquet(folder / "skipped" / f"skipped_{number}.parquet")
+        names.append(f"generated[{start}:{stop}]")
+    gap = _normalise(rng.standard_normal(d).astype(np.float32))
+    styles = _normalise((rng.standard_normal((templates, d)).astype(np.float32) * scale) @ rotation)
+    queries = _normalise(centres[:, None, :] + 0.6 * gap + 0.4 * styles[None]).reshape(-1, d)
+    atomic_write_json(folder / "embeddings.json", {
+        "format": "laion", "identity": {"model": "generated", "seed": seed}, "model": None, "dim": d,
+        "dtype": "float16", "normalized": True, "source": "benchmarks/retrieval.py generator", "shards": names})
+    return queries
+
+
+def _child(args) -> None:
+    """One measurement in a fresh process: build the searched index, search, report JSON."""
+    import faiss
+
+    from react_core.retrieval.embed import EmbeddingFolder
+    from react_core.retrieval.index import read_index
+
+    queries = np.load(args.queries)
+    started = time.perf_counter()
+    if args.child == "exact":
+        folder = EmbeddingFolder(args.emb)
+        index = faiss.IndexFlatIP(folder.dim)
+        for _, block in folder.iter_arrays("image"):
+            index.add(block)
+        index_bytes = index.ntotal * index.d * 4
+    else:
+        index = read_index(args.index)
+        index_bytes = sum(p.stat().st_size for p in Path(args.index).glob("index.*") if p.suffix in (".faiss", ".ivfdata"))
+    load_seconds = time.perf_counter() - started
+    result = {"load_seconds": load_seconds, "index_bytes": int(index_bytes)}
+    if args.per_class:
+        started = time.perf_counter()
+        _, rows = index.search(queries, args.k)
+        search_seconds = time.perf_counter() - started
+        owners = np.repeat(np.arange(len(queries) // args.templates), args.templates * args.k)
+        flat = rows.reshape(-1)
+        valid = flat >= 0
+        unique = np.unique(owners[valid].astype(np.int64) * (flat.max() + 1) + flat[valid])
+        result.update(seconds=time.perf_counter() - started, search_seconds=search_seconds,
+                      queries=len(queries), unique_class_samples=int(len(unique)))
+    else:
+        started = time.perf_counter()
+        _, rows = index.search(queries, 100)
+        result["seconds"] = time.perf_counter() - started
+        result["queries_per_s"] = len(queries) / result["seconds"]
+        np.save(args.result, rows)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps(result))
+
+
+def _run_child(kind: str, work: Path, extra: list[str]) -> dict:
+    env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+    command = [sys.executable, __file__, "--child", kind, "--emb", str(work / "emb"), "--index", str(work / "index"),
+               "--result", str(work / f"rows_{kind}.npy"), *extra]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
+    return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(found, exact)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--d", type=int, default=512)
+    parser.add_argument("--classes", type=int, default=1000)
+    parser.add_argument("--templates", type=int, default=80)
+    parser.add_argument("--k", type=int, default=1000, help="hits per query in the per-class retrieval")
+    parser.add_argument("--eval-queries", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--work", help="folder for the generated data (default: a temporary one)")
+    parser.add_argument("--child", choices=("exact", "ours", "per-class"), help=argparse.SUPPRESS)
+    parser.add_argument("--emb", help=argparse.SUPPRESS)
+    parser.add_argument("--index", help=argparse.SUPPRESS)
+    parser.add_argument("--queries", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--per-class", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(args)
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    from react_core.retrieval.index import build_index
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="react-bench-"))
+    print(f"generating {args.n} x {args.d} in {work}", flush=True)
+    queries = generate(work / "emb", args.n, args.d, args.classes, args.templates)
+    rng = np.random.default_rng(1)
+    picked = rng.permutation(len(queries))
+    tuning, evaluation = queries[picked[: args.eval_queries]], queries[picked[args.eval_queries: 2 * args.eval_queries]]
+    np.save(work / "eval_queries.npy", evaluation)
+    np.save(work / "all_queries.npy", queries)
+    flat_bytes = args.n * args.d * 4
+    print("building our index", flush=True)
+    info = build_index(work / "emb", "image", work / "index", max_memory=flat_bytes // 8, queries=tuning,
+                       queries_source="generated class x template queries", k=100, progress=False)
+    print(json.dumps({k: info[k] for k in ("factory", "search_parameters", "recall", "build_seconds", "index_bytes")}), flush=True)
+
+    runs: dict[str, list[dict]] = {"exact": [], "ours": []}
+    for repeat in range(args.repeats):
+        for kind in ("exact", "ours"):
+            runs[kind].append(_run_child(kind, work, ["--queries", str(work / "eval_queries.npy")]))
+            print(kind, repeat, json.dumps(runs[kind][-1]), flush=True)
+    exact_rows, our_rows = np.load(work / "rows_exact.npy"), np.load(work / "rows_ours.npy")
+    per_class = _run_child("ours", work, ["--queries", str(work / "all_queries.npy"), "--per-class", "--k", str(args.k),
+                                         "--templates", str(args.templates)]) if args.k else None
+
+    def summary(kind):
+        qps = [r["queries_per_s"] for r in runs[kind]]
+        return {"qps_median": statistics.median(qps), "qps_min": min(qps), "qps_max": max(qps),
+                "index_bytes": runs[kind][0]["index_bytes"],
+                "peak_rss_bytes": statistics.median(r["peak_rss_bytes"] for r in runs[kind])}
+
+    exact, ours = summary("exact"), summary("ours")
+    ratios = [o["queries_per_s"] / e["queries_per_s"] for e, o in zip(runs["exact"], runs["ours"])]
+    report = {
+        "n": args.n, "d": args.d, "eval_queries": len(evaluation), "factory": info["factory"],
+        "search_parameters": info["search_parameters"], "tuned_recall@100": info["recall"],
+        "build_seconds": info["build_seconds"],
+        "recall@10": _recall(our_rows, exact_rows, 10), "recall@100": _recall(our_rows, exact_rows, 100),
+        "exact": exact, "ours": ours,
+        "qps_ratio_median": statistics.median(ratios), "qps_ratio_min": min(ratios), "qps_ratio_max": max(ratios),
+        "index_bytes_ratio": ours["index_bytes"] / exact["index_bytes"],
+        "peak_rss_ratio": ours["peak_rss_bytes"] / exact["peak_rss_bytes"],
+        "per_class": per_class and {**per_class, "classes": args.classes, "templates": args.templates, "k": args.k},
+    }
+    print(json.dumps(report, indent=2))
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
