@@ -34,7 +34,7 @@ def write_scenes(root: Path, split: str, count: int, seed: int, size: int = 64) 
     """LVIS-format scenes of coloured shapes: exhaustive labels, neg_category_ids filled in."""
     rng = np.random.default_rng(seed)
     images, annotations = [], []
-    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "images" / split).mkdir(parents=True, exist_ok=True)
     for image_id in range(1, count + 1):
         canvas = Image.fromarray((rng.random((size, size, 3)) * 60 + 100).astype(np.uint8))
         draw = ImageDraw.Draw(canvas)
@@ -52,7 +52,7 @@ def write_scenes(root: Path, split: str, count: int, seed: int, size: int = 64) 
                 "bbox": [x, y, side, side], "area": side * side, "iscrowd": 0, "segmentation": [polygon],
             })
         name = f"{split}/{image_id:05d}.png"
-        canvas.save(root / name)
+        canvas.save(root / "images" / name)
         images.append({
             "id": image_id, "file_name": name, "width": size, "height": size,
             "neg_category_ids": [c for c in range(1, len(CATEGORIES) + 1) if c not in present],

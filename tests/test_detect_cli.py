@@ -22,7 +22,7 @@ def test_detect_new_vocabulary(tmp_path):
     cfg = load_detection_config(str(CONFIG), overrides)
     model = build_torchvision_detector(build_parts(cfg), cfg.detector)
     save_checkpoint(tmp_path / "model.pth", model)
-    images = sorted((world / "detection" / "val").glob("*.png"))
+    images = sorted((world / "detection" / "images" / "val").glob("*.png"))
     out = tmp_path / "out"
     status = main([
         "detect", *map(str, images), "--config", str(CONFIG), "--weights", str(tmp_path / "model.pth"),
