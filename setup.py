@@ -35,5 +35,6 @@ setup(
             "demo = react_dense.cli.demo_cmd",
             "segment = react_dense.cli.segment_cmd",
         ],
+        "react.plugins": ["dense = react_dense.plugin"],
     },
 )

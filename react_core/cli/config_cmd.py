@@ -23,8 +23,6 @@ def register(subparsers):
 
 
 def run_show(args) -> int:
-    import react_core.engine.config  # noqa: F401  (registers kind: customize and kind: pretrain)
-
     cfg = load(args.config, args.overrides)
     print(to_yaml(dataclasses.asdict(cfg)), end="")
     return 0

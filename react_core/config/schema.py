@@ -197,6 +197,22 @@ def validate(data: dict, schema: type, sources: Sources | None = None) -> Any:
     return _Checker(sources or Sources()).dataclass(data, schema, "")
 
 
+KIND_MODULES = ("react_core.engine.config",)
+PLUGIN_ENTRY_POINTS = "react.plugins"
+
+
+def import_kind_modules() -> None:
+    """Import every module that registers config kinds and parts: ours, and other packages'
+    through the `react.plugins` entry-point group (so `react_core` never names `react_dense`)."""
+    import importlib
+    from importlib.metadata import entry_points
+
+    for name in KIND_MODULES:
+        importlib.import_module(name)
+    for entry in entry_points(group=PLUGIN_ENTRY_POINTS):
+        entry.load()
+
+
 def schema_for(data: dict, sources: Sources) -> type:
     kind = data.get("kind")
     if kind is None:
@@ -213,6 +229,7 @@ def known_kinds() -> str:
 
 def load(path, overrides=(), schema: type | None = None) -> Any:
     """Load, merge, resolve and validate a config file; the one entry point commands use."""
+    import_kind_modules()
     data, sources = load_config(path, overrides)
     if schema is None:
         schema = schema_for(data, sources)

@@ -114,7 +114,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     index_dir = out / "retrieval" / "index"
 
     def embed_corpus(_: Path) -> dict:
-        _cli(["embed", *model_args, "--data", str(world_dir / "corpus" / "manifest.parquet"), "--out", str(emb_dir)])
+        _cli(["embed", *model_args, "--data", str(world_dir / "corpus" / "shards"), "--workers", "1", "--out", str(emb_dir)])
         return {}
 
     def build_indexes(_: Path) -> dict:
@@ -127,10 +127,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
 
     def retrieve_all(_: Path) -> dict:
         results = {}
+        indexes = {"t2i": ["image"], "t2t": ["text"], "both": ["image", "text"]}
         for mode in RETRIEVAL_MODES:
             subset = out / "retrieval" / f"subset_{mode}"
+            index_args = [arg for kind in indexes[mode] for arg in ("--index", str(index_dir / kind))]
             _cli([
-                "retrieve", "--index", str(index_dir), "--emb", str(emb_dir),
+                "retrieve", *index_args, "--emb", str(emb_dir),
                 "--classes", str(world_dir / "task" / "classes.txt"), "--templates", "simple",
                 "--k", str(plan.retrieve_k), "--mode", mode, "--out", str(subset),
             ])
