@@ -56,13 +56,6 @@ def build_parts(cfg: DetectionConfig) -> DenseParts:
     return DenseParts(bundle, backbone, classifier, ensemble)
 
 
-def open_vocabulary_split(cfg: DetectionConfig) -> OpenVocabularySplit:
-    source = cfg.data.train or cfg.data.val
-    if not source:
-        raise ConfigError("data.train or data.val must name a COCO/LVIS JSON file")
-    return OpenVocabularySplit.from_categories(load_coco(source).dataset["categories"], cfg.data.novel)
-
-
 def encode_vocabulary(
     bundle, cfg: DetectionConfig, vocabulary: Vocabulary, categories: Optional[list] = None, base_names: Optional[set] = None
 ) -> VocabularyTensors:
