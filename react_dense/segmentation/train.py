@@ -22,6 +22,8 @@ from tqdm import tqdm
 
 from react_core.config import ConfigError, load
 from react_core.io import atomic_write_json
+from react_core.modeling.checkpoints import CheckpointError
+from react_core.modeling.text import VocabularyError
 from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
 from react_dense.segmentation.data import (
     IGNORE_INDEX,
@@ -105,6 +107,17 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
     return OpenVocabSegmenter(backbone, head)
 
 
+def load_weights(path, model, optimizer=None, scheduler=None) -> int:
+    """Load a segmenter checkpoint (strict, `weights_only`); a shape mismatch names the file."""
+    from react_dense.engines.torchvision.train import load_checkpoint
+
+    try:
+        return load_checkpoint(path, model, optimizer, scheduler)
+    except RuntimeError as error:
+        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise CheckpointError(f"{path} does not fit this config's segmenter: {first}") from None
+
+
 def _optimizer(cfg: SegmentationConfig, model: torch.nn.Module):
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -126,7 +139,7 @@ def _optimizer(cfg: SegmentationConfig, model: torch.nn.Module):
 
 def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> torch.nn.Module:
     """Per-pixel cross-entropy over the seen classes; returns the trained model."""
-    from react_dense.engines.torchvision.train import load_checkpoint, save_checkpoint
+    from react_dense.engines.torchvision.train import save_checkpoint
 
     if cfg.train_data is None:
         raise ConfigError("train_data is not set: name the training set (or run with --eval-only)")
@@ -150,7 +163,7 @@ def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, re
     params, optimizer, scheduler = _optimizer(cfg, model)
     step = 0
     if resume and (out / LAST).is_file():
-        step = load_checkpoint(out / LAST, model, optimizer, scheduler)
+        step = load_weights(out / LAST, model, optimizer, scheduler)
         log.info("resumed from %s at step %d", out / LAST, step)
     model.train()
     progress = tqdm(total=cfg.train.steps, initial=step, desc="train", dynamic_ncols=True)
@@ -205,22 +218,26 @@ def _json_safe(metrics: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else (round(v, 4) if isinstance(v, float) else v)) for k, v in metrics.items()}
 
 
+def write_metrics(out: Path, per_dataset: dict, **extra) -> dict:
+    """metrics.json: the first test set's metrics at the top level, every set's under `datasets`."""
+    first = next(iter(per_dataset))
+    metrics = {**_json_safe(per_dataset[first]), "dataset": first, **extra}
+    if len(per_dataset) > 1:
+        metrics["datasets"] = {name: _json_safe(values) for name, values in per_dataset.items()}
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
+
+
 def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> dict:
-    """Every `test_data` set; metrics.json holds the first set's metrics at the top level and
-    every set's under `datasets`."""
+    """Every `test_data` set over its full vocabulary; writes metrics.json."""
     if not cfg.test_data:
         raise ConfigError("test_data is empty: name at least one evaluation set")
     per_dataset = {}
     for spec in cfg.test_data:
         source = open_spec(spec)
-        per_dataset[source.name] = _json_safe(evaluate_source(cfg, model, bundle, source))
-        log.info("%s: mIoU %.2f", source.name, per_dataset[source.name]["mIoU"] or float("nan"))
-    first = next(iter(per_dataset.values()))
-    metrics = {**first, "dataset": next(iter(per_dataset)), "method": cfg.method}
-    if len(per_dataset) > 1:
-        metrics["datasets"] = per_dataset
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
+        per_dataset[source.name] = evaluate_source(cfg, model, bundle, source)
+        log.info("%s: mIoU %.2f", source.name, per_dataset[source.name]["mIoU"])
+    return write_metrics(out, per_dataset, method=cfg.method, engine="plain")
 
 
 def train_from_config(
@@ -228,7 +245,7 @@ def train_from_config(
 ) -> dict:
     """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics
     written to `out_dir/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
-    from react_dense.engines.torchvision.train import load_checkpoint, seed_everything
+    from react_dense.engines.torchvision.train import seed_everything
     from react_dense.modeling.backbone import load_dense_clip
 
     out = Path(out_dir)
@@ -245,14 +262,14 @@ def train_from_config(
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         if eval_only:
-            load_checkpoint(weights or out / FINAL, model)
+            load_weights(weights or out / FINAL, model)
         else:
             model = train(cfg, model, bundle, out, resume)
     model.to(cfg.train.device)
     return evaluate(cfg, model, bundle, out)
 
 
-SEGMENTATION_ERRORS = (SegmentationDataError,)
+SEGMENTATION_ERRORS = (SegmentationDataError, CheckpointError, VocabularyError)
 
 
 def is_segmentation_config(path: str, overrides=()) -> bool:

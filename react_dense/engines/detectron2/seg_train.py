@@ -1,0 +1,139 @@
+"""Train and evaluate the open-vocabulary segmenter through Detectron2 (`engine: detectron2`).
+
+Our YAML stays the config users edit: it is written to `OUT/segmentation.yaml` and named by
+`cfg.REACT.CONFIG`, from which the registered backbone and head are built; `build_model` makes
+Detectron2's `SemanticSegmentor`, `SimpleTrainer` runs the steps with Detectron2's optimizer and
+warm-up cosine schedule, `inference_on_dataset` runs the evaluator. Checkpoints are ours (atomic,
+read with `weights_only=True`), so `resume` continues an interrupted run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from react_core.config import ConfigError, to_yaml
+from react_core.io import atomic_write_text
+from react_dense.segmentation.config import SegmentationConfig
+
+log = logging.getLogger(__name__)
+LAST = "last_checkpoint.pth"
+FINAL = "model_final.pth"
+
+
+def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
+    from detectron2.config import get_cfg
+
+    from react_dense.engines.detectron2.train import _flatten, add_react_config
+
+    d2 = get_cfg()
+    add_react_config(d2)
+    d2.REACT.CONFIG = str(config_path)
+    d2.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
+    d2.MODEL.BACKBONE.NAME = "build_react_seg_backbone"
+    d2.MODEL.SEM_SEG_HEAD.NAME = "ReactOpenVocabSemSegHead"
+    d2.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = -1
+    d2.MODEL.PIXEL_MEAN = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
+    d2.MODEL.PIXEL_STD = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
+    d2.MODEL.DEVICE = cfg.train.device
+    d2.INPUT.FORMAT = "RGB"
+    solver = d2.SOLVER
+    solver.OPTIMIZER = "ADAMW"
+    solver.IMS_PER_BATCH = cfg.train.batch_size
+    solver.BASE_LR = cfg.train.lr
+    solver.WEIGHT_DECAY = cfg.train.weight_decay
+    solver.WEIGHT_DECAY_NORM = 0.0
+    solver.MAX_ITER = cfg.train.steps
+    solver.STEPS = ()
+    solver.LR_SCHEDULER_NAME = "WarmupCosineLR"
+    solver.WARMUP_ITERS = cfg.train.warmup_steps
+    solver.CLIP_GRADIENTS.ENABLED = cfg.train.clip_grad_norm > 0
+    solver.CLIP_GRADIENTS.CLIP_TYPE = "norm"
+    solver.CLIP_GRADIENTS.CLIP_VALUE = cfg.train.clip_grad_norm or 1.0
+    d2.SEED = cfg.train.seed
+    d2.OUTPUT_DIR = str(out)
+    try:
+        d2.merge_from_list(_flatten(cfg.detectron2))
+    except (KeyError, AssertionError, ValueError) as error:
+        raise ConfigError(f"detectron2 section of the segmentation config: {error}") from None
+    return d2
+
+
+def _inputs(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    """Detectron2's input dicts: 0..255 RGB images, label maps, original sizes."""
+    return [
+        {"image": image * 255.0, "sem_seg": label, "height": image.shape[-2], "width": image.shape[-1]}
+        for image, label in zip(images, labels)
+    ]
+
+
+def _batches(loader, to_seen: torch.Tensor):
+    from react_dense.segmentation.data import IGNORE_INDEX
+
+    for images, labels in itertools.chain.from_iterable(itertools.repeat(loader)):
+        labels = torch.where(labels == IGNORE_INDEX, labels, to_seen[labels.clamp(min=0)])
+        yield _inputs(images, labels)
+
+
+def train_from_config(
+    cfg: SegmentationConfig, out: Path, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None
+) -> dict:
+    import react_dense.engines.detectron2.seg_modeling as seg_modeling
+    from detectron2.engine import SimpleTrainer, hooks
+    from detectron2.evaluation import inference_on_dataset
+    from detectron2.modeling import build_model
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+
+    from react_dense.engines.torchvision.train import save_checkpoint, seed_everything
+    from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset
+    from react_dense.segmentation.train import encode_classes, load_weights, open_spec, write_metrics
+
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "segmentation.yaml"
+    atomic_write_text(config_path, to_yaml(dataclasses.asdict(cfg)))
+    seed_everything(cfg.train.seed)
+    d2 = to_detectron2_cfg(cfg, config_path, out)
+    model = build_model(d2)
+    bundle = seg_modeling.segmentation_bundle(str(config_path), ())
+    head = model.sem_seg_head
+    if eval_only:
+        load_weights(weights or out / FINAL, model)
+    else:
+        source = open_spec(cfg.train_data)
+        classes = encode_classes(bundle, cfg, source, source.background)
+        seen = ~classes.unseen
+        to_seen = torch.full((len(seen),), IGNORE_INDEX, dtype=torch.long)
+        to_seen[torch.nonzero(seen).flatten()] = torch.arange(int(seen.sum()))
+        head.set_vocabulary(classes.embeddings[seen], classes.void_rows[seen])
+        augment = RandomScaleCropFlip(cfg.train.crop_size, cfg.train.scale_range, cfg.train.hflip)
+        loader = torch.utils.data.DataLoader(
+            SegmentationDataset(source, augment), batch_size=cfg.train.batch_size, shuffle=True,
+            num_workers=cfg.train.num_workers, drop_last=len(source.images) >= cfg.train.batch_size,
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
+        optimizer = build_optimizer(d2, model)
+        scheduler = build_lr_scheduler(d2, optimizer)
+        start = load_weights(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
+        trainer = SimpleTrainer(model, _batches(loader, to_seen), optimizer)
+        period = cfg.train.checkpoint_period
+        trainer.register_hooks([
+            hooks.IterationTimer(),
+            hooks.LRScheduler(optimizer, scheduler),
+            hooks.CallbackHook(after_step=lambda t: (t.iter + 1) % period == 0 and save_checkpoint(out / LAST, model, optimizer, scheduler, t.iter + 1)),
+        ])
+        trainer.train(start, cfg.train.steps)
+        save_checkpoint(out / LAST, model, optimizer, scheduler, cfg.train.steps)
+        save_checkpoint(out / FINAL, model)
+    per_dataset = {}
+    for spec in cfg.test_data:
+        source = open_spec(spec)
+        classes = encode_classes(bundle, cfg, source, source.background)
+        head.set_vocabulary(classes.embeddings, classes.void_rows)
+        evaluator = seg_modeling.ReactSemSegEvaluator(source.class_names, source.unseen)
+        loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=1, collate_fn=lambda b: _inputs(*map(torch.stack, zip(*b))))
+        per_dataset[source.name] = inference_on_dataset(model, loader, evaluator)["sem_seg"]
+    return write_metrics(out, per_dataset, method=cfg.method, engine="detectron2")

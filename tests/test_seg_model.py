@@ -1,0 +1,102 @@
+"""The segmentation head, the MaskCLIP baseline and the segmenter built from a config."""
+import copy
+
+import pytest
+import torch
+
+from react_core.modeling import load_clip
+from react_core.modeling.gated import add_gated_blocks
+from react_dense.modeling.backbone import ClipBackbone
+from react_dense.modeling.seg_head import build_seg_head
+from react_dense.modeling.seg_maskclip import MaskClipDense, MaskClipSegmenter
+from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter
+
+TINY_RESNET = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    torch.manual_seed(0)
+    return load_clip("react-tiny")
+
+
+def _segmenter(visual):
+    backbone = ClipBackbone(visual, out_channels=32, scale_factors=(2.0, 1.0, 0.5), top_block=False)
+    head = build_seg_head(backbone.output_shape(), backbone.embed_dim, decoder_channels=32)
+    return OpenVocabSegmenter(backbone, head)
+
+
+def test_head_scores_any_vocabulary_at_input_size(tiny_clip):
+    model = _segmenter(copy.deepcopy(tiny_clip.model.visual)).eval()
+    images = torch.rand(2, 3, 72, 56)
+    with torch.no_grad():
+        for classes in (3, 11):
+            logits = model(images, torch.randn(classes, 128))
+            assert logits.shape == (2, classes, 72, 56)
+
+
+def test_void_rows_and_appended_void_share_the_learned_embedding(tiny_clip):
+    model = _segmenter(copy.deepcopy(tiny_clip.model.visual)).eval()
+    images, text = torch.rand(1, 3, 64, 64), torch.randn(4, 128)
+    void_rows = torch.tensor([True, False, False, False])
+    with torch.no_grad():
+        with_void_row = model(images, text, void_rows)
+        appended = model(images, text, append_void=True)
+    assert appended.shape[1] == 5
+    torch.testing.assert_close(with_void_row[:, 0], appended[:, 4])
+    torch.testing.assert_close(with_void_row[:, 1:], appended[:, 1:4])
+
+
+def test_frozen_backbone_trains_only_pyramid_and_head(tiny_clip):
+    model = _segmenter(copy.deepcopy(tiny_clip.model.visual)).train()
+    logits = model(torch.rand(2, 3, 64, 64), torch.randn(3, 128), torch.tensor([True, False, False]))
+    torch.nn.functional.cross_entropy(logits, torch.randint(0, 3, (2, 64, 64))).backward()
+    assert all(p.grad is None for p in model.backbone.trunk.parameters())
+    assert model.head.void_embedding.grad.abs().sum() > 0
+    assert model.head.logit_scale.grad is not None
+    assert any(p.grad is not None for p in model.backbone.pyramid.parameters())
+
+
+def test_maskclip_value_path_differs_from_raw_tokens_and_residual_variant(tiny_clip):
+    visual = tiny_clip.model.visual
+    images = torch.rand(2, 3, 64, 80)
+    with torch.no_grad():
+        value = MaskClipDense(visual)(images)
+        raw = MaskClipDense(visual, raw_tokens=True)(images)
+        residual = MaskClipDense(visual, residual=True)(images)
+        backbone_raw = ClipBackbone(visual, emit_clip_map=True)(images)["clip"]
+    assert value.shape == raw.shape == (2, 128, 8, 10)
+    torch.testing.assert_close(raw, backbone_raw)  # the control is exactly the backbone's raw-token map
+    assert not torch.allclose(value, raw, atol=1e-3)
+    assert not torch.allclose(value, residual, atol=1e-3)
+
+
+def test_maskclip_on_a_fresh_gated_tower_equals_the_base_tower(tiny_clip):
+    base = copy.deepcopy(tiny_clip.model)
+    gated = copy.deepcopy(tiny_clip.model)
+    add_gated_blocks(gated, k=2)
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        expected = MaskClipDense(base.visual)(images)
+        torch.testing.assert_close(MaskClipDense(gated.visual)(images), expected)
+        block = gated.visual.transformer.resblocks[-1].gated_attn_block
+        block.alpha_attn.fill_(1.0)
+        assert not torch.allclose(MaskClipDense(gated.visual)(images), expected, atol=1e-4)
+
+
+def test_maskclip_on_a_modified_resnet_and_as_a_segmenter():
+    torch.manual_seed(0)
+    bundle = load_clip(TINY_RESNET)
+    dense = MaskClipDense(bundle.model.visual)
+    assert dense.stride == 32 and dense.embed_dim == 32
+    model = MaskClipModel(MaskClipSegmenter(bundle.model.visual))
+    with torch.no_grad():
+        logits = model(torch.rand(1, 3, 70, 64), torch.randn(5, 32), append_void=True)
+    assert logits.shape == (1, 6, 70, 64)
+    assert (logits.argmax(1) < 5).all()  # MaskCLIP has no void: the appended class never wins
+    with pytest.raises(ValueError, match="ViT towers only"):
+        MaskClipDense(bundle.model.visual, raw_tokens=True)

@@ -1,0 +1,105 @@
+"""End to end on the tiny synthetic world: tools/train_net.py, resume, eval-only, MaskCLIP,
+the permuted control, `react segment`, and the Detectron2 engine where it is installed."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "demo" / "seg_synthetic.yaml")
+
+
+def _quick(world, *extra):
+    return [
+        f"world={world}", "train.steps=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_period=2",
+        "train.warmup_steps=1", "test.batch_size=4", "test_data.0.max_images=4", "backbone.out_channels=32",
+        "head.decoder_channels=32", *extra,
+    ]
+
+
+def _train_net(*args):
+    sys.path.insert(0, str(ROOT / "tools"))
+    try:
+        from train_net import main
+    finally:
+        sys.path.pop(0)
+    return main(list(args))
+
+
+def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path):
+    out = tmp_path / "seg"
+    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.steps=2")) == 0
+    assert torch.load(out / "last_checkpoint.pth", weights_only=True)["step"] == 2
+    assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world)) == 0
+    assert torch.load(out / "last_checkpoint.pth", weights_only=True)["step"] == 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "fwIoU", "pACC", "mACC", "IoU-background"):
+        assert key in metrics
+    assert 0 <= metrics["mIoU_seen"] <= 100 and metrics["pACC"] > 0
+    again = tmp_path / "again"
+    assert _train_net("--config", CONFIG, "--out", str(again), "--eval-only", "--weights", str(out / "model_final.pth"), *_quick(tiny_world)) == 0
+    assert json.loads((again / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
+
+
+def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, tmp_path):
+    from react_dense.segmentation.train import load_segmentation_config, train_from_config
+
+    cfg = load_segmentation_config(CONFIG, _quick(tiny_world, "method=maskclip"))
+    metrics = train_from_config(cfg, tmp_path / "maskclip")
+    assert metrics["method"] == "maskclip" and not (tmp_path / "maskclip" / "model_final.pth").exists()
+    assert json.loads((tmp_path / "maskclip" / "metrics.json").read_text())["mIoU_unseen"] is not None
+    plain = train_from_config(load_segmentation_config(CONFIG, _quick(tiny_world, "method=maskclip")), tmp_path / "a")
+    control = train_from_config(
+        load_segmentation_config(CONFIG, _quick(tiny_world, "method=maskclip", "permute_unseen_embeddings=true")), tmp_path / "b"
+    )
+    assert plain["mIoU_seen"] == pytest.approx(metrics["mIoU_seen"])
+    assert control["mIoU_seen"] == pytest.approx(plain["mIoU_seen"])  # only unseen rows move
+    assert control["mIoU_unseen"] != pytest.approx(plain["mIoU_unseen"])
+
+
+def test_bad_dataset_is_a_one_line_error(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", CONFIG, f"world={tmp_path}"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert f"{tmp_path}/classes.json not found" in result.stderr
+
+
+def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):
+    from react_core.cli import main
+
+    out = tmp_path / "train"
+    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.steps=1")) == 0
+    images = sorted((tiny_world / "semseg" / "val" / "images").glob("*.jpg"))[:2]
+    result_dir = tmp_path / "segment"
+    sets = [item for override in _quick(tiny_world) for item in ("--set", override)]
+    args = ["segment", "--config", CONFIG, "--weights", str(out / "model_final.pth"), *sets,
+            "--vocabulary", "red circle,blue square,purple star", "--out", str(result_dir), *map(str, images)]
+    assert main(args[:5] + args[5 + len(sets):]) == 2  # the checkpoint does not fit the default widths
+    assert main(args) == 0
+    label = np.asarray(Image.open(result_dir / "labels" / f"{images[0].stem}.png"))
+    assert label.shape == (128, 128) and set(np.unique(label)) <= {0, 1, 2, 255}
+    overlay = Image.open(result_dir / "overlays" / f"{images[0].stem}.png")
+    assert overlay.height == 128 and overlay.width > 128  # the legend sits to the right
+    classes = json.loads((result_dir / "classes.json").read_text())
+    assert [c["name"] for c in classes["classes"]] == ["red circle", "blue square", "purple star"]
+    assert main(args[:3] + args[5:]) == 2  # a trained head needs --weights
+
+
+def test_detectron2_engine_trains_and_evaluates(tiny_world, tmp_path):
+    pytest.importorskip("detectron2")
+    from react_dense.segmentation.train import load_segmentation_config, train_from_config
+
+    cfg = load_segmentation_config(CONFIG, _quick(tiny_world, "engine=detectron2"))
+    metrics = train_from_config(cfg, tmp_path / "d2")
+    assert metrics["engine"] == "detectron2"
+    assert {"mIoU", "mIoU_seen", "mIoU_unseen"} <= set(metrics)
+    assert torch.load(tmp_path / "d2" / "last_checkpoint.pth", weights_only=True)["step"] == 4
+    again = train_from_config(load_segmentation_config(CONFIG, _quick(tiny_world, "engine=detectron2")), tmp_path / "d2", eval_only=True)
+    assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
