@@ -65,7 +65,7 @@ class OpenVocabSegHead(nn.Module):
         input_shape: Mapping[str, object],
         embed_dim: int,
         decoder_channels: int = 128,
-        temperature: float = 0.07,
+        temperature: float = 0.01,
         learn_temperature: bool = True,
         max_logit_scale: float = 100.0,
     ):
@@ -115,7 +115,7 @@ def build_seg_head(
     input_shape: Optional[Mapping[str, object]] = None,
     embed_dim: Optional[int] = None,
     decoder_channels: int = 128,
-    temperature: float = 0.07,
+    temperature: float = 0.01,
     learn_temperature: bool = True,
     in_features: Optional[list] = None,
 ) -> OpenVocabSegHead:

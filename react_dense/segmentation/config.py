@@ -72,6 +72,7 @@ class SegmentationConfig:
 
     kind: str = "segmentation"
     world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
+    data_root: Optional[str] = None  # the benchmark datasets' folder, for `${data_root}` in paths
     engine: Literal["plain", "detectron2"] = "plain"
     method: Literal["head", "maskclip"] = "head"
     model: ModelConfig = field(default_factory=ModelConfig)
