@@ -139,8 +139,7 @@ def test_modes_train_the_right_parameters():
         set_trainable(model, "half")
 
 
-@pytest.mark.parametrize("mode", ["gated-image", "locked-text"])
-@pytest.mark.parametrize("grad_checkpointing", [False, True])
+@pytest.mark.parametrize("mode, grad_checkpointing", [("gated-image", False), ("gated-image", True), ("locked-text", True)])
 def test_training_forward_matches_plain_forward_and_gradients(bundle, mode, grad_checkpointing):
     model = copy.deepcopy(bundle.model)
     add_gated_blocks(model, checkpointing=grad_checkpointing)
@@ -150,8 +149,8 @@ def test_training_forward_matches_plain_forward_and_gradients(bundle, mode, grad
     twin = copy.deepcopy(model)
     train_mode(model)
     train_mode(twin)
-    images = torch.randn(4, 3, _image_size(model), _image_size(model))
-    target = torch.randn(4, model.text_projection.shape[-1])
+    images = torch.randn(2, 3, _image_size(model), _image_size(model))
+    target = torch.randn(2, model.text_projection.shape[-1])
 
     fast = encode_image_for_training(model, images)
     plain = twin.encode_image(images)
