@@ -110,8 +110,9 @@ def test_synthetic_world_split_and_unseen(tiny_world):
     assert train.background == "background" and len(train.unseen) > 0
     assert set(train.unseen) < set(train.class_names)
     unseen_ids = [train.class_names.index(n) for n in train.unseen]
-    train_labels = torch.cat([SegmentationDataset(train)[i][1].flatten() for i in range(len(train))])
-    val_labels = torch.cat([SegmentationDataset(val)[i][1].flatten() for i in range(len(val))])
+    train_labels = torch.cat([label.flatten() for _, label in SegmentationDataset(train)])
+    val_labels = torch.cat([label.flatten() for _, label in SegmentationDataset(val)])
+    assert len(SegmentationDataset(val)) == 3
     assert not torch.isin(train_labels, torch.tensor(unseen_ids)).any()
     assert torch.isin(val_labels, torch.tensor(unseen_ids)).any()
 

@@ -1,7 +1,6 @@
 """End to end on the tiny synthetic world: tools/train_net.py, resume, eval-only, MaskCLIP,
 the permuted control, `react segment`, and the Detectron2 engine where it is installed."""
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -62,13 +61,9 @@ def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, 
     assert control["mIoU_unseen"] != pytest.approx(plain["mIoU_unseen"])
 
 
-def test_bad_dataset_is_a_one_line_error(tmp_path):
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", CONFIG, f"world={tmp_path}"],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 2
-    assert f"{tmp_path}/classes.json not found" in result.stderr
+def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
+    assert _train_net("--config", CONFIG, f"world={tmp_path}") == 2
+    assert f"train_net: error: {tmp_path}/classes.json not found" in capsys.readouterr().err
 
 
 def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from react_core.modeling.gated import GATED_ATTR
-from react_core.registry import MODELS
 from react_dense.modeling.backbone import _is_modified_resnet, _is_vit, attnpool_value_map, vit_input_tokens
 
 
@@ -101,7 +100,6 @@ class MaskClipDense(nn.Module):
         return x + block.ls_2(block.mlp(block.ln_2(x))) if hasattr(block, "ls_2") else x + block.mlp(block.ln_2(x))
 
 
-@MODELS.register_module(name="MaskClip")
 class MaskClipSegmenter(nn.Module):
     """Dense zero-shot segmentation: cosine similarity of MaskCLIP features with class text
     embeddings, upsampled to the input. `logits(images, text) -> [B, C, H, W]`."""

@@ -71,7 +71,7 @@ class ReactOpenVocabSemSegHead(nn.Module):
     def from_config(cls, cfg, input_shape):
         ours, bundle = _ours(cfg)
         shapes = {name: FeatureSpec(spec.channels, spec.stride) for name, spec in input_shape.items()}
-        embed_dim = bundle.model.text_projection.shape[-1]
+        embed_dim = bundle.model.visual.output_dim
         return {"head": HEADS.build({**ours.head, "input_shape": shapes, "embed_dim": embed_dim}), "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE}
 
     def set_vocabulary(self, embeddings: torch.Tensor, void_rows: Optional[torch.Tensor] = None) -> None:
