@@ -202,7 +202,8 @@ def open_source(
     source = LAYOUTS[layout](Path(root), split, names)
     if unseen is not None:
         source.unseen = list(unseen)
-    missing = sorted(set(source.unseen) - set(source.class_names))
+    known = set(source.class_names) | {name.split("|")[0].strip() for name in source.class_names}
+    missing = sorted(set(source.unseen) - known)
     if missing:
         raise SegmentationDataError(f"{source.name}: unseen classes {missing} are not among its class names")
     if max_images:

@@ -75,10 +75,12 @@ def encode_classes(bundle, cfg: SegmentationConfig, source: SegmentationSource, 
 
     vocabulary = vocabulary_of(source.class_names)
     embeddings = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir)
-    unseen = torch.tensor([name in set(source.unseen) for name in source.class_names])
-    if background is not None and background not in source.class_names:
+    # A class is named by its whole entry ("building|edifice") or its first name ("building").
+    entries = list(zip(source.class_names, vocabulary.names))
+    unseen = torch.tensor([bool({entry, first} & set(source.unseen)) for entry, first in entries])
+    if background is not None and not any(background in pair for pair in entries):
         raise ConfigError(f"background class {background!r} is not a class of {source.name}")
-    void_rows = torch.tensor([name == background for name in source.class_names])
+    void_rows = torch.tensor([background in pair for pair in entries])
     if cfg.permute_unseen_embeddings:
         embeddings = permute_novel(embeddings, unseen, cfg.train.seed)
     return ClassEmbeddings(vocabulary.names, embeddings, unseen, void_rows)
@@ -209,8 +211,8 @@ def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, sou
             lambda x: model(x, text, void_rows), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
         )
         matrix.update(logits.argmax(1), labels)
-    unseen = source.unseen if source.unseen else None
-    return segmentation_metrics(matrix.matrix, source.class_names, unseen)
+    unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
+    return segmentation_metrics(matrix.matrix, classes.names, unseen or None)
 
 
 def _json_safe(metrics: dict) -> dict:

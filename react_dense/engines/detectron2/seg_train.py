@@ -133,7 +133,8 @@ def train_from_config(
         source = open_spec(spec)
         classes = encode_classes(bundle, cfg, source, source.background)
         head.set_vocabulary(classes.embeddings, classes.void_rows)
-        evaluator = seg_modeling.ReactSemSegEvaluator(source.class_names, source.unseen)
+        unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
+        evaluator = seg_modeling.ReactSemSegEvaluator(classes.names, unseen or None)
         loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=1, collate_fn=lambda b: _inputs(*map(torch.stack, zip(*b))))
         per_dataset[source.name] = inference_on_dataset(model, loader, evaluator)["sem_seg"]
     return write_metrics(out, per_dataset, method=cfg.method, engine="detectron2")
