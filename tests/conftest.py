@@ -14,3 +14,30 @@ def tiny_world(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny_world")
     generate_world("tiny", out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def retrieval_corpus(tiny_world, tmp_path_factory) -> Path:
+    """Three small webdataset shards cut from the tiny world's corpus (30 samples each), the
+    second holding one undecodable image; ids are the world's, so its manifest is the ground truth."""
+    import io
+    import tarfile
+
+    from react_core.data.images import index_shard
+
+    source = sorted((tiny_world / "corpus" / "shards").glob("*.tar"))[0]
+    entries = list(index_shard(source).items())
+    out = tmp_path_factory.mktemp("retrieval_corpus")
+    with open(source, "rb") as handle:
+        for number in range(3):
+            with tarfile.open(out / f"{number:06d}.tar", "w") as tar:
+                for key, entry in entries[number * 30:(number + 1) * 30]:
+                    handle.seek(entry["jpg"].offset)
+                    image = handle.read(entry["jpg"].size)
+                    if number == 1 and key == entries[35][0]:
+                        image = b"not a jpeg"
+                    for name, data in ((f"{key}.jpg", image), (f"{key}.txt", entry["txt"]), (f"{key}.json", entry["json"])):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+    return out

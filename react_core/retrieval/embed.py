@@ -18,6 +18,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,7 +88,7 @@ def embedding_info(bundle, dim: int, source: str, shard_names: list[str]) -> dic
         "version": FORMAT_VERSION,
         "identity": spec.identity(),
         "model": {"name": spec.name, "pretrained": spec.pretrained, "weights": spec.adapter or spec.weights,
-                  "quick_gelu": spec.quick_gelu},
+                  "quick_gelu": spec.quick_gelu, "config": spec.config},
         "tokenizer": {"type": type(tokenizer).__name__,
                       "context_length": int(getattr(tokenizer, "context_length", 0) or 0)},
         "normalized": True,
@@ -103,8 +104,16 @@ def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None 
     from react_core.modeling import load_clip
 
     info = read_embedding_info(emb_dir)
-    model = info["model"]
-    bundle = load_clip(model["name"], model.get("pretrained"), weights or model.get("weights"),
+    model = info.get("model")
+    if not model:
+        raise EmbeddingError(f"{Path(emb_dir) / INFO_FILE} names no model to embed the queries with")
+    if not (model.get("pretrained") or model.get("weights") or weights):
+        logging.getLogger("react").warning(
+            "%s: the embeddings come from a randomly initialised %s; a new random initialisation cannot reproduce "
+            "it, so queries will not match them (embed with --weights FILE to make this reproducible)",
+            Path(emb_dir) / INFO_FILE, model["name"])
+    architecture = model["config"] if model["name"].startswith("custom-") and model.get("config") else model["name"]
+    bundle = load_clip(architecture, model.get("pretrained"), weights or model.get("weights"),
                        quick_gelu=model.get("quick_gelu"), device=device)
     if bundle.spec.identity() != info["identity"]:
         raise EmbeddingError(

@@ -48,6 +48,7 @@ PARTS_DIR = "parts"
 FLAT_MAX = 50_000
 ID_BYTES = 8
 PQ_SUBQUANTIZERS = (256, 128, 96, 64, 48, 32, 16, 8)
+PQ_POINTS_PER_CENTROID = 64  # codebooks of 256 centroids learn from 16k residuals, not FAISS's default 65k
 
 logger = logging.getLogger("react")
 
@@ -107,6 +108,9 @@ def train_index(index, sample: np.ndarray) -> None:
     ivf = _ivf_of(index)
     if ivf is not None and _uses_gpu():
         ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
+    if pq is not None:
+        pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
     index.train(sample)
 
 
@@ -323,11 +327,12 @@ def read_index(index_dir: str | Path, parameters: str | None = None, gpu: bool =
     path = Path(index_dir) / INDEX_FILE
     if not path.is_file():
         raise IndexBuildError(f"{path} not found (build the index with `react index`)")
-    flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_ONDISK_SAME_DIR if (Path(index_dir) / IVFDATA_FILE).is_file() else faiss.IO_FLAG_MMAP
-    index = faiss.read_index(str(path), flags)
+    # On-disk inverted lists are memory-mapped by themselves (IO_FLAG_MMAP on top of them crashes).
+    on_disk = (Path(index_dir) / IVFDATA_FILE).is_file()
+    index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else faiss.IO_FLAG_MMAP)
     if parameters is None and (Path(index_dir) / INFO_FILE).is_file():
         parameters = read_index_info(index_dir).get("search_parameters") or ""
-    if gpu and _uses_gpu() and not (Path(index_dir) / IVFDATA_FILE).is_file():
+    if gpu and _uses_gpu() and not on_disk:
         index = faiss.index_cpu_to_all_gpus(index)
     if parameters:
         space = faiss.GpuParameterSpace() if gpu and _uses_gpu() else faiss.ParameterSpace()

@@ -1,0 +1,126 @@
+"""react index: the automatic choice, tuning to a target recall, on-disk merge, -1 and id range."""
+from __future__ import annotations
+
+import json
+
+import faiss
+import numpy as np
+import pandas as pd
+import pytest
+
+from react_core.retrieval.index import (
+    IndexBuildError,
+    build_index,
+    choose_factory,
+    exact_neighbours,
+    parse_memory,
+    read_index,
+    recall_at_k,
+    search,
+)
+from react_core.retrieval.embed import EmbeddingFolder
+
+
+def write_folder(root, n=6000, d=32, shard=2000, clusters=40, seed=0):
+    """A LAION-layout image embedding folder of clustered unit vectors, and text-like queries
+    shifted off the corpus (as the modality gap shifts text from images)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, d)).astype(np.float32)
+    labels = rng.integers(0, clusters, n)
+    x = centres[labels] + 0.7 * rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    for folder in ("img_emb", "metadata", "skipped"):
+        (root / folder).mkdir(parents=True)
+    names = []
+    for number, start in enumerate(range(0, n, shard)):
+        np.save(root / "img_emb" / f"img_emb_{number}.npy", x[start:start + shard].astype(np.float16))
+        pd.DataFrame({"id": [str(i) for i in range(start, min(n, start + shard))]}).to_parquet(
+            root / "metadata" / f"metadata_{number}.parquet")
+        pd.DataFrame({"id": []}).to_parquet(root / "skipped" / f"skipped_{number}.parquet")
+        names.append(str(number))
+    (root / "embeddings.json").write_text(json.dumps({"identity": {"model": "test"}, "model": None, "dim": d, "shards": names}))
+    queries = centres + 1.5 * rng.standard_normal(d).astype(np.float32) + 0.5 * rng.standard_normal((clusters, d)).astype(np.float32)
+    queries = np.repeat(queries, 10, axis=0) + 0.3 * rng.standard_normal((clusters * 10, d)).astype(np.float32)
+    return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("n, d, memory, expected", [
+    (10_000, 512, None, "Flat"),
+    (150_000, 512, "8G", "Flat"),
+    (1_000_000, 512, "8G", "IVF4096,Flat"),
+    (1_000_000, 512, "1G", "IVF4096,SQ8"),
+    (1_000_000, 512, "256M", "IVF4096,PQ128x8"),
+    (1_000_000, 512, "64M", "OPQ32,IVF4096,PQ32x8"),
+    (400_000_000, 512, "64G", "IVF65536_HNSW32,PQ128x8"),
+    (400_000_000, 512, "20G", "OPQ32,IVF65536_HNSW32,PQ32x8"),
+])
+def test_automatic_choice(n, d, memory, expected):
+    factory = choose_factory(n, d, parse_memory(memory))
+    assert factory == expected
+    if factory != "Flat":
+        assert faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT).d == d
+
+
+def test_memory_too_small_and_bad_sizes():
+    with pytest.raises(IndexBuildError, match="raise --max-memory"):
+        choose_factory(10_000_000, 512, parse_memory("100M"))
+    with pytest.raises(IndexBuildError, match="8G"):
+        parse_memory("eight gigabytes")
+    assert parse_memory("1.5K") == 1536
+
+
+def test_tuned_index_reaches_target_recall_and_records_it(tmp_path):
+    queries = write_folder(tmp_path / "emb")
+    info = build_index(tmp_path / "emb", "image", tmp_path / "index", factory="IVF64,SQ8", queries=queries[::2],
+                       target_recall=0.95, k=20, progress=False)
+    saved = json.loads((tmp_path / "index" / "index.json").read_text())
+    assert saved == info and info["identity"] == {"model": "test"} and info["ntotal"] == 6000
+    assert "nprobe" in info["search_parameters"]
+    index = faiss.read_index(str(tmp_path / "index" / "index.faiss"))
+    assert index.ntotal == 6000
+    held_out = queries[1::2]
+    _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb"), "image", held_out, 20)
+    _, found = search(read_index(tmp_path / "index"), held_out, 20)
+    if info["recall"] >= 0.95:
+        assert recall_at_k(found, exact) >= 0.85  # held-out queries from the same distribution
+    _, default_found = search(index, held_out, 20)  # nprobe=1: what untuned code gets
+    assert recall_at_k(found, exact) > recall_at_k(default_found, exact)
+
+
+def test_on_disk_merge_matches_in_memory_and_is_memory_mapped(tmp_path):
+    queries = write_folder(tmp_path / "emb")
+    common = dict(factory="IVF32,Flat", queries=queries, k=10, progress=False)
+    build_index(tmp_path / "emb", "image", tmp_path / "ram", on_disk=False, **common)
+    info = build_index(tmp_path / "emb", "image", tmp_path / "disk", on_disk=True, **common)
+    assert info["on_disk"] and (tmp_path / "disk" / "index.ivfdata").is_file()
+    assert not (tmp_path / "disk" / "parts").exists()
+    moved = tmp_path / "moved"
+    (tmp_path / "disk").rename(moved)
+    _, in_ram = search(read_index(tmp_path / "ram", "nprobe=8"), queries, 10)
+    _, on_disk = search(read_index(moved, "nprobe=8"), queries, 10)
+    assert np.array_equal(np.sort(in_ram, axis=1), np.sort(on_disk, axis=1))
+
+
+def test_exact_index_for_small_corpora(tmp_path):
+    queries = write_folder(tmp_path / "emb", n=3000)
+    info = build_index(tmp_path / "emb", "image", tmp_path / "index", queries=queries, progress=False)
+    assert info["factory"] == "Flat" and info["recall"] == 1.0
+
+
+def test_missing_hits_stay_minus_one_and_ids_stay_in_range(tmp_path):
+    write_folder(tmp_path / "emb", n=300, shard=100)
+    build_index(tmp_path / "emb", "image", tmp_path / "index", factory="IVF16,Flat", progress=False)
+    index = read_index(tmp_path / "index", "nprobe=1")
+    rng = np.random.default_rng(3)
+    probes = rng.standard_normal((20, 32)).astype(np.float32)
+    scores, rows = search(index, probes, 100)
+    assert (rows == -1).any(), "nprobe=1 over 16 lists must leave some of 100 slots empty"
+    assert np.isneginf(scores[rows == -1]).all() and (rows < 300).all()
+    with pytest.raises(IndexBuildError, match="beyond"):
+        search(index, probes, 10, ntotal=5)
+
+
+def test_unknown_factory_is_a_clear_error(tmp_path):
+    write_folder(tmp_path / "emb", n=300, shard=100)
+    with pytest.raises(IndexBuildError, match="NotAnIndex"):
+        build_index(tmp_path / "emb", "image", tmp_path / "index", factory="NotAnIndex", progress=False)

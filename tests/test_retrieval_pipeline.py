@@ -1,0 +1,132 @@
+"""embed -> index -> retrieve -> export -> report on the synthetic world, and the filters."""
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from react_core.cli import main
+from react_core.modeling import load_clip, save_full
+from react_core.retrieval.embed import EmbeddingFolder, embed_corpus
+
+MICRO = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def indexed(retrieval_corpus, tmp_path_factory):
+    """Embedded with a saved (so reproducible) micro CLIP; an image and a caption index."""
+    root = tmp_path_factory.mktemp("retrieval")
+    weights = save_full(load_clip(MICRO).model, root / "micro.safetensors")
+    embed_corpus(load_clip(MICRO, weights=weights), retrieval_corpus, root / "emb", workers=0, progress=False)
+    assert main(["index", "--emb", str(root / "emb"), "--kind", "image", "--out", str(root / "image")]) == 0
+    assert main(["index", "--emb", str(root / "emb"), "--kind", "text", "--out", str(root / "text"),
+                 "--factory", "IVF4,Flat", "--k", "10"]) == 0
+    return root
+
+
+def retrieve(indexed, tiny_world, out, *extra):
+    argv = ["retrieve", "--index", str(indexed / "image"), "--index", str(indexed / "text"), "--emb", str(indexed / "emb"),
+            "--classes", str(tiny_world / "task" / "classes.txt"), "--templates", "simple", "--k", "10",
+            "--ground-truth", str(tiny_world / "corpus" / "manifest.parquet"), "--out", str(out), *extra]
+    return main(argv)
+
+
+def test_pipeline_produces_a_training_set(indexed, tiny_world, tmp_path):
+    from react_core.data import ManifestPairs, WebDatasetPairs
+
+    assert retrieve(indexed, tiny_world, tmp_path / "subset", "--mode", "both", "--assign", "all") == 0
+    subset = pd.read_parquet(tmp_path / "subset" / "subset.parquet")
+    stats = json.loads((tmp_path / "subset" / "stats.json").read_text())
+    metadata = EmbeddingFolder(indexed / "emb").metadata()
+    assert {"id", "class", "score", "rank", "query", "caption", "key", "shard"} <= set(subset.columns)
+    assert len(subset) > 0 and subset["row"].between(0, len(metadata) - 1).all()
+    assert (metadata.set_index("row").loc[subset["row"], "id"].to_numpy() == subset["id"].to_numpy()).all()
+    removed = sum(v for k, v in stats["filters"].items() if k != "candidates")
+    assert stats["filters"]["candidates"] - removed == len(subset)
+    truth = pd.read_parquet(tiny_world / "corpus" / "manifest.parquet")
+    corpus_classes = truth.set_index(truth["id"].astype(str)).loc[metadata["id"], "class"]
+    names = [line for line in (tiny_world / "task" / "classes.txt").read_text().splitlines() if line]
+    expected_random = np.mean([(corpus_classes == name).mean() for name in names])
+    evaluation = stats["evaluation"]
+    assert evaluation["random"]["precision"] == pytest.approx(expected_random)
+    for mode in ("t2i", "t2t", "both"):
+        assert 0 <= evaluation[mode]["pair_precision"] <= evaluation[mode]["precision"] <= 1
+
+    assert main(["export", str(tmp_path / "subset"), "--to", "webdataset", "--out", str(tmp_path / "wds"), "--shard-size", "10"]) == 0
+    shards = WebDatasetPairs(sorted(glob.glob(str(tmp_path / "wds" / "shards" / "*.tar"))))
+    assert len(shards) == subset["id"].nunique()
+    assert all(shards.load_image(i) is not None for i in range(len(shards)))
+    captions = dict(zip(subset["id"], subset["caption"]))
+    assert sorted(shards.ids) == sorted(captions) and all(captions[i] == c for i, c in zip(shards.ids, shards.captions))
+    assert len(ManifestPairs(str(tmp_path / "wds" / "manifest.parquet"))) == len(shards)
+
+    assert main(["export", str(tmp_path / "subset"), "--to", "folder", "--out", str(tmp_path / "folder")]) == 0
+    pairs = ManifestPairs(str(tmp_path / "folder" / "manifest.parquet"))
+    assert len(pairs) == len(shards) and pairs.load_image(0) is not None
+
+    assert main(["report", str(tmp_path / "subset"), "--out", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "precision@10" in page and (tmp_path / "report" / "scores.png").stat().st_size > 0
+    assert len(list((tmp_path / "report").glob("class_*.png"))) == subset["class"].nunique()
+
+
+def test_best_class_assignment_keeps_each_sample_once(indexed, tiny_world, tmp_path):
+    assert retrieve(indexed, tiny_world, tmp_path, "--mode", "t2i", "--no-dedup") == 0
+    subset = pd.read_parquet(tmp_path / "subset.parquet")
+    assert subset["id"].is_unique
+    assert (subset.groupby("class")["rank"].apply(lambda r: list(r) == list(range(len(r))))).all()
+
+
+def test_blocklist_safety_hook_decontamination_and_cap(indexed, tiny_world, tmp_path, monkeypatch):
+    assert retrieve(indexed, tiny_world, tmp_path / "plain", "--no-dedup") == 0
+    plain = pd.read_parquet(tmp_path / "plain" / "subset.parquet")
+    blocked = plain.iloc[0]
+    (tmp_path / "block.txt").write_text(f"{blocked['sha256'].upper()}\n")
+    hook = tmp_path / "hooks" / "unsafe_filter.py"
+    hook.parent.mkdir()
+    hook.write_text("def keep(rows):\n    return ~rows['caption'].str.contains('sale')\n")
+    monkeypatch.syspath_prepend(str(hook.parent))
+    assert retrieve(indexed, tiny_world, tmp_path / "filtered", "--no-dedup", "--blocklist", str(tmp_path / "block.txt"),
+                    "--safety-filter", "unsafe_filter:keep", "--per-class", "2") == 0
+    filtered = pd.read_parquet(tmp_path / "filtered" / "subset.parquet")
+    stats = json.loads((tmp_path / "filtered" / "stats.json").read_text())
+    assert blocked["id"] not in set(filtered["id"]) and stats["filters"]["blocklisted"] >= 1
+    assert not filtered["caption"].str.contains("sale").any()
+    # filters count candidate (class, sample) rows, before cross-class assignment
+    assert stats["filters"]["safety_filter"] >= plain["caption"].str.contains("sale").sum() - ("sale" in blocked["caption"])
+    assert filtered.groupby("class").size().max() <= 2
+
+    assert retrieve(indexed, tiny_world, tmp_path / "clean", "--decontaminate", str(indexed / "emb")) == 0
+    stats = json.loads((tmp_path / "clean" / "stats.json").read_text())
+    assert stats["rows"] == 0 and stats["filters"]["decontaminated"] == stats["filters"]["candidates"]
+
+
+def test_mode_without_its_index_is_a_clear_error(indexed, tiny_world, tmp_path, capsys):
+    argv = ["retrieve", "--index", str(indexed / "image"), "--emb", str(indexed / "emb"), "--classes",
+            str(tiny_world / "task" / "classes.txt"), "--mode", "t2t", "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "needs an index of text embeddings" in capsys.readouterr().err
+
+
+def test_precision_counts_ground_truth_classes():
+    from react_core.retrieval.classes import ClassSpec
+    from react_core.retrieval.retrieve import precision_at_k
+
+    truth = pd.DataFrame({"class": ["a", "a", "b", "b", "b", "c"], "mismatched": [False, True, False, False, False, False]})
+    pairs = pd.DataFrame({
+        "class_index": [0, 0, 1, 1], "row": [0, 2, 2, 3], "found_by": ["t2i"] * 4,
+        "score_t2i": [0.9, 0.8, 0.7, 0.6], "score_t2t": [np.nan] * 4,
+    })
+    result = precision_at_k(pairs, [ClassSpec("a", ["a"]), ClassSpec("b", ["b"])], truth, k=2)
+    assert result["t2i"]["precision"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert result["t2i"]["pair_precision"] == pytest.approx((1 / 2 + 2 / 2) / 2)
+    assert result["random"]["precision"] == pytest.approx((2 / 6 + 3 / 6) / 2)
+    assert "t2t" not in result
