@@ -94,24 +94,29 @@ class ManifestPairs(PairDataset):
         self.ids = [str(i) for i in (table["id"] if "id" in table.columns else table.index)]
         self._reader = ShardReader()
         self._locations: list[str | TarMember | None]
-        if "path" in table.columns or "url" in table.columns:
-            paths = table["path"] if "path" in table.columns else [None] * len(table)
-            urls = table["url"] if "url" in table.columns else [None] * len(table)
-            self._locations = [
-                _resolve(root_dir, str(p)) if isinstance(p, str) and p else (str(u) if isinstance(u, str) and u else None)
-                for p, u in zip(paths, urls)
-            ]
-        elif {"shard", "key"} <= set(table.columns):
-            self._locations = self._shard_members(root_dir, table["shard"], table["key"])
-        else:
+        columns = set(table.columns)
+        if not ({"path", "url"} & columns or {"shard", "key"} <= columns):
             raise PairDataError(
                 f"{path}: needs a 'path' or 'url' column, or 'shard' and 'key' (columns: {', '.join(table.columns)})"
             )
+        paths = table["path"] if "path" in columns else [None] * len(table)
+        urls = table["url"] if "url" in columns else [None] * len(table)
+        self._locations = [
+            _resolve(root_dir, str(p)) if isinstance(p, str) and p else (str(u) if isinstance(u, str) and u else None)
+            for p, u in zip(paths, urls)
+        ]
+        if {"shard", "key"} <= columns:
+            members = self._shard_members(root_dir, table["shard"], table["key"], self._locations)
+            self._locations = [loc if loc is not None else member for loc, member in zip(self._locations, members)]
 
-    def _shard_members(self, root: Path, shards, keys) -> list[TarMember | None]:
+    def _shard_members(self, root: Path, shards, keys, known) -> list[TarMember | None]:
+        """Webdataset members for the rows that have no path or url of their own."""
         indexes: dict[str, dict] = {}
         members = []
-        for shard, key in zip(shards, keys):
+        for shard, key, location in zip(shards, keys, known):
+            if location is not None or not isinstance(shard, str):
+                members.append(None)
+                continue
             shard_path = _resolve(root, str(shard))
             if shard_path not in indexes:
                 if not Path(shard_path).is_file():

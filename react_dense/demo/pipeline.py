@@ -51,7 +51,7 @@ class DemoPlan:
 
 def plan_for(quick: bool, seed: int) -> DemoPlan:
     if quick:
-        return DemoPlan("tiny", (seed,), 60, 20, 40, "both", 20, 20)
+        return DemoPlan("tiny", (seed,), 30, 10, 40, "both", 10, 10)
     return DemoPlan("demo", (seed, seed + 1, seed + 2), 0, 0, 600, "both", 0, 0)
 
 
@@ -80,7 +80,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     out = Path(out).resolve()
     plan = plan_for(quick, seed)
     n_customize = len(plan.variants) * len(plan.seeds)
-    runner = StageRunner(out / "stages", total=7 + n_customize + 4)
+    stages = out / "stages"
+    runner = StageRunner(stages, total=7 + n_customize + 4)
     world_dir = out / "world"
 
     def make_world(_: Path) -> dict:
@@ -94,9 +95,9 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
 
     world_info = load_world(world_dir)
 
-    pretrain_overrides = {"world.dir": str(world_dir), "world.preset": plan.preset, "out": str(out / "pretrain")}
+    pretrain_overrides = {"world.dir": str(world_dir), "world.preset": plan.preset, "out": str(stages / "pretrain")}
     if plan.pretrain_iters:
-        pretrain_overrides.update({"train.max_iters": plan.pretrain_iters, "train.warmup_iters": 5})
+        pretrain_overrides.update({"train.max_iters": plan.pretrain_iters, "train.warmup_iters": 5, "data.batch_size": 64})
 
     def make_base(_: Path) -> dict:
         from react_core.config import load
@@ -110,8 +111,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     base_weights = base["weights"]
     model_args = ["--model", "react-tiny", "--weights", base_weights]
 
-    emb_dir = out / "retrieval" / "embeddings"
-    index_dir = out / "retrieval" / "index"
+    emb_dir = stages / "embed" / "embeddings"
+    index_dir = stages / "index"
 
     def embed_corpus(_: Path) -> dict:
         _cli(["embed", *model_args, "--data", str(world_dir / "corpus" / "shards"), "--workers", "1", "--out", str(emb_dir)])
@@ -129,7 +130,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         results = {}
         indexes = {"t2i": ["image"], "t2t": ["text"], "both": ["image", "text"]}
         for mode in RETRIEVAL_MODES:
-            subset = out / "retrieval" / f"subset_{mode}"
+            subset = stages / "retrieve" / f"subset_{mode}"
             index_args = [arg for kind in indexes[mode] for arg in ("--index", str(index_dir / kind))]
             _cli([
                 "retrieve", *index_args, "--emb", str(emb_dir),
@@ -140,20 +141,22 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         return results
 
     retrieval = runner.run("retrieve", stage_key(index, plan.retrieve_k), retrieve_all)
-    subset_manifest = out / "retrieval" / f"subset_{plan.retrieval_mode}" / "subset.parquet"
+    subset_manifest = stages / "retrieve" / f"subset_{plan.retrieval_mode}" / "subset.parquet"
 
-    def random_pairs(_: Path) -> dict:
+    def random_pairs(folder: Path) -> dict:
         import numpy as np
         import pyarrow.parquet as pq
 
         from react_core.io import atomic_path
 
         chosen = pq.read_table(subset_manifest).num_rows
-        table = pq.read_table(world_dir / "corpus" / "manifest.parquet")
-        rows = np.random.default_rng(seed).choice(table.num_rows, size=min(chosen, table.num_rows), replace=False)
-        path = out / "retrieval" / "random_pairs.parquet"
+        corpus = world_dir / "corpus"
+        table = pq.read_table(corpus / "manifest.parquet").to_pandas()
+        rows = np.random.default_rng(seed).choice(len(table), size=min(chosen, len(table)), replace=False)
+        sample = table.iloc[sorted(rows.tolist())].assign(shard=lambda t: [str(corpus / s) for s in t["shard"]])
+        path = folder / "random_pairs.parquet"
         with atomic_path(path) as tmp:
-            pq.write_table(table.take(sorted(rows.tolist())), tmp)
+            sample.to_parquet(tmp, index=False)
         return {"pairs": int(len(rows)), "manifest": str(path)}
 
     random_subset = runner.run("random-pairs", stage_key(retrieval, seed), random_pairs)
@@ -212,7 +215,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from react_dense.demo.report import write_report
 
     summary = summarize(plan, world_info, retrieval, customized, dense)
-    write_report(out, summary, world_dir, subset_manifest, dense_dirs={k: out / "stages" / f"{k[0]}-{k[1]}" for k in dense})
+    write_report(out, summary, world_dir, subset_manifest, dense_dirs={k: stages / f"{k[0]}-{k[1]}" for k in dense})
     runner.echo(f"report: {out / 'report.md'} and {out / 'report.html'}; metrics: {out / 'metrics.json'}")
     return summary
 

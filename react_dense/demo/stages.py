@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +16,7 @@ from typing import Any, Callable
 from react_core.io import atomic_write_json
 
 STAGE_FILE = "stage.json"
+STARTED_FILE = "stage.key"
 
 
 def stage_key(*parts: Any) -> str:
@@ -32,7 +34,11 @@ class StageRunner:
         self.timings: dict[str, float] = {}
 
     def run(self, name: str, key: str, work: Callable[[Path], dict]) -> dict:
-        """Run `work(folder) -> result` unless `folder/stage.json` holds the same key."""
+        """Run `work(folder) -> result` unless `folder/stage.json` holds the same key.
+
+        A folder left by an interrupted run of the same key is kept (the stage resumes in it);
+        one left by other inputs is cleared first.
+        """
         folder = self.root / name
         record = folder / STAGE_FILE
         self.done += 1
@@ -45,7 +51,11 @@ class StageRunner:
                 return saved["result"]
         self.echo(f"{prefix} ...")
         start = time.perf_counter()
+        started = folder / STARTED_FILE
+        if folder.exists() and (not started.is_file() or started.read_text() != key):
+            shutil.rmtree(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        started.write_text(key)
         result = work(folder)
         seconds = time.perf_counter() - start
         atomic_write_json(record, {"key": key, "result": result, "seconds": round(seconds, 1)})
