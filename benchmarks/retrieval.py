@@ -2,6 +2,7 @@
 
     python benchmarks/retrieval.py                       # 1M x 512, as the issue asks
     python benchmarks/retrieval.py --n 200000 --eval-queries 200 --classes 200   # a small machine
+    python benchmarks/retrieval.py --embed WORLD_DIR --model react-tiny   # embedding throughput only
 
 Generator (fixed, seed 0): CLIP embeddings are anisotropic (a few directions carry most of the
 variance) and clustered by concept, and text queries sit apart from the images they match (the
@@ -11,7 +12,7 @@ modality gap). So, with a random rotation R and per-dimension scales s_j = (1 + 
   queries           q = normalise(c_class + 0.6 g + 0.4 t_template), g a fixed unit "gap" vector,
                     t_template = normalise(z * s @ R), `--templates` of them per class
 The corpus is written as a LAION-layout embedding folder (float16 shards of 100k), so the index
-is built by the same code as `react index`, with --max-memory = 1/8 of the exact index's bytes,
+is built by the same code as `react index`, with --max-memory = 1/8 of the exact index's bytes (--memory-fraction),
 tuned on one sample of the queries and evaluated on a disjoint one.
 
 Measured, each search in its own subprocess (so peak RSS is that search's process alone):
@@ -130,6 +131,71 @@ def _recall(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(a[:k]) & set(b[:k])) / k for a, b in zip(found, exact)]))
 
 
+def _bare_loop(bundle, shards: list[str], batch_size: int, workers: int) -> int:
+    """The baseline: decode + preprocess in DataLoader workers, encode images and captions, keep nothing."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from react_core.data import WebDatasetPairs
+
+    pairs = WebDatasetPairs(shards, transform=bundle.preprocess_val)
+
+    def collate(samples):
+        kept = [s for s in samples if s is not None]
+        return torch.stack([s["image"] for s in kept]), [pairs.captions[s["index"]] for s in kept]
+
+    count = 0
+    with torch.no_grad():
+        for images, captions in DataLoader(pairs, batch_size=batch_size, num_workers=workers, collate_fn=collate):
+            bundle.model.encode_image(images)
+            bundle.model.encode_text(bundle.tokenizer(captions))
+            count += len(images)
+    return count
+
+
+def embed_throughput(world: Path, model: str, shards: int, batch_size: int, workers: int, repeats: int) -> dict:
+    """Images/s of `embed_corpus` (writing the LAION layout) over a bare open_clip loop on the same
+    shards, interleaved repeats; the ratio is the median of per-repeat ratios."""
+    import shutil
+
+    import torch
+
+    from react_core.modeling import load_clip
+    from react_core.retrieval.embed import embed_corpus
+
+    torch.manual_seed(0)
+    bundle = load_clip(model)
+    bundle.model.eval()
+    files = [str(p) for p in sorted((world / "corpus" / "shards").glob("*.tar"))[:shards]]
+    source = Path(tempfile.mkdtemp(prefix="react-embed-src-"))
+    for file in files:
+        (source / Path(file).name).symlink_to(file)
+    ours, bare = [], []
+    count = 0
+
+    def run_bare():
+        nonlocal count
+        started = time.perf_counter()
+        count = _bare_loop(bundle, files, batch_size, workers)
+        bare.append(count / (time.perf_counter() - started))
+
+    def run_ours():
+        out = Path(tempfile.mkdtemp(prefix="react-embed-bench-"))
+        started = time.perf_counter()
+        summary = embed_corpus(bundle, source, out, batch_size=batch_size, workers=workers, progress=False)
+        ours.append((summary["rows"] + len(summary["failed"])) / (time.perf_counter() - started))
+        shutil.rmtree(out)
+
+    for repeat in range(repeats):  # alternate which goes first, so neither always gets the warm cache
+        for measure in (run_bare, run_ours) if repeat % 2 == 0 else (run_ours, run_bare):
+            measure()
+        print(f"repeat {repeat}: bare {bare[-1]:.1f} img/s, react embed {ours[-1]:.1f} img/s", flush=True)
+    ratios = [o / b for o, b in zip(ours, bare)]
+    return {"model": model, "images": count, "batch_size": batch_size, "workers": workers,
+            "bare_img_per_s_median": statistics.median(bare), "ours_img_per_s_median": statistics.median(ours),
+            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -139,7 +205,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000, help="hits per query in the per-class retrieval")
     parser.add_argument("--eval-queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory-fraction", type=int, default=8, help="--max-memory = exact index bytes / this")
     parser.add_argument("--work", help="folder for the generated data (default: a temporary one)")
+    parser.add_argument("--embed", metavar="WORLD_DIR", help="measure embedding throughput on this synthetic world instead")
+    parser.add_argument("--model", default="react-tiny", help="model for --embed (random init)")
+    parser.add_argument("--shards", type=int, default=1, help="corpus shards for --embed")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--child", choices=("exact", "ours", "per-class"), help=argparse.SUPPRESS)
     parser.add_argument("--emb", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
@@ -149,6 +221,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         _child(args)
+        return
+    if args.embed:
+        print(json.dumps(embed_throughput(Path(args.embed), args.model, args.shards, args.batch_size, args.workers,
+                                          args.repeats), indent=2))
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     from react_core.retrieval.index import build_index
@@ -163,7 +239,7 @@ def main() -> None:
     np.save(work / "all_queries.npy", queries)
     flat_bytes = args.n * args.d * 4
     print("building our index", flush=True)
-    info = build_index(work / "emb", "image", work / "index", max_memory=flat_bytes // 8, queries=tuning,
+    info = build_index(work / "emb", "image", work / "index", max_memory=flat_bytes // args.memory_fraction, queries=tuning,
                        queries_source="generated class x template queries", k=100, progress=False)
     print(json.dumps({k: info[k] for k in ("factory", "search_parameters", "recall", "build_seconds", "index_bytes")}), flush=True)
 

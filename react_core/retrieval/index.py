@@ -152,6 +152,26 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     return float(np.mean(hits) / k) if hits else 1.0
 
 
+TUNED_PARAMETERS = ("nprobe", "efSearch", "quantizer_efSearch")
+
+
+def _breadth_space(index):
+    """FAISS's parameter grid for `index`, kept to the search-breadth knobs (nprobe, efSearch):
+    the others (polysemous `ht`, ...) trade recall for speed in ways a target recall never needs."""
+    import faiss
+
+    full = faiss.ParameterSpace()
+    full.initialize(index)
+    space = faiss.ParameterSpace()
+    for i in range(full.parameter_ranges.size()):
+        source = full.parameter_ranges.at(i)
+        if source.name in TUNED_PARAMETERS:
+            target = space.add_range(source.name)
+            for j in range(source.values.size()):
+                target.values.push_back(source.values.at(j))
+    return space
+
+
 def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float]:
     """Fastest search parameters reaching `target` recall@k: (parameter string, recall, s/query).
 
@@ -161,8 +181,7 @@ def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[
     import faiss
 
     k = exact.shape[1]
-    space = faiss.ParameterSpace()
-    space.initialize(index)
+    space = _breadth_space(index)
     if space.n_combinations() <= 1:
         _, found = index.search(queries, k)
         return "", recall_at_k(found, exact), 0.0

@@ -119,8 +119,6 @@ def candidates(indexes: dict, queries: Queries, k: int, ntotal: int):
 def rescore(table, folder: EmbeddingFolder, queries: Queries, kinds: tuple[str, ...]):
     """Exact per-class scores of each unique (class, row): max over the class's queries, per kind;
     `query` is the query text giving the best score of the first kind."""
-    import pandas as pd
-
     found_by = table.groupby(["class_index", "row"])["mode"].agg(lambda m: ",".join(sorted(set(m))))
     pairs = found_by.rename("found_by").reset_index()
     owners = np.asarray(queries.classes)
@@ -135,9 +133,7 @@ def rescore(table, folder: EmbeddingFolder, queries: Queries, kinds: tuple[str, 
             pairs.loc[group.index, f"score_{MODE_OF_KIND[kind]}"] = similarity.max(axis=1)
             if position == 0:
                 pairs.loc[group.index, "query"] = [queries.texts[own[i]] for i in similarity.argmax(axis=1)]
-    score_columns = [f"score_{MODE_OF_KIND[kind]}" for kind in kinds]
-    pairs["score"] = pairs[score_columns].mean(axis=1)
-    return pd.DataFrame(pairs)
+    return pairs
 
 
 def _near_duplicates(vectors: np.ndarray, order: np.ndarray, threshold: float) -> np.ndarray:
@@ -248,8 +244,8 @@ def retrieve(
         raise RetrievalError(f"--mode {options.mode} needs an index of {' and '.join(missing)} embeddings (--index)")
     ntotal = len(folder)
     found = candidates(indexes, queries, options.k, ntotal)
-    scored_kinds = tuple(kind for kind in ("image", "text") if kind in indexes)
-    pairs = rescore(found, folder, queries, tuple(k for k in kinds) + tuple(k for k in scored_kinds if k not in kinds))
+    # every available kind is scored (the mode's first, for `query`), so stats can compare modes
+    pairs = rescore(found, folder, queries, kinds + tuple(kind for kind in indexes if kind not in kinds))
     pairs["score"] = pairs[[f"score_{MODE_OF_KIND[kind]}" for kind in kinds]].mean(axis=1)
     metadata = folder.metadata()
     evaluation = None
