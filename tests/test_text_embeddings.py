@@ -52,6 +52,10 @@ def test_class_embeddings_are_normalised_means_over_templates(tiny):
 
 def test_cache_is_keyed_by_vocabulary_and_model(tiny, tmp_path):
     names = ["red star", "blue ring"]
+    cached_class_embeddings(tiny, names, ["{}"], tmp_path)
+    assert not list(tmp_path.glob("*.safetensors")), "a random-init model has no identity to cache under"
+    torch.save(tiny.model.state_dict(), tmp_path / "w.pt")
+    tiny = load_clip("react-tiny", weights=tmp_path / "w.pt")
     first = cached_class_embeddings(tiny, names, ["{}"], tmp_path)
     assert len(list(tmp_path.glob("text_*.safetensors"))) == 1
     again = cached_class_embeddings(tiny, names, ["{}"], tmp_path)

@@ -102,10 +102,11 @@ def cached_class_embeddings(
 ) -> torch.Tensor:
     """`class_embeddings` through an on-disk cache keyed by model, vocabulary and templates.
 
-    `bundle` is a `ClipBundle`; its `spec.identity()` must change whenever the text tower's
-    weights change, which holds since weights are named by file or tag.
+    `bundle` is a `ClipBundle`; its `spec.identity()` changes whenever the text tower's weights
+    do, since weights are named by file hash or tag. A randomly initialised model has no such
+    name, so its embeddings are never cached.
     """
-    if cache_dir is None:
+    if cache_dir is None or not (bundle.spec.pretrained or bundle.spec.weights_sha256):
         return class_embeddings(bundle.model, bundle.tokenizer, classnames, templates, average)
     from safetensors.torch import load_file, save_file
 
