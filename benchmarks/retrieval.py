@@ -79,6 +79,15 @@ def generate(folder: Path, n: int, d: int, classes: int, templates: int, seed: i
     return queries
 
 
+def _peak_rss() -> int:
+    """This process's peak resident set (VmHWM). Not getrusage's ru_maxrss: Linux carries that
+    over exec from the forking parent, so every child would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _child(args) -> None:
     """One measurement in a fresh process: build the searched index, search, report JSON."""
     import faiss
@@ -115,7 +124,7 @@ def _child(args) -> None:
         result["seconds"] = time.perf_counter() - started
         result["queries_per_s"] = len(queries) / result["seconds"]
         np.save(args.result, rows)
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_rss_bytes"] = _peak_rss()
     print(json.dumps(result))
 
 
@@ -227,20 +236,25 @@ def main() -> None:
                                           args.repeats), indent=2))
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    from react_core.retrieval.index import build_index
+    from react_core.retrieval.index import build_index, read_index_info
 
     work = Path(args.work or tempfile.mkdtemp(prefix="react-bench-"))
-    print(f"generating {args.n} x {args.d} in {work}", flush=True)
-    queries = generate(work / "emb", args.n, args.d, args.classes, args.templates)
-    rng = np.random.default_rng(1)
-    picked = rng.permutation(len(queries))
-    tuning, evaluation = queries[picked[: args.eval_queries]], queries[picked[args.eval_queries: 2 * args.eval_queries]]
-    np.save(work / "eval_queries.npy", evaluation)
-    np.save(work / "all_queries.npy", queries)
-    flat_bytes = args.n * args.d * 4
-    print("building our index", flush=True)
-    info = build_index(work / "emb", "image", work / "index", max_memory=flat_bytes // args.memory_fraction, queries=tuning,
-                       queries_source="generated class x template queries", k=100, progress=False)
+    if (work / "index" / "index.json").is_file() and (work / "eval_queries.npy").is_file():
+        print(f"reusing the data and index in {work} (delete it to regenerate)", flush=True)
+        info = read_index_info(work / "index")
+        evaluation = np.load(work / "eval_queries.npy")
+    else:
+        print(f"generating {args.n} x {args.d} in {work}", flush=True)
+        queries = generate(work / "emb", args.n, args.d, args.classes, args.templates)
+        rng = np.random.default_rng(1)
+        picked = rng.permutation(len(queries))
+        tuning, evaluation = queries[picked[: args.eval_queries]], queries[picked[args.eval_queries: 2 * args.eval_queries]]
+        np.save(work / "eval_queries.npy", evaluation)
+        np.save(work / "all_queries.npy", queries)
+        flat_bytes = args.n * args.d * 4
+        print("building our index", flush=True)
+        info = build_index(work / "emb", "image", work / "index", max_memory=flat_bytes // args.memory_fraction,
+                           queries=tuning, queries_source="generated class x template queries", k=100, progress=False)
     print(json.dumps({k: info[k] for k in ("factory", "search_parameters", "recall", "build_seconds", "index_bytes")}), flush=True)
 
     runs: dict[str, list[dict]] = {"exact": [], "ours": []}
