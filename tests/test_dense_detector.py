@@ -51,8 +51,8 @@ def write_scenes(root: Path, split: str, count: int, seed: int, size: int = 64) 
                 "id": len(annotations) + 1, "image_id": image_id, "category_id": category + 1,
                 "bbox": [x, y, side, side], "area": side * side, "iscrowd": 0, "segmentation": [polygon],
             })
-        name = f"{split}/{image_id:05d}.png"
-        canvas.save(root / "images" / name)
+        name = f"images/{split}/{image_id:05d}.png"
+        canvas.save(root / name)
         images.append({
             "id": image_id, "file_name": name, "width": size, "height": size,
             "neg_category_ids": [c for c in range(1, len(CATEGORIES) + 1) if c not in present],

@@ -49,9 +49,10 @@ def plot_gallery(subset_manifest: Path, world_dir: Path, path: Path, per_class: 
 
     pairs = ManifestPairs(str(subset_manifest))
     table = pq.read_table(subset_manifest).to_pandas()
-    table["row"] = range(len(table))
+    table = table.assign(row=range(len(table)), id=table["id"].astype(str))
     truth = pq.read_table(world_dir / "corpus" / "manifest.parquet", columns=["id", "class"]).to_pandas()
-    table = table.merge(truth.rename(columns={"class": "true_class"}), on="id", how="left")
+    truth = truth.assign(id=truth["id"].astype(str)).rename(columns={"class": "true_class"})
+    table = table.merge(truth, on="id", how="left")
     names = sorted(table["class"].unique())[:classes]
     figure, axes = plt.subplots(len(names), per_class, figsize=(per_class * 1.3, len(names) * 1.45))
     for row, name in enumerate(names):
