@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from react_dense.demo.stages import StageRunner, stage_key
+from react_dense.demo.stages import StageRunner
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 RETRIEVAL_MODES = ("t2i", "t2t", "both")
@@ -90,7 +90,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         summary = generate_world(plan.preset, world_dir, seed=0)
         return {"content_sha256": summary["content_sha256"], "counts": summary["counts"]}
 
-    world = runner.run("world", stage_key(plan.preset), make_world)
+    world = runner.run("world", make_world, plan.preset)
     from react_core.synth import load_world
 
     world_info = load_world(world_dir)
@@ -107,7 +107,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         weights = pretrain(cfg, cfg.out)
         return {"weights": str(weights)}
 
-    base = runner.run("pretrain", stage_key(world, pretrain_overrides), make_base)
+    base = runner.run("pretrain", make_base, pretrain_overrides, after=("world",))
     base_weights = base["weights"]
     model_args = ["--model", "react-tiny", "--weights", base_weights]
 
@@ -123,8 +123,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             _cli(["index", "--emb", str(emb_dir), "--kind", kind, "--out", str(index_dir / kind)])
         return {}
 
-    embed = runner.run("embed", stage_key(world, base), embed_corpus)
-    index = runner.run("index", stage_key(embed, world, base), build_indexes)
+    runner.run("embed", embed_corpus, after=("world", "pretrain"))
+    runner.run("index", build_indexes, after=("embed",))
 
     def retrieve_all(_: Path) -> dict:
         results = {}
@@ -140,7 +140,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             results[mode] = json.loads((subset / "stats.json").read_text())
         return results
 
-    retrieval = runner.run("retrieve", stage_key(index, plan.retrieve_k), retrieve_all)
+    retrieval = runner.run("retrieve", retrieve_all, plan.retrieve_k, after=("index",))
     subset_manifest = stages / "retrieve" / f"subset_{plan.retrieval_mode}" / "subset.parquet"
 
     def random_pairs(folder: Path) -> dict:
@@ -159,7 +159,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             sample.to_parquet(tmp, index=False)
         return {"pairs": int(len(rows)), "manifest": str(path)}
 
-    random_subset = runner.run("random-pairs", stage_key(retrieval, seed), random_pairs)
+    random_subset = runner.run("random-pairs", random_pairs, seed, after=("retrieve",))
     manifests = {"retrieved": str(subset_manifest), "random": random_subset["manifest"]}
 
     customized: dict[str, list[dict]] = {}
@@ -189,11 +189,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                 metrics = customize(cfg, folder)
                 return {"metrics": metrics, "folder": str(folder)}
 
-            result = runner.run(name, stage_key(retrieval, random_subset, base, overrides), work)
+            result = runner.run(name, work, overrides, after=("retrieve", "random-pairs", "pretrain"))
             customized.setdefault(label, []).append(result)
 
-    best = customized[plan.variants[0][0]][0]
-    adapter = str(Path(best["folder"]) / "adapter.safetensors")
+    _, best_mode, best_source = plan.variants[0]
+    best_stage = f"customize-{best_mode}-{best_source}-seed{plan.seeds[0]}"
+    adapter = str(stages / best_stage / "adapter.safetensors")
     dense = {}
     for task, config, steps_key in (
         ("detection", "demo/ovd_synthetic.yaml", "train.steps"),
@@ -209,7 +210,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                 return {"metrics": _train_dense(task, _config_path(config), folder, _overrides(overrides))}
 
             dense[(task, backbone)] = runner.run(
-                f"{task}-{backbone}", stage_key(base, best, overrides, task), dense_work
+                f"{task}-{backbone}", dense_work, overrides, after=("pretrain", best_stage)
             )["metrics"]
 
     from react_dense.demo.report import write_report

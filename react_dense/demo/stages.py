@@ -32,13 +32,19 @@ class StageRunner:
         self.done = 0
         self.echo = echo
         self.timings: dict[str, float] = {}
+        self.keys: dict[str, str] = {}
 
-    def run(self, name: str, key: str, work: Callable[[Path], dict]) -> dict:
+    def run(self, name: str, work: Callable[[Path], dict], inputs: Any = None, after: tuple[str, ...] = ()) -> dict:
         """Run `work(folder) -> result` unless `folder/stage.json` holds the same key.
+
+        The key hashes the stage's own `inputs` and the keys of the stages it reads from
+        (`after`), so a change anywhere upstream redoes everything downstream of it.
 
         A folder left by an interrupted run of the same key is kept (the stage resumes in it);
         one left by other inputs is cleared first.
         """
+        key = stage_key(name, inputs, [self.keys[stage] for stage in after])
+        self.keys[name] = key
         folder = self.root / name
         record = folder / STAGE_FILE
         self.done += 1
