@@ -128,14 +128,16 @@ def render_markdown(summary: dict) -> str:
         "",
         "## Retrieval: precision@k against the world's ground truth",
         "",
-        "| mode | pairs | precision@k | random baseline |",
+        "| mode | pairs kept | precision@k (%) | random baseline (%) |",
         "|---|---|---|---|",
     ]
     for mode, stats in summary["retrieval"].items():
-        precision = stats.get("precision_at_k", {})
+        evaluation = stats.get("evaluation", {})
+        precision = evaluation.get(mode, {}).get("precision")
+        random_precision = evaluation.get("random", {}).get("precision")
         lines.append(
-            f"| {mode} | {stats.get('kept', stats.get('rows', '–'))} | {_fmt(100 * precision.get(mode, precision.get('query', 0)) if isinstance(precision, dict) else precision)} "
-            f"| {_fmt(100 * precision.get('random', 0) if isinstance(precision, dict) else None)} |"
+            f"| {mode} | {stats['rows']} | {_fmt(None if precision is None else 100 * precision)} "
+            f"| {_fmt(None if random_precision is None else 100 * random_precision)} |"
         )
     lines += [
         "",
