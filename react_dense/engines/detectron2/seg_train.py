@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from react_core.config import ConfigError, to_yaml
+from react_core.config import to_yaml
 from react_core.io import atomic_write_text
 from react_dense.segmentation.config import SegmentationConfig
 
@@ -28,7 +28,7 @@ FINAL = "model_final.pth"
 def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
     from detectron2.config import get_cfg
 
-    from react_dense.engines.detectron2.train import _flatten, add_react_config
+    from react_dense.engines.detectron2.train import add_react_config, finish_detectron2_cfg
 
     d2 = get_cfg()
     add_react_config(d2)
@@ -41,26 +41,7 @@ def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
     d2.MODEL.PIXEL_STD = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
     d2.MODEL.DEVICE = cfg.train.device
     d2.INPUT.FORMAT = "RGB"
-    solver = d2.SOLVER
-    solver.OPTIMIZER = "ADAMW"
-    solver.IMS_PER_BATCH = cfg.train.batch_size
-    solver.BASE_LR = cfg.train.lr
-    solver.WEIGHT_DECAY = cfg.train.weight_decay
-    solver.WEIGHT_DECAY_NORM = 0.0
-    solver.MAX_ITER = cfg.train.steps
-    solver.STEPS = ()
-    solver.LR_SCHEDULER_NAME = "WarmupCosineLR"
-    solver.WARMUP_ITERS = cfg.train.warmup_steps
-    solver.CLIP_GRADIENTS.ENABLED = cfg.train.clip_grad_norm > 0
-    solver.CLIP_GRADIENTS.CLIP_TYPE = "norm"
-    solver.CLIP_GRADIENTS.CLIP_VALUE = cfg.train.clip_grad_norm or 1.0
-    d2.SEED = cfg.train.seed
-    d2.OUTPUT_DIR = str(out)
-    try:
-        d2.merge_from_list(_flatten(cfg.detectron2))
-    except (KeyError, AssertionError, ValueError) as error:
-        raise ConfigError(f"detectron2 section of the segmentation config: {error}") from None
-    return d2
+    return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, "detectron2 section of the segmentation config")
 
 
 def _inputs(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:

@@ -93,28 +93,34 @@ def to_detectron2_cfg(cfg: DetectionConfig, config_path: str, overrides: list, o
     d2.DATASETS.TEST = (VAL_NAME,)
     d2.DATALOADER.NUM_WORKERS = cfg.data.num_workers
     d2.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+    d2.SOLVER.CHECKPOINT_PERIOD = cfg.train.checkpoint_period
+    d2.TEST.EVAL_PERIOD = 0
+    model.DEVICE = cfg.train.device
+    return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, f"detectron2 section of {config_path}")
+
+
+def finish_detectron2_cfg(d2, train, detectron2_section: dict, out: Path, where: str):
+    """Our `train:` section as Detectron2's solver (AdamW, warm-up cosine, no decay on norms,
+    gradient clipping), then the YAML's `detectron2:` keys, applied last so they win."""
     solver = d2.SOLVER
     solver.OPTIMIZER = "ADAMW"
-    solver.IMS_PER_BATCH = cfg.train.batch_size
-    solver.BASE_LR = cfg.train.lr
-    solver.WEIGHT_DECAY = cfg.train.weight_decay
+    solver.IMS_PER_BATCH = train.batch_size
+    solver.BASE_LR = train.lr
+    solver.WEIGHT_DECAY = train.weight_decay
     solver.WEIGHT_DECAY_NORM = 0.0
-    solver.MAX_ITER = cfg.train.steps
+    solver.MAX_ITER = train.steps
     solver.STEPS = ()
     solver.LR_SCHEDULER_NAME = "WarmupCosineLR"
-    solver.WARMUP_ITERS = cfg.train.warmup_steps
-    solver.CHECKPOINT_PERIOD = cfg.train.checkpoint_period
-    solver.CLIP_GRADIENTS.ENABLED = cfg.train.clip_grad_norm > 0
+    solver.WARMUP_ITERS = train.warmup_steps
+    solver.CLIP_GRADIENTS.ENABLED = train.clip_grad_norm > 0
     solver.CLIP_GRADIENTS.CLIP_TYPE = "norm"
-    solver.CLIP_GRADIENTS.CLIP_VALUE = cfg.train.clip_grad_norm or 1.0
-    d2.TEST.EVAL_PERIOD = 0
-    d2.SEED = cfg.train.seed
-    model.DEVICE = cfg.train.device
+    solver.CLIP_GRADIENTS.CLIP_VALUE = train.clip_grad_norm or 1.0
+    d2.SEED = train.seed
     d2.OUTPUT_DIR = str(out)
     try:
-        d2.merge_from_list(_flatten(cfg.detectron2))
+        d2.merge_from_list(_flatten(detectron2_section))
     except (KeyError, AssertionError, ValueError) as error:
-        raise ConfigError(f"detectron2 section of {config_path}: {error}") from None
+        raise ConfigError(f"{where}: {error}") from None
     return d2
 
 
