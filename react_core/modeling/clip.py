@@ -15,7 +15,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import open_clip
 import torch
@@ -254,10 +254,3 @@ def _load_openai_archive(name: str, path: Path, device, precision) -> ClipBundle
     arch = base_architecture(name)
     spec = ModelSpec(name=arch, weights=str(path), weights_sha256=file_sha256(path), quick_gelu=True, config=open_clip.get_model_config(arch) or {})
     return ClipBundle(created, preprocess_train, preprocess_val, open_clip.get_tokenizer(arch), spec)
-
-
-def describe(model: torch.nn.Module) -> dict[str, Any]:
-    """Trainable and frozen parameter counts, printed at the start of training."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return {"trainable": trainable, "frozen": total - trainable, "total": total}

@@ -31,7 +31,6 @@ class StageRunner:
         self.total = total
         self.done = 0
         self.echo = echo
-        self.timings: dict[str, float] = {}
         self.keys: dict[str, str] = {}
 
     def run(self, name: str, work: Callable[[Path], dict], inputs: Any = None, after: tuple[str, ...] = ()) -> dict:
@@ -53,7 +52,6 @@ class StageRunner:
             saved = json.loads(record.read_text())
             if saved.get("key") == key:
                 self.echo(f"{prefix}: cached")
-                self.timings[name] = 0.0
                 return saved["result"]
         self.echo(f"{prefix} ...")
         start = time.perf_counter()
@@ -65,6 +63,5 @@ class StageRunner:
         result = work(folder)
         seconds = time.perf_counter() - start
         atomic_write_json(record, {"key": key, "result": result, "seconds": round(seconds, 1)})
-        self.timings[name] = seconds
         self.echo(f"{prefix}: done in {seconds:.0f} s")
         return result
