@@ -130,3 +130,12 @@ def test_precision_counts_ground_truth_classes():
     assert result["t2i"]["pair_precision"] == pytest.approx((1 / 2 + 2 / 2) / 2)
     assert result["random"]["precision"] == pytest.approx((2 / 6 + 3 / 6) / 2)
     assert "t2t" not in result
+
+
+def test_near_duplicate_removal_that_empties_the_subset_warns(indexed, tiny_world, tmp_path, caplog):
+    """A threshold every pair of images meets keeps one sample and says the threshold is to blame."""
+    with caplog.at_level("WARNING", logger="react"):
+        assert retrieve(indexed, tiny_world, tmp_path / "all_alike", "--dedup-threshold", "-1") == 0
+    stats = json.loads((tmp_path / "all_alike" / "stats.json").read_text())
+    assert stats["unique_samples"] == 1
+    assert any("--no-dedup" in record.getMessage() for record in caplog.records)

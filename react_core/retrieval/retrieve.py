@@ -33,6 +33,7 @@ SUBSET_FILE = "subset.parquet"
 STATS_FILE = "stats.json"
 
 logger = logging.getLogger("react")
+NEAR_DUPLICATE_WARNING = 0.5  # share of samples whose removal suggests the threshold, not the data, is wrong
 
 
 class RetrievalError(ValueError):
@@ -286,6 +287,13 @@ def retrieve(
         duplicate = _near_duplicates(folder.gather("image", unique_rows), np.arange(len(unique_rows)),
                                      options.dedup_threshold)
         drop(pairs["row"].isin(unique_rows[duplicate]).to_numpy(), "near_duplicates")
+        if duplicate.mean() > NEAR_DUPLICATE_WARNING:
+            logger.warning(
+                "near-duplicate removal at image cosine %.3f dropped %d of %d samples: this model's image "
+                "embeddings lie too close together for that threshold (weak or domain-mismatched models do); "
+                "raise --dedup-threshold or pass --no-dedup", options.dedup_threshold, int(duplicate.sum()),
+                len(unique_rows),
+            )
     pairs = pairs.sort_values(["class_index", "score"], ascending=[True, False]).reset_index(drop=True)
     pairs["rank"] = pairs.groupby("class_index").cumcount()
     cap = options.per_class
