@@ -31,7 +31,7 @@ def plot_accuracy(summary: dict, path: Path) -> None:
     axis.barh(labels[::-1], means[::-1], xerr=spreads[::-1], color=colors[::-1], capsize=3)
     for y, value in enumerate(means[::-1]):
         axis.text(value + 0.5, y, f"{value:.1f}", va="center")
-    axis.set_xlabel(f"zero-shot top-1 on the target classes (%), mean over {len(summary['seeds'])} seed(s)")
+    axis.set_xlabel("zero-shot top-1 on the target classes (%), mean over seeds (± half the range)")
     axis.set_xlim(0, 100)
     _save_figure(figure, path)
     plt.close(figure)
@@ -123,8 +123,8 @@ def render_markdown(summary: dict) -> str:
     lines = [
         "# REACT on the synthetic world",
         "",
-        f"Preset `{summary['preset']}`; customization figures are means over {seeds} seed(s) "
-        "(± half the range). Target classes: " + ", ".join(summary["world"]["target_classes"]) + ".",
+        f"Preset `{summary['preset']}`; the gated-image variants are means over {seeds} seed(s) "
+        "(± half the range), the whole-tower ablations run on the first seed. Target classes: " + ", ".join(summary["world"]["target_classes"]) + ".",
         "",
         "## Retrieval: precision@k against the world's ground truth",
         "",
