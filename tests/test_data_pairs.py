@@ -154,3 +154,13 @@ def test_manifest_class_filter_and_official_augmentation(tmp_path):
     torch.manual_seed(0)
     first, second = pairs[0]["image"], pairs[0]["image"]
     assert first.shape == (3, 32, 32) and not torch.equal(first, second)  # random crops, RandAugment, erasing
+
+
+def test_manifest_keeps_rows_whose_caption_names_a_class(tmp_path):
+    (tmp_path / "a.jpg").write_bytes(jpeg(COLORS["red"]))
+    captions = ["A Pink Star on a table", "magenta star", "pink stars and a pink ring", "a dog"]
+    pd.DataFrame({"caption": captions, "path": ["a.jpg"] * 4}).to_parquet(tmp_path / "m.parquet")
+    pairs = ManifestPairs(str(tmp_path / "m.parquet"), classes=["pink star", "pink ring"], class_match="caption")
+    assert pairs.captions == ["A Pink Star on a table", "pink stars and a pink ring"]
+    with pytest.raises(PairDataError, match="class_match must be 'label' or 'caption'"):
+        ManifestPairs(str(tmp_path / "m.parquet"), classes=["pink star"], class_match="image")

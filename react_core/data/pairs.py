@@ -61,8 +61,10 @@ class ManifestPairs(PairDataset):
     """A parquet manifest: `caption` plus `path`, `url`, or `shard` + `key` (a webdataset member).
 
     Relative paths and shards are read relative to `root` (default: the manifest's folder).
-    `classes`, when given, keeps only rows whose `class` column is in the list (e.g. to train on
-    a retrieved subset for a few classes of a larger task).
+    `classes`, when given, keeps only rows for those classes: with `class_match="label"`, rows
+    whose `class` column is in the list (e.g. to train on a retrieved subset for a few classes of
+    a larger task); with `class_match="caption"`, rows whose caption names one of them
+    (case-insensitive substring: a keyword search, the crudest text-to-text retrieval).
     """
 
     def __init__(
@@ -70,6 +72,7 @@ class ManifestPairs(PairDataset):
         manifest: str,
         root: str | None = None,
         classes: list[str] | None = None,
+        class_match: str = "label",
         transform: Callable | None = None,
     ):
         super().__init__(transform)
@@ -84,7 +87,12 @@ class ManifestPairs(PairDataset):
             raise PairDataError(f"{path}: not a readable parquet file ({type(error).__name__}: {error})") from None
         if "caption" not in table.columns:
             raise PairDataError(f"{path}: no 'caption' column (columns: {', '.join(table.columns)})")
-        if classes is not None:
+        if class_match not in ("label", "caption"):
+            raise PairDataError(f"{path}: class_match must be 'label' or 'caption', not {class_match!r}")
+        if classes is not None and class_match == "caption":
+            names = [str(name).lower() for name in classes]
+            table = table[[any(name in str(caption).lower() for name in names) for caption in table["caption"]]]
+        elif classes is not None:
             if "class" not in table.columns:
                 raise PairDataError(f"{path}: 'classes' was given but the manifest has no 'class' column")
             table = table[table["class"].isin(list(classes))]
