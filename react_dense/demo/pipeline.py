@@ -93,7 +93,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         summary = generate_world(plan.preset, world_dir, seed=0)
         return {"content_sha256": summary["content_sha256"], "counts": summary["counts"]}
 
-    world = runner.run("world", make_world, plan.preset)
+    runner.run("world", make_world, plan.preset)
     from react_core.synth import load_world
 
     world_info = load_world(world_dir)
