@@ -51,6 +51,16 @@ class DemoPlan:
         )
     )
 
+    def customize_runs(self):
+        """(label, mode, pairs, seed) of every customization run, in order."""
+        for label, mode, source, every_seed in self.variants:
+            for seed in self.seeds if every_seed else self.seeds[:1]:
+                yield label, mode, source, seed
+
+
+def customize_stage(mode: str, source: str, seed: int) -> str:
+    return f"customize-{mode}-{source}-seed{seed}"
+
 
 def plan_for(quick: bool, seed: int) -> DemoPlan:
     if quick:
@@ -82,7 +92,7 @@ def _cli(argv: list[str]) -> None:
 def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     out = Path(out).resolve()
     plan = plan_for(quick, seed)
-    n_customize = sum(len(plan.seeds) if every_seed else 1 for *_, every_seed in plan.variants)
+    n_customize = len(list(plan.customize_runs()))
     stages = out / "stages"
     runner = StageRunner(stages, total=7 + n_customize + 4)
     world_dir = out / "world"
@@ -133,6 +143,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     # finds k, so their union holds up to templates x k).
     # --no-dedup: the world renders no duplicate images, and the small base CLIP maps most images
     # within cosine 0.99 of their nearest neighbour, so removal at 0.95 would empty the subset.
+    retrieval_args = ["--k", str(plan.retrieve_k), "--per-class", str(plan.retrieve_k), "--no-dedup"]
+
     def retrieve_all(_: Path) -> dict:
         results = {}
         indexes = {"t2i": ["image"], "t2t": ["text"], "both": ["image", "text"]}
@@ -142,14 +154,12 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             _cli([
                 "retrieve", *index_args, "--emb", str(emb_dir),
                 "--classes", str(world_dir / "task" / "classes.txt"), "--templates", "simple",
-                "--k", str(plan.retrieve_k), "--per-class", str(plan.retrieve_k), "--no-dedup",
-                "--mode", mode, "--out", str(subset),
+                *retrieval_args, "--mode", mode, "--out", str(subset),
             ])
             results[mode] = json.loads((subset / "stats.json").read_text())
         return results
 
-    retrieval_options = {"k": plan.retrieve_k, "per_class": plan.retrieve_k, "dedup": False}
-    retrieval = runner.run("retrieve", retrieve_all, retrieval_options, after=("index",))
+    retrieval = runner.run("retrieve", retrieve_all, retrieval_args, after=("index",))
     subset_manifest = stages / "retrieve" / f"subset_{plan.retrieval_mode}" / "subset.parquet"
 
     def random_pairs(folder: Path) -> dict:
@@ -172,37 +182,36 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     manifests = {"retrieved": str(subset_manifest), "random": random_subset["manifest"]}
 
     customized: dict[str, list[dict]] = {}
-    for label, mode, source, every_seed in plan.variants:
-        for run_seed in plan.seeds if every_seed else plan.seeds[:1]:
-            overrides = {
-                "world.dir": str(world_dir),
-                "world.preset": plan.preset,
-                "base_pretrain": "null",
-                "model.weights": base_weights,
-                "data.train.manifest": manifests[source],
-                "data.train.classes": "null",
-                "train.mode": mode,
-                "train.seed": run_seed,
-            }
-            if plan.customize_iters:
-                overrides.update({"train.max_iters": plan.customize_iters, "train.warmup_iters": 2})
-            if mode != "gated-image":  # the config's lr opens fresh gates fast; a whole tower needs less
-                overrides["train.lr"] = WHOLE_TOWER_LR
-            name = f"customize-{mode}-{source}-seed{run_seed}"
+    for label, mode, source, run_seed in plan.customize_runs():
+        overrides = {
+            "world.dir": str(world_dir),
+            "world.preset": plan.preset,
+            "base_pretrain": "null",
+            "model.weights": base_weights,
+            "data.train.manifest": manifests[source],
+            "data.train.classes": "null",
+            "train.mode": mode,
+            "train.seed": run_seed,
+        }
+        if plan.customize_iters:
+            overrides.update({"train.max_iters": plan.customize_iters, "train.warmup_iters": 2})
+        if mode != "gated-image":  # the config's lr opens fresh gates fast; a whole tower needs less
+            overrides["train.lr"] = WHOLE_TOWER_LR
+        name = customize_stage(mode, source, run_seed)
 
-            def work(folder: Path, overrides=overrides) -> dict:
-                from react_core.config import load
-                from react_core.engine.customize import customize
+        def work(folder: Path, overrides=overrides) -> dict:
+            from react_core.config import load
+            from react_core.engine.customize import customize
 
-                cfg = load(_config_path("demo/customize.yaml"), _overrides(overrides))
-                metrics = customize(cfg, folder)
-                return {"metrics": metrics, "folder": str(folder)}
+            cfg = load(_config_path("demo/customize.yaml"), _overrides(overrides))
+            metrics = customize(cfg, folder)
+            return {"metrics": metrics, "folder": str(folder)}
 
-            result = runner.run(name, work, overrides, after=("retrieve", "random-pairs", "pretrain"))
-            customized.setdefault(label, []).append(result)
+        result = runner.run(name, work, overrides, after=("retrieve", "random-pairs", "pretrain"))
+        customized.setdefault(label, []).append(result)
 
     _, best_mode, best_source, _ = plan.variants[0]
-    best_stage = f"customize-{best_mode}-{best_source}-seed{plan.seeds[0]}"
+    best_stage = customize_stage(best_mode, best_source, plan.seeds[0])
     adapter = str(stages / best_stage / "adapter.safetensors")
     dense = {}
     for task, config, steps_key in (
