@@ -129,6 +129,19 @@ def test_adapter_round_trip_through_load_clip(tiny_customized, mode):
     assert loaded.model.logit_scale.item() == 3.0
 
 
+@pytest.mark.parametrize("mode", ["locked-text", "full"])
+def test_adapter_of_a_tower_without_gated_blocks_loads(tmp_path, mode):
+    torch.manual_seed(0)
+    save_full(load_clip("react-tiny").model, tmp_path / "base.safetensors")
+    tuned = load_clip("react-tiny", weights=tmp_path / "base.safetensors")
+    with torch.no_grad():
+        tuned.model.visual.proj.mul_(1.5)
+    save_adapter(tuned.model, tmp_path / "a.safetensors", spec=tuned.spec, mode=mode)
+    loaded = load_clip("react-tiny", weights=tmp_path / "a.safetensors")
+    assert gated_layers(loaded.model) == []
+    assert torch.equal(loaded.model.visual.proj, tuned.model.visual.proj)
+
+
 def test_adapter_checks_its_base(tiny_customized, tmp_path_factory):
     folder, bundle = tiny_customized
     save_adapter(bundle.model, folder / "a.safetensors", spec=bundle.spec, mode="gated-image")

@@ -236,7 +236,8 @@ def _load_with_adapter(name, pretrained, path: Path, adapter: dict, base_weights
     )
     if bundle.spec.gated_layers:
         raise CheckpointError(f"{path}: its base weights {base_file} already hold gated blocks")
-    add_gated_blocks(bundle.model, adapter["gated_layers"])
+    if adapter["gated_layers"]:  # locked-text and full adapters have none
+        add_gated_blocks(bundle.model, adapter["gated_layers"])
     apply_adapter(bundle.model, read_state_dict(path), adapter["mode"], source=str(path))
     bundle.spec.gated_layers = list(adapter["gated_layers"])
     bundle.spec.adapter = str(path)
