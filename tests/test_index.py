@@ -16,9 +16,10 @@ from react_core.retrieval.index import (
     parse_memory,
     read_index,
     recall_at_k,
+    rerank,
     search,
 )
-from react_core.retrieval.embed import EmbeddingFolder
+from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
 
 
 def write_folder(root, n=6000, d=32, shard=2000, clusters=40, seed=0):
@@ -124,3 +125,47 @@ def test_unknown_factory_is_a_clear_error(tmp_path):
     write_folder(tmp_path / "emb", n=300, shard=100)
     with pytest.raises(IndexBuildError, match="NotAnIndex"):
         build_index(tmp_path / "emb", "image", tmp_path / "index", factory="NotAnIndex", progress=False)
+
+
+def test_coarse_codes_reach_the_target_by_reranking_from_disk(tmp_path):
+    queries = write_folder(tmp_path / "emb")
+    info = build_index(tmp_path / "emb", "image", tmp_path / "index", factory="IVF16,PQ8x4", queries=queries[::2],
+                       target_recall=0.95, k=20, progress=False)
+    assert info["tuning"]["plain_recall"] < 0.9, "4-byte codes must not rank 20 neighbours well by themselves"
+    assert info["refine_factor"] > 1 and info["recall"] >= 0.95
+    held_out = queries[1::2]
+    _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb"), "image", held_out, 20)
+    scores, found = search(read_index(tmp_path / "index"), held_out, 20)
+    _, plain = search(read_index(tmp_path / "index", rerank=False), held_out, 20)
+    assert recall_at_k(found, exact) >= 0.9 > recall_at_k(plain, exact)
+    assert (np.diff(scores, axis=1) <= 0).all(), "re-ranked hits come best first"
+
+    (tmp_path / "emb").rename(tmp_path / "moved")
+    with pytest.raises(IndexBuildError, match="pass the embedding folder"):
+        read_index(tmp_path / "index")
+    _, again = search(read_index(tmp_path / "index", emb_dir=tmp_path / "moved"), held_out, 20)
+    assert np.array_equal(again, found)
+    info = build_index(tmp_path / "moved", "image", tmp_path / "plain", factory="IVF16,PQ8x4", queries=queries[::2],
+                       target_recall=0.95, k=20, refine=False, progress=False)
+    assert info["refine_factor"] == 1 and info["recall"] < 0.9
+
+
+def test_rerank_keeps_missing_candidates_out(tmp_path):
+    write_folder(tmp_path / "emb", n=300, shard=100)
+    folder = EmbeddingFolder(tmp_path / "emb")
+    query = folder.gather("image", np.array([7]))
+    scores, rows = rerank(folder, "image", query, np.array([[250, -1, 7, 120]]), 3)
+    assert rows[0].tolist() == [7, 120, 250] or rows[0, 0] == 7
+    assert -1 not in rows[0] and np.isfinite(scores).all()
+    scores, rows = rerank(folder, "image", query, np.array([[-1, 7, -1]]), 3)
+    assert rows[0].tolist() == [7, -1, -1] and np.isneginf(scores[0, 1:]).all()
+
+
+def test_gather_reads_any_rows_in_any_order(tmp_path):
+    write_folder(tmp_path / "emb", n=300, shard=100)
+    folder = EmbeddingFolder(tmp_path / "emb")
+    everything = np.concatenate([block for _, block in folder.iter_arrays("image")])
+    rows = np.array([299, 0, 150, 151, 152, 7, 7, 99, 100])
+    np.testing.assert_array_equal(folder.gather("image", rows), everything[rows])
+    with pytest.raises(EmbeddingError, match="outside"):
+        folder.gather("image", np.array([300]))

@@ -30,6 +30,9 @@ def register(subparsers):
     parser.add_argument("--templates", default="imagenet", help="templates for --classes: imagenet, simple, none, or a file")
     parser.add_argument("--tuning-queries", type=int, default=1000, help="at most this many queries for tuning")
     parser.add_argument("--on-disk", action="store_true", default=None, help="merge shards on disk even when it would fit")
+    parser.add_argument("--no-rerank", dest="rerank", action="store_false",
+                        help="never re-rank candidates with the embeddings on disk, even when plain search misses "
+                             "--target-recall (by default tuning tries 2-16x candidates, re-scored exactly)")
     parser.set_defaults(handler=run)
 
 
@@ -62,11 +65,12 @@ def run(args) -> int:
         queries, source = tuning_queries(args, folder)
         info = build_index(args.emb, args.kind, args.out, factory=args.factory, max_memory=parse_memory(args.max_memory),
                            queries=queries, queries_source=source, target_recall=args.target_recall, k=args.k,
-                           max_tuning_queries=args.tuning_queries, on_disk=args.on_disk)
+                           max_tuning_queries=args.tuning_queries, on_disk=args.on_disk, refine=args.rerank)
     except (EmbeddingError, IndexBuildError, ClassListError, VocabularyError) as error:
         raise UserError(str(error)) from error
     recall = "exact" if info["factory"] == "Flat" else (
-        "unknown" if info["recall"] is None else f"{info['recall']:.3f} at {info['search_parameters'] or 'defaults'}")
+        "unknown" if info["recall"] is None else f"{info['recall']:.3f} at {info['search_parameters'] or 'defaults'}"
+        + (f", re-ranking {info['refine_factor']}x candidates from {args.emb}" if info["refine_factor"] > 1 else ""))
     print(f"{info['factory']} index of {info['ntotal']} {args.kind} embeddings in {args.out} "
           f"({info['index_bytes'] / 1e6:.1f} MB, built in {info['build_seconds']:.1f} s); recall@{args.k}: {recall}")
     return 0

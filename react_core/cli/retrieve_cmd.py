@@ -107,7 +107,7 @@ def run(args) -> int:
                 raise UserError(f"{index_dir} was not built from {args.emb} ({info['ntotal']} vectors of {info.get('identity')})")
             if info["kind"] in indexes:
                 raise UserError(f"two --index folders hold {info['kind']} embeddings; give one per kind")
-            indexes[info["kind"]] = read_index(index_dir, gpu=True)
+            indexes[info["kind"]] = read_index(index_dir, gpu=True, emb_dir=args.emb)
         bundle = load_model_of(args.emb)
         classes = load_classes(args.classes)
         queries = build_queries(bundle, classes, load_templates(args.templates), average=args.average_templates,

@@ -465,14 +465,17 @@ class EmbeddingFolder:
             yield int(start), np.asarray(self.array(kind, number), dtype=np.float32)
 
     def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
-        """float32 embeddings of global `rows` (any order)."""
+        """float32 embeddings of global `rows` (any order), by positioned reads rather than a
+        memory map: pages read for scattered rows (re-ranking, rescoring) do not stay in this
+        process's resident memory, which matters when the corpus is larger than RAM."""
         rows = np.asarray(rows, dtype=np.int64)
         result = np.empty((len(rows), self.dim), dtype=np.float32)
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
+            raise EmbeddingError(f"{self.root}: rows outside 0..{len(self) - 1} requested")
         shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
         for position in np.unique(shard_of):
             mask = shard_of == position
-            local = rows[mask] - self.offsets[position]
-            result[mask] = self.array(kind, self.numbers[position])[local]
+            result[mask] = _read_npy_rows(shard_files(self.root, self.numbers[position])[kind], rows[mask] - self.offsets[position])
         return result
 
     def metadata(self, columns: list[str] | None = None):
@@ -494,3 +497,27 @@ class EmbeddingFolder:
             raise EmbeddingError(f"{self.root}: metadata has {len(table)} rows but the embeddings have {len(self)}")
         table["row"] = np.arange(len(table), dtype=np.int64)
         return table
+
+
+def _read_npy_rows(path: Path, rows: np.ndarray) -> np.ndarray:
+    """Rows of a 2-D .npy file, read with `os.pread`; a contiguous run of rows is one read."""
+    if not path.is_file():
+        raise EmbeddingError(f"{path} not found")
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = header(handle)
+        if fortran_order or len(shape) != 2:
+            raise EmbeddingError(f"{path}: expected a C-ordered 2-D array, found shape {shape}")
+        start, row_bytes = handle.tell(), shape[1] * dtype.itemsize
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        chunks = []
+        for run in np.split(ordered, breaks):
+            if len(run):
+                chunks.append(os.pread(handle.fileno(), row_bytes * len(run), start + int(run[0]) * row_bytes))
+    values = np.frombuffer(b"".join(chunks), dtype=dtype).reshape(-1, shape[1])
+    result = np.empty((len(rows), shape[1]), dtype=np.float32)
+    result[order] = values
+    return result
