@@ -164,3 +164,13 @@ def test_manifest_keeps_rows_whose_caption_names_a_class(tmp_path):
     assert pairs.captions == ["A Pink Star on a table", "pink stars and a pink ring"]
     with pytest.raises(PairDataError, match="class_match must be 'label' or 'caption'"):
         ManifestPairs(str(tmp_path / "m.parquet"), classes=["pink star"], class_match="image")
+
+
+def test_shard_index_is_reused_until_the_file_changes(shard):
+    from react_core.data.images import index_shard
+
+    first = index_shard(shard)
+    assert index_shard(shard) is first
+    with tarfile.open(shard, "a") as tar:
+        add_member(tar, "late.txt", b"a sample added later")
+    assert "late" in index_shard(shard) and "late" not in first

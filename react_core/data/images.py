@@ -6,6 +6,7 @@ goes on instead of dying hours in.
 """
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -74,8 +75,16 @@ def index_shard(path: str | Path) -> dict[str, dict[str, TarMember | bytes]]:
     """Group a webdataset shard's files by sample key.
 
     Returns `{key: {extension: TarMember}}`; small text members (`txt`, `json`) are read
-    right away and stored as bytes, since captions are needed up front.
+    right away and stored as bytes, since captions are needed up front. Read-only: indexes are
+    kept per process for a file of the same size and modification time (a demo or a sweep
+    reads the same shards for every run).
     """
+    stat = os.stat(path)
+    return _index_shard(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _index_shard(path: str, size: int, mtime_ns: int) -> dict[str, dict[str, TarMember | bytes]]:
     samples: dict[str, dict[str, TarMember | bytes]] = {}
     with tarfile.open(path, "r:*") as archive:
         for member in archive:
