@@ -47,12 +47,18 @@ def build_parts(cfg: DetectionConfig) -> DenseParts:
             raise ConfigError(
                 "ensemble.enabled needs backbone.freeze=frozen: the region scores come from the frozen CLIP tower (F-VLM)"
             )
-        backbone_args["emit_clip_map"] = True
+        backbone_args["emit_clip_map"] = cfg.ensemble.regions == "map"
     backbone = BACKBONES.build({**backbone_args, "visual": bundle.model.visual})
     classifier = HEADS.build({**cfg.head, "in_features": cfg.detector.box_head_dim, "embed_dim": backbone.embed_dim})
     ensemble = None
     if cfg.ensemble.enabled:
-        ensemble = ClipScoreEnsemble(cfg.ensemble.base_weight, cfg.ensemble.novel_weight, cfg.ensemble.clip_temperature)
+        try:
+            ensemble = ClipScoreEnsemble(
+                cfg.ensemble.base_weight, cfg.ensemble.novel_weight, cfg.ensemble.clip_temperature,
+                regions=cfg.ensemble.regions, crop_scale=cfg.ensemble.crop_scale, tower=bundle.model.visual,
+            )
+        except ValueError as error:
+            raise ConfigError(f"ensemble: {error}") from None
     return DenseParts(bundle, backbone, classifier, ensemble)
 
 

@@ -51,6 +51,8 @@ class EnsembleConfig:
     base_weight: float = 0.35
     novel_weight: float = 0.65
     clip_temperature: float = 0.01
+    regions: str = "map"       # map (F-VLM: pooled CLIP map) | crops (ViLD: the whole tower on box crops)
+    crop_scale: float = 1.5    # crops: side = this x the box's longer side
 
 
 @dataclass

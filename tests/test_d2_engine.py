@@ -11,7 +11,8 @@ from test_dense_detector import demo_config, scenes  # noqa: E402,F401  (fixture
 from react_dense.build import dataset_vocabularies  # noqa: E402
 
 
-def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path):  # noqa: F811
+@pytest.mark.parametrize("ensemble", [[], ["ensemble.enabled=true", "ensemble.regions=crops"]], ids=["plain", "crops"])
+def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, ensemble):  # noqa: F811
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
 
@@ -20,8 +21,8 @@ def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path):
     from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg
     from test_dense_detector import CONFIG
 
-    overrides = [f"world={scenes}", "data.num_workers=0"]
-    cfg = demo_config(scenes)
+    overrides = [f"world={scenes}", "data.num_workers=0", *ensemble]
+    cfg = demo_config(scenes, *ensemble)
     split = register_datasets(cfg)
     d2 = to_detectron2_cfg(cfg, str(CONFIG), overrides, tmp_path, len(split.base_ids))
     torch.manual_seed(0)

@@ -50,6 +50,30 @@ def test_vit_clip_map_at_native_size_matches_the_pooled_embedding_path(tiny):
     assert torch.allclose(clip_map.flatten(2).transpose(1, 2), projected_tokens, atol=1e-5)
 
 
+def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
+    """With one gated block before the last layer, block -2's tokens are the base tower's."""
+    import copy
+
+    from react_core.modeling.gated import add_gated_blocks, host_blocks, GATED_ATTR
+
+    base = tiny.model.visual
+    customized = copy.deepcopy(base)
+    add_gated_blocks(customized, k=1)
+    with torch.no_grad():
+        for param in getattr(host_blocks(customized)[-1], GATED_ATTR).parameters():
+            param.add_(0.5)  # open the gates: the customized tower now differs from the base
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        below = ClipBackbone(customized, feature_block=-2).eval()._vit_tokens(images)
+        base_below = ClipBackbone(base, feature_block=-2).eval()._vit_tokens(images)
+        last = ClipBackbone(customized).eval()._vit_tokens(images)
+        base_last = ClipBackbone(base).eval()._vit_tokens(images)
+    torch.testing.assert_close(below, base_below)
+    assert not torch.allclose(last, base_last, atol=1e-3)
+    with pytest.raises(ValueError, match="feature_block=6"):
+        ClipBackbone(base, feature_block=6)
+
+
 def test_freeze_policies(tiny):
     frozen = ClipBackbone(load_clip("react-tiny").model.visual, freeze="frozen")
     assert not any(p.requires_grad for p in frozen.trunk.parameters())

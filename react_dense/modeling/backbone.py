@@ -180,6 +180,10 @@ class ClipBackbone(nn.Module):
     scale_factors: ViT pyramid levels relative to the patch stride (ViTDet: 4, 2, 1, 0.5).
     top_block: add a max-pooled level above the coarsest one (for the RPN).
     emit_clip_map: also return `"clip"`, the per-location CLIP embedding (for score ensembling).
+    feature_block: ViT only: the transformer block whose output tokens feed the pyramid (-1: the
+        last). Gated REACT blocks run before their host block, so `-2` with one gated block
+        before the last layer gives the pyramid the base tower's features while the whole
+        customized tower still classifies regions (`ensemble.regions: crops`).
     """
 
     def __init__(
@@ -190,6 +194,7 @@ class ClipBackbone(nn.Module):
         scale_factors: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
         top_block: bool = True,
         emit_clip_map: bool = False,
+        feature_block: int = -1,
     ):
         super().__init__()
         self.trunk = visual
@@ -202,6 +207,10 @@ class ClipBackbone(nn.Module):
             if patch[0] != patch[1]:
                 raise ValueError(f"non-square patches {patch} are not supported")
             self.patch_size = patch[0]
+            blocks = len(visual.transformer.resblocks)
+            if not -blocks <= feature_block < blocks:
+                raise ValueError(f"feature_block={feature_block} is not a block of a {blocks}-block tower")
+            self.feature_blocks = feature_block % blocks + 1
             width = visual.conv1.out_channels
             self.embed_dim = visual.proj.shape[1] if visual.proj is not None else width
             self.pyramid = SimpleFeaturePyramid(width, out_channels, self.patch_size, scale_factors, top_block)
@@ -209,6 +218,8 @@ class ClipBackbone(nn.Module):
             self._size_divisibility = int(self.patch_size / min(1.0, min(scale_factors)))
             self._clip_stride = self.patch_size
         elif _is_modified_resnet(visual):
+            if feature_block != -1:
+                raise ValueError("feature_block applies to ViT towers only")
             from torchvision.ops import FeaturePyramidNetwork
             from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -265,9 +276,9 @@ class ClipBackbone(nn.Module):
         return images
 
     def _vit_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens of the last block as a map [B, width, H/patch, W/patch]."""
+        """Patch tokens of block `feature_block` as a map [B, width, H/patch, W/patch]."""
         x, grid = vit_input_tokens(self.trunk, images)
-        x = self.trunk.transformer(x)
+        x = run_vit_blocks(self.trunk, x, self.trunk.transformer.resblocks[: self.feature_blocks])
         return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
 
     def vit_clip_map(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -292,6 +303,16 @@ class ClipBackbone(nn.Module):
         return attnpool_value_map(self.trunk.attnpool, res5)
 
 
+def run_vit_blocks(visual: nn.Module, x: torch.Tensor, blocks) -> torch.Tensor:
+    """Batch-first tokens [B, L, width] through `blocks` (with their gated blocks), batch-first out."""
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks:
+        x = block(x)
+    return x if batch_first else x.transpose(0, 1)
+
+
 @BACKBONES.register_module(name="ClipBackbone")
 def build_clip_backbone(
     visual: Optional[nn.Module] = None,
@@ -300,6 +321,7 @@ def build_clip_backbone(
     scale_factors: Optional[list] = None,
     top_block: bool = True,
     emit_clip_map: bool = False,
+    feature_block: int = -1,
 ) -> ClipBackbone:
     """Config entry point: `backbone: {type: ClipBackbone, freeze: gated, out_channels: 256}`.
 
@@ -315,4 +337,5 @@ def build_clip_backbone(
         scale_factors=tuple(scale_factors or (4.0, 2.0, 1.0, 0.5)),
         top_block=top_block,
         emit_clip_map=emit_clip_map,
+        feature_block=feature_block,
     )

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from torchvision.ops import roi_align
+
 from react_core.registry import HEADS
 
 LOSSES = ("softmax", "sigmoid")
@@ -141,24 +143,79 @@ def build_region_text_classifier(
     )
 
 
+REGION_SOURCES = ("map", "crops")
+
+
 class ClipScoreEnsemble(nn.Module):
     """Combine detector scores with frozen-CLIP region scores (ViLD / F-VLM geometric mean).
 
     score = det^(1 - w) * clip^w, with w = `base_weight` on classes seen in training and
     `novel_weight` on the others. CLIP region scores are a softmax over the vocabulary of
-    cosine similarities between mean-pooled CLIP-space region embeddings and the text embeddings.
+    cosine similarities between region embeddings and the text embeddings. Region embeddings
+    come from `regions`: `map` mean-pools the backbone's per-location CLIP map over each box
+    (F-VLM, one forward pass); `crops` encodes a square crop around each box, `crop_scale` times
+    its longer side, with the whole tower (ViLD's CLIP-on-crops): slower, but it reads the
+    tower's pooled embedding, the one CLIP and REACT customization train, so a customized
+    tower's knowledge of new classes reaches the detector even where its patch tokens are poor.
     """
 
-    def __init__(self, base_weight: float = 0.35, novel_weight: float = 0.65, clip_temperature: float = 0.01):
+    def __init__(
+        self,
+        base_weight: float = 0.35,
+        novel_weight: float = 0.65,
+        clip_temperature: float = 0.01,
+        regions: str = "map",
+        crop_scale: float = 1.5,
+        tower: Optional[nn.Module] = None,
+    ):
         super().__init__()
+        if regions not in REGION_SOURCES:
+            raise ValueError(f"ensemble regions {regions!r}: expected one of {', '.join(REGION_SOURCES)}")
+        if regions == "crops" and tower is None:
+            raise ValueError("ensemble regions 'crops' needs the CLIP image tower")
         self.base_weight = base_weight
         self.novel_weight = novel_weight
         self.clip_temperature = clip_temperature
+        self.regions = regions
+        self.crop_scale = crop_scale
+        # The backbone owns the tower; a plain attribute keeps its weights out of this module's state.
+        self.__dict__["tower"] = tower
+
+    def region_embeddings(
+        self, boxes: list[torch.Tensor], images: torch.Tensor, clip_map: Optional[torch.Tensor] = None, clip_stride: int = 1
+    ) -> torch.Tensor:
+        """[R, D] CLIP embeddings of the boxes (per image, in `images`' pixels) of a batch."""
+        if self.regions == "map":
+            if clip_map is None:
+                raise ValueError("ensemble regions 'map' needs the backbone's CLIP map (emit_clip_map)")
+            regions = roi_align(clip_map, boxes, output_size=(7, 7), spatial_scale=1.0 / clip_stride, sampling_ratio=2, aligned=True)
+            return regions.flatten(2).mean(-1)
+        return crop_embeddings(self.tower, images, boxes, self.crop_scale)
 
     def clip_scores(self, region_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
-        region_embeddings = F.normalize(region_embeddings.flatten(2).mean(-1) if region_embeddings.dim() == 4 else region_embeddings, dim=-1)
+        region_embeddings = F.normalize(region_embeddings, dim=-1)
         return (region_embeddings @ F.normalize(class_embeddings, dim=-1).t() / self.clip_temperature).softmax(dim=-1)
 
     def forward(self, detector_scores: torch.Tensor, clip_scores: torch.Tensor, is_base: torch.Tensor) -> torch.Tensor:
         weight = torch.where(is_base, self.base_weight, self.novel_weight).to(detector_scores)
         return detector_scores.clamp(min=1e-8).pow(1 - weight) * clip_scores.clamp(min=1e-8).pow(weight)
+
+
+@torch.no_grad()
+def crop_embeddings(tower: nn.Module, images: torch.Tensor, boxes: list[torch.Tensor], scale: float, chunk: int = 256) -> torch.Tensor:
+    """Square crops centred on `boxes` (side: `scale` x the longer side), resized to the tower's
+    input size from the normalised `images` [B, 3, H, W], and encoded: [R, D]."""
+    size = tower.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    rois = []
+    for index, image_boxes in enumerate(boxes):
+        centre = (image_boxes[:, :2] + image_boxes[:, 2:]) / 2
+        half = (image_boxes[:, 2:] - image_boxes[:, :2]).amax(dim=1, keepdim=True) * scale / 2
+        rois.append(torch.cat([torch.full_like(half, index), centre - half, centre + half], dim=1))
+    rois = torch.cat(rois).to(images.dtype)
+    if not len(rois):
+        return images.new_zeros(0, tower.output_dim)
+    return torch.cat([
+        tower(roi_align(images, part, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True))
+        for part in rois.split(chunk)
+    ])

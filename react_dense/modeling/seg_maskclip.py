@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from react_core.modeling.gated import GATED_ATTR
-from react_dense.modeling.backbone import _is_modified_resnet, _is_vit, attnpool_value_map, vit_input_tokens
+from react_dense.modeling.backbone import _is_modified_resnet, _is_vit, attnpool_value_map, run_vit_blocks, vit_input_tokens
 
 
 class MaskClipDense(nn.Module):
@@ -68,18 +68,11 @@ class MaskClipDense(nn.Module):
         visual = self.visual
         transformer = visual.transformer
         x, grid = vit_input_tokens(visual, images)
-        batch_first = getattr(transformer, "batch_first", True)
-        if not batch_first:
-            x = x.transpose(0, 1)
-        *blocks, last = transformer.resblocks
-        for block in blocks:
-            x = block(x)
         if self.raw_tokens:
-            x = last(x)
+            x = run_vit_blocks(visual, x, transformer.resblocks)
         else:
-            x = self._value_path(last, x)
-        if not batch_first:
-            x = x.transpose(0, 1)
+            *blocks, last = transformer.resblocks
+            x = self._value_path(last, run_vit_blocks(visual, x, blocks))
         x = visual.ln_post(x[:, 1:])
         if visual.proj is not None:
             x = x @ visual.proj
@@ -88,7 +81,7 @@ class MaskClipDense(nn.Module):
     def _value_path(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         gated = getattr(block, GATED_ATTR, None)
         if gated is not None:
-            x = gated(x)
+            x = run_vit_blocks(self.visual, x, [gated])
         attn = block.attn
         width = attn.embed_dim
         bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None

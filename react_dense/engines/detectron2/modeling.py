@@ -15,10 +15,11 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Instances
 from torch import nn
-from torchvision.ops import roi_align
 
 from react_dense.build import build_parts
 from react_dense.modeling.backbone import CLIP_MAP
+
+INPUT_IMAGES = "react_input_images"
 
 
 @functools.lru_cache(maxsize=4)
@@ -117,6 +118,11 @@ class RegionTextROIHeads(StandardROIHeads):
         )
         return config
 
+    def forward(self, images, features, proposals, targets=None):
+        if not self.training and self.box_predictor.ensemble is not None:  # crops are cut from the input
+            features = {**features, INPUT_IMAGES: images.tensor}
+        return super().forward(images, features, proposals, targets)
+
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         if self.training:
             return super()._forward_box(features, proposals)
@@ -124,11 +130,11 @@ class RegionTextROIHeads(StandardROIHeads):
         predictions = self.box_predictor(box_features)
         clip_scores = None
         predictor = self.box_predictor
-        if predictor.ensemble is not None and CLIP_MAP in features:
-            stride = predictor_stride(features, self)
-            regions = roi_align(
-                features[CLIP_MAP], [p.proposal_boxes.tensor for p in proposals], (7, 7), 1.0 / stride, 2, True
-            )
+        if predictor.ensemble is not None:
+            clip_map = features.get(CLIP_MAP)
+            stride = predictor_stride(features, self) if clip_map is not None else 1
+            boxes = [p.proposal_boxes.tensor for p in proposals]
+            regions = predictor.ensemble.region_embeddings(boxes, features[INPUT_IMAGES], clip_map, stride)
             clip_scores = predictor.ensemble.clip_scores(regions, predictor.classifier.class_embeddings)
         instances, _ = predictor.inference(predictions, proposals, clip_scores)
         return instances

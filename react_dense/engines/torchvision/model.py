@@ -19,7 +19,7 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.roi_heads import RoIHeads, maskrcnn_inference, maskrcnn_loss
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes, roi_align
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
 from react_dense.build import DenseParts
 from react_dense.config import DetectorConfig
@@ -37,7 +37,10 @@ class RegionTextRoIHeads(RoIHeads):
         self.ensemble = ensemble
         self.register_buffer("is_base", torch.zeros(0, dtype=torch.bool), persistent=False)
 
-    def forward(self, features, proposals, image_shapes, targets=None, clip_map: Optional[torch.Tensor] = None, clip_stride: int = 1):
+    def forward(
+        self, features, proposals, image_shapes, targets=None, images: Optional[torch.Tensor] = None,
+        clip_map: Optional[torch.Tensor] = None, clip_stride: int = 1,
+    ):
         classifier = self.box_predictor
         if self.training:
             targets = [{**t, "labels": t["labels"] + 1} for t in targets]
@@ -55,8 +58,8 @@ class RegionTextRoIHeads(RoIHeads):
                 losses["loss_mask"] = self._mask_loss(features, proposals, image_shapes, targets, matched_idxs, labels)
             return [], losses
         scores = classifier.scores(logits)
-        if self.ensemble is not None and clip_map is not None:
-            regions = roi_align(clip_map, proposals, output_size=(7, 7), spatial_scale=1.0 / clip_stride, sampling_ratio=2, aligned=True)
+        if self.ensemble is not None:
+            regions = self.ensemble.region_embeddings(proposals, images, clip_map, clip_stride)
             clip_scores = self.ensemble.clip_scores(regions, classifier.class_embeddings)
             scores = self.ensemble(scores, clip_scores, self.is_base.to(scores.device))
         boxes = self.box_coder.decode(deltas, proposals).reshape(-1, 4)
@@ -119,7 +122,9 @@ class OpenVocabularyRCNN(GeneralizedRCNN):
         pyramid = OrderedDict(features)
         proposals, proposal_losses = self.rpn(images, pyramid, targets)
         clip_stride = self.backbone.output_shape()[CLIP_MAP].stride if clip_map is not None else 1
-        detections, detector_losses = self.roi_heads(pyramid, proposals, images.image_sizes, targets, clip_map, clip_stride)
+        detections, detector_losses = self.roi_heads(
+            pyramid, proposals, images.image_sizes, targets, images.tensors, clip_map, clip_stride
+        )
         if self.training:
             return {**proposal_losses, **detector_losses}
         return self.transform.postprocess(detections, images.image_sizes, original_sizes)
