@@ -222,25 +222,27 @@ def _breadth_space(index):
     return space
 
 
-def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float]:
-    """Fastest search parameters reaching `target` recall@k: (parameter string, recall, s/query).
-
-    faiss's `ParameterSpace.explore` measures recall (an intersection criterion against the exact
-    neighbours) and time over the parameter grid, keeping the Pareto-optimal settings.
-    """
+def _explore(space, index, queries: np.ndarray, exact: np.ndarray) -> list[tuple[float, float, str]]:
+    """faiss's `ParameterSpace.explore`: recall (an intersection criterion against the exact
+    neighbours) and time over the whole grid (bounded by timing pruning), the Pareto-optimal
+    settings as (recall, seconds, parameter string)."""
     import faiss
 
-    k = exact.shape[1]
-    space = _breadth_space(index)
-    if space.n_combinations() <= 1:
-        _, found = index.search(queries, k)
-        return "", recall_at_k(found, exact), 0.0
-    criterion = faiss.IntersectionCriterion(len(queries), k)
+    criterion = faiss.IntersectionCriterion(len(queries), exact.shape[1])
     criterion.set_groundtruth(None, np.ascontiguousarray(exact, dtype=np.int64))
-    space.n_experiments = 0  # try the whole grid (bounded by timing pruning), not a random subset
+    space.n_experiments = 0
     space.verbose = 0
     points = space.explore(index, np.ascontiguousarray(queries, dtype=np.float32), criterion)
-    optimal = [(points.all_pts.at(i).perf, points.all_pts.at(i).t, points.all_pts.at(i).key) for i in range(points.all_pts.size())]
+    return [(points.all_pts.at(i).perf, points.all_pts.at(i).t, points.all_pts.at(i).key) for i in range(points.all_pts.size())]
+
+
+def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float]:
+    """Fastest search parameters reaching `target` recall@k: (parameter string, recall, s/query)."""
+    space = _breadth_space(index)
+    if space.n_combinations() <= 1:
+        _, found = index.search(queries, exact.shape[1])
+        return "", recall_at_k(found, exact), 0.0
+    optimal = _explore(space, index, queries, exact)
     reaching = [p for p in optimal if p[0] >= target]
     perf, seconds, key = min(reaching, key=lambda p: p[1]) if reaching else max(optimal, key=lambda p: p[0])
     space.set_index_parameters(index, key)
@@ -250,20 +252,12 @@ def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[
 def _breadth_keys(index, queries: np.ndarray, exact: np.ndarray) -> list[str]:
     """Search settings to try with re-ranking, cheapest first: every value of a single knob
     (nprobe); for several knobs, the Pareto-optimal settings (recall vs time) of plain search."""
-    import faiss
-
     space = _breadth_space(index)
     if space.n_combinations() <= 1:
         return [""]
     if space.parameter_ranges.size() == 1:
         return [space.combination_name(i) for i in range(space.n_combinations())]
-    criterion = faiss.IntersectionCriterion(len(queries), exact.shape[1])
-    criterion.set_groundtruth(None, np.ascontiguousarray(exact, dtype=np.int64))
-    space.n_experiments = 0
-    space.verbose = 0
-    points = space.explore(index, queries, criterion)
-    optimal = sorted((points.all_pts.at(i).t, points.all_pts.at(i).key) for i in range(points.all_pts.size()))
-    return [key for _, key in optimal]
+    return [key for _, _, key in sorted(_explore(space, index, queries, exact), key=lambda p: p[1])]
 
 
 def tune_refined(index, folder: EmbeddingFolder, kind: str, queries: np.ndarray, exact: np.ndarray,
