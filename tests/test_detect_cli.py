@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import torch
 
 from react_core.cli import main
 from react_dense.build import build_parts
 from react_dense.engines.torchvision.model import build_torchvision_detector
-from react_dense.engines.torchvision.train import save_checkpoint
+from react_dense.engines.loop import save_checkpoint
 from react_dense.train_net import load_detection_config
 from test_dense_detector import CONFIG, write_scenes
 

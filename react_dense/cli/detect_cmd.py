@@ -52,7 +52,7 @@ def _detect(args) -> int:
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.build import build_parts, encode_vocabulary
     from react_dense.engines.torchvision.model import build_torchvision_detector
-    from react_dense.engines.torchvision.train import load_checkpoint
+    from react_dense.engines.loop import load_checkpoint
     from react_dense.evaluation.detection import to_coco_results
     from react_dense.modeling.vocabulary import parse_vocabulary
     from react_dense.train_net import load_detection_config

@@ -51,11 +51,12 @@ def _segment(args) -> int:
 
     from react_core.cli import UserError
     from react_core.io import atomic_path, atomic_write_json
+    from react_dense.engines.loop import load_checkpoint
     from react_dense.modeling.backbone import load_dense_clip
     from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
     from react_dense.segmentation.data import read_image
     from react_dense.segmentation.inference import predict_logits
-    from react_dense.segmentation.train import build_segmenter, load_segmentation_config, load_weights
+    from react_dense.segmentation.train import build_segmenter, load_segmentation_config
     from react_dense.segmentation.visualize import overlay_with_legend, palette
 
     cfg = load_segmentation_config(args.config, args.set)
@@ -66,7 +67,7 @@ def _segment(args) -> int:
     bundle.model.eval()
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
-        load_weights(args.weights, model)
+        load_checkpoint(args.weights, model)
     model.to(args.device).eval()
     text = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir).to(args.device)
     append_void = not args.no_void and cfg.method == "head"

@@ -6,7 +6,7 @@ embeddings, so unseen classes are never negatives, and unseen pixels are ignored
 scores every class of each test set (any vocabulary works: the classifier is the text
 embeddings) and writes `metrics.json`. Checkpoints (`last_checkpoint.pth`: model, optimizer,
 scheduler, step) are written atomically every `train.checkpoint_period` steps, so `resume`
-continues an interrupted run; `model_final.pth` holds the weights.
+continues an interrupted run; `model_final.pth` holds the weights (`react_dense.engines.loop`).
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from react_core.config import ConfigError, load
 from react_core.io import atomic_write_json
 from react_core.modeling.checkpoints import CheckpointError
 from react_core.modeling.text import VocabularyError
+from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
 from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
 from react_dense.segmentation.data import (
     IGNORE_INDEX,
@@ -37,8 +38,6 @@ from react_dense.segmentation.inference import predict_logits
 from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
 
 log = logging.getLogger(__name__)
-LAST = "last_checkpoint.pth"
-FINAL = "model_final.pth"
 
 
 def load_segmentation_config(path: str, overrides=()) -> SegmentationConfig:
@@ -109,39 +108,8 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
     return OpenVocabSegmenter(backbone, head)
 
 
-def load_weights(path, model, optimizer=None, scheduler=None) -> int:
-    """Load a segmenter checkpoint (strict, `weights_only`); a shape mismatch names the file."""
-    from react_dense.engines.torchvision.train import load_checkpoint
-
-    try:
-        return load_checkpoint(path, model, optimizer, scheduler)
-    except RuntimeError as error:
-        first = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
-        raise CheckpointError(f"{path} does not fit this config's segmenter: {first}") from None
-
-
-def _optimizer(cfg: SegmentationConfig, model: torch.nn.Module):
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.train.lr
-    )
-    warmup = max(min(cfg.train.warmup_steps, cfg.train.steps - 1), 1)
-    scheduler = torch.optim.lr_scheduler.SequentialLR(
-        optimizer,
-        [
-            torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, total_iters=warmup),
-            torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(cfg.train.steps - warmup, 1)),
-        ],
-        milestones=[warmup],
-    )
-    return params, optimizer, scheduler
-
-
 def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> torch.nn.Module:
     """Per-pixel cross-entropy over the seen classes; returns the trained model."""
-    from react_dense.engines.torchvision.train import save_checkpoint
 
     if cfg.train_data is None:
         raise ConfigError("train_data is not set: name the training set (or run with --eval-only)")
@@ -162,37 +130,14 @@ def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, re
     device = torch.device(cfg.train.device)
     model.to(device)
     text, void_rows, to_seen = text.to(device), void_rows.to(device), to_seen.to(device)
-    params, optimizer, scheduler = _optimizer(cfg, model)
-    step = 0
-    if resume and (out / LAST).is_file():
-        step = load_weights(out / LAST, model, optimizer, scheduler)
-        log.info("resumed from %s at step %d", out / LAST, step)
-    model.train()
-    progress = tqdm(total=cfg.train.steps, initial=step, desc="train", dynamic_ncols=True)
-    while step < cfg.train.steps:
-        for images, labels in loader:
-            if step >= cfg.train.steps:
-                break
-            images, labels = images.to(device), labels.to(device)
-            labels = torch.where(labels == IGNORE_INDEX, labels, to_seen[labels.clamp(min=0)])
-            logits = model(images, text, void_rows)
-            loss = F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"loss is {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.train.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, cfg.train.clip_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            progress.update(1)
-            if step % cfg.train.log_period == 0:
-                progress.set_postfix(loss=f"{loss.item():.3f}")
-            if step % cfg.train.checkpoint_period == 0 or step == cfg.train.steps:
-                save_checkpoint(out / LAST, model, optimizer, scheduler, step)
-    progress.close()
-    save_checkpoint(out / FINAL, model)
+
+    def step_loss(batch):
+        images, labels = (t.to(device) for t in batch)
+        labels = torch.where(labels == IGNORE_INDEX, labels, to_seen[labels.clamp(min=0)])
+        loss = F.cross_entropy(model(images, text, void_rows), labels, ignore_index=IGNORE_INDEX)
+        return loss, {"loss": loss}
+
+    train_loop(model, loader, step_loss, cfg.train, out, resume)
     return model
 
 
@@ -247,7 +192,6 @@ def train_from_config(
 ) -> dict:
     """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics
     written to `out_dir/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
-    from react_dense.engines.torchvision.train import seed_everything
     from react_dense.modeling.backbone import load_dense_clip
 
     out = Path(out_dir)
@@ -264,7 +208,7 @@ def train_from_config(
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         if eval_only:
-            load_weights(weights or out / FINAL, model)
+            load_checkpoint(weights or out / FINAL, model)
         else:
             model = train(cfg, model, bundle, out, resume)
     model.to(cfg.train.device)

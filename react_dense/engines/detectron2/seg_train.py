@@ -21,8 +21,6 @@ from react_core.io import atomic_write_text
 from react_dense.segmentation.config import SegmentationConfig
 
 log = logging.getLogger(__name__)
-LAST = "last_checkpoint.pth"
-FINAL = "model_final.pth"
 
 
 def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
@@ -69,9 +67,9 @@ def train_from_config(
     from detectron2.modeling import build_model
     from detectron2.solver import build_lr_scheduler, build_optimizer
 
-    from react_dense.engines.torchvision.train import save_checkpoint, seed_everything
+    from react_dense.engines.loop import FINAL, LAST, load_checkpoint, save_checkpoint, seed_everything
     from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset
-    from react_dense.segmentation.train import encode_classes, load_weights, open_spec, write_metrics
+    from react_dense.segmentation.train import encode_classes, open_spec, write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "segmentation.yaml"
@@ -82,7 +80,7 @@ def train_from_config(
     bundle = seg_modeling.segmentation_bundle(str(config_path), ())
     head = model.sem_seg_head
     if eval_only:
-        load_weights(weights or out / FINAL, model)
+        load_checkpoint(weights or out / FINAL, model)
     else:
         source = open_spec(cfg.train_data)
         classes = encode_classes(bundle, cfg, source, source.background)
@@ -98,7 +96,7 @@ def train_from_config(
         )
         optimizer = build_optimizer(d2, model)
         scheduler = build_lr_scheduler(d2, optimizer)
-        start = load_weights(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
+        start = load_checkpoint(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
         trainer = SimpleTrainer(model, _batches(loader, to_seen), optimizer)
         period = cfg.train.checkpoint_period
         trainer.register_hooks([
