@@ -13,7 +13,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-
 from torchvision.ops import roi_align
 
 from react_core.registry import HEADS
@@ -154,9 +153,9 @@ class ClipScoreEnsemble(nn.Module):
     cosine similarities between region embeddings and the text embeddings. Region embeddings
     come from `regions`: `map` mean-pools the backbone's per-location CLIP map over each box
     (F-VLM, one forward pass); `crops` encodes a square crop around each box, `crop_scale` times
-    its longer side, with the whole tower (ViLD's CLIP-on-crops): slower, but it reads the
-    tower's pooled embedding, the one CLIP and REACT customization train, so a customized
-    tower's knowledge of new classes reaches the detector even where its patch tokens are poor.
+    its longer side, with the whole tower (ViLD's CLIP-on-crops): one tower pass per box, but
+    it reads the pooled embedding, the one CLIP and REACT customization train, rather than
+    patch tokens that neither supervises.
     """
 
     def __init__(
