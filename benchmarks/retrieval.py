@@ -41,8 +41,6 @@ from pathlib import Path
 import numpy as np
 
 SHARD = 100_000
-BUILD_KEYS = ("factory", "kind", "metric", "ntotal", "dim", "on_disk", "build_seconds", "index_bytes", "embeddings",
-              "identity", "faiss_version")
 
 
 def _rotation_and_scale(d: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -267,8 +265,7 @@ def main() -> None:
                            progress=False, **tuning_args)
     elif args.retune:
         print("re-tuning the reused index", flush=True)
-        built = {k: v for k, v in read_index_info(work / "index").items() if k in BUILD_KEYS}
-        info = tune_index(work / "index", EmbeddingFolder(work / "emb"), built, **tuning_args)
+        info = tune_index(work / "index", EmbeddingFolder(work / "emb"), read_index_info(work / "index"), **tuning_args)
     else:
         info = read_index_info(work / "index")
     print(json.dumps({k: info.get(k) for k in ("factory", "search_parameters", "refine_factor", "recall", "build_seconds", "index_bytes")}), flush=True)

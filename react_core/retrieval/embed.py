@@ -475,7 +475,7 @@ class EmbeddingFolder:
         shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
         for position in np.unique(shard_of):
             mask = shard_of == position
-            result[mask] = _read_npy_rows(shard_files(self.root, self.numbers[position])[kind], rows[mask] - self.offsets[position])
+            result[mask] = _read_rows(self.array(kind, self.numbers[position]), rows[mask] - self.offsets[position])
         return result
 
     def metadata(self, columns: list[str] | None = None):
@@ -499,25 +499,17 @@ class EmbeddingFolder:
         return table
 
 
-def _read_npy_rows(path: Path, rows: np.ndarray) -> np.ndarray:
-    """Rows of a 2-D .npy file, read with `os.pread`; a contiguous run of rows is one read."""
-    if not path.is_file():
-        raise EmbeddingError(f"{path} not found")
-    with open(path, "rb") as handle:
-        version = np.lib.format.read_magic(handle)
-        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = header(handle)
-        if fortran_order or len(shape) != 2:
-            raise EmbeddingError(f"{path}: expected a C-ordered 2-D array, found shape {shape}")
-        start, row_bytes = handle.tell(), shape[1] * dtype.itemsize
-        order = np.argsort(rows, kind="stable")
-        ordered = rows[order]
-        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
-        chunks = []
-        for run in np.split(ordered, breaks):
-            if len(run):
-                chunks.append(os.pread(handle.fileno(), row_bytes * len(run), start + int(run[0]) * row_bytes))
-    values = np.frombuffer(b"".join(chunks), dtype=dtype).reshape(-1, shape[1])
-    result = np.empty((len(rows), shape[1]), dtype=np.float32)
-    result[order] = values
+def _read_rows(array: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """Rows of a memory-mapped 2-D .npy file, read from its file with `os.pread` (the map gives
+    only the layout: no page of it is touched); a contiguous run of rows is one read."""
+    if not array.flags.c_contiguous or array.ndim != 2:
+        raise EmbeddingError(f"{array.filename}: expected a C-ordered 2-D array, found shape {array.shape}")
+    row_bytes = array.shape[1] * array.dtype.itemsize
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    runs = np.split(ordered, np.flatnonzero(np.diff(ordered) != 1) + 1)
+    with open(array.filename, "rb") as handle:
+        chunks = [os.pread(handle.fileno(), row_bytes * len(run), array.offset + int(run[0]) * row_bytes) for run in runs if len(run)]
+    result = np.empty((len(rows), array.shape[1]), dtype=np.float32)
+    result[order] = np.frombuffer(b"".join(chunks), dtype=array.dtype).reshape(-1, array.shape[1])
     return result

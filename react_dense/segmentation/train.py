@@ -110,7 +110,6 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
 
 def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> torch.nn.Module:
     """Per-pixel cross-entropy over the seen classes; returns the trained model."""
-
     if cfg.train_data is None:
         raise ConfigError("train_data is not set: name the training set (or run with --eval-only)")
     source = open_spec(cfg.train_data)
