@@ -12,8 +12,8 @@ setup(
     packages=find_packages(include=["react_core", "react_core.*", "react_dense", "react_dense.*"]),
     package_data={"react_core": ["modeling/model_configs/*.json", "resources/*"]},
     install_requires=[
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.6",  # torch.load defaults to weights_only=True
+        "torchvision>=0.21",
         "open_clip_torch>=2.24",
         "faiss-cpu>=1.8",
         "pycocotools>=2.0.7",
@@ -26,8 +26,11 @@ setup(
         "pyarrow>=14",
         "tqdm>=4.66",
         "matplotlib>=3.7",
+        "pandas>=2.0",
+        "pyyaml>=6.0",
+        "timm>=0.9",
     ],
-    extras_require={"dev": ["pytest>=7"]},
+    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"]},
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
         "react.commands": [
