@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import tempfile
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Callable
 
 import open_clip
 import torch
+from open_clip.model import build_model_from_openai_state_dict
 
 from react_core.io import file_sha256
 from react_core.modeling.adapters import apply_adapter, read_adapter_metadata
@@ -130,6 +132,22 @@ def is_torchscript_archive(path: Path) -> bool:
         return False
     with zipfile.ZipFile(path) as archive:
         return any(part.split("/")[1:2] == ["code"] for part in archive.namelist()[:200])
+
+
+def read_torchscript_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a TorchScript archive, read by `torch.jit.load` and nothing else.
+
+    A zip that merely looks like TorchScript (a `code/` entry planted in a pickle archive) is
+    refused: it never reaches `torch.load`, whose unpickler could run code in it.
+    """
+    try:
+        with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; OpenAI's files are TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            scripted = torch.jit.load(str(path), map_location="cpu")
+    except Exception as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(f"{path}: has a code/ entry but is not a TorchScript archive ({first})") from None
+    return {key: tensor.detach() for key, tensor in scripted.state_dict().items()}
 
 
 def load_clip(
@@ -246,8 +264,20 @@ def _load_with_adapter(name, pretrained, path: Path, adapter: dict, base_weights
 
 
 def _load_openai_archive(name: str, path: Path, device, precision) -> ClipBundle:
-    """OpenAI's TorchScript file: open_clip's own OpenAI path, never a pickle load."""
-    created = open_clip.load_openai_model(str(path), precision=precision, device=device)
+    """OpenAI's TorchScript file: its tensors through `torch.jit.load`, the model built by
+    open_clip from OpenAI's state-dict layout; never a pickle load."""
+    state = read_torchscript_state_dict(path)
+    try:
+        created = build_model_from_openai_state_dict(state, cast_dtype=open_clip.get_cast_dtype(precision))
+    except (KeyError, IndexError, RuntimeError) as error:
+        raise CheckpointError(f"{path}: a TorchScript archive but not an OpenAI CLIP ({type(error).__name__}: {error})") from None
+    created = created.to(device)
+    if precision != "fp16":  # OpenAI's state dict is built in fp16; other precisions as open_clip does
+        created.float()
+        if precision == "bf16":
+            open_clip.convert_weights_to_lp(created, dtype=torch.bfloat16)
+    created.visual.image_mean = open_clip.OPENAI_DATASET_MEAN
+    created.visual.image_std = open_clip.OPENAI_DATASET_STD
     size = created.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     preprocess_train = open_clip.image_transform(size, is_train=True)
