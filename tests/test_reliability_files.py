@@ -40,3 +40,22 @@ def test_fake_torchscript_archive_with_a_payload_is_refused_without_running_it(t
         assert len(err.splitlines()) == 1 and str(weights) in err and "TorchScript" in err
         assert not proof.exists()
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_truncated_safetensors_is_one_line(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from react_core.modeling import load_clip
+
+    whole = tmp_path / "whole.safetensors"
+    save_file(load_clip("react-tiny").model.state_dict(), str(whole))
+    data = whole.read_bytes()
+    for size in (0, len(data) // 2):
+        cut = tmp_path / f"cut{size}.safetensors"
+        cut.write_bytes(data[:size])
+        for argv in (
+            ["convert", "--model", "react-tiny", str(cut), str(tmp_path / "o.pt"), "--to", "full"],
+            ["embed", "--weights", str(cut), "--data", str(tmp_path / "none"), "--out", str(tmp_path / "emb")],
+        ):
+            status, err = _run(capsys, argv)
+            assert status == 2 and len(err.splitlines()) == 1 and str(cut) in err and "truncated" in err

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from react_core.io import atomic_path
-from react_core.modeling.checkpoints import DDP_PREFIX, CheckpointError, _shorten
+from react_core.modeling.checkpoints import DDP_PREFIX, CheckpointError, _shorten, read_safetensors_metadata
 from react_core.modeling.gated import MODES, Mode, gated_layers, is_trainable
 
 ADAPTER_FORMAT = "react-adapter"
@@ -81,10 +81,7 @@ def read_adapter_metadata(path: str | Path) -> dict | None:
     path = Path(path)
     if path.suffix != ".safetensors" or not path.is_file():
         return None
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = read_safetensors_metadata(path)
     if metadata.get("format") != ADAPTER_FORMAT:
         return None
     try:

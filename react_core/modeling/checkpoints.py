@@ -36,15 +36,30 @@ def unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return checkpoint
 
 
+def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a `.safetensors` file; a truncated or damaged one is a `CheckpointError`."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except SafetensorError as error:
+        raise CheckpointError(f"{path}: not a readable .safetensors file, truncated or damaged ({error})") from None
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a `.safetensors`, `.pt`, `.pth` or `.bin` file into a flat state dict."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except SafetensorError as error:
+            raise CheckpointError(f"{path}: not a readable .safetensors file, truncated or damaged ({error})") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
