@@ -6,6 +6,7 @@ import torch
 
 from react_core.config.common import ModelConfig
 from react_core.modeling import load_clip
+from react_core.modeling.readout import dense_readout
 from react_dense.modeling.backbone import CLIP_MAP, ClipBackbone, load_dense_clip
 from react_dense.modeling.vocabulary import Vocabulary, parse_vocabulary, vocabulary_embeddings
 
@@ -34,20 +35,15 @@ def test_vit_pyramid_shapes_strides_and_any_input_size(tiny):
         assert tuple(features[name].shape) == expected, name
 
 
-def test_vit_clip_map_at_native_size_matches_the_pooled_embedding_path(tiny):
-    """At the trained size, the per-location embeddings are the tower's own projected tokens."""
+def test_clip_map_is_the_dense_readout_whatever_block_feeds_the_pyramid(tiny):
     visual = tiny.model.visual
-    backbone = ClipBackbone(visual, emit_clip_map=True).eval()
-    images = torch.randn(1, 3, 64, 64)
+    images = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
-        tokens = backbone._vit_tokens(images)
-        visual.output_tokens = True
-        _, reference = visual(images)
-        visual.output_tokens = False
-    with torch.no_grad():
-        clip_map = backbone.vit_clip_map(tokens)
-    projected_tokens = reference @ visual.proj
-    assert torch.allclose(clip_map.flatten(2).transpose(1, 2), projected_tokens, atol=1e-5)
+        expected = dense_readout(visual, images)
+        for block in (-1, -2, 0):
+            tokens, clip_map = ClipBackbone(visual, emit_clip_map=True, feature_block=block).eval().vit_features(images)
+            torch.testing.assert_close(clip_map, expected)
+            torch.testing.assert_close(tokens, ClipBackbone(visual, feature_block=block).eval().vit_features(images)[0])
 
 
 def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
@@ -64,10 +60,10 @@ def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
             param.add_(0.5)  # open the gates: the customized tower now differs from the base
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        below = ClipBackbone(customized, feature_block=-2).eval()._vit_tokens(images)
-        base_below = ClipBackbone(base, feature_block=-2).eval()._vit_tokens(images)
-        last = ClipBackbone(customized).eval()._vit_tokens(images)
-        base_last = ClipBackbone(base).eval()._vit_tokens(images)
+        below = ClipBackbone(customized, feature_block=-2).eval().vit_features(images)[0]
+        base_below = ClipBackbone(base, feature_block=-2).eval().vit_features(images)[0]
+        last = ClipBackbone(customized).eval().vit_features(images)[0]
+        base_last = ClipBackbone(base).eval().vit_features(images)[0]
     torch.testing.assert_close(below, base_below)
     assert not torch.allclose(last, base_last, atol=1e-3)
     with pytest.raises(ValueError, match="feature_block=6"):
@@ -91,10 +87,12 @@ def test_freeze_policies(tiny):
 def test_modified_resnet_gives_fpn_levels_and_clip_map():
     bundle = load_clip(RESNET_TINY)
     backbone = ClipBackbone(bundle.model.visual, out_channels=16, emit_clip_map=True)
-    features = backbone(torch.randn(1, 3, 70, 96))
+    images = torch.randn(1, 3, 70, 96)
+    features = backbone(images)
     assert [n for n in features] == ["p2", "p3", "p4", "p5", "p6", CLIP_MAP]
     assert features["p2"].shape[-2:] == (24, 24) and features["p5"].shape[-2:] == (3, 3)
     assert features[CLIP_MAP].shape[1] == 32
+    torch.testing.assert_close(features[CLIP_MAP], dense_readout(bundle.model.visual, images))
     from torchvision.ops import FrozenBatchNorm2d
 
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())

@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from react_core.modeling import load_clip
-from react_core.modeling.gated import add_gated_blocks
 from react_dense.modeling.backbone import ClipBackbone
 from react_dense.modeling.seg_head import build_seg_head
 from react_dense.modeling.seg_maskclip import MaskClipDense, MaskClipSegmenter
@@ -68,24 +67,11 @@ def test_maskclip_value_path_differs_from_raw_tokens_and_residual_variant(tiny_c
         value = MaskClipDense(visual)(images)
         raw = MaskClipDense(visual, raw_tokens=True)(images)
         residual = MaskClipDense(visual, residual=True)(images)
-        backbone_raw = ClipBackbone(visual, emit_clip_map=True)(images)["clip"]
+        backbone_map = ClipBackbone(visual, emit_clip_map=True)(images)["clip"]
     assert value.shape == raw.shape == (2, 128, 8, 10)
-    torch.testing.assert_close(raw, backbone_raw)  # the control is exactly the backbone's raw-token map
+    torch.testing.assert_close(value, backbone_map)  # the detector's CLIP map is the same readout
     assert not torch.allclose(value, raw, atol=1e-3)
     assert not torch.allclose(value, residual, atol=1e-3)
-
-
-def test_maskclip_on_a_fresh_gated_tower_equals_the_base_tower(tiny_clip):
-    base = copy.deepcopy(tiny_clip.model)
-    gated = copy.deepcopy(tiny_clip.model)
-    add_gated_blocks(gated, k=2)
-    images = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        expected = MaskClipDense(base.visual)(images)
-        torch.testing.assert_close(MaskClipDense(gated.visual)(images), expected)
-        block = gated.visual.transformer.resblocks[-1].gated_attn_block
-        block.alpha_attn.fill_(1.0)
-        assert not torch.allclose(MaskClipDense(gated.visual)(images), expected, atol=1e-4)
 
 
 def test_maskclip_on_a_modified_resnet_and_as_a_segmenter():

@@ -8,10 +8,10 @@
   inputs padded to `size_divisibility`.
 - ModifiedResNet towers: res2..res5 from the four stages, then an FPN (torchvision's).
 
-Both can also emit `"clip"`: the frozen-CLIP-space embedding of every location (ViT: `ln_post`
-and `proj` applied to each patch token; ResNet: the value and output projections of the
-attention pool, MaskCLIP style). Region scores from it are what score ensembling combines with
-the detector's own scores.
+Both can also emit `"clip"`: the tower's one dense readout (`react_core.modeling.readout`: ViT, the
+last block's value path through `ln_post` and `proj`; ResNet, the attention pool's value and
+output projections), a CLIP-space embedding per location. Region scores pooled from it are what
+score ensembling combines with the detector's own scores.
 """
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from react_core.modeling.readout import (
+    attnpool_value_map,
+    check_tower,
+    pad_to_stride,
+    readout_dim,
+    readout_stride,
+    resnet_stages,
+    run_vit_blocks,
+    tokens_to_map,
+    vit_input_tokens,
+    vit_value_path,
+)
 from react_core.registry import BACKBONES
 
 FREEZE_POLICIES = ("frozen", "gated", "full")
@@ -49,14 +61,6 @@ class FeatureSpec(NamedTuple):
 
     channels: int
     stride: int
-
-
-def _is_vit(visual: nn.Module) -> bool:
-    return hasattr(visual, "conv1") and hasattr(visual, "transformer") and hasattr(visual, "positional_embedding")
-
-
-def _is_modified_resnet(visual: nn.Module) -> bool:
-    return all(hasattr(visual, name) for name in ("layer1", "layer4", "attnpool"))
 
 
 def freeze_batchnorm(module: nn.Module) -> nn.Module:
@@ -145,31 +149,6 @@ class SimpleFeaturePyramid(nn.Module):
         return OrderedDict(zip(self.names, maps))
 
 
-def attnpool_value_map(pool: nn.Module, res5: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP for ModifiedResNet: the attention pool's value and output projections at every
-    location of res5 [B, C, h, w] -> [B, embed_dim, h, w], in CLIP's joint space."""
-    return pool.c_proj(pool.v_proj(res5.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
-
-
-def vit_input_tokens(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Class + patch tokens entering the ViT's first block [B, 1 + h*w, width], and the grid (h, w).
-
-    Position embeddings are resampled to the input's grid, so any input size works.
-    """
-    from timm.layers import resample_abs_pos_embed
-
-    x = visual.conv1(images)
-    grid = tuple(x.shape[-2:])
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    pos = visual.positional_embedding
-    trained_grid = int(round(math.sqrt(pos.shape[0] - 1)))
-    if grid != (trained_grid, trained_grid):
-        pos = resample_abs_pos_embed(pos[None], list(grid), [trained_grid, trained_grid], num_prefix_tokens=1)[0]
-    return visual.ln_pre(x + pos.to(x.dtype)), grid
-
-
 class ClipBackbone(nn.Module):
     """open_clip image tower -> multi-scale feature maps, `output_shape()` says channels/stride.
 
@@ -201,39 +180,30 @@ class ClipBackbone(nn.Module):
         self.freeze = freeze
         self.emit_clip_map = emit_clip_map
         _set_trunk_trainable(visual, freeze)
-        if _is_vit(visual):
-            self.kind = "vit"
-            patch = visual.conv1.kernel_size
-            if patch[0] != patch[1]:
-                raise ValueError(f"non-square patches {patch} are not supported")
-            self.patch_size = patch[0]
+        self.kind = check_tower(visual)
+        self.embed_dim = readout_dim(visual)
+        self._clip_stride = readout_stride(visual)
+        if self.kind == "vit":
+            self.patch_size = self._clip_stride
             blocks = len(visual.transformer.resblocks)
             if not -blocks <= feature_block < blocks:
                 raise ValueError(f"feature_block={feature_block} is not a block of a {blocks}-block tower")
             self.feature_blocks = feature_block % blocks + 1
-            width = visual.conv1.out_channels
-            self.embed_dim = visual.proj.shape[1] if visual.proj is not None else width
-            self.pyramid = SimpleFeaturePyramid(width, out_channels, self.patch_size, scale_factors, top_block)
+            self.pyramid = SimpleFeaturePyramid(visual.conv1.out_channels, out_channels, self.patch_size, scale_factors, top_block)
             names, strides = self.pyramid.names, self.pyramid.strides
             self._size_divisibility = int(self.patch_size / min(1.0, min(scale_factors)))
-            self._clip_stride = self.patch_size
-        elif _is_modified_resnet(visual):
+        else:
             if feature_block != -1:
                 raise ValueError("feature_block applies to ViT towers only")
             from torchvision.ops import FeaturePyramidNetwork
             from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-            self.kind = "resnet"
             freeze_batchnorm(visual)
             stage_channels = [stage[-1].conv3.out_channels for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4)]
-            self.embed_dim = visual.attnpool.c_proj.out_features
             self.pyramid = FeaturePyramidNetwork(stage_channels, out_channels, LastLevelMaxPool() if top_block else None)
             strides = [4, 8, 16, 32] + ([64] if top_block else [])
             names = [_stride_name(s) for s in strides]
             self._size_divisibility = 32
-            self._clip_stride = 32
-        else:
-            raise ValueError(f"unsupported CLIP image tower {type(visual).__name__}: expected a ViT or ModifiedResNet")
         self._shapes = OrderedDict((n, FeatureSpec(out_channels, s)) for n, s in zip(names, strides))
         if emit_clip_map:
             self._shapes[CLIP_MAP] = FeatureSpec(self.embed_dim, self._clip_stride)
@@ -253,64 +223,33 @@ class ClipBackbone(nn.Module):
         return self
 
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
-        images = self._pad(images)
+        images = pad_to_stride(images, self._size_divisibility)
         if self.kind == "vit":
-            tokens = self._vit_tokens(images)
+            tokens, clip_map = self.vit_features(images)
             features = self.pyramid(tokens)
-            if self.emit_clip_map:
-                features[CLIP_MAP] = self.vit_clip_map(tokens)
-            return features
-        stages = self._resnet_stages(images)
-        features = self.pyramid(OrderedDict(zip(("res2", "res3", "res4", "res5"), stages)))
-        features = OrderedDict(zip(list(self._shapes)[: len(features)], features.values()))
-        if self.emit_clip_map:
-            features[CLIP_MAP] = self.resnet_clip_map(stages[-1])
+        else:
+            stages = resnet_stages(self.trunk, images)
+            features = self.pyramid(OrderedDict(zip(("res2", "res3", "res4", "res5"), stages)))
+            features = OrderedDict(zip(list(self._shapes)[: len(features)], features.values()))
+            clip_map = attnpool_value_map(self.trunk.attnpool, stages[-1]) if self.emit_clip_map else None
+        if clip_map is not None:
+            features[CLIP_MAP] = clip_map
         return features
 
-    def _pad(self, images: torch.Tensor) -> torch.Tensor:
-        div = self._size_divisibility
-        pad_h = (-images.shape[-2]) % div
-        pad_w = (-images.shape[-1]) % div
-        if pad_h or pad_w:
-            images = F.pad(images, (0, pad_w, 0, pad_h))
-        return images
-
-    def _vit_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """Patch tokens of block `feature_block` as a map [B, width, H/patch, W/patch]."""
-        x, grid = vit_input_tokens(self.trunk, images)
-        x = run_vit_blocks(self.trunk, x, self.trunk.transformer.resblocks[: self.feature_blocks])
-        return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
-
-    def vit_clip_map(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Each patch token through `ln_post` and `proj`: [B, embed_dim, h, w]."""
+    def vit_features(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(patch tokens of block `feature_block` as a map [B, width, h, w], the dense readout
+        [B, embed_dim, h, w] or None without `emit_clip_map`), from one pass through the blocks."""
         visual = self.trunk
-        x = visual.ln_post(tokens.flatten(2).transpose(1, 2))
-        if visual.proj is not None:
-            x = x @ visual.proj
-        return x.transpose(1, 2).reshape(x.shape[0], -1, *tokens.shape[-2:])
-
-    def _resnet_stages(self, images: torch.Tensor) -> list[torch.Tensor]:
-        visual = self.trunk
-        x = visual.stem(images.to(visual.conv1.weight.dtype))
-        stages = []
-        for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4):
-            x = stage(x)
-            stages.append(x)
-        return stages
-
-    def resnet_clip_map(self, res5: torch.Tensor) -> torch.Tensor:
-        """The attention pool's value and output projections at every location (MaskCLIP)."""
-        return attnpool_value_map(self.trunk.attnpool, res5)
-
-
-def run_vit_blocks(visual: nn.Module, x: torch.Tensor, blocks) -> torch.Tensor:
-    """Batch-first tokens [B, L, width] through `blocks` (with their gated blocks), batch-first out."""
-    batch_first = getattr(visual.transformer, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for block in blocks:
-        x = block(x)
-    return x if batch_first else x.transpose(0, 1)
+        blocks = visual.transformer.resblocks
+        last = len(blocks) - 1
+        x, grid = vit_input_tokens(visual, images)
+        if not self.emit_clip_map:
+            return tokens_to_map(run_vit_blocks(visual, x, blocks[: self.feature_blocks]), grid), None
+        below = min(self.feature_blocks, last)
+        x = run_vit_blocks(visual, x, blocks[:below])
+        entering_last = run_vit_blocks(visual, x, blocks[below:last])
+        tokens = x if self.feature_blocks == below else run_vit_blocks(visual, entering_last, blocks[last:])
+        return tokens_to_map(tokens, grid), tokens_to_map(vit_value_path(visual, entering_last), grid)
 
 
 @BACKBONES.register_module(name="ClipBackbone")

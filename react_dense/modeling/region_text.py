@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
+from react_core.modeling.readout import pool_boxes
 from react_core.registry import HEADS
 
 LOSSES = ("softmax", "sigmoid")
@@ -187,8 +188,7 @@ class ClipScoreEnsemble(nn.Module):
         if self.regions == "map":
             if clip_map is None:
                 raise ValueError("ensemble regions 'map' needs the backbone's CLIP map (emit_clip_map)")
-            regions = roi_align(clip_map, boxes, output_size=(7, 7), spatial_scale=1.0 / clip_stride, sampling_ratio=2, aligned=True)
-            return regions.flatten(2).mean(-1)
+            return pool_boxes(clip_map, boxes, clip_stride)
         return crop_embeddings(self.tower, images, boxes, self.crop_scale)
 
     def clip_scores(self, region_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""The one dense readout of a (customized) CLIP image tower: a CLIP-space embedding per location.
+
+A CLIP tower is trained to put its *pooled* token in the text space; its last-layer patch tokens
+are not (their class-text similarities are close to chance). MaskCLIP (Zhou et al., ECCV 2022)
+and CLIPSelf (Wu et al., ICLR 2024) read each location through the *value* path of the last
+attention layer instead, then through the tower's own output head:
+
+- ViT: the tokens entering the last residual block (its gated REACT block included) -> `ln_1` ->
+  the attention's value projection -> `out_proj` (-> `ls_1`), then `ln_post` and `proj`. Following
+  ClearCLIP, the last block's residual and MLP are left out unless `residual=True` (MaskCLIP's
+  original choice).
+- ModifiedResNet: the attention pool's value and output projections (`v_proj`, `c_proj`) at every
+  location of res5.
+
+`dense_readout(visual, images)` is what the dense customization objective aligns and what the
+detector's CLIP map, region and mask pooling (`pool_boxes`) and the training-free MaskCLIP
+segmenter read. With every gate at 0 it equals the base tower's readout bit for bit.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from react_core.modeling.gated import GATED_ATTR
+
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def is_vit(visual: nn.Module) -> bool:
+    return hasattr(visual, "conv1") and hasattr(visual, "transformer") and hasattr(visual, "positional_embedding")
+
+
+def is_modified_resnet(visual: nn.Module) -> bool:
+    return all(hasattr(visual, name) for name in ("layer1", "layer4", "attnpool"))
+
+
+def check_tower(visual: nn.Module) -> str:
+    """`"vit"` or `"resnet"`; a clear error for any other tower."""
+    if is_vit(visual):
+        if visual.conv1.kernel_size[0] != visual.conv1.kernel_size[1]:
+            raise ValueError(f"non-square patches {visual.conv1.kernel_size} are not supported")
+        last = visual.transformer.resblocks[-1]
+        if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
+            raise ValueError(f"the dense readout needs nn.MultiheadAttention in the last block, found {type(last.attn).__name__}")
+        return "vit"
+    if is_modified_resnet(visual):
+        return "resnet"
+    raise ValueError(f"unsupported CLIP image tower {type(visual).__name__}: expected a ViT or ModifiedResNet")
+
+
+def readout_stride(visual: nn.Module) -> int:
+    """Pixels per readout location: the patch size (ViT) or 32 (ModifiedResNet)."""
+    return visual.conv1.kernel_size[0] if is_vit(visual) else 32
+
+
+def readout_dim(visual: nn.Module) -> int:
+    """Channels of the readout: CLIP's joint embedding dimension."""
+    if is_vit(visual):
+        return visual.proj.shape[1] if visual.proj is not None else visual.conv1.out_channels
+    return visual.attnpool.c_proj.out_features
+
+
+def vit_input_tokens(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Class + patch tokens entering the ViT's first block [B, 1 + h*w, width], and the grid (h, w).
+
+    Position embeddings are resampled to the input's grid, so any input size works.
+    """
+    from timm.layers import resample_abs_pos_embed
+
+    x = visual.conv1(images)
+    grid = tuple(x.shape[-2:])
+    x = x.flatten(2).transpose(1, 2)
+    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+    x = torch.cat([cls, x], dim=1)
+    pos = visual.positional_embedding
+    trained_grid = int(round(math.sqrt(pos.shape[0] - 1)))
+    if grid != (trained_grid, trained_grid):
+        pos = resample_abs_pos_embed(pos[None], list(grid), [trained_grid, trained_grid], num_prefix_tokens=1)[0]
+    return visual.ln_pre(x + pos.to(x.dtype)), grid
+
+
+def run_vit_blocks(visual: nn.Module, x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
+    """Batch-first tokens [B, L, width] through `blocks` (with their gated blocks), batch-first out."""
+    batch_first = getattr(visual.transformer, "batch_first", True)
+    if not batch_first:
+        x = x.transpose(0, 1)
+    for block in blocks:
+        x = block(x)
+    return x if batch_first else x.transpose(0, 1)
+
+
+def vit_value_path(visual: nn.Module, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
+    """Tokens entering the last block [B, L, width] -> their value-path embeddings [B, L, embed_dim]."""
+    block = visual.transformer.resblocks[-1]
+    gated = getattr(block, GATED_ATTR, None)
+    if gated is not None:
+        x = run_vit_blocks(visual, x, [gated])
+    attn = block.attn
+    width = attn.embed_dim
+    bias = attn.in_proj_bias[2 * width :] if attn.in_proj_bias is not None else None
+    value = F.linear(block.ln_1(x), attn.in_proj_weight[2 * width :], bias)
+    out = block.ls_1(attn.out_proj(value))
+    if residual:
+        x = x + out
+        out = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return project_tokens(visual, out)
+
+
+def project_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The ViT's output head on every token: `ln_post`, then `proj`."""
+    x = visual.ln_post(x)
+    return x @ visual.proj if visual.proj is not None else x
+
+
+def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Patch tokens [B, 1 + h*w, D] (class token first) -> a map [B, D, h, w]."""
+    return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
+
+
+def resnet_stages(visual: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
+    """res2..res5 of a ModifiedResNet (gated blocks run through their hooks)."""
+    x = visual.stem(images.to(visual.conv1.weight.dtype))
+    stages = []
+    for name in RESNET_STAGES:
+        x = getattr(visual, name)(x)
+        stages.append(x)
+    return stages
+
+
+def attnpool_value_map(pool: nn.Module, res5: torch.Tensor) -> torch.Tensor:
+    """The attention pool's value and output projections at every location of res5 [B, C, h, w]
+    -> [B, embed_dim, h, w]."""
+    return pool.c_proj(pool.v_proj(res5.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+
+
+def pad_to_stride(images: torch.Tensor, stride: int) -> torch.Tensor:
+    """Zero-pad bottom and right so both sides are multiples of `stride`."""
+    pad_h, pad_w = (-images.shape[-2]) % stride, (-images.shape[-1]) % stride
+    return F.pad(images, (0, pad_w, 0, pad_h)) if pad_h or pad_w else images
+
+
+def dense_readout(visual: nn.Module, images: torch.Tensor, residual: bool = False) -> torch.Tensor:
+    """images [B, 3, H, W] (CLIP-normalised) -> CLIP-space embeddings [B, embed_dim, ceil(H/s), ceil(W/s)],
+    s = `readout_stride(visual)`; inputs are zero-padded to a multiple of s. Differentiable: the
+    dense objective trains the gated blocks through it."""
+    kind = check_tower(visual)
+    images = pad_to_stride(images, readout_stride(visual))
+    if kind == "resnet":
+        if residual:
+            raise ValueError("residual applies to ViT towers only")
+        return attnpool_value_map(visual.attnpool, resnet_stages(visual, images)[-1])
+    x, grid = vit_input_tokens(visual, images)
+    x = run_vit_blocks(visual, x, visual.transformer.resblocks[:-1])
+    return tokens_to_map(vit_value_path(visual, x, residual), grid)
+
+
+def pool_boxes(
+    feature_map: torch.Tensor, boxes: list[torch.Tensor], stride: float, output_size: int = 7, masks: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Mean of `feature_map` [B, D, h, w] over each box (per image, [N_i, 4] x1y1x2y2 in input pixels;
+    one location = `stride` pixels) -> [sum N_i, D], sampled by `torchvision.ops.roi_align` (aligned).
+
+    masks: [sum N_i, S, S] soft masks in box coordinates (Mask R-CNN's output): a mask-weighted mean
+        over an S x S sampling of each box instead (mask pooling).
+    """
+    from torchvision.ops import roi_align
+
+    size = masks.shape[-1] if masks is not None else output_size
+    boxes = [b.to(feature_map.dtype) for b in boxes]
+    regions = roi_align(feature_map, boxes, output_size=(size, size), spatial_scale=1.0 / stride, sampling_ratio=2, aligned=True)
+    if masks is None:
+        return regions.flatten(2).mean(-1)
+    weights = masks.to(regions.dtype).flatten(1)
+    return (regions.flatten(2) * weights[:, None]).sum(-1) / weights.sum(-1, keepdim=True).clamp(min=1e-6)
