@@ -22,6 +22,7 @@ CORE_COMMANDS = [
     "react_core.cli.eval_cmd",
     "react_core.cli.convert_cmd",
     "react_core.cli.embed_cmd",
+    "react_core.cli.embeddings_info_cmd",
     "react_core.cli.index_cmd",
     "react_core.cli.retrieve_cmd",
     "react_core.cli.export_cmd",

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from react_core.cli import UserError
+from react_core.cli.embeddings_info_cmd import add_model_arguments
 
 
 def register(subparsers):
@@ -18,7 +19,8 @@ def register(subparsers):
         "else a sample of caption embeddings. INDEXDIR/index.json records the factory, parameters, achieved "
         "recall and the embedding model.",
     )
-    parser.add_argument("--emb", required=True, metavar="EMBDIR", help="embedding folder from `react embed`")
+    parser.add_argument("--emb", required=True, metavar="EMBDIR",
+                        help="embedding folder from `react embed`, or one of LAION's as released")
     parser.add_argument("--kind", choices=("image", "text"), default="image", help="embeddings to index (default: image)")
     parser.add_argument("--out", required=True, metavar="INDEXDIR")
     choice = parser.add_mutually_exclusive_group()
@@ -28,6 +30,7 @@ def register(subparsers):
     parser.add_argument("--k", type=int, default=100, help="K of the recall to tune for: the k of `react retrieve`")
     parser.add_argument("--classes", help="class list whose queries tune the index (see `react retrieve --classes`)")
     parser.add_argument("--templates", default="imagenet", help="templates for --classes: imagenet, simple, none, or a file")
+    add_model_arguments(parser, "for --classes")
     parser.add_argument("--tuning-queries", type=int, default=1000, help="at most this many queries for tuning")
     parser.add_argument("--on-disk", action="store_true", default=None, help="merge shards on disk even when it would fit")
     parser.add_argument("--no-rerank", dest="rerank", action="store_false",
@@ -42,10 +45,10 @@ def tuning_queries(args, folder):
 
     from react_core.modeling.text import load_templates
     from react_core.retrieval.classes import build_queries, load_classes
-    from react_core.retrieval.embed import load_model_of
+    from react_core.retrieval.embed import resolve_model
 
     if args.classes:
-        bundle = load_model_of(args.emb)
+        bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights)
         queries = build_queries(bundle, load_classes(args.classes), load_templates(args.templates))
         return queries.embeddings, f"{len(queries.texts)} class x template queries of {args.classes}"
     rows = np.sort(np.random.default_rng(2).choice(len(folder), min(len(folder), args.tuning_queries), replace=False))
@@ -61,7 +64,7 @@ def run(args) -> int:
     if not 0 < args.target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     try:
-        folder = EmbeddingFolder(args.emb)
+        folder = EmbeddingFolder(args.emb, require_info=False)
         queries, source = tuning_queries(args, folder)
         info = build_index(args.emb, args.kind, args.out, factory=args.factory, max_memory=parse_memory(args.max_memory),
                            queries=queries, queries_source=source, target_recall=args.target_recall, k=args.k,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from react_core.cli import UserError
+from react_core.cli.embeddings_info_cmd import add_model_arguments
 
 
 def register(subparsers):
@@ -23,6 +24,7 @@ def register(subparsers):
     parser.add_argument("--index", required=True, action="append", metavar="INDEXDIR",
                         help="index from `react index`; give it twice (image and text) for --mode both")
     parser.add_argument("--emb", required=True, metavar="EMBDIR", help="the embedding folder the indexes were built from")
+    add_model_arguments(parser, "to embed the queries with")
     parser.add_argument("--classes", required=True, help="imagenet, a .txt file, a .json list or COCO/LVIS categories")
     parser.add_argument("--templates", default="imagenet", help="imagenet (80 CLIP templates), simple, none, or a file")
     parser.add_argument("--average-templates", action="store_true",
@@ -63,7 +65,7 @@ def evaluation_embeddings(path: str, emb_dir: str, bundle):
     from react_core.retrieval.embed import INFO_FILE, EmbeddingFolder, read_embedding_info
 
     if (Path(path) / INFO_FILE).is_file():
-        if read_embedding_info(path).get("identity") != read_embedding_info(emb_dir).get("identity"):
+        if read_embedding_info(path).get("identity") != bundle.spec.identity():
             raise UserError(f"--decontaminate {path}: embeddings of another model than {emb_dir}'s")
         folder = EmbeddingFolder(path)
         return np.concatenate([block for _, block in folder.iter_arrays("image")])
@@ -86,7 +88,7 @@ def run(args) -> int:
 
     from react_core.modeling.text import VocabularyError, load_templates
     from react_core.retrieval.classes import ClassListError, build_queries, load_classes
-    from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder, load_model_of
+    from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder, resolve_model
     from react_core.retrieval.index import IndexBuildError, read_index, read_index_info
     from react_core.retrieval.retrieve import RetrievalError, RetrievalOptions, read_blocklist, retrieve, world_manifest
 
@@ -99,16 +101,17 @@ def run(args) -> int:
             safety_filter=args.safety_filter,
         )
         options.check()
-        folder = EmbeddingFolder(args.emb)
+        folder = EmbeddingFolder(args.emb, require_info=False)
         indexes = {}
         for index_dir in args.index:
             info = read_index_info(index_dir)
-            if info.get("identity") != folder.info.get("identity") or info["ntotal"] != len(folder):
+            if None not in (info.get("identity"), folder.info.get("identity")) and info["identity"] != folder.info["identity"] \
+                    or info["ntotal"] != len(folder):
                 raise UserError(f"{index_dir} was not built from {args.emb} ({info['ntotal']} vectors of {info.get('identity')})")
             if info["kind"] in indexes:
                 raise UserError(f"two --index folders hold {info['kind']} embeddings; give one per kind")
             indexes[info["kind"]] = read_index(index_dir, gpu=True, emb_dir=args.emb)
-        bundle = load_model_of(args.emb)
+        bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights)
         classes = load_classes(args.classes)
         queries = build_queries(bundle, classes, load_templates(args.templates), average=args.average_templates,
                                 descriptions=args.descriptions, batch_size=args.batch_size)

@@ -7,8 +7,11 @@
     EMBDIR/skipped/skipped_{N}.parquet  samples of shard N whose image could not be read
     EMBDIR/embeddings.json              the model (identity, tokenizer, normalisation, dtype)
 
-Because the layout is LAION's, LAION's published embeddings can stand in for ours (add an
-`embeddings.json` naming their model). One input shard gives one output shard N; each file is
+Because the layout is LAION's, LAION's published embedding folders can stand in for ours as
+they are: their metadata columns (url, caption, key, similarity, md5, ...) are read as released,
+and the model that made them, which no LAION file names, is given once (`react embeddings-info
+EMBDIR --release laion400m`, or `--model/--pretrained/--weights` on the commands that need it)
+and checked against the folder from then on. One input shard gives one output shard N; each file is
 written atomically and `metadata_{N}.parquet` last, so a shard is done exactly when its files
 all exist, and an interrupted run resumes at the first shard not done. Under torchrun each rank
 takes every WORLD_SIZE-th shard.
@@ -32,6 +35,13 @@ INFO_FILE = "embeddings.json"
 KINDS = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
+# The models behind LAION's released embeddings (no file of theirs names it): LAION-400M's are
+# OpenAI ViT-B/32's (QuickGELU, pinned from the `openai` tag), LAION-2B/5B's OpenAI ViT-L/14's.
+KNOWN_RELEASES = {
+    "laion400m": {"model": "ViT-B-32", "pretrained": "openai", "dim": 512},
+    "laion2b": {"model": "ViT-L-14", "pretrained": "openai", "dim": 768},
+    "laion5b": {"model": "ViT-L-14", "pretrained": "openai", "dim": 768},
+}
 
 
 class EmbeddingError(ValueError):
@@ -78,6 +88,94 @@ def matches_model(emb_dir: str | Path, spec) -> bool:
     except EmbeddingError:
         return False
     return info.get("identity") == spec.identity()
+
+
+def describe_identity(identity: dict | None) -> str:
+    """A model identity in a few words, for one-line errors."""
+    if not identity:
+        return "an unrecorded model"
+    words = [identity.get("model") or "?"]
+    if identity.get("pretrained"):
+        words.append(f"pretrained {identity['pretrained']}")
+    if identity.get("weights_sha256"):
+        words.append(f"weights sha256 {identity['weights_sha256'][:12]}")
+    words.append("QuickGELU" if identity.get("quick_gelu") else "GELU")
+    return " ".join(words)
+
+
+def _text_dim(bundle) -> int:
+    import torch
+
+    model = bundle.model.eval()
+    with torch.no_grad():
+        probe = model.encode_text(bundle.tokenizer(["probe"]).to(next(model.parameters()).device))
+    return int(probe.shape[-1])
+
+
+def _load_named(model: str | None, pretrained: str | None, weights: str | None, device: str):
+    from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
+
+    if not model:
+        raise EmbeddingError("--pretrained/--weights need --model (the architecture, e.g. ViT-B-32)")
+    try:
+        return load_clip(model, pretrained, weights, device=device)
+    except (CheckpointError, PretrainedUnavailableError, FileNotFoundError, ValueError) as error:
+        raise EmbeddingError(str(error).splitlines()[0]) from None
+
+
+def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
+                  weights: str | None = None, device: str = "cpu"):
+    """The CLIP that made the folder's embeddings, to embed queries with: the one its
+    `embeddings.json` names, or the one named here (`--model/--pretrained/--weights`), which
+    must then make embeddings of the folder's dimension and match `embeddings.json` if there is
+    one. A mismatch is an `EmbeddingError` saying which model each side names."""
+    emb_dir = Path(emb_dir)
+    recorded = (emb_dir / INFO_FILE).is_file()
+    if not (model or pretrained or weights):
+        if not recorded:
+            raise EmbeddingError(
+                f"{emb_dir} has no {INFO_FILE} naming the model that made its embeddings: give --model (with "
+                f"--pretrained or --weights), or record it once with `react embeddings-info {emb_dir} --release "
+                f"laion400m` (or laion2b, laion5b, or --model ...)")
+        return load_model_of(emb_dir, device)
+    bundle = _load_named(model, pretrained, weights, device)
+    folder = EmbeddingFolder(emb_dir, require_info=False)
+    dim = _text_dim(bundle)
+    if dim != folder.dim:
+        raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings but {describe_identity(bundle.spec.identity())} "
+                             f"makes {dim}-dimensional ones: not the model that made them")
+    if recorded:
+        identity = read_embedding_info(emb_dir).get("identity")
+        if identity != bundle.spec.identity():
+            raise EmbeddingError(f"{emb_dir / INFO_FILE} says {describe_identity(identity)} made these embeddings, "
+                                 f"not {describe_identity(bundle.spec.identity())} as named")
+    return bundle
+
+
+def record_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
+                 weights: str | None = None, release: str | None = None, device: str = "cpu") -> dict:
+    """Write `embeddings.json` for a folder that has none (LAION's as released), naming the model
+    that made its embeddings: the one of a known `release` (see `KNOWN_RELEASES`) or the one
+    named; checked against the folder's dimension. Returns the written content."""
+    emb_dir = Path(emb_dir)
+    folder = EmbeddingFolder(emb_dir, require_info=False)
+    if release is not None:
+        if release not in KNOWN_RELEASES:
+            raise EmbeddingError(f"--release must be one of {', '.join(KNOWN_RELEASES)}, not {release!r}")
+        known = KNOWN_RELEASES[release]
+        from react_core.modeling.clip import base_architecture
+
+        if model and base_architecture(model) != known["model"]:
+            raise EmbeddingError(f"{release}'s embeddings were made by {known['model']} ({known['pretrained']}), not {model}")
+        if folder.dim != known["dim"]:
+            raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings, {release}'s are {known['dim']}-dimensional")
+        model = model or known["model"]
+        pretrained = pretrained or (None if weights else known["pretrained"])
+    bundle = resolve_model(emb_dir, model, pretrained, weights, device)
+    info = embedding_info(bundle, folder.dim, str(emb_dir.resolve()), [str(n) for n in folder.numbers])
+    info |= {"shard_numbers": [int(n) for n in folder.numbers], "release": release}
+    atomic_write_json(emb_dir / INFO_FILE, info)
+    return info
 
 
 def embedding_info(bundle, dim: int, source: str, shard_names: list[str]) -> dict:
@@ -346,9 +444,7 @@ def embed_corpus(
     shards = discover_shards(source, shard_size)
     model = bundle.model.eval()
     device = next(model.parameters()).device
-    with torch.no_grad():
-        probe = model.encode_text(bundle.tokenizer(["probe"]).to(device))
-    dim = int(probe.shape[-1])
+    dim = _text_dim(bundle)
     _check_or_write_info(out, embedding_info(bundle, dim, str(source), [s.name for s in shards]), rank)
 
     mine = shards[rank::world_size]
@@ -436,11 +532,11 @@ class EmbeddingFolder:
         numbers = sorted(_shard_number(p) for p in (self.root / "metadata").glob("metadata_*.parquet"))
         if not numbers:
             raise EmbeddingError(f"{self.root / 'metadata'}: no metadata_N.parquet files (not an embedding folder?)")
-        expected = len(self.info.get("shards", numbers))
-        missing = sorted(set(range(expected)) - set(numbers)) if self.info else []
+        expected = self.info.get("shard_numbers", range(len(self.info.get("shards", numbers))))
+        missing = sorted(set(expected) - set(numbers)) if self.info else []
         if missing:
             raise EmbeddingError(
-                f"{self.root}: shards {missing[:10]} of {expected} are not embedded yet; run `react embed` again to finish"
+                f"{self.root}: shards {missing[:10]} of {len(expected)} are not embedded yet; run `react embed` again to finish"
             )
         self.numbers = numbers
         self.counts = []
@@ -448,7 +544,7 @@ class EmbeddingFolder:
             array = self.array("image", number) if shard_files(self.root, number)["image"].is_file() else self.array("text", number)
             self.counts.append(len(array))
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self.dim = int(self.info.get("dim") or self.array("image", numbers[0]).shape[1])
+        self.dim = int(self.info.get("dim") or array.shape[1])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -479,7 +575,8 @@ class EmbeddingFolder:
         return result
 
     def metadata(self, columns: list[str] | None = None):
-        """All metadata rows in global row order, with a `row` column."""
+        """All metadata rows in global row order, with a `row` column and an `id` one: LAION's
+        metadata has none, so there it is the `key` when keys are unique, else shard_position."""
         import pandas as pd
 
         frames = []
@@ -490,12 +587,18 @@ class EmbeddingFolder:
                 import pyarrow.parquet as pq
 
                 names = pq.ParquetFile(path).schema_arrow.names
-                available = [c for c in columns if c in names]
+                wanted = [*columns, "key"] if "id" in columns and "id" not in names else columns
+                available = [c for c in dict.fromkeys(wanted) if c in names]
             frames.append(pd.read_parquet(path, columns=available))
         table = pd.concat(frames, ignore_index=True)
         if len(table) != len(self):
             raise EmbeddingError(f"{self.root}: metadata has {len(table)} rows but the embeddings have {len(self)}")
         table["row"] = np.arange(len(table), dtype=np.int64)
+        if "id" not in table.columns and (columns is None or "id" in columns):
+            key = table["key"].astype("string") if "key" in table.columns else None
+            unique = key is not None and key.notna().all() and key.is_unique
+            table["id"] = key.tolist() if unique else [
+                f"{number}_{position}" for number, count in zip(self.numbers, self.counts) for position in range(count)]
         return table
 
 

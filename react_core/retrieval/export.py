@@ -80,9 +80,10 @@ def export_subset(subset_dir: str | Path, to: str, out: str | Path, shard_size: 
     local = samples.apply(lambda r: _has_local(r.to_dict()), axis=1) if len(samples) else pd.Series([], dtype=bool)
     remote = samples[~local & samples.get("url", pd.Series([None] * len(samples))).notna()] if len(samples) else samples
     counts = {"samples": int(len(samples)), "written": 0, "unreadable": [], "remote": int(len(remote))}
+    kept = ["id", "class"] + [c for c in ("key", "similarity", "md5") if c in remote.columns]
     if len(remote):
         with atomic_path(out / URL_LIST) as tmp:
-            remote[["url", "caption", "id", "class"]].to_parquet(tmp, index=False)
+            remote[["url", "caption", *kept]].to_parquet(tmp, index=False)
     local_samples = samples[local].reset_index(drop=True)
     source = _ImageSource()
     manifest = []
@@ -102,7 +103,7 @@ def export_subset(subset_dir: str | Path, to: str, out: str | Path, shard_size: 
     if len(remote):
         atomic_write_text(out / "img2dataset.txt", (
             f"img2dataset --url_list {out / URL_LIST} --input_format parquet --url_col url --caption_col caption "
-            f"--save_additional_columns '[\"id\",\"class\"]' --output_format webdataset --output_folder {out / 'downloaded'}\n"))
+            f"--save_additional_columns '{json.dumps(kept)}' --output_format webdataset --output_folder {out / 'downloaded'}\n"))
     return counts
 
 

@@ -313,7 +313,7 @@ def build_index(
 
     if kind not in ("image", "text"):
         raise IndexBuildError(f"--kind must be image or text, not {kind!r}")
-    folder = EmbeddingFolder(emb_dir)
+    folder = EmbeddingFolder(emb_dir, require_info=False)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     n, d = len(folder), folder.dim
@@ -485,12 +485,12 @@ def read_index(index_dir: str | Path, parameters: str | None = None, gpu: bool =
     if not rerank or info.get("refine_factor", 1) <= 1:
         return index
     source = Path(emb_dir or info["embeddings"])
-    if not (source / "embeddings.json").is_file():
+    if not (source / "metadata").is_dir():
         raise IndexBuildError(
             f"{index_dir}: the index re-ranks with the embeddings it was built from, and {source} holds none; "
             "pass the embedding folder (--emb)"
         )
-    folder = EmbeddingFolder(source)
+    folder = EmbeddingFolder(source, require_info=False)
     if len(folder) != index.ntotal:
         raise IndexBuildError(f"{source} holds {len(folder)} embeddings and the index {index.ntotal}: not its corpus")
     return RefinedIndex(index, folder, info["kind"], int(info["refine_factor"]))

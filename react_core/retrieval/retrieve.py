@@ -31,6 +31,8 @@ MODES = {"t2i": ("image",), "t2t": ("text",), "both": ("image", "text")}
 MODE_OF_KIND = {"image": "t2i", "text": "t2t"}
 SUBSET_FILE = "subset.parquet"
 STATS_FILE = "stats.json"
+# metadata columns carried into the subset: ours, and LAION's md5 (of the image) and similarity (CLIP image-caption)
+SUBSET_METADATA = ("id", "caption", "path", "url", "key", "shard", "sha256", "md5", "similarity")
 
 logger = logging.getLogger("react")
 NEAR_DUPLICATE_WARNING = 0.5  # share of samples whose removal suggests the threshold, not the data, is wrong
@@ -84,8 +86,9 @@ def read_blocklist(path: str | Path) -> set[str]:
 
 def _blocked(table, entries: set[str]) -> np.ndarray:
     blocked = np.zeros(len(table), dtype=bool)
-    if "sha256" in table.columns:
-        blocked |= table["sha256"].fillna("").str.lower().isin(entries).to_numpy()
+    for digest in ("sha256", "md5"):  # md5: LAION's metadata has the MD5 of the image bytes
+        if digest in table.columns:
+            blocked |= table[digest].fillna("").str.lower().isin(entries).to_numpy()
     if "url" in table.columns:
         urls = table["url"].fillna("")
         blocked |= urls.str.lower().isin(entries).to_numpy()
@@ -248,13 +251,13 @@ def retrieve(
     # every available kind is scored (the mode's first, for `query`), so stats can compare modes
     pairs = rescore(found, folder, queries, kinds + tuple(kind for kind in indexes if kind not in kinds))
     pairs["score"] = pairs[[f"score_{MODE_OF_KIND[kind]}" for kind in kinds]].mean(axis=1)
-    metadata = folder.metadata()
+    metadata = folder.metadata(list(SUBSET_METADATA))
     evaluation = None
     if ground_truth is not None:
         evaluation = precision_at_k(pairs, classes, aligned_truth(metadata, ground_truth), options.k)
     if options.mode != "both":
         pairs = pairs[pairs["found_by"].str.contains(options.mode)]
-    keep_columns = [c for c in ("id", "caption", "path", "url", "key", "shard", "sha256") if c in metadata.columns]
+    keep_columns = [c for c in SUBSET_METADATA if c in metadata.columns]
     pairs = pairs.merge(metadata[keep_columns + ["row"]], on="row", how="left")
     pairs["class"] = [classes[i].name for i in pairs["class_index"]]
     counts = {"candidates": int(len(pairs))}
@@ -303,7 +306,7 @@ def retrieve(
     if cap is not None:
         drop((pairs["rank"] >= cap).to_numpy(), "over_class_cap")
     ordered = ["id", "class", "score", "rank", "query", "caption"] + [c for c in ("path", "url", "key", "shard") if c in pairs.columns]
-    extra = [c for c in ("score_t2i", "score_t2t", "found_by", "sha256", "row") if c in pairs.columns]
+    extra = [c for c in ("score_t2i", "score_t2t", "found_by", "sha256", "md5", "similarity", "row") if c in pairs.columns]
     subset = pairs[ordered + extra].copy()
     subset["rank"] = subset["rank"].astype("int64")
     out = Path(out)
