@@ -49,7 +49,7 @@ def test_worker_count_does_not_change_output_and_seed_does(micro, tmp_path):
 def test_existing_world_is_reused_and_other_seed_regenerates(micro, tmp_path):
     first = generate_world(micro, tmp_path, seed=1)
     assert generate_world(micro, tmp_path, seed=1)["cached"]
-    second = generate_world(micro, tmp_path, seed=2)
+    second = generate_world(micro, tmp_path, seed=2, overwrite=True)
     assert not second["cached"] and second["content_sha256"] != first["content_sha256"]
     assert load_world(tmp_path).seed == 2
 

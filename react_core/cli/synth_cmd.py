@@ -17,7 +17,8 @@ def register(subparsers):
         "are rare, the target classification task (image folders + caption pairs), LVIS-format detection "
         "scenes whose rare categories are the targets, and semantic segmentation scenes with unseen "
         "classes. DIR/world.json, written last, describes it all and holds a content hash; a DIR whose "
-        "world.json has the same preset, seed and generator version is reused as it is. Sizes: tiny "
+        "world.json has the same preset, seed and generator version is reused as it is; one that holds another world is "
+        "replaced only with --overwrite. Sizes: tiny "
         "(tests, seconds), small (about 10x tiny), demo (the full demo on a laptop CPU).",
     )
     parser.add_argument("--preset", choices=_PRESETS, default="tiny", help="world size (default: tiny)")
@@ -27,6 +28,8 @@ def register(subparsers):
         "--workers", type=int, default=None, metavar="N",
         help="worker processes (default: CPU count, at most 8); does not change the output",
     )
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a world of another preset, seed or generator version in DIR")
     parser.set_defaults(handler=run)
 
 
@@ -38,7 +41,8 @@ def run(args) -> int:
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     try:
-        summary = generate_world(args.preset, args.out, seed=args.seed, workers=args.workers, progress=True)
+        summary = generate_world(args.preset, args.out, seed=args.seed, workers=args.workers, progress=True,
+                                 overwrite=args.overwrite)
     except WorldError as error:
         raise UserError(str(error)) from error
     counts = summary["counts"]

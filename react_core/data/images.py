@@ -7,6 +7,7 @@ goes on instead of dying hours in.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import logging
 import os
@@ -32,6 +33,20 @@ def _warn(source: str, error: Exception) -> None:
         _warned += 1
         if _warned == _MAX_WARNINGS:
             logger.warning("further unreadable images are skipped silently and counted")
+
+
+class ImageHashError(ValueError):
+    """An image whose bytes are not the ones a subset recorded (the corpus changed since)."""
+
+
+def check_recorded_sha256(data: bytes, recorded, source: str) -> bytes:
+    """`data` if its SHA-256 is `recorded` (or nothing was recorded); else an `ImageHashError`."""
+    if isinstance(recorded, str) and recorded and hashlib.sha256(data).hexdigest() != recorded:
+        raise ImageHashError(
+            f"{source}: the image's bytes differ from the sha256 recorded when it was embedded "
+            f"({recorded[:12]}...); the corpus changed since: embed and retrieve again"
+        )
+    return data
 
 
 def decode_image(data: bytes, source: str) -> Image.Image | None:

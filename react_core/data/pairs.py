@@ -12,10 +12,21 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from react_core.data.images import IMAGE_EXTENSIONS, ShardReader, TarMember, decode_image, index_shard, load_image
+from react_core.data.images import (
+    IMAGE_EXTENSIONS,
+    ImageHashError,
+    ShardReader,
+    TarMember,
+    check_recorded_sha256,
+    decode_image,
+    index_shard,
+    load_image,
+    read_bytes,
+)
 from react_core.registry import DATASETS
 
 
@@ -65,7 +76,10 @@ class ManifestPairs(PairDataset):
     whose `class` column is in the list (e.g. to train on a retrieved subset for a few classes of
     a larger task); with `class_match="caption"`, rows whose caption names one of them
     (case-insensitive substring: a keyword search, the crudest text-to-text retrieval).
+    With a `sha256` column (a retrieved subset), a sample of the images is checked against it.
     """
+
+    HASH_SAMPLE = 32
 
     def __init__(
         self,
@@ -96,6 +110,11 @@ class ManifestPairs(PairDataset):
             if "class" not in table.columns:
                 raise PairDataError(f"{path}: 'classes' was given but the manifest has no 'class' column")
             table = table[table["class"].isin(list(classes))]
+        if sample is not None:
+            if not 0 < sample <= len(table):
+                raise PairDataError(f"{path}: sample={sample} is not between 1 and the {len(table)} rows")
+            rows = np.sort(np.random.default_rng(sample_seed).choice(len(table), size=sample, replace=False))
+            table = table.iloc[rows]
         root_dir = Path(root) if root is not None else path.parent
         self.source = str(path)
         self.captions = [str(c) for c in table["caption"]]
@@ -116,6 +135,20 @@ class ManifestPairs(PairDataset):
         if {"shard", "key"} <= columns:
             members = self._shard_members(root_dir, table["shard"], table["key"], self._locations)
             self._locations = [loc if loc is not None else member for loc, member in zip(self._locations, members)]
+        if "sha256" in columns:
+            self._check_hashes(list(table["sha256"]))
+
+    def _check_hashes(self, recorded: list) -> None:
+        """Compare the bytes of `HASH_SAMPLE` images spread over the manifest with the sha256 it
+        recorded: a corpus regenerated under the subset would pair old captions with new images."""
+        step = max(1, len(recorded) // self.HASH_SAMPLE)
+        for index in range(0, len(recorded), step)[: self.HASH_SAMPLE]:
+            data = self._bytes(index)
+            if data is not None:
+                try:
+                    check_recorded_sha256(data, recorded[index], f"{self.source}: sample {self.ids[index]}")
+                except ImageHashError as error:
+                    raise PairDataError(str(error)) from None
 
     def _shard_members(self, root: Path, shards, keys, known) -> list[TarMember | None]:
         """Webdataset members for the rows that have no path or url of their own."""
@@ -140,14 +173,18 @@ class ManifestPairs(PairDataset):
             for i, loc in enumerate(self._locations)
         ]
 
-    def load_image(self, index: int):
+    def _bytes(self, index: int) -> bytes | None:
         location = self._locations[index]
         if location is None:
             return None
-        if isinstance(location, TarMember):
-            data = self._reader.read(location)
-            return None if data is None else decode_image(data, f"{location.shard}:{self.ids[index]}")
-        return load_image(location)
+        return self._reader.read(location) if isinstance(location, TarMember) else read_bytes(location)
+
+    def load_image(self, index: int):
+        data = self._bytes(index)
+        if data is None:
+            return None
+        location = self._locations[index]
+        return decode_image(data, f"{location.shard}:{self.ids[index]}" if isinstance(location, TarMember) else location)
 
 
 def expand_shards(shards: str | Sequence[str]) -> list[str]:

@@ -16,6 +16,7 @@ import json
 import tarfile
 from pathlib import Path
 
+from react_core.data.images import ImageHashError
 from react_core.io import atomic_path, atomic_write_text
 from react_core.retrieval.retrieve import read_subset
 
@@ -45,12 +46,14 @@ class _ImageSource:
         self.indexes: dict[str, dict] = {}
 
     def read(self, row) -> tuple[bytes, str] | None:
-        from react_core.data.images import IMAGE_EXTENSIONS, index_shard, read_bytes
+        from react_core.data.images import IMAGE_EXTENSIONS, check_recorded_sha256, index_shard, read_bytes
 
         path = row.get("path")
         if isinstance(path, str) and path:
             data = read_bytes(path)
-            return None if data is None else (data, Path(path).suffix.lstrip(".").lower() or "jpg")
+            if data is None:
+                return None
+            return check_recorded_sha256(data, row.get("sha256"), path), Path(path).suffix.lstrip(".").lower() or "jpg"
         shard, key = row.get("shard"), row.get("key")
         if isinstance(shard, str) and isinstance(key, str) and Path(shard).is_file():
             if shard not in self.indexes:
@@ -59,7 +62,7 @@ class _ImageSource:
             for extension in IMAGE_EXTENSIONS:
                 if extension in entry:
                     data = self.reader.read(entry[extension])
-                    return None if data is None else (data, extension)
+                    return None if data is None else (check_recorded_sha256(data, row.get("sha256"), f"{shard}:{key}"), extension)
         return None
 
 
@@ -92,7 +95,10 @@ def export_subset(subset_dir: str | Path, to: str, out: str | Path, shard_size: 
         chunk = local_samples.iloc[start:start + shard_size]
         rows = _written_rows(out, number)
         if rows is None:
-            rows = _write_shard(chunk, number, to, out, source, counts)
+            try:
+                rows = _write_shard(chunk, number, to, out, source, counts)
+            except ImageHashError as error:
+                raise ExportError(str(error)) from None
         manifest.extend(rows)
         bar.update(len(chunk))
     bar.close()

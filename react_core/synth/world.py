@@ -188,11 +188,14 @@ def _shard_paths(count: int, shard_size: int, folder: str) -> list[str]:
 
 
 def generate_world(
-    preset: str, out: str | Path, seed: int = 0, workers: int | None = None, progress: bool = False
+    preset: str, out: str | Path, seed: int = 0, workers: int | None = None, progress: bool = False,
+    overwrite: bool = False,
 ) -> dict:
     """Write the world for `preset` and `seed` into `out` (or reuse it); return a summary.
 
-    The summary has `out`, `preset`, `seed`, `generator_version`, `cached`, `seconds`,
+    A finished world of another preset, seed or generator version in `out` is replaced only
+    with `overwrite`: subsets and embeddings made from it would otherwise pair its captions
+    with the new images. The summary has `out`, `preset`, `seed`, `generator_version`, `cached`, `seconds`,
     `counts`, `paths` (relative to `out`) and `content_sha256`.
     """
     if preset not in PRESETS:
@@ -208,6 +211,11 @@ def generate_world(
             if (info.get("preset"), info.get("seed"), info.get("generator_version")) == (
                     preset, seed, GENERATOR_VERSION):
                 return _summary(info, root, cached=True, seconds=time.perf_counter() - start)
+            if not overwrite:
+                raise WorldError(
+                    f"{root} holds another world (preset {info.get('preset')}, seed {info.get('seed')}, generator "
+                    f"version {info.get('generator_version')}); pass --overwrite to replace it, or give a new folder"
+                )
         info = _generate(PRESETS[preset], preset, root, seed, workers or min(os.cpu_count() or 1, 8), progress)
     return _summary(info, root, cached=False, seconds=time.perf_counter() - start)
 
