@@ -108,6 +108,56 @@ def test_exact_index_for_small_corpora(tmp_path):
     assert info["factory"] == "Flat" and info["recall"] == 1.0
 
 
+def write_uniform(root, n, d, queries, seed=0):
+    """Uniformly random unit vectors (no structure an index can use) and random queries."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    (root / "img_emb").mkdir(parents=True)
+    (root / "metadata").mkdir()
+    for number, start in enumerate(range(0, n, 25_000)):
+        np.save(root / "img_emb" / f"img_emb_{number}.npy", x[start:start + 25_000].astype(np.float16))
+        pd.DataFrame({"id": np.arange(start, min(n, start + 25_000)).astype(str)}).to_parquet(
+            root / "metadata" / f"metadata_{number}.parquet")
+    q = rng.standard_normal((queries, d)).astype(np.float32)
+    return q / np.linalg.norm(q, axis=1, keepdims=True)
+
+
+def test_exact_search_is_chosen_when_no_index_beats_it(tmp_path):
+    """On uniformly random vectors an inverted file must scan most lists to reach recall 0.95, so
+    it is slower than exact search: the chooser measures both and keeps exact (or a faster one)."""
+    queries = write_uniform(tmp_path / "emb", 50_000, 64, 200)
+    budget = 30_000_000  # the rule's candidate is IVF1024,Flat; exact's 12.8 MB of vectors fit as well
+    assert choose_factory(50_000, 64, budget) == "IVF1024,Flat"
+    info = build_index(tmp_path / "emb", "image", tmp_path / "index", max_memory=budget, queries=queries, k=50,
+                       progress=False)
+    assert json.loads((tmp_path / "index" / "index.json").read_text()) == info
+    assert info["factory"] == "Flat" or info["speed_vs_exact"] >= 1.0
+    assert info["meets_target"] and info["exact_measured"] == "IndexFlatIP in memory"
+    measured = {c["factory"]: c for c in info["candidates"]}
+    assert set(measured) == {"IVF1024,Flat", "Flat"} and measured["Flat"]["speed_vs_exact"] == 1.0
+    if info["factory"] == "Flat":
+        assert measured["IVF1024,Flat"]["speed_vs_exact"] < 1.0 or measured["IVF1024,Flat"]["recall"] < 0.95
+        index = read_index(tmp_path / "index")
+        assert isinstance(index, faiss.IndexFlat) and not (tmp_path / "index" / "index.ivfdata").exists()
+        _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb", require_info=False), "image", queries, 50)
+        _, found = search(index, queries, 50)
+        assert recall_at_k(found, exact) == 1.0
+
+
+def test_missing_the_target_within_the_budget_is_said_plainly(tmp_path, caplog):
+    queries = write_folder(tmp_path / "emb")
+    with caplog.at_level("WARNING", logger="react"):
+        info = build_index(tmp_path / "emb", "image", tmp_path / "index", factory="IVF16,PQ4x4", max_memory=100_000,
+                           queries=queries, k=20, refine=False, progress=False)
+    assert not info["meets_target"] and info["recall"] < 0.95
+    assert [c["factory"] for c in info["candidates"]] == ["IVF16,PQ4x4"]  # exact's 768 kB do not fit 100 kB
+    assert "from disk" in info["exact_measured"] and info["exact_seconds_per_query"] > 0
+    verdict = info["verdict"]
+    assert f"the best is {info['recall']:.3f}" in verdict and "--max-memory 1M" in verdict
+    assert verdict in caplog.text
+
+
 def test_missing_hits_stay_minus_one_and_ids_stay_in_range(tmp_path):
     write_folder(tmp_path / "emb", n=300, shard=100)
     build_index(tmp_path / "emb", "image", tmp_path / "index", factory="IVF16,Flat", progress=False)

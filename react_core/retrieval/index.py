@@ -13,6 +13,15 @@ numpy<2 and clip-retrieval pins open_clip<3):
     256, 128, 96, 64, 48, 32, 16, 8 that fits, preceded by an `OPQ{m}` rotation when each
     sub-quantizer covers more than 4 dimensions (where the rotation pays most).
 
+That rule only proposes a candidate; measurement decides. Tuning also times exact search
+(`IndexFlatIP`) on the same queries, in memory when its float32 vectors fit 90% of the budget
+(half the machine's RAM without one), and with an automatic choice the exact index replaces the
+tuned one when it fits and the tuned one is slower or misses the target recall (on data without
+structure, e.g. uniformly random vectors, an inverted file must scan most lists and loses).
+index.json lists both candidates with their recall, seconds per query and `speed_vs_exact`; when
+nothing within the budget reaches the target, `verdict` says so with the best recall reached and
+the budget that exact search would need.
+
 Vectors are added shard by shard with their global row numbers as ids. When the index would not
 fit in half the memory budget, each shard is added to its own copy of the trained empty index,
 written to disk, and the copies are merged with `faiss.contrib.ondisk.merge_ondisk` into one
@@ -38,6 +47,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import time
@@ -241,7 +251,7 @@ def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[
     space = _breadth_space(index)
     if space.n_combinations() <= 1:
         _, found = index.search(queries, exact.shape[1])
-        return "", recall_at_k(found, exact), 0.0
+        return "", recall_at_k(found, exact), time_search(index, queries, exact.shape[1], repeats=1)
     optimal = _explore(space, index, queries, exact)
     reaching = [p for p in optimal if p[0] >= target]
     perf, seconds, key = min(reaching, key=lambda p: p[1]) if reaching else max(optimal, key=lambda p: p[0])
@@ -319,6 +329,7 @@ def build_index(
     n, d = len(folder), folder.dim
     if n == 0:
         raise IndexBuildError(f"{emb_dir}: no embeddings to index")
+    automatic = factory is None
     factory = factory or choose_factory(n, d, max_memory)
     try:
         index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
@@ -363,7 +374,37 @@ def build_index(
         "identity": folder.info.get("identity"),
         "faiss_version": faiss.__version__,
     }
-    return tune_index(out, folder, info, queries, queries_source, target_recall, k, max_tuning_queries, refine)
+    return tune_index(out, folder, info, queries, queries_source, target_recall, k, max_tuning_queries, refine,
+                      max_memory=max_memory, choose_exact=automatic)
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def exact_budget(max_memory: int | None) -> float:
+    """Bytes an exact index may take: 90% of --max-memory, else half of this machine's RAM."""
+    return 0.9 * max_memory if max_memory else _physical_memory() / 2
+
+
+def time_search(index, queries: np.ndarray, k: int, repeats: int = 2) -> float:
+    """Seconds per query of one batched search of `queries` (the best of `repeats`)."""
+    best = math.inf
+    for _ in range(repeats):
+        started = time.perf_counter()
+        index.search(queries, k)
+        best = min(best, time.perf_counter() - started)
+    return best / len(queries)
+
+
+def exact_index(folder: EmbeddingFolder, kind: str):
+    """IndexFlatIP over the whole folder, in memory (row numbers are its ids)."""
+    import faiss
+
+    flat = faiss.IndexFlatIP(folder.dim)
+    for _, block in folder.iter_arrays(kind):
+        flat.add(block)
+    return flat
 
 
 def tune_index(
@@ -376,18 +417,30 @@ def tune_index(
     k: int = 100,
     max_tuning_queries: int = 1000,
     refine: bool = True,
+    max_memory: int | None = None,
+    choose_exact: bool = False,
 ) -> dict:
     """Tune the built index in `out` for `queries` and write `info` with the outcome as index.json
-    (also to re-tune an existing index for other queries or another target)."""
+    (also to re-tune an existing index for other queries or another target).
+
+    Exact search is measured on the same queries: an in-memory `IndexFlatIP` when its float32
+    vectors fit `exact_budget(max_memory)`, else shard by shard from disk. `choose_exact`: replace
+    the built index by the exact one when that fits and the tuned index is slower or misses the
+    target. index.json records both candidates (`candidates`), `speed_vs_exact` and `meets_target`."""
+    import faiss
+
     out = Path(out)
     kind, factory = info["kind"], info["factory"]
     parameters, recall, seconds_per_query, refine_factor = "", 1.0, None, 1
     tuning = {"queries": 0, "source": queries_source}
+    extra: dict = {"speed_vs_exact": 1.0} if factory == "Flat" else {}
     if factory != "Flat" and queries is not None and len(queries):
         picked = queries if len(queries) <= max_tuning_queries else queries[_sample_rows(len(queries), max_tuning_queries, 1)]
         picked = np.ascontiguousarray(picked, dtype=np.float32)
         k_tune = min(k, len(folder))
+        started = time.perf_counter()
         _, exact = exact_neighbours(folder, kind, picked, k_tune)
+        exact_from_disk = (time.perf_counter() - started) / len(picked)
         searchable = read_index(out, parameters="", rerank=False)
         parameters, recall, seconds_per_query = tune(searchable, picked, exact, target_recall)
         tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "plain_recall": recall}
@@ -396,9 +449,45 @@ def tune_index(
             parameters, refine_factor, recall, seconds_per_query = tune_refined(
                 searchable, folder, kind, picked, exact, target_recall
             )
+        tuned = RefinedIndex(searchable, folder, kind, refine_factor) if refine_factor > 1 else searchable
+        seconds_per_query = time_search(tuned, picked, k_tune)
+        exact_bytes = len(folder) * folder.dim * 4
+        fits = exact_bytes <= exact_budget(max_memory)
+        flat = exact_index(folder, kind) if fits else None
+        exact_seconds = time_search(flat, picked, k_tune) if fits else exact_from_disk
+        candidates = [{"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
+                       "recall": recall, "seconds_per_query": seconds_per_query, "index_bytes": info["index_bytes"],
+                       "speed_vs_exact": exact_seconds / seconds_per_query}]
+        if fits:
+            candidates.append({"factory": "Flat", "search_parameters": "", "refine_factor": 1, "recall": 1.0,
+                               "seconds_per_query": exact_seconds, "index_bytes": exact_bytes, "speed_vs_exact": 1.0})
+        if choose_exact and fits and (recall < target_recall or exact_seconds <= seconds_per_query):
+            logger.info("exact search (%.2g s/query) beats %s (%.2g s/query at recall %.3f): building Flat",
+                        exact_seconds, factory, seconds_per_query, recall)
+            with atomic_path(out / INDEX_FILE) as tmp:
+                faiss.write_index(flat, str(tmp))
+            (out / IVFDATA_FILE).unlink(missing_ok=True)
+            info = {**info, "factory": "Flat", "on_disk": False, "index_bytes": _index_bytes(out)}
+            parameters, refine_factor, recall, seconds_per_query = "", 1, 1.0, exact_seconds
+        extra = {
+            "speed_vs_exact": exact_seconds / seconds_per_query,
+            "exact_seconds_per_query": exact_seconds,
+            "exact_measured": "IndexFlatIP in memory" if fits else
+                              "IndexFlatIP shard by shard from disk (its vectors do not fit the memory budget)",
+            "candidates": candidates,
+            "meets_target": recall >= target_recall,
+        }
         if recall < target_recall:
-            logger.warning("index reaches recall@%d %.3f < target %.3f at best (%s); consider a richer --factory "
-                           "or more --max-memory", k_tune, recall, target_recall, parameters)
+            extra["verdict"] = (
+                f"no index within the memory budget reaches recall@{k_tune} {target_recall}: the best is {recall:.3f} "
+                f"({factory}{', ' + parameters if parameters else ''}"
+                f"{f', re-ranking {refine_factor}x candidates' if refine_factor > 1 else ''}); exact search reaches it with "
+                f"{exact_bytes / 2**30:.2f} GiB of vectors (--max-memory {math.ceil(exact_bytes / 0.9 / 2**20)}M)")
+            logger.warning(extra["verdict"])
+        elif extra["speed_vs_exact"] < 1:
+            extra["verdict"] = (f"{factory} searches at {extra['speed_vs_exact']:.2f}x exact's queries/s on these queries: "
+                                f"exact search (--factory Flat) is faster")
+            logger.warning(extra["verdict"])
     elif factory != "Flat":
         logger.warning("no tuning queries: search parameters are FAISS defaults and recall is unknown")
         recall = None
@@ -411,6 +500,7 @@ def tune_index(
         "recall_k": tuning.get("k"),
         "tuning": tuning,
         "seconds_per_query": seconds_per_query,
+        **extra,
     }
     atomic_write_json(out / INFO_FILE, info)
     return info
