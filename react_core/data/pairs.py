@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -110,11 +109,6 @@ class ManifestPairs(PairDataset):
             if "class" not in table.columns:
                 raise PairDataError(f"{path}: 'classes' was given but the manifest has no 'class' column")
             table = table[table["class"].isin(list(classes))]
-        if sample is not None:
-            if not 0 < sample <= len(table):
-                raise PairDataError(f"{path}: sample={sample} is not between 1 and the {len(table)} rows")
-            rows = np.sort(np.random.default_rng(sample_seed).choice(len(table), size=sample, replace=False))
-            table = table.iloc[rows]
         root_dir = Path(root) if root is not None else path.parent
         self.source = str(path)
         self.captions = [str(c) for c in table["caption"]]
