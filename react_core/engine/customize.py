@@ -11,6 +11,8 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from mmengine.hooks import Hook
+
 from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
 from react_core.io import atomic_write_json, atomic_write_text
 
@@ -19,6 +21,17 @@ FULL_FILE = "model.safetensors"
 METRICS_FILE = "metrics.json"
 
 logger = logging.getLogger("react")
+
+
+class WriteConfigHook(Hook):
+    """Writes the run's config.yaml once the runner has accepted `out` (a checkpoint of another
+    run there is refused first), so a refused rerun leaves the finished run's config as it was."""
+
+    def __init__(self, path: Path, text: str):
+        self.path, self.text = path, text
+
+    def before_train(self, runner) -> None:
+        atomic_write_text(self.path, self.text)
 
 
 def base_model_config(cfg):
@@ -57,7 +70,6 @@ def customize(cfg, out: str | Path) -> dict:
     base_identity = bundle.spec.identity()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))
     cache = out / "cache"
     device = training_device()
     bundle.model.to(device)
@@ -95,6 +107,7 @@ def customize(cfg, out: str | Path) -> dict:
         tokenizer=bundle.tokenizer,
         caption_embeddings=captions,
         export=export,
+        hooks=[WriteConfigHook(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))],
     )
     after = zeroshot(bundle, cfg.eval, None if mode == "full" else cache, device)
     metrics = {"mode": mode, "pairs": len(dataset), "gated_layers": layers, **counts, **summary}

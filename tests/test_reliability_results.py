@@ -1,0 +1,38 @@
+"""No lost results: a refused rerun leaves the finished run as it was."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from react_core.cli import main
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+
+
+def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny_world, tmp_path, capsys):
+    pretrain_yaml = tmp_path / "pretrain.yaml"
+    pretrain_yaml.write_text(
+        f"_base_: {CONFIGS / 'pretrain.yaml'}\n"
+        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"out: {tmp_path / 'pretrain'}\n"
+        "data: {batch_size: 16, workers: 0}\n"
+        "train: {max_iters: 1, warmup_iters: 1}\n"
+        "eval: null\n"
+    )
+    customize_yaml = tmp_path / "customize.yaml"
+    customize_yaml.write_text(
+        f"_base_: {CONFIGS / 'customize.yaml'}\n"
+        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"base_pretrain: {pretrain_yaml}\n"
+        "gated: {k: 1}\n"
+        "data: {batch_size: 8, workers: 0}\n"
+        "train: {max_iters: 1, warmup_iters: 1}\n"
+        "eval: null\n"
+    )
+    out = tmp_path / "run"
+    assert main(["customize", "--config", str(customize_yaml), "--out", str(out)]) == 0
+    finished = {name: (out / name).read_bytes() for name in ("config.yaml", "metrics.json", "adapter.safetensors")}
+    capsys.readouterr()
+    assert main(["customize", "--config", str(customize_yaml), "--out", str(out), "train.lr=1e-3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "different run" in err
+    assert {name: (out / name).read_bytes() for name in finished} == finished
