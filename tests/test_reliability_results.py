@@ -36,3 +36,21 @@ def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "different run" in err
     assert {name: (out / name).read_bytes() for name in finished} == finished
+
+
+def test_segment_writes_one_output_per_input_when_basenames_collide(tiny_world, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    inputs = []
+    for folder, value in (("a", 30), ("b", 220)):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(tmp_path / folder / "x.png")
+        inputs.append(str(tmp_path / folder / "x.png"))
+    out = tmp_path / "segment"
+    argv = ["segment", "--config", str(CONFIGS / "seg_synthetic.yaml"), "--set", f"world={tiny_world}",
+            "--set", "method=maskclip", "--vocabulary", "red circle,blue square", "--out", str(out), *inputs]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00001_x.png", "00002_x.png"]
+    first, second = (np.asarray(Image.open(out / "overlays" / name)) for name in ("00001_x.png", "00002_x.png"))
+    assert not np.array_equal(first, second)

@@ -7,9 +7,11 @@ DESCRIPTION = """Segment images into the classes of a vocabulary the segmenter m
 been trained on: their CLIP text embeddings are the classifier. Writes, per image,
 DIR/labels/<name>.png (label value = class index in the vocabulary, 255 = unlabeled; 16-bit
 when the vocabulary has 255 classes or more) and DIR/overlays/<name>.png (colours over the
-image, with a legend), plus DIR/classes.json (index, name, colour). With a trained head, pixels
-that match no class better than the learned void embedding are unlabeled (--no-void turns that
-off). A `method: maskclip` config needs no --weights: it is the training-free baseline."""
+image, with a legend), plus DIR/classes.json (index, name, colour). <name> is the image's file
+name without its suffix; inputs that share one get <number>_<name>, numbered from 1 in the
+order given. With a trained head, pixels that match no class better than the learned void
+embedding are unlabeled (--no-void turns that off). A `method: maskclip` config needs no
+--weights: it is the training-free baseline."""
 
 
 def register(subparsers) -> None:
@@ -75,7 +77,7 @@ def _segment(args) -> int:
     out = Path(args.out)
     dtype = np.uint8 if len(vocabulary) < 255 else np.uint16
     fill = np.iinfo(dtype).max
-    for path in tqdm(args.images, desc="segment"):
+    for path, name in zip(tqdm(args.images, desc="segment"), output_names(args.images)):
         image = read_image(Path(path))
         with torch.no_grad():
             logits = predict_logits(
@@ -84,11 +86,10 @@ def _segment(args) -> int:
             )
         labels = logits[0].argmax(0).cpu().numpy()
         stored = np.where(labels == unlabeled, fill, labels).astype(dtype) if unlabeled is not None else labels.astype(dtype)
-        stem = Path(path).stem
-        with atomic_path(out / "labels" / f"{stem}.png") as tmp:
+        with atomic_path(out / "labels" / f"{name}.png") as tmp:
             Image.fromarray(stored).save(tmp, format="PNG")
         picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
-        with atomic_path(out / "overlays" / f"{stem}.png") as tmp:
+        with atomic_path(out / "overlays" / f"{name}.png") as tmp:
             overlay_with_legend(picture, labels, vocabulary.names, unlabeled=unlabeled).save(tmp, format="PNG")
     colors = palette(len(vocabulary)).tolist()
     atomic_write_json(
@@ -97,3 +98,13 @@ def _segment(args) -> int:
     )
     print(f"{len(args.images)} images segmented into {len(vocabulary)} classes -> {out}")
     return 0
+
+
+def output_names(paths: list[str]) -> list[str]:
+    """One output name per input: its stem, or `<position>_<stem>` for stems that several inputs share."""
+    from collections import Counter
+    from pathlib import Path
+
+    stems = [Path(path).stem for path in paths]
+    shared = Counter(stems)
+    return [stem if shared[stem] == 1 else f"{number:05d}_{stem}" for number, stem in enumerate(stems, 1)]
