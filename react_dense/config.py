@@ -53,6 +53,11 @@ class EnsembleConfig:
     clip_temperature: float = 0.01
     regions: str = "map"       # map (F-VLM: pooled CLIP map) | crops (ViLD: the whole tower on box crops)
     crop_scale: float = 1.5    # crops: side = this x the box's longer side
+    # Calibration on training images, base annotations only (react_dense/modeling/calibration.py):
+    background: bool = False   # a background embedding fitted as an extra column of the CLIP softmax
+    prior_correction: bool = False  # divide out each class's CLIP score on proposals not of that class
+    heldout: List[str] = field(default_factory=list)  # base classes left out of training (also in data.novel): choose the weights on them
+    calibration_images: int = 200  # training images the calibration reads
 
 
 @dataclass

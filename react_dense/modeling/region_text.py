@@ -152,11 +152,16 @@ class ClipScoreEnsemble(nn.Module):
     score = det^(1 - w) * clip^w, with w = `base_weight` on classes seen in training and
     `novel_weight` on the others. CLIP region scores are a softmax over the vocabulary of
     cosine similarities between region embeddings and the text embeddings. Region embeddings
-    come from `regions`: `map` mean-pools the backbone's per-location CLIP map over each box
-    (F-VLM, one forward pass); `crops` encodes a square crop around each box, `crop_scale` times
-    its longer side, with the whole tower (ViLD's CLIP-on-crops): one tower pass per box, but
-    it reads the pooled embedding, the one CLIP and REACT customization train, rather than
-    patch tokens that neither supervises.
+    come from `regions`: `map` pools the backbone's per-location CLIP map (the tower's dense
+    readout) over each box (F-VLM, one forward pass); `crops` encodes a square crop around each
+    box, `crop_scale` times its longer side, with the whole tower (ViLD's CLIP-on-crops): one
+    tower pass per box, but it reads the pooled embedding, the one CLIP and REACT customization
+    train.
+
+    `calibrate` (react_dense.modeling.calibration measures both on training proposals) adds a
+    background embedding as one more softmax column, and divides each class's CLIP probability
+    by its prior (its mean score on proposals not of that class) before the softmax
+    renormalises, so a tower that favours some classes everywhere adds no false positives.
     """
 
     def __init__(
@@ -180,6 +185,18 @@ class ClipScoreEnsemble(nn.Module):
         self.crop_scale = crop_scale
         # The backbone owns the tower; a plain attribute keeps its weights out of this module's state.
         self.__dict__["tower"] = tower
+        self.register_buffer("background", torch.zeros(0), persistent=False)
+        self.register_buffer("log_prior", torch.zeros(0), persistent=False)
+
+    def calibrate(self, background: Optional[torch.Tensor] = None, prior: Optional[torch.Tensor] = None) -> None:
+        """Use `background` [D] as an extra softmax column and divide out `prior` [C] (one per class
+        of the vocabulary that `clip_scores` will score); None leaves that step out."""
+        self.background = F.normalize(background.float(), dim=0) if background is not None else torch.zeros(0)
+        if prior is None:
+            self.log_prior = torch.zeros(0)
+        else:
+            log_prior = prior.float().clamp(min=1e-12).log()
+            self.log_prior = log_prior - log_prior.mean()  # on average the classes keep their share against background
 
     def region_embeddings(
         self, boxes: list[torch.Tensor], images: torch.Tensor, clip_map: Optional[torch.Tensor] = None, clip_stride: int = 1
@@ -192,8 +209,16 @@ class ClipScoreEnsemble(nn.Module):
         return crop_embeddings(self.tower, images, boxes, self.crop_scale)
 
     def clip_scores(self, region_embeddings: torch.Tensor, class_embeddings: torch.Tensor) -> torch.Tensor:
-        region_embeddings = F.normalize(region_embeddings, dim=-1)
-        return (region_embeddings @ F.normalize(class_embeddings, dim=-1).t() / self.clip_temperature).softmax(dim=-1)
+        """[R, C] probabilities over the classes (and the background column, dropped)."""
+        region_embeddings = F.normalize(region_embeddings.float(), dim=-1)
+        logits = region_embeddings @ F.normalize(class_embeddings.float(), dim=-1).t() / self.clip_temperature
+        if len(self.log_prior):
+            if len(self.log_prior) != logits.shape[1]:
+                raise ValueError(f"the prior was measured for {len(self.log_prior)} classes, the vocabulary has {logits.shape[1]}")
+            logits = logits - self.log_prior.to(logits)
+        if len(self.background):
+            logits = torch.cat([logits, (region_embeddings @ self.background.to(logits))[:, None] / self.clip_temperature], dim=1)
+        return logits.softmax(dim=-1)[:, : class_embeddings.shape[0]]
 
     def forward(self, detector_scores: torch.Tensor, clip_scores: torch.Tensor, is_base: torch.Tensor) -> torch.Tensor:
         weight = torch.where(is_base, self.base_weight, self.novel_weight).to(detector_scores)

@@ -45,8 +45,7 @@ class RegionTextRoIHeads(RoIHeads):
         if self.training:
             targets = [{**t, "labels": t["labels"] + 1} for t in targets]
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
-        region_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        logits, deltas = classifier(region_features)
+        logits, deltas = self.classify(features, proposals, image_shapes)
         if self.training:
             labels_flat = torch.cat(labels)
             gt_classes = torch.where(labels_flat > 0, labels_flat - 1, classifier.num_classes)
@@ -71,6 +70,10 @@ class RegionTextRoIHeads(RoIHeads):
             for probabilities, result in zip(maskrcnn_inference(mask_logits, agnostic), results):
                 result["masks"] = probabilities
         return results, {}
+
+    def classify(self, features, proposals, image_shapes) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class logits [R, C + 1], box deltas [R, 4]) of the proposals of a batch."""
+        return self.box_predictor(self.box_head(self.box_roi_pool(features, proposals, image_shapes)))
 
     def _mask_loss(self, features, proposals, image_shapes, targets, matched_idxs, labels):
         positive = [torch.where(l > 0)[0] for l in labels]
@@ -116,18 +119,36 @@ class OpenVocabularyRCNN(GeneralizedRCNN):
     def forward(self, images, targets=None):
         """Training: dict of losses. Inference: per image `boxes`, `scores`, `labels` (vocabulary index), `masks`."""
         original_sizes = [tuple(image.shape[-2:]) for image in images]
-        images, targets = self.transform(images, targets)
-        features = self.backbone(images.tensors)
-        clip_map = features.pop(CLIP_MAP, None)
-        pyramid = OrderedDict(features)
-        proposals, proposal_losses = self.rpn(images, pyramid, targets)
-        clip_stride = self.backbone.output_shape()[CLIP_MAP].stride if clip_map is not None else 1
+        images, targets, pyramid, clip_map, clip_stride, proposals, proposal_losses = self._propose(images, targets)
         detections, detector_losses = self.roi_heads(
             pyramid, proposals, images.image_sizes, targets, images.tensors, clip_map, clip_stride
         )
         if self.training:
             return {**proposal_losses, **detector_losses}
         return self.transform.postprocess(detections, images.image_sizes, original_sizes)
+
+    def _propose(self, images, targets):
+        images, targets = self.transform(images, targets)
+        features = self.backbone(images.tensors)
+        clip_map = features.pop(CLIP_MAP, None)
+        pyramid = OrderedDict(features)
+        proposals, proposal_losses = self.rpn(images, pyramid, targets)
+        clip_stride = self.backbone.output_shape()[CLIP_MAP].stride if clip_map is not None else 1
+        return images, targets, pyramid, clip_map, clip_stride, proposals, proposal_losses
+
+    @torch.no_grad()
+    def calibration_records(self, images, targets) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Ensemble calibration (eval mode): for every proposal of the batch, the detector's class
+        scores [R, C], its CLIP region embedding [R, D], and its label from the targets' `boxes`
+        and `labels` (`react_dense.modeling.calibration.label_regions`)."""
+        from react_dense.modeling.calibration import label_regions
+
+        heads = self.roi_heads
+        images, targets, pyramid, clip_map, clip_stride, proposals, _ = self._propose(images, targets)
+        logits, _ = heads.classify(pyramid, proposals, images.image_sizes)
+        embeddings = heads.ensemble.region_embeddings(proposals, images.tensors, clip_map, clip_stride)
+        labels = torch.cat([label_regions(p.cpu(), t["boxes"].cpu(), t["labels"].cpu()) for p, t in zip(proposals, targets)])
+        return heads.box_predictor.scores(logits).cpu(), embeddings.cpu(), labels
 
 
 def build_torchvision_detector(parts: DenseParts, cfg: DetectorConfig) -> OpenVocabularyRCNN:

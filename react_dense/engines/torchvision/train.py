@@ -19,6 +19,7 @@ from react_dense.data.detection import DetectionDataset, collate
 from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
 from react_dense.engines.torchvision.model import OpenVocabularyRCNN, build_torchvision_detector
 from react_dense.evaluation.detection import evaluate, to_coco_results
+from react_dense.modeling.calibration import calibrate_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,7 @@ def evaluate_model(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: 
         raise ConfigError("data.val is empty: name the evaluation annotation JSON")
     device = next(model.parameters()).device
     model.set_vocabulary(eval_vocab.embeddings.to(device), eval_vocab.is_base)
+    calibrate(cfg, model, eval_vocab, split, out)
     dataset = DetectionDataset(cfg.data.val, cfg.data.val_images, eval_vocab.vocabulary.category_ids, with_masks=False)
     results = inference(model, dataset, eval_vocab.vocabulary.category_ids, device, cfg.train.batch_size)
     atomic_write_json(out / "inference" / "detections.json", results)
@@ -92,6 +94,43 @@ def evaluate_model(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: 
     metrics = evaluate(dataset.coco, results, iou_types, lvis_style=cfg.data.lvis_style, max_dets=cfg.detector.detections_per_image, novel_ids=split.novel_ids)
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
+
+
+@torch.no_grad()
+def calibrate(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: VocabularyTensors, split, out: Path) -> None:
+    """Calibrate the score ensemble (`ensemble.background`, `prior_correction`, `heldout`) on the
+    first `ensemble.calibration_images` training images, from their base (and held-out base)
+    annotations only; writes `ensemble_calibration.json`."""
+    options, ensemble = cfg.ensemble, model.roi_heads.ensemble
+    if ensemble is None or not (options.background or options.prior_correction or options.heldout):
+        return
+    if not cfg.data.train:
+        raise ConfigError("ensemble calibration reads the training images: set data.train")
+    ids = eval_vocab.vocabulary.category_ids
+    dataset = DetectionDataset(cfg.data.train, cfg.data.train_images, ids, with_masks=False)
+    id_of_name = {c["name"]: c["id"] for c in dataset.coco.dataset["categories"]}
+    wrong = [name for name in options.heldout if id_of_name.get(name) not in split.novel_ids]
+    if wrong:
+        raise ConfigError(f"ensemble.heldout: {', '.join(wrong)} must be categories that data.novel leaves out of training")
+    heldout = [ids.index(id_of_name[name]) for name in options.heldout]
+    allowed = torch.tensor(sorted({ids.index(c) for c in split.base_ids} | set(heldout)))
+    subset = torch.utils.data.Subset(dataset, range(min(options.calibration_images, len(dataset))))
+    device = next(model.parameters()).device
+    model.eval()
+    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.train.batch_size, collate_fn=collate)
+    records = []
+    for images, targets in tqdm(loader, desc="calibration", dynamic_ncols=True):
+        # novel annotations never reach the calibration: their objects count as background
+        kept = [torch.isin(t["labels"], allowed) for t in targets]
+        targets = [{"boxes": t["boxes"][k].to(device), "labels": t["labels"][k]} for t, k in zip(targets, kept)]
+        records.append(model.calibration_records([i.to(device) for i in images], targets))
+    scores, embeddings, labels = (torch.cat(parts) for parts in zip(*records))
+    base = [ids.index(c) for c in split.base_ids]
+    report = calibrate_ensemble(
+        ensemble, scores, embeddings, labels, model.roi_heads.box_predictor.class_embeddings.cpu(), base, heldout,
+        background=options.background, prior_correction=options.prior_correction,
+    )
+    atomic_write_json(out / "ensemble_calibration.json", report)
 
 
 def run(cfg: DetectionConfig, out: Path, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
