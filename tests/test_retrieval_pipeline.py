@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import glob
+import html
 import json
 
 import numpy as np
@@ -74,7 +75,10 @@ def test_pipeline_produces_a_training_set(indexed, tiny_world, tmp_path):
     assert main(["report", str(tmp_path / "subset"), "--out", str(tmp_path / "report")]) == 0
     page = (tmp_path / "report" / "index.html").read_text()
     assert "precision@10" in page and (tmp_path / "report" / "scores.png").stat().st_size > 0
-    assert len(list((tmp_path / "report").glob("class_*.png"))) == subset["class"].nunique()
+    assert page.count("<h3>") == subset["class"].nunique() and "precision 0." in page  # the world's ground truth
+    shown = subset.groupby("class").head(8)
+    assert len(list((tmp_path / "report" / "images").iterdir())) == len(shown)
+    assert all(caption in page for caption in shown["caption"].map(lambda c: html.escape(c)))
 
 
 def test_best_class_assignment_keeps_each_sample_once(indexed, tiny_world, tmp_path):

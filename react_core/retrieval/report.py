@@ -2,12 +2,17 @@
 
 `DIR/index.html` with PNGs: the filter counts (how many candidates each filter removed), the
 score histogram of kept samples (and per retrieval mode), precision@k per mode when ground truth
-was known, and for each class its top images with their captions and scores.
+was known, and for each class its top images (the original files, copied into DIR/images/) with
+their full captions as text, scores and, where the ground truth is known, correct/wrong marks;
+classes ordered by the precision of their kept samples, worst first. The page is at most 1260 px
+wide; images and cards flow into as many columns as fit.
 """
 from __future__ import annotations
 
 import html
 from pathlib import Path
+
+import numpy as np
 
 from react_core.io import atomic_path, atomic_write_text
 from react_core.retrieval.export import _ImageSource
@@ -49,34 +54,48 @@ def _scores_png(subset, path: Path) -> None:
     _save(figure, path)
 
 
-def _class_png(rows, source: _ImageSource, path: Path, columns: int) -> None:
-    import io
+def _ground_truth(stats: dict):
+    """id -> true class, from the ground truth retrieval used (stats.json names it), or None."""
+    import pandas as pd
 
-    import matplotlib.pyplot as plt
-    from PIL import Image
+    path = stats.get("ground_truth")
+    if not path or not Path(path).is_file():
+        return None
+    truth = pd.read_parquet(path, columns=["id", "class"])
+    return dict(zip(truth["id"].astype(str), truth["class"].astype(str)))
 
-    count = len(rows)
-    lines = -(-count // columns)
-    figure, axes = plt.subplots(lines, columns, figsize=(2.2 * columns, 2.6 * lines), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, row in zip(axes.flat, rows.to_dict("records")):
-        image = source.read(row)
-        if image is not None:
-            try:
-                axis.imshow(Image.open(io.BytesIO(image[0])).convert("RGB"))
-            except OSError:
-                pass
-        caption = str(row["caption"])
-        axis.set_title(f"{row['score']:.3f}\n{caption[:28]}{'…' if len(caption) > 28 else ''}", fontsize=7)
-    _save(figure, path)
+
+def _card(row, file: str | None, mark: str) -> str:
+    image = f'<img src="{file}" alt="">' if file else '<div class="missing">image not readable here</div>'
+    link = row.get("url") if isinstance(row.get("url"), str) else None
+    caption = html.escape(str(row["caption"]))
+    caption = f'<a href="{html.escape(link)}">{caption}</a>' if link else caption
+    return (f'<figure class="{mark or "unknown"}">{image}<figcaption><b>{SYMBOLS.get(mark, "")} {row["score"]:.3f}</b> '
+            f'{caption}</figcaption></figure>')
+
+
+SYMBOLS = {"correct": "✓", "wrong": "✗"}
+STYLE = """body{font-family:sans-serif;max-width:1260px;margin:0 auto;padding:0 10px}
+img{max-width:100%}
+.grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(140px,1fr));gap:8px}
+figure{margin:0;border:3px solid #ccc;padding:4px;font-size:12px;overflow-wrap:anywhere}
+figure img{width:100%;height:auto;display:block;image-rendering:pixelated}
+figure.correct{border-color:#2a2} figure.wrong{border-color:#d22}
+.missing{height:80px;background:#eee;color:#666}
+table{border-collapse:collapse} td,th{border:1px solid #999;padding:2px 6px}"""
 
 
 def write_report(subset_dir: str | Path, out: str | Path, per_class: int = 8, max_classes: int = 100) -> Path:
-    """Write the report; returns the path of index.html."""
+    """Write the report; returns the path of index.html.
+
+    Each class shows its top `per_class` samples as image files with their full captions, score,
+    and, where the ground truth is known, a correct/wrong mark; classes are ordered by the
+    precision of their kept samples, worst first (by name without ground truth)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / "images").mkdir(exist_ok=True)
     subset, stats = read_subset(subset_dir), read_stats(subset_dir)
+    truth = _ground_truth(stats)
     parts = [f"<h1>Retrieval report: {html.escape(str(subset_dir))}</h1>",
              f"<p>{len(subset)} rows, {subset['id'].nunique()} samples, {subset['class'].nunique()} classes; "
              f"mode {html.escape(str(stats.get('mode', '?')))}.</p>"]
@@ -84,7 +103,7 @@ def write_report(subset_dir: str | Path, out: str | Path, per_class: int = 8, ma
     if evaluation:
         cells = "".join(f"<tr><td>{m}</td><td>{evaluation[m]['precision']:.3f}</td><td>{evaluation[m]['pair_precision']:.3f}</td></tr>"
                         for m in ("t2i", "t2t", "both", "random") if m in evaluation)
-        parts.append(f"<h2>precision@{evaluation['k']} against ground truth</h2><table border=1>"
+        parts.append(f"<h2>precision@{evaluation['k']} against ground truth</h2><table>"
                      f"<tr><th>mode</th><th>image class</th><th>image class and caption</th></tr>{cells}</table>")
     if _filters_png(stats, out / "filters.png"):
         parts.append('<h2>Removed by each filter</h2><img src="filters.png">')
@@ -93,18 +112,36 @@ def write_report(subset_dir: str | Path, out: str | Path, per_class: int = 8, ma
     empty = stats.get("empty_classes") or []
     if empty:
         parts.append(f"<p>Classes with no sample: {html.escape(', '.join(empty))}</p>")
+    subset = subset.assign(_mark="")
+    if truth is not None:
+        correct = subset["id"].astype(str).map(truth) == subset["class"]
+        subset["_mark"] = np.where(correct, "correct", "wrong")
+        precision = correct.groupby(subset["class"]).mean()
+        classes = sorted(precision.index, key=lambda name: (precision[name], name))
+        parts.append("<h2>Top samples per class, lowest precision first</h2><p>✓/green: the image shows the class "
+                     "(ground truth); ✗/red: it does not. Precision: the share of the class's kept samples that are right.</p>")
+    else:
+        precision = None
+        classes = sorted(subset["class"].unique())
+        parts.append("<h2>Top samples per class</h2>")
     source = _ImageSource()
-    classes = list(dict.fromkeys(subset.sort_values("rank")["class"]))
-    parts.append("<h2>Top samples per class</h2>")
     for number, name in enumerate(classes[:max_classes]):
         rows = subset[subset["class"] == name].nsmallest(per_class, "rank")
-        file = f"class_{number:04d}.png"
-        _class_png(rows, source, out / file, columns=max(1, min(len(rows), 8)))
+        cards = []
+        for position, row in enumerate(rows.to_dict("records")):
+            image = source.read(row)
+            file = None
+            if image is not None:
+                file = f"images/{number:04d}_{position:02d}.{image[1]}"
+                with atomic_path(out / file) as tmp:
+                    tmp.write_bytes(image[0])
+            cards.append(_card(row, file, row["_mark"]))
         count = int((subset["class"] == name).sum())
-        parts.append(f'<h3>{html.escape(name)} ({count} samples)</h3><img src="{file}">')
+        score = f", precision {precision[name]:.2f}" if precision is not None else ""
+        parts.append(f'<h3>{html.escape(name)} ({count} samples{score})</h3><div class="grid">{"".join(cards)}</div>')
     if len(classes) > max_classes:
         parts.append(f"<p>{len(classes) - max_classes} more classes not shown.</p>")
     page = out / "index.html"
-    atomic_write_text(page, "<!doctype html><meta charset='utf-8'><title>react retrieval report</title>"
-                            "<body style='font-family:sans-serif'>" + "\n".join(parts) + "</body>\n")
+    atomic_write_text(page, "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+                            f"<title>react retrieval report</title><style>{STYLE}</style>\n<body>" + "\n".join(parts) + "</body>\n")
     return page
