@@ -76,6 +76,32 @@ def warmup_cosine(steps: int, warmup_steps: int) -> Callable[[int], float]:
     return factor
 
 
+class ClippedAdamW(torch.optim.AdamW):
+    """AdamW that clips the global gradient norm of all its parameters before each step, so an
+    engine that only calls `optimizer.step()` (Detectron2's trainers) clips as this loop does."""
+
+    def __init__(self, params, lr: float, clip_grad_norm: float = 0.0):
+        super().__init__(params, lr=lr)
+        self.clip_grad_norm = clip_grad_norm
+
+    def step(self, closure=None):
+        if self.clip_grad_norm > 0:
+            params = [p for group in self.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+        return super().step(closure)
+
+
+def build_optimizer(model: torch.nn.Module, train_cfg) -> ClippedAdamW:
+    """The one optimizer of every dense engine: AdamW over `react_core`'s parameter groups, with
+    global gradient clipping."""
+    return ClippedAdamW(param_groups(model, train_cfg.weight_decay), train_cfg.lr, train_cfg.clip_grad_norm)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg) -> torch.optim.lr_scheduler.LambdaLR:
+    """The one schedule of every dense engine: linear warm-up then cosine, stepped once per iteration."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train_cfg.steps, train_cfg.warmup_steps))
+
+
 def _value(value) -> float:
     return float(value.detach()) if torch.is_tensor(value) else float(value)
 
@@ -92,9 +118,8 @@ def train_loop(
     the loss and the named values shown in the progress bar and in a non-finite-loss error.
     `train_cfg` has steps, lr, weight_decay, warmup_steps, clip_grad_norm, log_period and
     checkpoint_period."""
-    optimizer = torch.optim.AdamW(param_groups(model, train_cfg.weight_decay), lr=train_cfg.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train_cfg.steps, train_cfg.warmup_steps))
-    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer = build_optimizer(model, train_cfg)
+    scheduler = build_scheduler(optimizer, train_cfg)
     step = 0
     if resume and (out / LAST).is_file():
         step = load_checkpoint(out / LAST, model, optimizer, scheduler)
@@ -110,8 +135,6 @@ def train_loop(
                 raise FloatingPointError(f"loss is {loss.item()} at step {step}: {({k: _value(v) for k, v in parts.items()})}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if train_cfg.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, train_cfg.clip_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1

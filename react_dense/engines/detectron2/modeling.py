@@ -1,11 +1,10 @@
 """Detectron2 adapters: the CLIP backbone in BACKBONE_REGISTRY, region-text RoI heads in ROI_HEADS_REGISTRY.
 
-Both build the engine-free parts once per config (`react_dense.build.build_parts`) and wrap
-them; no modelling code lives here. Importing this module registers them (Detectron2 required).
+Both wrap the engine-free parts (`react_dense.build.build_parts`) of the resolved config that
+`cfg.REACT.CONFIG` names; no modelling code lives here. Importing this module registers them (Detectron2 required).
 """
 from __future__ import annotations
 
-import functools
 from typing import Dict, List
 
 import torch
@@ -16,22 +15,26 @@ from detectron2.modeling.roi_heads.fast_rcnn import fast_rcnn_inference
 from detectron2.structures import Instances
 from torch import nn
 
-from react_dense.build import build_parts
+from react_core.config import load
+from react_dense.build import DenseParts, build_parts
 from react_dense.modeling.backbone import CLIP_MAP
 
 INPUT_IMAGES = "react_input_images"
+_PARTS: Dict[str, DenseParts] = {}
 
 
-@functools.lru_cache(maxsize=4)
-def parts_for(config_path: str, overrides: tuple):
-    """The parts of one config, built once and shared by the backbone and the RoI heads."""
-    from react_dense.train_net import load_detection_config
-
-    return build_parts(load_detection_config(config_path, list(overrides)))
+def register_parts(config_file: str, parts: DenseParts) -> None:
+    """Hand the parts a run built (after seeding) to the builders of the config that names `config_file`."""
+    _PARTS[config_file] = parts
 
 
-def _parts(cfg):
-    return parts_for(cfg.REACT.CONFIG, tuple(cfg.REACT.OVERRIDES))
+def parts_of(cfg) -> DenseParts:
+    """The parts of `cfg.REACT.CONFIG`, a written-out resolved config: those its run registered,
+    or, for a model built outside a run, built once from that file."""
+    config_file = cfg.REACT.CONFIG
+    if config_file not in _PARTS:
+        _PARTS[config_file] = build_parts(load(config_file))
+    return _PARTS[config_file]
 
 
 class Detectron2ClipBackbone(Backbone):
@@ -52,7 +55,7 @@ class Detectron2ClipBackbone(Backbone):
 
 @BACKBONE_REGISTRY.register()
 def build_react_clip_backbone(cfg, input_shape):
-    return Detectron2ClipBackbone(_parts(cfg).backbone)
+    return Detectron2ClipBackbone(parts_of(cfg).backbone)
 
 
 class RegionTextOutputLayers(nn.Module):
@@ -107,7 +110,7 @@ class RegionTextROIHeads(StandardROIHeads):
     @classmethod
     def from_config(cls, cfg, input_shape):
         config = super().from_config(cfg, input_shape)
-        parts = _parts(cfg)
+        parts = parts_of(cfg)
         config["box_predictor"] = RegionTextOutputLayers(
             parts.classifier,
             parts.ensemble,

@@ -9,6 +9,7 @@ never imported (it needs `pkg_resources`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -16,22 +17,22 @@ from pathlib import Path
 
 import torch
 
-from react_core.config import ConfigError
-from react_core.io import atomic_write_json
+from react_core.config import ConfigError, to_yaml
+from react_core.io import atomic_write_json, atomic_write_text
 from react_dense.config import DetectionConfig
 
 TRAIN_NAME = "react_ov_train"
+TRAIN_CURVE = "train_metrics.json"
 VAL_NAME = "react_ov_val"
 log = logging.getLogger(__name__)
 
 
 def add_react_config(cfg) -> None:
-    """`cfg.REACT`: which of our configs (and overrides) the backbone and heads are built from."""
+    """`cfg.REACT.CONFIG`: the resolved YAML of ours that the backbone and heads are built from."""
     from detectron2.config import CfgNode
 
     cfg.REACT = CfgNode()
     cfg.REACT.CONFIG = ""
-    cfg.REACT.OVERRIDES = []
 
 
 def _flatten(mapping: dict, prefix: str = "") -> list:
@@ -45,13 +46,21 @@ def _flatten(mapping: dict, prefix: str = "") -> list:
     return items
 
 
-def to_detectron2_cfg(cfg: DetectionConfig, config_path: str, overrides: list, out: Path, num_train_classes: int):
+def write_resolved_config(cfg, out: Path) -> Path:
+    """The run's config with every override and interpolation applied: what the builders read."""
+    config_file = out / "config.yaml"
+    atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
+    return config_file
+
+
+def to_detectron2_cfg(cfg: DetectionConfig, parts, config_file: Path, out: Path, num_train_classes: int):
     from detectron2.config import get_cfg
+
+    from react_dense.modeling.backbone import CLIP_MAP
 
     d2 = get_cfg()
     add_react_config(d2)
-    d2.REACT.CONFIG = str(config_path)
-    d2.REACT.OVERRIDES = list(overrides)
+    d2.REACT.CONFIG = str(config_file)
 
     model = d2.MODEL
     model.META_ARCHITECTURE = "GeneralizedRCNN"
@@ -61,7 +70,7 @@ def to_detectron2_cfg(cfg: DetectionConfig, config_path: str, overrides: list, o
     model.PIXEL_MEAN = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
     model.PIXEL_STD = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
     d2.INPUT.FORMAT = "RGB"
-    levels = _pyramid_levels(config_path, overrides)
+    levels = [name for name in parts.backbone.output_shape() if name != CLIP_MAP]
     model.RPN.IN_FEATURES = levels
     model.ANCHOR_GENERATOR.SIZES = [[8 * 2 ** int(name[1:])] for name in levels]
     model.RPN.PRE_NMS_TOPK_TRAIN = cfg.detector.rpn_pre_nms_train
@@ -96,40 +105,75 @@ def to_detectron2_cfg(cfg: DetectionConfig, config_path: str, overrides: list, o
     d2.SOLVER.CHECKPOINT_PERIOD = cfg.train.checkpoint_period
     d2.TEST.EVAL_PERIOD = 0
     model.DEVICE = cfg.train.device
-    return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, f"detectron2 section of {config_path}")
+    return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, "the detectron2 section")
 
 
 def finish_detectron2_cfg(d2, train, detectron2_section: dict, out: Path, where: str):
-    """Our `train:` section as Detectron2's solver (AdamW, warm-up cosine, no decay on norms,
-    gradient clipping), then the YAML's `detectron2:` keys, applied last so they win."""
+    """Our `train:` section in Detectron2's solver keys, then the YAML's `detectron2:` keys,
+    applied last so they win. The optimizer itself is ours (`train_settings`): Detectron2's
+    `build_optimizer` makes SGD whatever `SOLVER` says, which at AdamW's lr learns nothing."""
     solver = d2.SOLVER
-    solver.OPTIMIZER = "ADAMW"
     solver.IMS_PER_BATCH = train.batch_size
     solver.BASE_LR = train.lr
     solver.WEIGHT_DECAY = train.weight_decay
     solver.WEIGHT_DECAY_NORM = 0.0
     solver.MAX_ITER = train.steps
     solver.STEPS = ()
-    solver.LR_SCHEDULER_NAME = "WarmupCosineLR"
     solver.WARMUP_ITERS = train.warmup_steps
-    solver.CLIP_GRADIENTS.ENABLED = train.clip_grad_norm > 0
-    solver.CLIP_GRADIENTS.CLIP_TYPE = "norm"
-    solver.CLIP_GRADIENTS.CLIP_VALUE = train.clip_grad_norm or 1.0
+    solver.CLIP_GRADIENTS.CLIP_VALUE = train.clip_grad_norm
     d2.SEED = train.seed
     d2.OUTPUT_DIR = str(out)
-    try:
-        d2.merge_from_list(_flatten(detectron2_section))
-    except (KeyError, AssertionError, ValueError) as error:
-        raise ConfigError(f"{where}: {error}") from None
+    for key, value in zip(*[iter(_flatten(detectron2_section))] * 2):
+        try:
+            d2.merge_from_list([key, value])
+        except (KeyError, AssertionError, ValueError) as error:
+            raise ConfigError(f"{where}: detectron2.{key}={value!r}: {error}") from None
     return d2
 
 
-def _pyramid_levels(config_path: str, overrides: list) -> list:
-    from react_dense.engines.detectron2.modeling import parts_for
-    from react_dense.modeling.backbone import CLIP_MAP
+def train_settings(d2):
+    """Our `train:` section as Detectron2 keys hold it after the `detectron2:` overrides."""
+    solver = d2.SOLVER
+    return argparse.Namespace(
+        steps=solver.MAX_ITER, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY,
+        warmup_steps=solver.WARMUP_ITERS, clip_grad_norm=solver.CLIP_GRADIENTS.CLIP_VALUE,
+    )
 
-    shapes = parts_for(str(config_path), tuple(overrides)).backbone.output_shape()
-    return [name for name in shapes if name != CLIP_MAP]
+
+def build_trainer_class(evaluator_factory, before_test, after_test):
+    """DefaultTrainer with our optimizer and schedule (the torchvision engine's), the training
+    curve in `train_metrics.json` (so `metrics.json` is the evaluation, as in every engine), and
+    the evaluation vocabulary swapped in for `test`."""
+    from detectron2.engine import DefaultTrainer
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+    from react_dense.engines.loop import build_optimizer, build_scheduler
+
+    class Trainer(DefaultTrainer):
+        @classmethod
+        def build_optimizer(cls, d2, model):
+            return build_optimizer(model, train_settings(d2))
+
+        @classmethod
+        def build_lr_scheduler(cls, d2, optimizer):
+            return build_scheduler(optimizer, train_settings(d2))
+
+        def build_writers(self):
+            return [CommonMetricPrinter(self.max_iter), JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / TRAIN_CURVE))]
+
+        @classmethod
+        def build_evaluator(cls, d2, dataset_name):
+            return evaluator_factory()
+
+        @classmethod
+        def test(cls, d2, model, evaluators=None):
+            before_test(model)
+            try:
+                return super().test(d2, model, evaluators)
+            finally:
+                after_test(model)
+
+    return Trainer
 
 
 def register_datasets(cfg: DetectionConfig):
@@ -219,49 +263,46 @@ def _set_vocabulary(model, vocab) -> None:
     module.roi_heads.box_predictor.set_vocabulary(vocab.embeddings.to(device), vocab.is_base.to(device), vocab.image_counts)
 
 
-def main(cfg: DetectionConfig, config_path: str, overrides: list, out: Path, eval_only: bool, resume: bool, weights):
-    """One process's work (Detectron2's `launch` runs this on every GPU)."""
-    import react_dense.engines.detectron2.modeling  # noqa: F401  (registers backbone and heads)
+def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights):
+    """One process's work (Detectron2's `launch` runs this on every GPU). Everything random is
+    built after seeding, so two runs of one config are identical; evaluation runs once (the
+    trainer's EvalHook after the last step, or `test` for --eval-only)."""
     from detectron2.checkpoint import DetectionCheckpointer
-    from detectron2.engine import DefaultTrainer, default_setup
+    from detectron2.engine import default_setup
     from detectron2.utils import comm
 
-    from react_dense.build import dataset_vocabularies
-    from react_dense.engines.detectron2.modeling import parts_for
+    from react_dense.build import build_parts, dataset_vocabularies
+    from react_dense.engines.detectron2.modeling import register_parts
+    from react_dense.engines.loop import FINAL, seed_everything
 
+    checkpoint = Path(weights) if weights else out / FINAL
+    if eval_only and not checkpoint.is_file():
+        raise ConfigError(f"--eval-only: checkpoint not found: {checkpoint} (train first, or pass --weights FILE)")
+    seed_everything(cfg.train.seed)
+    config_file = write_resolved_config(cfg, out)
+    parts = build_parts(cfg)
+    register_parts(str(config_file), parts)
     split = register_datasets(cfg)
-    d2 = to_detectron2_cfg(cfg, config_path, overrides, out, len(split.base_ids))
+    d2 = to_detectron2_cfg(cfg, parts, config_file, out, len(split.base_ids))
     d2.freeze()
     default_setup(d2, argparse.Namespace(config_file="", eval_only=eval_only, resume=resume))
-    bundle = parts_for(str(config_path), tuple(overrides)).bundle
-    train_vocab, eval_vocab, _ = dataset_vocabularies(bundle, cfg, cfg.data.train or cfg.data.val)
+    train_vocab, eval_vocab, _ = dataset_vocabularies(parts.bundle, cfg, cfg.data.train or cfg.data.val)
     evaluator_class = build_evaluator_class()
-
-    class Trainer(DefaultTrainer):
-        @classmethod
-        def build_evaluator(cls, _cfg, dataset_name):
-            return evaluator_class(cfg, eval_vocab.vocabulary.category_ids, split.novel_ids, out)
-
-        @classmethod
-        def test(cls, _cfg, model, evaluators=None):
-            _set_vocabulary(model, eval_vocab)
-            try:
-                return super().test(_cfg, model, evaluators)
-            finally:
-                _set_vocabulary(model, train_vocab)
-
+    Trainer = build_trainer_class(
+        lambda: evaluator_class(cfg, eval_vocab.vocabulary.category_ids, split.novel_ids, out),
+        lambda model: _set_vocabulary(model, eval_vocab),
+        lambda model: _set_vocabulary(model, train_vocab),
+    )
     if eval_only:
         model = Trainer.build_model(d2)
-        _set_vocabulary(model, train_vocab)
-        DetectionCheckpointer(model, save_dir=str(out)).resume_or_load(weights or str(out / "model_final.pth"), resume=False)
-        result = Trainer.test(d2, model)
+        DetectionCheckpointer(model, save_dir=str(out)).resume_or_load(str(checkpoint), resume=False)
+        Trainer.test(d2, model)
     else:
         trainer = Trainer(d2)
         _set_vocabulary(trainer.model, train_vocab)
         trainer.resume_or_load(resume=resume)
         trainer.train()
-        result = Trainer.test(d2, trainer.model)
-    return result.get("metrics") if comm.is_main_process() else None
+    return json.loads((out / "metrics.json").read_text()) if comm.is_main_process() else None
 
 
 def launch_run(cfg: DetectionConfig, args, out: Path):
@@ -272,7 +313,7 @@ def launch_run(cfg: DetectionConfig, args, out: Path):
     if args.num_gpus > 1 and not torch.cuda.is_available():
         raise ConfigError("--num-gpus > 1 needs CUDA GPUs")
     out.mkdir(parents=True, exist_ok=True)
-    main_args = (cfg, args.config, list(args.overrides), out, args.eval_only, args.resume, args.weights)
+    main_args = (cfg, out, args.eval_only, args.resume, args.weights)
     if args.num_gpus * args.num_machines > 1:
         launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                dist_url=args.dist_url, args=main_args)
