@@ -59,3 +59,56 @@ def test_truncated_safetensors_is_one_line(tmp_path, capsys):
         ):
             status, err = _run(capsys, argv)
             assert status == 2 and len(err.splitlines()) == 1 and str(cut) in err and "truncated" in err
+
+
+def _jpeg(value: int) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (value, 0, 255 - value)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _shard(path, samples) -> bytes:
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for key, caption in samples:
+            for name, data in ((f"{key}.jpg", _jpeg(len(key) * 40)), (f"{key}.txt", caption)):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def test_embed_lists_a_bad_caption_and_the_sample_a_truncated_shard_ends_in(tmp_path, capsys, caplog):
+    import pandas as pd
+
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "000000.tar", [("a", b"a red circle"), ("bb", b"caf\xe9 \xff sign"), ("ccc", b"a blue star")])
+    whole = _shard(shards / "000001.tar", [("d", b"a green ring"), ("ee", b"a pink square")])
+    (shards / "000001.tar").write_bytes(whole[: len(whole) // 2 + 100])  # cut inside sample ee
+    out = tmp_path / "emb"
+    argv = ["embed", "--data", str(shards), "--out", str(out), "--workers", "0", "--batch-size", "4"]
+    assert main(argv) == 0
+    assert "Traceback" not in capsys.readouterr().err and "000001.tar is truncated" in caplog.text
+    skipped = pd.concat([pd.read_parquet(p) for p in sorted((out / "skipped").glob("*.parquet"))])
+    reasons = dict(zip(skipped["key"], skipped["reason"]))
+    assert set(reasons) == {"bb", "ee"} and "utf-8" in reasons["bb"].lower()
+    assert "truncated" in reasons["ee"]
+    kept = pd.concat([pd.read_parquet(p) for p in sorted((out / "metadata").glob("*.parquet"))])
+    assert sorted(kept["key"]) == ["a", "ccc", "d"]
+
+
+def test_embed_refuses_an_empty_shard_in_one_line(tmp_path, capsys):
+    (tmp_path / "000000.tar").write_bytes(b"")
+    assert main(["embed", "--data", str(tmp_path / "000000.tar"), "--out", str(tmp_path / "emb"), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1  # besides the progress bar
+    assert "000000.tar: not a readable tar shard (empty file)" in err

@@ -16,8 +16,10 @@ def register(subparsers):
         "embeddings.json naming the model. SRC is webdataset shards (a folder of *.tar, a glob, or one tar), a "
         "parquet manifest (caption plus path, url, or shard+key), or a folder of images with a .txt caption "
         "beside each. One input shard gives one output shard; a shard is done when all its files exist, so "
-        "running the same command again resumes where it stopped. Unreadable images are skipped and listed in "
-        "skipped/skipped_N.parquet. Under torchrun each rank takes every WORLD_SIZE-th shard.",
+        "running the same command again resumes where it stopped. Unreadable images, captions that are not "
+        "UTF-8 and the sample a truncated shard ends in are skipped and listed in skipped/skipped_N.parquet; a "
+        "shard that is not a tar file at all (say, 0 bytes) stops the run. Under torchrun each rank takes every "
+        "WORLD_SIZE-th shard.",
     )
     parser.add_argument("--model", default="react-tiny", help="architecture: an open_clip name or react-tiny")
     parser.add_argument("--pretrained", help="an open_clip pretrained tag")
@@ -37,6 +39,7 @@ def register(subparsers):
 def run(args) -> int:
     import torch
 
+    from react_core.data.images import ShardError
     from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
     from react_core.retrieval.embed import EmbeddingError, embed_corpus, rank_and_world
 
@@ -51,12 +54,12 @@ def run(args) -> int:
         bundle = load_clip(args.model, args.pretrained, args.weights, device=device)
         summary = embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
                                shard_size=args.shard_size, rank=rank, world_size=world_size)
-    except (EmbeddingError, CheckpointError, PretrainedUnavailableError, FileNotFoundError) as error:
+    except (EmbeddingError, ShardError, CheckpointError, PretrainedUnavailableError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
     print(f"embedded {summary['rows']} pairs in {summary['shards']} shards "
           f"({summary['already_done']} shards were already done) into {args.out}")
     if summary["failed"]:
-        print(f"{len(summary['failed'])} unreadable images skipped (listed in {args.out}/skipped/):")
+        print(f"{len(summary['failed'])} unreadable samples skipped (listed in {args.out}/skipped/):")
         for shard, sample_id, reason in summary["failed"][:10]:
             print(f"  shard {shard}, id {sample_id}: {reason}")
         if len(summary["failed"]) > 10:

@@ -19,6 +19,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
+TRUNCATED = "truncated"  # index_shard's entry for the sample in which a truncated shard's data ends
 URL_TIMEOUT_S = 10
 _MAX_WARNINGS = 5
 
@@ -33,6 +34,10 @@ def _warn(source: str, error: Exception) -> None:
         _warned += 1
         if _warned == _MAX_WARNINGS:
             logger.warning("further unreadable images are skipped silently and counted")
+
+
+class ShardError(ValueError):
+    """A webdataset shard that is not a tar file at all (empty or damaged header)."""
 
 
 class ImageHashError(ValueError):
@@ -90,7 +95,9 @@ def index_shard(path: str | Path) -> dict[str, dict[str, TarMember | bytes]]:
     """Group a webdataset shard's files by sample key.
 
     Returns `{key: {extension: TarMember}}`; small text members (`txt`, `json`) are read
-    right away and stored as bytes, since captions are needed up front. Read-only: indexes are
+    right away and stored as bytes, since captions are needed up front. A truncated shard keeps
+    the samples before the cut; the sample the data ends in has only a `TRUNCATED` entry (its
+    reason). A file that is not a tar at all is a `ShardError`. Read-only: indexes are
     kept per process for a file of the same size and modification time (a demo or a sweep
     reads the same shards for every run).
     """
@@ -101,20 +108,34 @@ def index_shard(path: str | Path) -> dict[str, dict[str, TarMember | bytes]]:
 @functools.lru_cache(maxsize=256)
 def _index_shard(path: str, size: int, mtime_ns: int) -> dict[str, dict[str, TarMember | bytes]]:
     samples: dict[str, dict[str, TarMember | bytes]] = {}
-    with tarfile.open(path, "r:*") as archive:
-        for member in archive:
-            if not member.isfile():
-                continue
-            folder, _, base = member.name.rpartition("/")
-            stem, dot, extension = base.partition(".")
-            if not dot:
-                continue
-            key = f"{folder}/{stem}" if folder else stem
-            extension = extension.lower()
-            if extension in ("txt", "json"):
-                samples.setdefault(key, {})[extension] = archive.extractfile(member).read()
-            else:
-                samples.setdefault(key, {})[extension] = TarMember(str(path), member.offset_data, member.size)
+    try:
+        archive = tarfile.open(path, "r:*")
+    except tarfile.ReadError:
+        raise ShardError(f"{path}: not a readable tar shard ({'empty file' if size == 0 else 'damaged header'})") from None
+    key = None
+    with archive:
+        try:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                folder, _, base = member.name.rpartition("/")
+                stem, dot, extension = base.partition(".")
+                if not dot:
+                    continue
+                key = f"{folder}/{stem}" if folder else stem
+                extension = extension.lower()
+                if member.offset_data + member.size > size:
+                    raise EOFError("member past the end of the file")
+                if extension in ("txt", "json"):
+                    samples.setdefault(key, {})[extension] = archive.extractfile(member).read()
+                else:
+                    samples.setdefault(key, {})[extension] = TarMember(str(path), member.offset_data, member.size)
+            if size % tarfile.BLOCKSIZE:  # a whole tar is made of 512-byte blocks; tarfile ends quietly in a cut header
+                raise EOFError("partial last block")
+        except (tarfile.ReadError, EOFError):
+            logger.warning("%s is truncated: its data ends in sample %s; the samples before it are read", path, key)
+            if key is not None:
+                samples[key] = {TRUNCATED: b"the shard's data ends in this sample (truncated file)"}
     return samples
 
 

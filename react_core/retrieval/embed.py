@@ -234,20 +234,33 @@ class InputShard:
     load: Callable[[], tuple["object", list]]
 
 
+@dataclass(frozen=True)
+class _BadSample:
+    """The location of a sample found unusable while its shard was indexed, with the reason."""
+
+    reason: str
+
+
 def _webdataset_shard(path: str) -> tuple[object, list]:
     import pandas as pd
 
-    from react_core.data.images import IMAGE_EXTENSIONS, index_shard
+    from react_core.data.images import IMAGE_EXTENSIONS, TRUNCATED, index_shard
 
     rows, locations = [], []
     for key, entry in index_shard(path).items():
-        meta = json.loads(entry["json"]) if "json" in entry else {}
-        caption = entry["txt"].decode("utf-8").strip() if "txt" in entry else meta.get("caption")
-        if caption is None:
+        bad = entry[TRUNCATED].decode() if TRUNCATED in entry else None
+        meta, caption = {}, None
+        if bad is None:
+            try:
+                meta = json.loads(entry["json"]) if "json" in entry else {}
+                caption = entry["txt"].decode("utf-8").strip() if "txt" in entry else meta.get("caption")
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:  # listed in skipped/; the run goes on
+                bad = f"unreadable caption or json ({type(error).__name__}: {error})"
+        if bad is None and caption is None:
             continue
-        rows.append({"id": str(meta.get("id", key)), "caption": caption, "key": key, "shard": path,
+        rows.append({"id": str(meta.get("id", key)), "caption": caption or "", "key": key, "shard": path,
                      "url": meta.get("url")})
-        locations.append(next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
+        locations.append(_BadSample(bad) if bad else next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
     return pd.DataFrame(rows, columns=["id", "caption", "key", "shard", "url"]), locations
 
 
@@ -369,6 +382,8 @@ class _ShardImages:
         from react_core.data.images import decode_image
 
         location = self.locations[row]
+        if isinstance(location, _BadSample):
+            return None, row, None, location.reason
         if isinstance(location, _ManifestImage):
             image = location.dataset.load_image(location.index)
             digest = None
