@@ -74,6 +74,7 @@ def _detect(args) -> int:
                 picture = handle.convert("RGB")
         except (FileNotFoundError, OSError) as error:
             raise UserError(f"cannot read image {path}: {error}") from None
+        check_input_size(path, picture.width, picture.height, model.transform.min_size[-1], model.transform.max_size)
         tensor = torch.from_numpy(np.asarray(picture, dtype=np.float32) / 255.0).permute(2, 0, 1)
         with torch.no_grad():
             output = model([tensor.to(args.device)])[0]
@@ -91,3 +92,17 @@ def _detect(args) -> int:
     atomic_write_json(out / "detections.json", results)
     print(f"{len(results)} detections in {len(listing)} images -> {out}")
     return 0
+
+
+def check_input_size(path, width: int, height: int, min_size: int, max_size: int) -> None:
+    """Refuse an image so elongated that the detector's resize (shorter side to `min_size`, longer
+    side at most `max_size`) would leave its shorter side under one pixel."""
+    from react_core.cli import UserError
+
+    short, long = sorted((width, height))
+    scale = min(min_size / short, max_size / long)
+    if int(short * scale) < 1:
+        raise UserError(
+            f"image {path} is {width}x{height}: too elongated for this detector (resized to at most {max_size} "
+            f"pixels on its longer side, its shorter side would vanish); crop it into pieces closer to square"
+        )

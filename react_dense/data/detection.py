@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -18,6 +19,8 @@ import numpy as np
 import torch
 
 from react_dense.modeling.vocabulary import Vocabulary
+
+logger = logging.getLogger(__name__)
 
 
 class DatasetError(ValueError):
@@ -38,11 +41,34 @@ def load_coco(path: str | Path):
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DatasetError(f"{path}: missing top-level key '{key}' (expected COCO/LVIS format)")
+    _drop_dangling_annotations(path, data)
     coco = COCO()
     coco.dataset = data
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
+
+
+def _drop_dangling_annotations(path: Path, data: dict) -> None:
+    """Annotations must name an image and a category of the file: the others are counted, warned
+    about and dropped; a file in which no annotation names one of its categories is an error."""
+    images = {image.get("id") for image in data["images"]}
+    categories = {category.get("id") for category in data["categories"]}
+    annotations = data["annotations"]
+    unknown_image = sum(a.get("image_id") not in images for a in annotations)
+    unknown_category = sum(a.get("category_id") not in categories for a in annotations)
+    if annotations and unknown_category == len(annotations):
+        raise DatasetError(
+            f"{path}: none of its {len(annotations)} annotations names one of its {len(categories)} categories "
+            f"(e.g. category_id {annotations[0].get('category_id')!r}); is it the categories list of another file?"
+        )
+    if unknown_image or unknown_category:
+        kept = [a for a in annotations if a.get("image_id") in images and a.get("category_id") in categories]
+        logger.warning(
+            "%s: dropped %d of %d annotations: %d name an unknown image id, %d an unknown category id",
+            path, len(annotations) - len(kept), len(annotations), unknown_image, unknown_category,
+        )
+        data["annotations"] = kept
 
 
 @dataclass

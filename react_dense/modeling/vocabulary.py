@@ -69,7 +69,9 @@ def parse_vocabulary(spec: str | Sequence[str]) -> Vocabulary:
     if not isinstance(spec, str):
         return Vocabulary([str(n).strip() for n in spec])
     path = Path(spec)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix.lower() in (".txt", ".json") and not path.is_file():  # a missing file, not a class name
+        raise VocabularyError(f"vocabulary file not found: {path}")
+    if path.suffix.lower() == ".json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
