@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -75,7 +76,9 @@ class ManifestPairs(PairDataset):
     whose `class` column is in the list (e.g. to train on a retrieved subset for a few classes of
     a larger task); with `class_match="caption"`, rows whose caption names one of them
     (case-insensitive substring: a keyword search, the crudest text-to-text retrieval).
-    With a `sha256` column (a retrieved subset), a sample of the images is checked against it.
+    `sample` then keeps that many rows drawn at random (seeded by `sample_seed`, manifest order
+    kept): the random-pairs controls. With a `sha256` column (a retrieved subset), a sample of the
+    images is checked against it.
     """
 
     HASH_SAMPLE = 32
@@ -87,6 +90,8 @@ class ManifestPairs(PairDataset):
         classes: list[str] | None = None,
         class_match: str = "label",
         transform: Callable | None = None,
+        sample: int | None = None,
+        sample_seed: int = 0,
     ):
         super().__init__(transform)
         import pandas as pd
@@ -109,6 +114,11 @@ class ManifestPairs(PairDataset):
             if "class" not in table.columns:
                 raise PairDataError(f"{path}: 'classes' was given but the manifest has no 'class' column")
             table = table[table["class"].isin(list(classes))]
+        if sample is not None:
+            if not 0 < sample <= len(table):
+                raise PairDataError(f"{path}: sample={sample} is not between 1 and the {len(table)} rows")
+            rows = np.sort(np.random.default_rng(sample_seed).choice(len(table), size=sample, replace=False))
+            table = table.iloc[rows]
         root_dir = Path(root) if root is not None else path.parent
         self.source = str(path)
         self.captions = [str(c) for c in table["caption"]]

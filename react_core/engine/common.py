@@ -14,20 +14,26 @@ logger = logging.getLogger("react")
 
 
 def ensure_world(world) -> None:
-    """Generate the synthetic world of a `WorldConfig` unless its folder already holds it."""
+    """Generate the synthetic world of a `WorldConfig` unless its folder already holds it, and its
+    held-out images of the generic (non-target) classes."""
     if world is None:
         return
     from react_core.synth import generate_world
+    from react_core.synth.tasks import ensure_generic_eval
 
     summary = generate_world(world.preset, world.dir, world.seed)
     if not summary["cached"]:
         logger.info("generated the synthetic world (%s) in %s", world.preset, world.dir)
+    ensure_generic_eval(world.dir, seed=world.seed)
 
 
 def run_key(cfg, dataset) -> str:
     """What decides a run's result: the config (less where outputs go, where the world lies and
-    how it is evaluated) and the content of the training pairs (not their paths)."""
-    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "world", "eval", "data")}
+    how it is evaluated, a disabled dense objective) and the content of the training pairs (not their paths)."""
+    skip = ("out", "world", "eval", "generic_eval", "data")
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
+    if "dense" in data and not data["dense"]["enabled"]:
+        del data["dense"]
     data["data"] = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("train", "workers")}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode())
     for sample_id, caption in zip(dataset.ids, dataset.captions):

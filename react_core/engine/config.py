@@ -67,12 +67,46 @@ class TrainConfig:
 
 @dataclass
 class ZeroShotConfig:
-    """Held-out labelled images for zero-shot top-1 before and after training."""
+    """Held-out labelled images for zero-shot top-1 before and after training (`eval`: the target
+    task; `generic_eval`: classes outside it, for retention)."""
 
     classes: str
     images: str
     templates: str = "simple"
     batch_size: int = 256
+
+
+@dataclass
+class DenseConfig:
+    """Dense-aware customization (CLIPSelf-style), gated-image mode only; off by default.
+
+    On each batch's first `images` images (all when null), region features pooled (roi_align)
+    from the tower's dense readout over `boxes_per_image` cells of a random m x n grid
+    (m, n in 1..`max_grid`) are drawn to the class-token embeddings of those cells' crops
+    (1 - cosine, weight `weight`). The teacher encodes the crops without gradient: `self` is the
+    customized tower as it trains, `base` the base tower (gated blocks bypassed). `keep` holds the
+    dense readout near the base tower's: `close` penalises ||f - f_base||^2 / ||f_base||^2,
+    `norm` only (||f|| / ||f_base|| - 1)^2, per location (weight `keep_weight`). With
+    `contrastive: false` the class-token loss is left out (the plain CLIPSelf control).
+    """
+
+    enabled: bool = False
+    teacher: Literal["self", "base"] = "self"
+    weight: float = 1.0
+    keep: Literal["close", "norm", "none"] = "close"
+    keep_weight: float = 1.0
+    contrastive: bool = True
+    max_grid: int = 4
+    boxes_per_image: int = 2
+    images: Optional[int] = None
+
+    def check(self, mode: str) -> None:
+        if not self.enabled:
+            return
+        if mode != "gated-image":
+            raise ConfigError(f"dense: the dense objective trains gated blocks; train.mode is {mode!r}, not 'gated-image'")
+        if self.max_grid < 1 or self.boxes_per_image < 1 or (self.images is not None and self.images < 1):
+            raise ConfigError("dense: max_grid, boxes_per_image and images must be at least 1")
 
 
 @dataclass
@@ -82,6 +116,7 @@ class _RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: Optional[ZeroShotConfig] = None
+    generic_eval: Optional[ZeroShotConfig] = None
     world: Optional[WorldConfig] = None
     out: Optional[str] = None
 
@@ -93,6 +128,7 @@ class CustomizeConfig(_RunConfig):
     result is the base model, in place of `model.weights`."""
 
     gated: GatedConfig = field(default_factory=GatedConfig)
+    dense: DenseConfig = field(default_factory=DenseConfig)
     base_pretrain: Optional[str] = None
 
 

@@ -61,9 +61,11 @@ def customize(cfg, out: str | Path) -> dict:
     from react_core.engine.caption_embeddings import caption_embeddings, embeddings_from_folder
     from react_core.engine.train import train_contrastive
     from react_core.modeling import add_gated_blocks, save_adapter, save_full, set_trainable
+    from react_core.modeling.dense_objective import DenseObjective
 
     out = Path(out)
     mode = cfg.train.mode
+    cfg.dense.check(mode)
     ensure_world(cfg.world)
     model_cfg = base_model_config(cfg)
     bundle = model_cfg.load()
@@ -74,6 +76,7 @@ def customize(cfg, out: str | Path) -> dict:
     device = training_device()
     bundle.model.to(device)
     before = zeroshot(bundle, cfg.eval, cache, device)
+    generic_before = zeroshot(bundle, cfg.generic_eval, cache / "generic", device)
 
     layers = []
     torch.manual_seed(cfg.train.seed)  # the gated blocks' random initial weights
@@ -108,8 +111,10 @@ def customize(cfg, out: str | Path) -> dict:
         caption_embeddings=captions,
         export=export,
         hooks=[WriteConfigHook(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))],
+        dense=DenseObjective(cfg.dense, seed=cfg.train.seed) if cfg.dense.enabled else None,
     )
     after = zeroshot(bundle, cfg.eval, None if mode == "full" else cache, device)
+    generic_after = zeroshot(bundle, cfg.generic_eval, None if mode == "full" else cache / "generic", device)
     metrics = {"mode": mode, "pairs": len(dataset), "gated_layers": layers, **counts, **summary}
     if before is not None:
         metrics.update(
@@ -118,5 +123,14 @@ def customize(cfg, out: str | Path) -> dict:
             zeroshot_before=before,
             zeroshot_after=after,
         )
+    if generic_before is not None:
+        metrics.update(
+            generic_top1_before=generic_before["top1"],
+            generic_top1_after=generic_after["top1"],
+            generic_before=generic_before,
+            generic_after=generic_after,
+        )
+    if cfg.dense.enabled:
+        metrics["dense"] = dataclasses.asdict(cfg.dense)
     atomic_write_json(out / METRICS_FILE, metrics)
     return metrics

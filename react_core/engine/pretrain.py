@@ -67,5 +67,7 @@ def pretrain(cfg, out: str | Path) -> Path:
         export=lambda: save_full(bundle.model, out / MODEL_FILE),
     )
     metrics = zeroshot(bundle, cfg.eval, None, training_device())
-    atomic_write_json(out / SUMMARY_FILE, {"cache_key": key, "pairs": len(dataset), "zeroshot": metrics, **summary})
+    generic = zeroshot(bundle, cfg.generic_eval, None, training_device())
+    record = {"cache_key": key, "pairs": len(dataset), "zeroshot": metrics, "generic_zeroshot": generic, **summary}
+    atomic_write_json(out / SUMMARY_FILE, record)
     return out / MODEL_FILE

@@ -43,19 +43,21 @@ def train_contrastive(
     caption_embeddings: torch.Tensor | None = None,
     export: Callable[[], None] | None = None,
     hooks: Sequence = (),
+    dense=None,
 ) -> dict:
     """Train `clip` (its `requires_grad` flags already set for `mode`) on `dataset`; resumes from
     `work_dir` when it holds a checkpoint of the same `run_identity`.
 
     `train` and `data` are the `TrainConfig` and `DataConfig` of the run; `hooks` are extra
-    mmengine hooks. Returns the number of iterations, the images skipped as unreadable, the final
+    mmengine hooks; `dense`, a `DenseObjective` joining the loss (dense-aware customization).
+    Returns the number of iterations, the images skipped as unreadable, the final
     learning rate and the wall time of this call.
     """
     launcher, rank, world_size = distributed_context()
     text_locked = mode != "full"
     if text_locked and caption_embeddings is None:
         raise ValueError(f"mode {mode!r} locks the text tower: pass the caption embeddings")
-    model = ContrastiveCLIP(clip, text_locked=text_locked, rank=rank, world_size=world_size)
+    model = ContrastiveCLIP(clip, text_locked=text_locked, rank=rank, world_size=world_size, dense=dense)
     collate = PairCollate(dataset.captions, None if text_locked else tokenizer, caption_embeddings if text_locked else None)
     loader = DataLoader(
         dataset,

@@ -17,10 +17,11 @@ numbered across `layer1..layer4` in order.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import re
 from collections import OrderedDict
-from typing import Literal
+from typing import Iterator, Literal
 
 import torch
 from torch import nn
@@ -63,6 +64,7 @@ class GatedResidualAttentionBlock(nn.Module):
             OrderedDict([("c_fc", nn.Linear(d_model, hidden)), ("gelu", act_layer()), ("c_proj", nn.Linear(hidden, d_model))])
         )
         self.checkpointing = False
+        self.bypass = False
 
     def _forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
         attn_mask = attn_mask.to(x.dtype) if attn_mask is not None else None
@@ -71,6 +73,8 @@ class GatedResidualAttentionBlock(nn.Module):
         return x + torch.tanh(self.alpha_dense) * self.mlp(self.ln_2(x))
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        if self.bypass:
+            return x
         if self.checkpointing and torch.is_grad_enabled():
             return checkpoint(self._forward, x, attn_mask, use_reentrant=False)
         return self._forward(x, attn_mask)
@@ -99,6 +103,8 @@ class GatedFeatureMapBlock(nn.Module):
         self.block.checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.block.bypass:
+            return x
         n, c, h, w = x.shape
         tokens = self.proj_in(x.flatten(2).transpose(1, 2))
         increment = self.proj_out(self.block(tokens) - tokens)
@@ -238,6 +244,20 @@ def add_gated_blocks(
     return layers
 
 
+@contextlib.contextmanager
+def bypass_gated(model: nn.Module) -> Iterator[None]:
+    """Within the block, every gated block of `model` passes its input through: the base tower."""
+    blocks = [module for module in model.modules() if isinstance(module, GatedResidualAttentionBlock)]
+    previous = [block.bypass for block in blocks]
+    for block in blocks:
+        block.bypass = True
+    try:
+        yield
+    finally:
+        for block, state in zip(blocks, previous):
+            block.bypass = state
+
+
 def set_gated_checkpointing(model: nn.Module, enable: bool = True) -> None:
     for i in gated_layers(model):
         getattr(host_blocks(model)[i], GATED_ATTR).checkpointing = enable
@@ -283,7 +303,7 @@ def train_mode(model: nn.Module) -> nn.Module:
     return model
 
 
-def _first_trainable_block(visual: nn.Module) -> int | None:
+def first_trainable_block(visual: nn.Module) -> int | None:
     """Index of the first residual block with trainable parameters; None if the embedding trains."""
     stem = [visual.conv1, visual.ln_pre, getattr(visual, "patch_dropout", None)]
     stem_params = [visual.class_embedding, visual.positional_embedding]
@@ -307,7 +327,7 @@ def encode_image_for_training(model: nn.Module, images: torch.Tensor) -> torch.T
     visual = getattr(model, "visual", model)
     if not _is_vit(visual) or not hasattr(visual, "_embeds") or getattr(visual, "attn_pool", None) is not None:
         return visual(images)
-    first = _first_trainable_block(visual)
+    first = first_trainable_block(visual)
     transformer = visual.transformer
     blocks = transformer.resblocks
     with torch.set_grad_enabled(torch.is_grad_enabled() and first is None):

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from react_core.io import atomic_path, atomic_write_json, atomic_write_text
-from react_core.synth.concepts import TARGET_CLASSES, TEXTURES, class_dir
+from react_core.synth.concepts import CLASSES, TARGET_CLASSES, TEXTURES, class_dir
 from react_core.synth.corpus import clean_caption, render_single
 
 PAIR_COLUMNS = ("id", "path", "caption", "class")
@@ -51,3 +51,31 @@ def write_index(out_dir: Path, val_rows: list[list[dict]]) -> int:
     with atomic_path(out_dir / "pairs.parquet") as tmp:
         pq.write_table(table, tmp)
     return len(rows)
+
+
+GENERIC_STREAM = 101  # beyond the world's own streams: these images never appear in a world part
+
+
+def generic_classes() -> tuple[str, ...]:
+    """The world's non-target classes: what the base CLIP learned from the generic slice."""
+    return tuple(name for name in CLASSES if name not in TARGET_CLASSES)
+
+
+def ensure_generic_eval(world_dir: str | Path, per_class: int = 20, seed: int = 0) -> Path:
+    """Held-out images of every non-target class under `world_dir/generic/val/<class>/` with
+    `generic/classes.txt`, for zero-shot retention (what customization must not forget). Made once
+    from (seed, class) alone, beside the world's parts (not in its content hash); returns the folder."""
+    root = Path(world_dir) / "generic"
+    names = generic_classes()
+    if (root / "classes.txt").is_file():
+        return root
+    for index, name in enumerate(names):
+        rng = np.random.default_rng([seed, GENERIC_STREAM, index])
+        target = root / "val" / class_dir(name)
+        target.mkdir(parents=True, exist_ok=True)
+        for number in range(per_class):
+            image, _ = render_single(rng, name, str(rng.choice(TEXTURES)), distractor_rate=0.0)
+            with atomic_path(target / f"{number:05d}.jpg") as tmp:
+                Path(tmp).write_bytes(image)
+    atomic_write_text(root / "classes.txt", "".join(f"{name}\n" for name in names))
+    return root

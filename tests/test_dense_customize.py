@@ -1,0 +1,201 @@
+"""Dense-aware customization: the dense objective, its one-pass features, checkpoints, configs."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+
+from react_core.config import load
+from react_core.engine.config import CustomizeConfig, DenseConfig
+from react_core.engine.model import ContrastiveCLIP
+from react_core.modeling import load_clip, save_official
+from react_core.modeling.dense_objective import DenseObjective, crop_boxes, image_and_dense, random_grid_boxes
+from react_core.modeling.gated import GATED_ATTR, add_gated_blocks, bypass_gated, set_trainable
+from react_core.modeling.readout import dense_readout
+
+from test_gated import _randomize_gated
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+TINY_RESNET = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 2], "width": 16, "head_width": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+def _images(count: int = 4) -> torch.Tensor:
+    return torch.randn(count, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module", params=["vit", "resnet"])
+def base_and_gated(request):
+    torch.manual_seed(0)
+    base = load_clip("react-tiny" if request.param == "vit" else TINY_RESNET).model.eval().requires_grad_(False)
+    gated = copy.deepcopy(base)
+    add_gated_blocks(gated, k=2)
+    set_trainable(gated, "gated-image")
+    return base, gated
+
+
+def test_closed_gates_give_the_base_features_and_readout_bit_for_bit(base_and_gated):
+    base, gated = base_and_gated
+    images = _images()
+    with torch.no_grad():
+        pooled, dense = image_and_dense(gated.visual, images)
+        assert torch.equal(dense, dense_readout(base.visual, images))
+        assert torch.equal(pooled, base.visual(images))
+
+
+def test_one_pass_equals_the_tower_and_the_readout_with_open_gates(base_and_gated):
+    base, gated = base_and_gated
+    gated = copy.deepcopy(gated)
+    _randomize_gated(gated)
+    images = _images()
+    with torch.no_grad():
+        pooled, dense = image_and_dense(gated.visual, images)
+        torch.testing.assert_close(dense, dense_readout(gated.visual, images), rtol=0, atol=1e-6)
+        torch.testing.assert_close(pooled, gated.visual(images), rtol=0, atol=1e-6)
+        assert not torch.allclose(pooled, base.visual(images), atol=1e-4)
+
+
+def test_bypass_gives_the_base_tower_and_restores(base_and_gated):
+    base, gated = base_and_gated
+    gated = copy.deepcopy(gated)
+    _randomize_gated(gated)
+    images = _images()
+    with torch.no_grad():
+        opened = gated.visual(images)
+        with bypass_gated(gated):
+            assert torch.equal(gated.visual(images), base.visual(images))
+            assert torch.equal(image_and_dense(gated.visual, images)[1], dense_readout(base.visual, images))
+        assert torch.equal(gated.visual(images), opened)
+
+
+def test_random_grid_boxes_are_cells_of_a_grid_and_crops_have_the_input_size():
+    boxes = random_grid_boxes(50, 64, 64, max_grid=4, per_image=2, generator=torch.Generator().manual_seed(0))
+    assert all(1 <= len(b) <= 2 for b in boxes)
+    every = torch.cat(boxes)
+    widths, heights = every[:, 2] - every[:, 0], every[:, 3] - every[:, 1]
+    assert set(torch.round(64 / widths).tolist()) == {1.0, 2.0, 3.0, 4.0}
+    assert set(torch.round(64 / heights).tolist()) == {1.0, 2.0, 3.0, 4.0}
+    assert every.min() >= 0 and every.max() <= 64
+    images = _images(2)
+    crops = crop_boxes(images, [torch.tensor([[0.0, 0.0, 64.0, 64.0]]), torch.tensor([[0.0, 0.0, 32.0, 32.0]])], 64)
+    assert crops.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(crops[0], images[0], rtol=0, atol=1e-5)  # the whole box is the image itself
+
+
+@pytest.mark.parametrize("keep", ["close", "norm"])
+def test_the_dense_objective_lowers_its_own_loss(base_and_gated, keep):
+    _, gated = base_and_gated
+    model = copy.deepcopy(gated)
+    cfg = DenseConfig(enabled=True, teacher="base", keep=keep, keep_weight=0.1, contrastive=False)
+    objective = DenseObjective(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("alpha_attn", "alpha_dense")):
+                param.fill_(0.3)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=3e-3)
+    images = _images(8)
+
+    def loss() -> torch.Tensor:
+        objective.generator.manual_seed(0)  # the same boxes every step
+        _, dense = image_and_dense(model.visual, images)
+        terms = objective(model.visual, images, dense)
+        return terms["loss_region"] + terms["loss_keep"]
+
+    first = loss()
+    for _ in range(15):
+        optimizer.zero_grad()
+        value = loss()
+        value.backward()
+        optimizer.step()
+    with torch.no_grad():
+        assert loss().item() < 0.9 * first.item()
+
+
+def test_official_checkpoint_loads_strictly_and_round_trips_with_dense_on(tmp_path):
+    torch.manual_seed(0)
+    model = load_clip("react-tiny").model
+    add_gated_blocks(model, k=2)
+    _randomize_gated(model)
+    save_official(model, tmp_path / "react_tiny.pt")
+    loaded = load_clip("react-tiny", weights=tmp_path / "react_tiny.pt")  # strict
+    reference = {k: v.clone() for k, v in loaded.model.state_dict().items()}
+    set_trainable(loaded.model, "gated-image")
+    wrapped = ContrastiveCLIP(loaded.model, text_locked=True, dense=DenseObjective(DenseConfig(enabled=True)))
+    images = _images(2)
+    text = torch.nn.functional.normalize(torch.randn(2, 128), dim=-1)
+    terms = wrapped(images, text_features=text)
+    assert {"loss_contrastive", "loss_region", "loss_keep"} <= terms.keys()
+    assert set(loaded.model.state_dict()) == set(reference)  # the objective adds no keys
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in reference.items())
+    save_official(loaded.model, tmp_path / "again.pt")
+    again = load_clip("react-tiny", weights=tmp_path / "again.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(again.model.eval().encode_image(images), model.eval().encode_image(images), rtol=0, atol=1e-3)
+
+
+def test_dense_configs_and_controls_load():
+    demo = CONFIGS / "demo"
+    plain = load(demo / "customize.yaml", schema=CustomizeConfig)
+    assert not plain.dense.enabled and plain.generic_eval is not None
+    dense = load(demo / "customize_dense.yaml", schema=CustomizeConfig)
+    assert dense.dense.enabled and dense.dense.teacher == "self" and dense.dense.contrastive
+    assert dense.data.train == plain.data.train and dense.train == plain.train
+    random = load(demo / "customize_dense_random.yaml", schema=CustomizeConfig)
+    assert random.dense == dense.dense and random.data.train["sample"] == 3001 and random.data.train["classes"] is None
+    clipself = load(demo / "customize_clipself.yaml", schema=CustomizeConfig)
+    assert clipself.dense.teacher == "base" and not clipself.dense.contrastive
+    assert clipself.data.train == dense.data.train
+    cls_random = load(demo / "customize_random.yaml", schema=CustomizeConfig)
+    assert not cls_random.dense.enabled and cls_random.data.train == random.data.train
+    gpu = load(CONFIGS / "customize" / "imagenet_gated_dense_vitb16.yaml", schema=CustomizeConfig)
+    assert gpu.dense.enabled and gpu.train.mode == "gated-image" and gpu.model.name == "ViT-B-16-quickgelu"
+
+
+def test_dense_needs_gated_image_mode():
+    from react_core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="gated-image"):
+        DenseConfig(enabled=True).check("locked-text")
+    DenseConfig(enabled=False).check("locked-text")
+
+
+def test_manifest_sample_draws_as_many_rows_at_random(tiny_world):
+    from react_core.data.pairs import ManifestPairs, PairDataError
+
+    manifest = tiny_world / "corpus" / "manifest.parquet"
+    everything = ManifestPairs(str(manifest))
+    drawn = ManifestPairs(str(manifest), sample=100)
+    assert len(drawn) == 100 and set(drawn.ids) <= set(everything.ids)
+    assert drawn.ids == ManifestPairs(str(manifest), sample=100).ids  # seeded
+    assert drawn.ids != ManifestPairs(str(manifest), sample=100, sample_seed=1).ids
+    assert drawn.ids == sorted(drawn.ids, key=everything.ids.index)  # manifest order kept
+    with pytest.raises(PairDataError, match="sample"):
+        ManifestPairs(str(manifest), sample=len(everything) + 1)
+
+
+def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_world, tmp_path):
+    import json
+
+    from react_core.cli import main
+
+    pretrain_yaml = tmp_path / "pretrain.yaml"
+    pretrain_yaml.write_text(
+        f"_base_: {CONFIGS / 'demo' / 'pretrain.yaml'}\n"
+        f"world: {{dir: {tiny_world}, preset: tiny}}\nout: {tmp_path / 'pretrain'}\n"
+        "data: {batch_size: 32, workers: 0}\ntrain: {max_iters: 2, warmup_iters: 1, checkpoint_interval: 2}\n"
+    )
+    out = tmp_path / "dense"
+    overrides = [f"world.dir={tiny_world}", "world.preset=tiny", f"base_pretrain={pretrain_yaml}",
+                 "data.batch_size=16", "data.workers=0", "train.max_iters=2", "train.warmup_iters=1", "dense.images=4"]
+    assert main(["customize", "--config", str(CONFIGS / "demo" / "customize_dense.yaml"), "--out", str(out), *overrides]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    keys = {"zeroshot_top1_before", "zeroshot_top1_after", "generic_top1_before", "generic_top1_after"}
+    assert keys <= metrics.keys() and metrics["dense"]["enabled"]
+    assert metrics["generic_before"]["classes"] == 52
+    assert (out / "adapter.safetensors").is_file()
