@@ -79,3 +79,24 @@ def test_export_checks_every_image_against_the_subset(changed_corpus, capsys):
     assert "Traceback" not in err and err.count("error:") == 1  # besides the progress bar
     assert "corpus.tar:0004" in err and "sha256" in err
     assert not (out / "manifest.parquet").exists()
+
+
+def test_a_subset_finds_its_images_from_any_folder(tmp_path, monkeypatch):
+    """Embedding records where the images are as absolute paths, so a manifest cut from its
+    metadata (what `react retrieve` writes) needs no `root` to be read from elsewhere."""
+    (tmp_path / "corpus").mkdir()
+    _write_shard(tmp_path / "corpus" / "000000.tar", [_jpeg(10), _jpeg(90)])
+    with tarfile.open(tmp_path / "corpus" / "000000.tar", "a") as tar:
+        for number in range(2):
+            data = f"caption {number}".encode()
+            info = tarfile.TarInfo(f"{number:04d}.txt")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    monkeypatch.chdir(tmp_path)
+    assert main(["embed", "--data", "corpus", "--out", "emb", "--workers", "0"]) == 0
+    metadata = pd.read_parquet(tmp_path / "emb" / "metadata" / "metadata_0.parquet")
+    (tmp_path / "subset").mkdir()
+    metadata.assign(**{"class": "a", "score": 1.0}).to_parquet(tmp_path / "subset" / "subset.parquet")
+    monkeypatch.chdir(tmp_path / "subset")
+    pairs = ManifestPairs("subset.parquet")
+    assert [pairs.load_image(i) is not None for i in range(len(pairs))] == [True, True]

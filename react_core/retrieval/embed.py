@@ -3,7 +3,8 @@
     EMBDIR/img_emb/img_emb_{N}.npy      float16 [rows, dim], L2-normalised image embeddings
     EMBDIR/text_emb/text_emb_{N}.npy    float16 [rows, dim], L2-normalised caption embeddings
     EMBDIR/metadata/metadata_{N}.parquet  one row per embedding: id, caption, key, shard, path,
-                                          url, sha256 (of the image bytes)
+                                          url, sha256 (of the image bytes); shard and path of a
+                                          tar or folder source are absolute
     EMBDIR/skipped/skipped_{N}.parquet  samples of shard N whose image could not be read
     EMBDIR/embeddings.json              the model (identity, tokenizer, normalisation, dtype)
 
@@ -247,6 +248,7 @@ def _webdataset_shard(path: str) -> tuple[object, list]:
     from react_core.data.images import IMAGE_EXTENSIONS, TRUNCATED, index_shard
 
     rows, locations = [], []
+    resolved = str(Path(path).resolve())  # a subset's rows then find their images from any folder
     for key, entry in index_shard(path).items():
         bad = entry[TRUNCATED].decode() if TRUNCATED in entry else None
         meta, caption = {}, None
@@ -258,7 +260,7 @@ def _webdataset_shard(path: str) -> tuple[object, list]:
                 bad = f"unreadable caption or json ({type(error).__name__}: {error})"
         if bad is None and caption is None:
             continue
-        rows.append({"id": str(meta.get("id", key)), "caption": caption or "", "key": key, "shard": path,
+        rows.append({"id": str(meta.get("id", key)), "caption": caption or "", "key": key, "shard": resolved,
                      "url": meta.get("url")})
         locations.append(_BadSample(bad) if bad else next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
     return pd.DataFrame(rows, columns=["id", "caption", "key", "shard", "url"]), locations
@@ -322,7 +324,7 @@ def _folder_shards(root: Path, shard_size: int) -> list[InputShard]:
         frame = pd.DataFrame({
             "id": [str(p.relative_to(root).with_suffix("")) for p in chunk],
             "caption": [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in chunk],
-            "path": [str(p) for p in chunk],
+            "path": [str(p.resolve()) for p in chunk],
         })
         return frame, [str(p) for p in chunk]
 
