@@ -28,14 +28,17 @@ def user_errors():
     """Turn the data, checkpoint and vocabulary errors of a run into one-line user errors."""
     from react_core.cli import UserError
     from react_core.data import PairDataError
+    from react_core.data.images import ShardError
     from react_core.engine.caption_embeddings import EmbeddingFolderError
     from react_core.engine.runner import ResumeError
     from react_core.modeling import CheckpointError
     from react_core.modeling.text import VocabularyError
+    from react_core.synth import WorldError
 
     try:
         yield
-    except (PairDataError, EmbeddingFolderError, ResumeError, CheckpointError, VocabularyError) as error:
+    except (PairDataError, ShardError, EmbeddingFolderError, ResumeError, CheckpointError, VocabularyError,
+            WorldError) as error:
         raise UserError(str(error)) from None
 
 

@@ -21,7 +21,7 @@ def ensure_world(world) -> None:
     from react_core.synth import generate_world
     from react_core.synth.tasks import ensure_generic_eval
 
-    summary = generate_world(world.preset, world.dir, world.seed)
+    summary = generate_world(world.preset, world.dir, world.seed, progress=True)  # a bar while it is built
     if not summary["cached"]:
         logger.info("generated the synthetic world (%s) in %s", world.preset, world.dir)
     ensure_generic_eval(world.dir, seed=world.seed)

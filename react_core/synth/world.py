@@ -214,7 +214,8 @@ def generate_world(
             if not overwrite:
                 raise WorldError(
                     f"{root} holds another world (preset {info.get('preset')}, seed {info.get('seed')}, generator "
-                    f"version {info.get('generator_version')}); pass --overwrite to replace it, or give a new folder"
+                    f"version {info.get('generator_version')}) than preset {preset}, seed {seed}; replace it with "
+                    f"`react synth --preset {preset} --seed {seed} --out {root} --overwrite`, or give another folder"
                 )
         info = _generate(PRESETS[preset], preset, root, seed, workers or min(os.cpu_count() or 1, 8), progress)
     return _summary(info, root, cached=False, seconds=time.perf_counter() - start)
