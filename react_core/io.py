@@ -2,7 +2,8 @@
 
 A result file either exists whole or not at all: we write to a temporary file in the same
 folder and rename it into place, so an interrupted job never leaves a truncated output that
-a resumed run would mistake for a finished one.
+a resumed run would mistake for a finished one. The file gets the mode a plain `open` would give
+it (0666 less the umask), not the 0600 of a temporary file.
 """
 from __future__ import annotations
 
@@ -15,12 +16,19 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -77,6 +77,13 @@ class ClipBundle:
     spec: ModelSpec
 
 
+class _RandomInitNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" notice."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+
 def register_project_models() -> None:
     """Make `react-tiny` and friends known to open_clip under their names."""
     global _registered
@@ -192,6 +199,9 @@ def load_clip(
         )
     if open_clip.get_model_config(arch) is None:
         raise ValueError(f"unknown model '{name}'; known: react-tiny, react-small, or one of open_clip.list_models()")
+    notice = _RandomInitNotice()
+    if weights is not None:  # the weights are loaded below: open_clip's "initialized randomly" would be wrong
+        logging.getLogger().addFilter(notice)
     try:
         created, preprocess_train, preprocess_val = open_clip.create_model_and_transforms(
             arch,
@@ -208,6 +218,8 @@ def load_clip(
                 f"without internet, download them elsewhere and pass the local file with --weights PATH"
             ) from error
         raise
+    finally:
+        logging.getLogger().removeFilter(notice)
     layers: list[int] = []
     if weights is not None:
         state = read_state_dict(weights)
