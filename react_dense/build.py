@@ -14,7 +14,7 @@ import torch
 from react_core.config import ConfigError
 from react_core.registry import BACKBONES, HEADS
 from react_dense.config import DetectionConfig
-from react_dense.data.detection import OpenVocabularySplit, load_coco
+from react_dense.data.detection import OpenVocabularySplit, check_inputs_exist, load_coco
 from react_dense.modeling.backbone import ClipBackbone, load_dense_clip
 from react_dense.modeling.region_text import ClipScoreEnsemble, RegionTextClassifier
 from react_dense.modeling.vocabulary import Vocabulary, vocabulary_embeddings
@@ -75,6 +75,7 @@ def encode_vocabulary(
 
 def dataset_vocabularies(bundle, cfg: DetectionConfig, annotation_file: str) -> tuple[VocabularyTensors, VocabularyTensors, OpenVocabularySplit]:
     """(training vocabulary: base classes only, evaluation vocabulary: all classes, split)."""
+    check_inputs_exist(cfg.data)
     categories = load_coco(annotation_file).dataset["categories"]
     split = OpenVocabularySplit.from_categories(categories, cfg.data.novel)
     full = Vocabulary.from_categories(categories)

@@ -54,3 +54,22 @@ def test_segment_writes_one_output_per_input_when_basenames_collide(tiny_world, 
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00001_x.png", "00002_x.png"]
     first, second = (np.asarray(Image.open(out / "overlays" / name)) for name in ("00001_x.png", "00002_x.png"))
     assert not np.array_equal(first, second)
+
+
+def test_a_missing_validation_file_is_reported_before_training(tmp_path, capsys):
+    import sys
+
+    from test_dense_detector import CONFIG, write_scenes
+
+    write_scenes(tmp_path / "detection", "train", 2, seed=0)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    try:
+        from train_net import main as train_net
+    finally:
+        sys.path.pop(0)
+    out = tmp_path / "run"
+    missing = tmp_path / "detection" / "val.json"
+    assert train_net(["--config", str(CONFIG), "--out", str(out), f"world={tmp_path}", "train.steps=2"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"annotation file not found: {missing} (data.val)" in err
+    assert not out.exists() or not any(out.rglob("*.pth"))

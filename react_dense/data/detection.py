@@ -49,6 +49,17 @@ def load_coco(path: str | Path):
     return coco
 
 
+def check_inputs_exist(data) -> None:
+    """Every annotation file and image folder a `data:` section names is there: a missing
+    evaluation file is reported before the first training step, not after the last."""
+    for key in ("train", "val"):
+        annotation_file, image_root = getattr(data, key), getattr(data, f"{key}_images")
+        if annotation_file and not Path(annotation_file).is_file():
+            raise DatasetError(f"annotation file not found: {annotation_file} (data.{key})")
+        if annotation_file and image_root and not Path(image_root).is_dir():
+            raise DatasetError(f"image folder not found: {image_root} (data.{key}_images)")
+
+
 def _drop_dangling_annotations(path: Path, data: dict) -> None:
     """Annotations must name an image and a category of the file: the others are counted, warned
     about and dropped; a file in which no annotation names one of its categories is an error."""
