@@ -112,3 +112,12 @@ def test_embed_refuses_an_empty_shard_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("error:") == 1  # besides the progress bar
     assert "000000.tar: not a readable tar shard (empty file)" in err
+
+
+def test_training_pairs_leave_out_a_caption_that_is_not_utf8(tmp_path, caplog):
+    from react_core.data import WebDatasetPairs
+
+    _shard(tmp_path / "000000.tar", [("a", b"a red circle"), ("bb", b"caf\xe9"), ("ccc", b"a blue star")])
+    pairs = WebDatasetPairs(str(tmp_path / "000000.tar"))
+    assert pairs.captions == ["a red circle", "a blue star"]
+    assert "1 samples left out, their caption or json is not UTF-8 text (e.g. bb)" in caplog.text

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -28,6 +29,8 @@ from react_core.data.images import (
     read_bytes,
 )
 from react_core.registry import DATASETS
+
+logger = logging.getLogger(__name__)
 
 
 class PairDataError(ValueError):
@@ -211,8 +214,9 @@ class WebDatasetPairs(PairDataset):
     """Webdataset tar shards (`KEY.jpg` + `KEY.txt`, optional `KEY.json`), read by random access.
 
     The shards are indexed once (member offsets), so samples can be shuffled and a resumed run
-    can start at any position without reading what came before. A sample without a caption is
-    left out at indexing; one without an image counts as skipped.
+    can start at any position without reading what came before. A sample without a readable
+    caption is left out at indexing (with a warning when its text is not UTF-8); one without an
+    image counts as skipped.
     """
 
     def __init__(self, shards: str | list[str], transform: Callable | None = None):
@@ -220,14 +224,22 @@ class WebDatasetPairs(PairDataset):
         self.captions, self.ids, self._members = [], [], []
         self._reader = ShardReader()
         for shard in expand_shards(shards):
+            unreadable = []
             for key, entry in index_shard(shard).items():
-                meta = json.loads(entry["json"]) if "json" in entry else {}
-                caption = entry["txt"].decode("utf-8").strip() if "txt" in entry else meta.get("caption")
+                try:
+                    meta = json.loads(entry["json"]) if "json" in entry else {}
+                    caption = entry["txt"].decode("utf-8").strip() if "txt" in entry else meta.get("caption")
+                except (UnicodeDecodeError, json.JSONDecodeError):
+                    unreadable.append(key)
+                    continue
                 if caption is None:
                     continue
                 self.captions.append(caption)
                 self.ids.append(str(meta.get("id", key)))
                 self._members.append(next((entry[e] for e in IMAGE_EXTENSIONS if e in entry), None))
+            if unreadable:
+                logger.warning("%s: %d samples left out, their caption or json is not UTF-8 text (e.g. %s)",
+                               shard, len(unreadable), unreadable[0])
 
     def load_image(self, index: int):
         member = self._members[index]
