@@ -1,6 +1,8 @@
 """The Detectron2 engine wraps the same parts (skipped where Detectron2 is not installed)."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -16,19 +18,20 @@ def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, 
     from detectron2.data import DatasetCatalog
     from detectron2.modeling import build_model
 
-    import react_dense.engines.detectron2.modeling  # noqa: F401
-    from react_dense.engines.detectron2.modeling import parts_for
-    from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg
-    from test_dense_detector import CONFIG
+    from react_dense.build import build_parts
+    from react_dense.engines.detectron2.modeling import parts_of, register_parts
+    from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg, write_resolved_config
 
-    overrides = [f"world={scenes}", "data.num_workers=0", *ensemble]
     cfg = demo_config(scenes, *ensemble)
     split = register_datasets(cfg)
-    d2 = to_detectron2_cfg(cfg, str(CONFIG), overrides, tmp_path, len(split.base_ids))
+    config_file = write_resolved_config(cfg, tmp_path)
+    parts = build_parts(cfg)
+    register_parts(str(config_file), parts)
+    d2 = to_detectron2_cfg(cfg, parts, config_file, tmp_path, len(split.base_ids))
     torch.manual_seed(0)
     model = build_model(d2)
     assert type(model.backbone).__name__ == "Detectron2ClipBackbone"
-    parts = parts_for(str(CONFIG), tuple(overrides))
+    assert model.backbone.clip_backbone is parts.backbone and parts_of(d2) is parts
     train_vocab, eval_vocab, _ = dataset_vocabularies(parts.bundle, cfg, cfg.data.train)
     model.roi_heads.box_predictor.set_vocabulary(train_vocab.embeddings, train_vocab.is_base)
 
@@ -54,3 +57,48 @@ def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, 
         instances = model([{"image": batch[0]["image"], "height": 64, "width": 64}])[0]["instances"]
     assert len(instances) and int(instances.pred_classes.max()) < len(eval_vocab.vocabulary)
     assert instances.pred_masks.shape[-2:] == (64, 64)
+
+
+def _run(scenes, out, *overrides):
+    from react_dense.engines.detectron2.train import main
+
+    cfg = demo_config(scenes, "engine=detectron2", "train.log_period=1", *overrides)
+    return main(cfg, out, eval_only=False, resume=False, weights=None)
+
+
+def _curve(out) -> list[dict]:
+    """The training steps of Detectron2's JSON log (its last line holds the evaluation)."""
+    lines = [json.loads(line) for line in (out / "train_metrics.json").read_text().splitlines()]
+    return [line for line in lines if "total_loss" in line]
+
+
+def test_detectron2_trainer_losses_fall_and_files_do_not_clash(scenes, tmp_path):  # noqa: F811
+    metrics = _run(scenes, tmp_path / "a", "train.steps=20", "train.lr=0.002", "train.warmup_steps=2")
+    curve = _curve(tmp_path / "a")
+    assert len(curve) == 20
+    first = sum(c["total_loss"] for c in curve[:4]) / 4
+    last = sum(c["total_loss"] for c in curve[-4:]) / 4
+    assert last < 0.8 * first, (first, last)
+    assert curve[-1]["loss_rpn_cls"] < curve[0]["loss_rpn_cls"]
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == metrics
+    assert "bbox/AP" in metrics and "total_loss" not in metrics
+
+
+def test_detectron2_resolved_config_builds_the_same_parts(scenes, tmp_path):  # noqa: F811
+    from detectron2.config import get_cfg
+
+    from react_dense.engines.detectron2.modeling import parts_of
+    from react_dense.engines.detectron2.train import add_react_config, write_resolved_config
+
+    config_file = write_resolved_config(demo_config(scenes, "backbone.out_channels=32"), tmp_path)
+    d2 = get_cfg()
+    add_react_config(d2)
+    d2.REACT.CONFIG = str(config_file)
+    assert parts_of(d2).backbone.output_shape()["p2"].channels == 32
+
+
+def test_detectron2_runs_of_one_config_are_identical(scenes, tmp_path):  # noqa: F811
+    settings = ("train.steps=4", "model.weights=null")
+    assert _run(scenes, tmp_path / "a", *settings) == _run(scenes, tmp_path / "b", *settings)
+    first, second = _curve(tmp_path / "a"), _curve(tmp_path / "b")
+    assert [c["total_loss"] for c in first] == [c["total_loss"] for c in second]

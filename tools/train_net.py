@@ -6,6 +6,11 @@
     python tools/train_net.py --config CONFIG --eval-only --out runs/ovd [--weights FILE]
     python tools/train_net.py --config CONFIG engine=detectron2 train.steps=100
     python tools/train_net.py --config configs/demo/seg_synthetic.yaml --out runs/seg
+    python tools/train_net.py --config-file CONFIG engine=detectron2 SOLVER.MAX_ITER 10
+
+Detectron2's spellings work beside ours: `--config-file` for `--config`, trailing `KEY VALUE`
+pairs of Detectron2 keys (applied to the config's `detectron2:` section), and `key=value`
+overrides anywhere on the line.
 
 A `kind: segmentation` config trains an open-vocabulary segmenter instead (react_dense.segmentation).
 The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
@@ -27,27 +33,63 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    parser.add_argument("--config", required=True, help="a `kind: detection` or `kind: segmentation` YAML (see configs/)")
+    parser.add_argument("--config", "--config-file", dest="config", required=True,
+                        help="a `kind: detection` or `kind: segmentation` YAML (see configs/)")
     parser.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or --out/model_final.pth) without training")
     parser.add_argument("--weights", default=None, help="detector checkpoint to evaluate with --eval-only")
-    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in --out (a finished run is only evaluated again)")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (Detectron2 engine: one process each)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines (Detectron2 engine)")
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (Detectron2 engine)")
     parser.add_argument("--dist-url", default="auto", help="rendezvous URL for several machines (Detectron2 engine)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.steps=100 engine=detectron2")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="config overrides, e.g. train.steps=100 engine=detectron2, or Detectron2 KEY VALUE pairs")
     return parser
 
 
+DETECTRON2_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def normalize_overrides(tokens: list[str]) -> list[str]:
+    """Our `key=value` overrides as they are; Detectron2's `KEY VALUE` pairs as `detectron2.KEY=VALUE`."""
+    from react_core.config import ConfigError
+
+    overrides, rest = [], list(tokens)
+    while rest:
+        token = rest.pop(0)
+        if "=" in token:
+            overrides.append(token)
+        elif DETECTRON2_KEY.match(token) and rest and "=" not in rest[0]:
+            overrides.append(f"detectron2.{token}={rest.pop(0)}")
+        else:
+            raise ConfigError(
+                f"command-line override {token!r}: expected key=value, or a Detectron2 KEY VALUE pair such as SOLVER.MAX_ITER 10"
+            )
+    return overrides
+
+
+def refuse_finished_run(args) -> None:
+    """A finished --out is never retrained over: `--resume` evaluates it again, `--eval-only` reads it."""
+    from react_core.config import ConfigError
+
+    out = Path(args.out)
+    if not (args.resume or args.eval_only) and (out / "metrics.json").is_file():
+        raise ConfigError(f"{out} holds a finished run (metrics.json): pass --resume to continue it, or choose a new --out")
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)
+    args.out = args.out or str(Path("runs") / Path(args.config).stem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from react_dense.segmentation.train import SEGMENTATION_ERRORS, is_segmentation_config
     from react_dense.segmentation.train import run as run_segmentation
     from react_dense.train_net import USER_ERRORS, run
 
     try:
+        args.overrides = normalize_overrides(args.overrides)
+        refuse_finished_run(args)
         metrics = (run_segmentation if is_segmentation_config(args.config, args.overrides) else run)(args)
     except USER_ERRORS + SEGMENTATION_ERRORS as error:
         print(f"train_net: error: {error}", file=sys.stderr)

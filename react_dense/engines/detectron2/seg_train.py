@@ -2,8 +2,9 @@
 
 Our YAML stays the config users edit: it is written to `OUT/segmentation.yaml` and named by
 `cfg.REACT.CONFIG`, from which the registered backbone and head are built; `build_model` makes
-Detectron2's `SemanticSegmentor`, `SimpleTrainer` runs the steps with Detectron2's optimizer and
-warm-up cosine schedule, `inference_on_dataset` runs the evaluator. Checkpoints are ours (atomic,
+Detectron2's `SemanticSegmentor`, `SimpleTrainer` runs the steps with the optimizer and schedule
+every dense engine shares (`react_dense.engines.loop`) and logs the losses (`train_metrics.json`),
+`inference_on_dataset` runs the evaluator. Checkpoints are ours (atomic,
 read with `weights_only=True`), so `resume` continues an interrupted run.
 """
 from __future__ import annotations
@@ -65,9 +66,10 @@ def train_from_config(
     from detectron2.engine import SimpleTrainer, hooks
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
-    from detectron2.solver import build_lr_scheduler, build_optimizer
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-    from react_dense.engines.loop import FINAL, LAST, load_checkpoint, save_checkpoint, seed_everything
+    from react_dense.engines.detectron2.train import TRAIN_CURVE
+    from react_dense.engines.loop import FINAL, LAST, build_optimizer, build_scheduler, load_checkpoint, save_checkpoint, seed_everything
     from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset
     from react_dense.segmentation.train import encode_classes, open_spec, write_metrics
 
@@ -94,8 +96,8 @@ def train_from_config(
             num_workers=cfg.train.num_workers, drop_last=len(source.images) >= cfg.train.batch_size,
             generator=torch.Generator().manual_seed(cfg.train.seed),
         )
-        optimizer = build_optimizer(d2, model)
-        scheduler = build_lr_scheduler(d2, optimizer)
+        optimizer = build_optimizer(model, cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train)
         start = load_checkpoint(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
         trainer = SimpleTrainer(model, _batches(loader, to_seen), optimizer)
         period = cfg.train.checkpoint_period
@@ -103,6 +105,7 @@ def train_from_config(
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer, scheduler),
             hooks.CallbackHook(after_step=lambda t: (t.iter + 1) % period == 0 and save_checkpoint(out / LAST, model, optimizer, scheduler, t.iter + 1)),
+            hooks.PeriodicWriter([CommonMetricPrinter(cfg.train.steps), JSONWriter(str(out / TRAIN_CURVE))], period=cfg.train.log_period),
         ])
         trainer.train(start, cfg.train.steps)
         save_checkpoint(out / LAST, model, optimizer, scheduler, cfg.train.steps)

@@ -28,11 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def add_react_config(cfg) -> None:
-    """`cfg.REACT.CONFIG`: the resolved YAML of ours that the backbone and heads are built from."""
+    """`cfg.REACT.CONFIG`: the resolved YAML of ours that the backbone and heads are built from;
+    `cfg.REACT.LOG_PERIOD`: steps between lines of the training log."""
     from detectron2.config import CfgNode
 
     cfg.REACT = CfgNode()
     cfg.REACT.CONFIG = ""
+    cfg.REACT.LOG_PERIOD = 20
 
 
 def _flatten(mapping: dict, prefix: str = "") -> list:
@@ -121,6 +123,7 @@ def finish_detectron2_cfg(d2, train, detectron2_section: dict, out: Path, where:
     solver.STEPS = ()
     solver.WARMUP_ITERS = train.warmup_steps
     solver.CLIP_GRADIENTS.CLIP_VALUE = train.clip_grad_norm
+    d2.REACT.LOG_PERIOD = train.log_period
     d2.SEED = train.seed
     d2.OUTPUT_DIR = str(out)
     for key, value in zip(*[iter(_flatten(detectron2_section))] * 2):
@@ -144,8 +147,10 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
     """DefaultTrainer with our optimizer and schedule (the torchvision engine's), the training
     curve in `train_metrics.json` (so `metrics.json` is the evaluation, as in every engine), and
     the evaluation vocabulary swapped in for `test`."""
-    from detectron2.engine import DefaultTrainer
+    from detectron2.engine import DefaultTrainer, hooks
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+    from detectron2.utils import comm
 
     from react_dense.engines.loop import build_optimizer, build_scheduler
 
@@ -160,6 +165,12 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
 
         def build_writers(self):
             return [CommonMetricPrinter(self.max_iter), JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / TRAIN_CURVE))]
+
+        def build_hooks(self):
+            kept = [h for h in super().build_hooks() if not isinstance(h, hooks.PeriodicWriter)]
+            if comm.is_main_process():
+                kept.append(hooks.PeriodicWriter(self.build_writers(), period=self.cfg.REACT.LOG_PERIOD))
+            return kept
 
         @classmethod
         def build_evaluator(cls, d2, dataset_name):
