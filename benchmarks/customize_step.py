@@ -11,6 +11,10 @@ Configurations (same model, batch, images and optimizer):
                (the text tower is not even in memory), the frozen blocks below the first gated block
                run under no_grad, gated blocks checkpointed (`react_core.modeling.gated`).
   gated-image-nockpt  the same without checkpointing the gated blocks: faster, more memory.
+  gated-image-dense  gated-image-nockpt plus the dense objective (`react_core.modeling.dense_objective`,
+               the demo's settings: 2 random-grid boxes on each of the first --dense-images images,
+               teacher = the tower itself, keep-close term); its ratio to gated-image-nockpt is the
+               cost of dense-aware customization over a CLS-only step.
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss, minus the
 process's peak after imports and inputs) belongs to one configuration only. Step time is reported
@@ -31,14 +35,24 @@ import subprocess
 import sys
 import time
 
-CONFIGS = ("full", "locked-text", "official", "official-ckpt", "gated-image", "gated-image-nockpt")
+CONFIGS = ("full", "locked-text", "official", "official-ckpt", "gated-image", "gated-image-nockpt", "gated-image-dense")
 
 
 def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(config: str, model_name: str, batch: int, steps: int, warmup: int, seed: int, count_flops: bool = False) -> dict:
+def measure(
+    config: str,
+    model_name: str,
+    batch: int,
+    steps: int,
+    warmup: int,
+    seed: int,
+    count_flops: bool = False,
+    gated_k: int | None = None,
+    dense_images: int = 8,
+) -> dict:
     """Run `warmup + steps` training steps of one configuration in this process.
 
     With `count_flops`, one more step runs under torch's FlopCounterMode (forward, backward and
@@ -62,10 +76,24 @@ def measure(config: str, model_name: str, batch: int, steps: int, warmup: int, s
 
     clip = load_clip(model_name).model
     if config.startswith(("gated-image", "official")):
-        add_gated_blocks(clip, checkpointing=config == "gated-image")
+        add_gated_blocks(clip, k=gated_k, checkpointing=config == "gated-image")
     counts = set_trainable(clip, {"full": "full", "locked-text": "locked-text"}.get(config, "gated-image"))
     clip.set_grad_checkpointing(config == "official-ckpt")
-    if config in ("locked-text", "gated-image", "gated-image-nockpt"):
+    if config == "gated-image-dense":
+        from react_core.engine.config import DenseConfig
+        from react_core.modeling.dense_objective import DenseObjective, image_and_dense
+
+        model = ImageTower(clip)
+        del clip
+        objective = DenseObjective(DenseConfig(enabled=True, images=dense_images), seed=seed)
+        dense_terms = []
+
+        def features():
+            pooled, dense = image_and_dense(model.visual, images)
+            dense_terms.append(sum(v for k, v in objective(model.visual, images, dense).items() if k.startswith("loss")))
+            return F.normalize(pooled, dim=-1), cached_text
+
+    elif config in ("locked-text", "gated-image", "gated-image-nockpt"):
         model = ImageTower(clip)
         del clip
 
@@ -87,6 +115,8 @@ def measure(config: str, model_name: str, batch: int, steps: int, warmup: int, s
         image, text = features()
         logits = model.logit_scale.exp() * image @ text.t()
         loss = (F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)) / 2
+        if config == "gated-image-dense":
+            loss = loss + dense_terms.pop()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -118,8 +148,8 @@ def measure(config: str, model_name: str, batch: int, steps: int, warmup: int, s
 def _run_child(args, config: str, count_flops: bool = False) -> dict:
     command = [
         sys.executable, __file__, "--child", config, "--model", args.model, "--batch", str(args.batch),
-        "--seed", str(args.seed),
-    ]
+        "--seed", str(args.seed), "--dense-images", str(args.dense_images),
+    ] + (["--gated-k", str(args.gated_k)] if args.gated_k else [])
     command += ["--steps", "0", "--warmup", "0", "--count-flops"] if count_flops else [
         "--steps", str(args.steps), "--warmup", str(args.warmup)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -140,6 +170,8 @@ def main(argv=None) -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configurations")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gated-k", type=int, help="gated blocks in the last k layers (default: REACT's k)")
+    parser.add_argument("--dense-images", type=int, default=8, help="images per batch under the dense objective")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--json", help="also write the raw measurements to this file")
     parser.add_argument("--count-flops", action="store_true",
@@ -147,7 +179,8 @@ def main(argv=None) -> None:
     parser.add_argument("--child", choices=CONFIGS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        print(json.dumps(measure(args.child, args.model, args.batch, args.steps, args.warmup, args.seed, args.count_flops)))
+        print(json.dumps(measure(args.child, args.model, args.batch, args.steps, args.warmup, args.seed, args.count_flops,
+                                 args.gated_k, args.dense_images)))
         return
     if "full" not in args.configs:
         parser.error("'full' is the baseline of every ratio; keep it in --configs")
@@ -177,6 +210,10 @@ def main(argv=None) -> None:
                       f"({min(r[config]['peak_mib'] for r in rounds):.0f}–{max(r[config]['peak_mib'] for r in rounds):.0f})",
                       _summary([r[config]["peak_mib"] / r["full"]["peak_mib"] for r in rounds])]
             print(f"| {config} | " + " | ".join(cells) + " |")
+        if {"gated-image-dense", "gated-image-nockpt"} <= set(args.configs):
+            for key, what in (("step_cpu_s", "CPU"), ("step_s", "wall")):
+                ratios = [r["gated-image-dense"][key] / r["gated-image-nockpt"][key] for r in rounds]
+                print(f"\ndense-aware step / CLS-only step (gated-image-dense / gated-image-nockpt), {what}: {_summary(ratios)}")
     flops = {}
     if args.count_flops:
         flops = {config: _run_child(args, config, count_flops=True)["gflop"] for config in args.configs}
