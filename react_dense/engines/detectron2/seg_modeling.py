@@ -18,6 +18,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from detectron2.utils import comm
 from torch import nn
 
+from react_core.config import load
 from react_core.registry import BACKBONES, HEADS
 from react_dense.engines.detectron2.modeling import Detectron2ClipBackbone
 from react_dense.modeling.backbone import FeatureSpec, load_dense_clip
@@ -25,24 +26,22 @@ from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metri
 
 
 @functools.lru_cache(maxsize=4)
-def segmentation_config(config_path: str, overrides: tuple):
-    from react_dense.segmentation.train import load_segmentation_config
-
-    return load_segmentation_config(config_path, list(overrides))
+def segmentation_config(config_path: str):
+    """The resolved `kind: segmentation` YAML a run wrote out."""
+    return load(config_path)
 
 
 @functools.lru_cache(maxsize=4)
-def segmentation_bundle(config_path: str, overrides: tuple):
+def segmentation_bundle(config_path: str):
     """The CLIP of one config, loaded once for the backbone and the text embeddings."""
-    cfg = segmentation_config(config_path, overrides)
+    cfg = segmentation_config(config_path)
     bundle = load_dense_clip(cfg.model, cfg.adapter)
     bundle.model.eval()
     return bundle
 
 
 def _ours(cfg):
-    key = (cfg.REACT.CONFIG, tuple(cfg.REACT.OVERRIDES))
-    return segmentation_config(*key), segmentation_bundle(*key)
+    return segmentation_config(cfg.REACT.CONFIG), segmentation_bundle(cfg.REACT.CONFIG)
 
 
 @BACKBONE_REGISTRY.register()

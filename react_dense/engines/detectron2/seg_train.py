@@ -79,7 +79,7 @@ def train_from_config(
     seed_everything(cfg.train.seed)
     d2 = to_detectron2_cfg(cfg, config_path, out)
     model = build_model(d2)
-    bundle = seg_modeling.segmentation_bundle(str(config_path), ())
+    bundle = seg_modeling.segmentation_bundle(str(config_path))
     head = model.sem_seg_head
     if eval_only:
         load_checkpoint(weights or out / FINAL, model)
