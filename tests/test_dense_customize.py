@@ -179,17 +179,47 @@ def test_manifest_sample_draws_as_many_rows_at_random(tiny_world):
         ManifestPairs(str(manifest), sample=len(everything) + 1)
 
 
-def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_world, tmp_path):
+@pytest.fixture(scope="module")
+def pretrain_yaml(tiny_world, tmp_path_factory) -> Path:
+    """The demo's pretrain config, two iterations in the tiny world."""
+    root = tmp_path_factory.mktemp("pretrain")
+    path = root / "pretrain.yaml"
+    path.write_text(
+        f"_base_: {CONFIGS / 'demo' / 'pretrain.yaml'}\n"
+        f"world: {{dir: {tiny_world}, preset: tiny}}\nout: {root / 'out'}\n"
+        "data: {batch_size: 32, workers: 0}\ntrain: {max_iters: 2, warmup_iters: 1, checkpoint_interval: 2}\n"
+    )
+    return path
+
+
+def test_a_shipped_base_serves_its_own_key_only_and_its_hash_is_checked(pretrain_yaml, tmp_path, monkeypatch):
+    import shutil
+
+    import react_core.engine.pretrain as pretraining
+    from react_core.engine.config import PretrainConfig
+    from react_core.modeling import CheckpointError
+
+    weights = pretraining.pretrain(load(pretrain_yaml, ["shipped=null"], schema=PretrainConfig), tmp_path / "made")
+    resources = tmp_path / "resources"
+    resources.mkdir()
+    shutil.copy(weights, resources / "base.safetensors")
+    shutil.copy(weights.parent / "pretrain.json", resources / "base.json")
+    monkeypatch.setattr(pretraining, "RESOURCES", resources)
+    shipped = load(pretrain_yaml, ["shipped=base"], schema=PretrainConfig)
+    assert pretraining.pretrain(shipped, tmp_path / "unused") == resources / "base.safetensors"
+    assert not (tmp_path / "unused").exists()  # nothing trained
+    other = load(pretrain_yaml, ["shipped=base", "train.lr=2e-3"], schema=PretrainConfig)
+    assert pretraining.pretrain(other, tmp_path / "other") == tmp_path / "other" / "model.safetensors"
+    (resources / "base.safetensors").write_bytes(b"changed")
+    with pytest.raises(CheckpointError, match="sha256"):
+        pretraining.pretrain(shipped, tmp_path / "unused")
+
+
+def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_world, pretrain_yaml, tmp_path):
     import json
 
     from react_core.cli import main
 
-    pretrain_yaml = tmp_path / "pretrain.yaml"
-    pretrain_yaml.write_text(
-        f"_base_: {CONFIGS / 'demo' / 'pretrain.yaml'}\n"
-        f"world: {{dir: {tiny_world}, preset: tiny}}\nout: {tmp_path / 'pretrain'}\n"
-        "data: {batch_size: 32, workers: 0}\ntrain: {max_iters: 2, warmup_iters: 1, checkpoint_interval: 2}\n"
-    )
     out = tmp_path / "dense"
     overrides = [f"world.dir={tiny_world}", "world.preset=tiny", f"base_pretrain={pretrain_yaml}",
                  "data.batch_size=16", "data.workers=0", "train.max_iters=2", "train.warmup_iters=1", "dense.images=4"]

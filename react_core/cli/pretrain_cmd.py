@@ -25,14 +25,14 @@ def run(args) -> int:
     from react_core.cli.customize_cmd import output_folder, user_errors
     from react_core.config import load
     from react_core.engine.config import PretrainConfig
-    from react_core.engine.pretrain import SUMMARY_FILE, pretrain
+    from react_core.engine.pretrain import pretrain, summary_file
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load(args.config, args.overrides, schema=PretrainConfig)
     out = output_folder(args, cfg, "pretrain")
     with user_errors():
         weights = pretrain(cfg, out)
-    summary = json.loads((weights.parent / SUMMARY_FILE).read_text())
+    summary = json.loads(summary_file(weights).read_text())
     if summary.get("zeroshot"):
         print(f"zero-shot top-1 of the pretrained model: {summary['zeroshot']['top1']:.1f}%")
     print(weights)

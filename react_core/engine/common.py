@@ -29,8 +29,8 @@ def ensure_world(world) -> None:
 
 def run_key(cfg, dataset) -> str:
     """What decides a run's result: the config (less where outputs go, where the world lies and
-    how it is evaluated, a disabled dense objective) and the content of the training pairs (not their paths)."""
-    skip = ("out", "world", "eval", "generic_eval", "data")
+    how it is evaluated, where a shipped result lies, a disabled dense objective) and the content of the training pairs (not their paths)."""
+    skip = ("out", "world", "eval", "generic_eval", "data", "shipped")
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     if "dense" in data and not data["dense"]["enabled"]:
         del data["dense"]

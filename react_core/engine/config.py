@@ -135,4 +135,7 @@ class CustomizeConfig(_RunConfig):
 @config_kind("pretrain")
 @dataclass
 class PretrainConfig(_RunConfig):
-    """Train a CLIP from scratch (both towers, mode full) on a generic pair set."""
+    """Train a CLIP from scratch (both towers, mode full) on a generic pair set; `shipped` names a
+    package resource holding the result for this config and data (see `react_core.engine.pretrain`)."""
+
+    shipped: Optional[str] = None

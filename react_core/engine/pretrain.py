@@ -5,6 +5,13 @@ synthetic world a little (zero-shot on the task clearly above chance, well below
 that customization has something to improve. It is trained on a generic slice of the corpus in
 which the target concepts are rare, with full contrastive training of both towers, and cached:
 a second run with the same config and data returns the saved weights at once.
+
+A config may name a `shipped` base: a package resource (`react_core/resources/<name>.safetensors`
+and `<name>.json`, the weights and summary that `react pretrain` wrote for this very config and
+data). When the run's cache key is the one recorded there, the resource is returned instead of
+training, after its sha256 is checked against the record. Rebuild it with
+`react pretrain --config CONFIG shipped=null --out DIR` and copy DIR's `model.safetensors` and
+`pretrain.json` over the two files.
 """
 from __future__ import annotations
 
@@ -14,10 +21,11 @@ import logging
 from pathlib import Path
 
 from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
-from react_core.io import atomic_write_json, atomic_write_text
+from react_core.io import atomic_write_json, atomic_write_text, file_sha256
 
 MODEL_FILE = "model.safetensors"
 SUMMARY_FILE = "pretrain.json"
+RESOURCES = Path(__file__).resolve().parents[1] / "resources"
 
 logger = logging.getLogger("react")
 
@@ -28,6 +36,29 @@ def cached_pretrain(out: str | Path, key: str) -> Path | None:
     if summary.is_file() and weights.is_file() and json.loads(summary.read_text()).get("cache_key") == key:
         return weights
     return None
+
+
+def summary_file(weights: Path) -> Path:
+    """The summary written beside `weights`: `pretrain.json`, or `<name>.json` for a shipped base."""
+    return weights.with_suffix(".json") if weights.parent == RESOURCES else weights.parent / SUMMARY_FILE
+
+
+def shipped_pretrain(name: str, key: str) -> Path | None:
+    """The shipped base `name` when it was made for the run key `key` (its sha256 checked), else None."""
+    from react_core.modeling import CheckpointError
+
+    weights = RESOURCES / f"{name}.safetensors"
+    record_file = summary_file(weights)
+    if not (weights.is_file() and record_file.is_file()):
+        raise CheckpointError(f"shipped base '{name}' not found: {weights} and {record_file}")
+    record = json.loads(record_file.read_text())
+    if record.get("cache_key") != key:
+        return None
+    digest = file_sha256(weights)
+    if digest != record.get("sha256"):
+        raise CheckpointError(f"{weights}: sha256 {digest} is not the recorded {record.get('sha256')}; rebuild it "
+                              f"(react pretrain ... shipped=null) or reinstall the package")
+    return weights
 
 
 def pretrain(cfg, out: str | Path) -> Path:
@@ -47,6 +78,10 @@ def pretrain(cfg, out: str | Path) -> Path:
     bundle = cfg.model.load()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
     key = run_key(cfg, dataset)
+    shipped = shipped_pretrain(cfg.shipped, key) if cfg.shipped else None
+    if shipped is not None:
+        logger.info("pretrained model for this config is shipped with the package: %s", shipped)
+        return shipped
     cached = cached_pretrain(out, key)
     if cached is not None:
         logger.info("pretrained model for this config is cached: %s", cached)
@@ -68,6 +103,7 @@ def pretrain(cfg, out: str | Path) -> Path:
     )
     metrics = zeroshot(bundle, cfg.eval, None, training_device())
     generic = zeroshot(bundle, cfg.generic_eval, None, training_device())
-    record = {"cache_key": key, "pairs": len(dataset), "zeroshot": metrics, "generic_zeroshot": generic, **summary}
+    record = {"cache_key": key, "sha256": file_sha256(out / MODEL_FILE), "pairs": len(dataset), "zeroshot": metrics,
+              "generic_zeroshot": generic, **summary}
     atomic_write_json(out / SUMMARY_FILE, record)
     return out / MODEL_FILE
