@@ -135,6 +135,36 @@ def test_precision_counts_ground_truth_classes():
     assert "t2t" not in result
 
 
+def test_fusion_ranks_by_both_modes_whatever_their_scale():
+    """Text-image cosines are lower and narrower than text-text ones: their mean lets the text-text
+    mode decide alone; reciprocal-rank fusion counts the two rankings alike."""
+    from react_core.retrieval.retrieve import fuse
+
+    pairs = pd.DataFrame({"class_index": [0, 0, 0, 1, 1],
+                          "score_t2i": [0.30, 0.31, 0.29, 0.2, 0.1],  # prefers row 1
+                          "score_t2t": [0.95, 0.70, 0.90, 0.5, 0.6]})  # prefers row 0, then 2
+    mean, rrf = fuse(pairs, "mean"), fuse(pairs, "rrf")
+    assert mean[:3].idxmax() == 0
+    assert rrf[0] == pytest.approx(1 / 62 + 1 / 61) and rrf[1] == pytest.approx(1 / 61 + 1 / 63)
+    assert rrf[0] > rrf[2] and rrf[3] == rrf[4]  # ranks within each class: a tie of one first and one second
+    from react_core.retrieval.retrieve import RetrievalError
+
+    with pytest.raises(RetrievalError, match="--fusion"):
+        fuse(pairs, "max")
+
+
+def test_stats_report_precision_per_mode_per_class_and_random(indexed, tiny_world, tmp_path):
+    assert retrieve(indexed, tiny_world, tmp_path, "--mode", "both", "--no-dedup") == 0
+    evaluation = json.loads((tmp_path / "stats.json").read_text())["evaluation"]
+    names = [line for line in (tiny_world / "task" / "classes.txt").read_text().splitlines() if line]
+    for mode in ("t2i", "t2t", "both", "random"):
+        per_class = evaluation[mode]["per_class"]
+        assert sorted(per_class) == sorted(names)
+        assert evaluation[mode]["precision"] == pytest.approx(np.mean(list(per_class.values())))
+    subset = pd.read_parquet(tmp_path / "subset.parquet")
+    assert (subset["score"] == subset["score_both"]).all() and subset["score"].max() <= 2 / 61
+
+
 def test_near_duplicate_removal_that_empties_the_subset_warns(indexed, tiny_world, tmp_path, caplog):
     """A threshold every pair of images meets keeps one sample and says the threshold is to blame."""
     with caplog.at_level("WARNING", logger="react"):

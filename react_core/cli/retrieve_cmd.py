@@ -13,11 +13,11 @@ def register(subparsers):
         help="retrieve the pairs most relevant to a task's class names",
         description="Queries are every prompt name of every class in every template (text embeddings from "
         "EMBDIR's model), searched in the image index (t2i), the caption index (t2t) or both, k hits per query. "
-        "Hits are re-scored exactly from the stored embeddings (max over the class's queries; the mean of the two "
-        "similarities in 'both' mode), then filtered, each filter counted in stats.json: --threshold, --blocklist, "
+        "Hits are re-scored exactly from the stored embeddings (max over the class's queries; in 'both' mode the "
+        "two similarities fused by --fusion), then filtered, each filter counted in stats.json: --threshold, --blocklist, "
         "--safety-filter, --decontaminate, cross-class assignment (--assign), near-duplicates, --per-class / "
         "--balance. Writes SUBSETDIR/subset.parquet (id, class, score, rank, query, caption, path/url, ...) and "
-        "SUBSETDIR/stats.json (with precision@k per mode against ground truth when known). Class lists: 'imagenet', "
+        "SUBSETDIR/stats.json (with precision@k per mode, per class and for random samples against ground truth when known). Class lists: 'imagenet', "
         "a text file (one class per line, synonyms after '|'), a JSON list, or COCO/LVIS categories; a duplicate "
         "name is merged with a warning, an empty name is an error, non-ASCII names are kept.",
     )
@@ -32,6 +32,9 @@ def register(subparsers):
     parser.add_argument("--descriptions", action="store_true", help="add each LVIS 'def' as an extra query")
     parser.add_argument("--k", type=int, default=100, help="hits per query (default 100)")
     parser.add_argument("--mode", choices=("t2i", "t2t", "both"), default="t2i")
+    parser.add_argument("--fusion", choices=("rrf", "mean"), default="rrf",
+                        help="how --mode both ranks the union of the two modes' hits: rrf (reciprocal-rank fusion of the "
+                        "two exact scores, default) or mean (of the two cosines); the subset's score is the fused one")
     parser.add_argument("--out", required=True, metavar="SUBSETDIR")
     parser.add_argument("--threshold", type=float, help="drop hits whose score is below this")
     parser.add_argument("--assign", choices=("best", "all"), default="best",
@@ -98,7 +101,7 @@ def run(args) -> int:
             dedup_threshold=None if args.no_dedup else args.dedup_threshold, per_class=args.per_class,
             balance=args.balance, decontaminate_threshold=args.decontaminate_threshold,
             blocklist=sorted(set().union(*(read_blocklist(f) for f in args.blocklist))) if args.blocklist else [],
-            safety_filter=args.safety_filter,
+            safety_filter=args.safety_filter, fusion=args.fusion,
         )
         options.check()
         folder = EmbeddingFolder(args.emb, require_info=False)

@@ -45,7 +45,8 @@ def _scores_png(subset, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6, 3))
-    for column in ("score", "score_t2i", "score_t2t"):
+    fused = "score_both" in subset.columns  # a fused score is no cosine: show the two it came from
+    for column in ("score_t2i", "score_t2t") if fused else ("score", "score_t2i", "score_t2t"):
         if column in subset.columns and subset[column].notna().any():
             axis.hist(subset[column].dropna(), bins=40, alpha=0.5, label=column)
     axis.set_xlabel("cosine similarity")

