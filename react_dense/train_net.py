@@ -5,14 +5,9 @@ import argparse
 from pathlib import Path
 from typing import Optional
 
-from react_core.cli import UserError
 from react_core.config import ConfigError, load
-from react_core.modeling.checkpoints import CheckpointError
-from react_core.modeling.text import VocabularyError
+from react_core.errors import UserError
 from react_dense.config import DetectionConfig
-from react_dense.data.detection import DatasetError
-
-USER_ERRORS = (ConfigError, UserError, CheckpointError, VocabularyError, DatasetError)
 
 
 def load_detection_config(path: str, overrides=()) -> DetectionConfig:

@@ -14,7 +14,7 @@ from react_dense.segmentation.data import (
     SegmentationDataset,
     open_source,
 )
-from react_dense.segmentation.train import vocabulary_of
+from react_dense.segmentation.common import vocabulary_of
 
 
 def _image(path, size=(6, 4)):

@@ -83,15 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     args.out = args.out or str(Path("runs") / Path(args.config).stem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from react_dense.segmentation.train import SEGMENTATION_ERRORS, is_segmentation_config
+    from react_core.errors import ReactError
+    from react_dense.segmentation.train import is_segmentation_config
     from react_dense.segmentation.train import run as run_segmentation
-    from react_dense.train_net import USER_ERRORS, run
+    from react_dense.train_net import run
 
     try:
         args.overrides = normalize_overrides(args.overrides)
         refuse_finished_run(args)
         metrics = (run_segmentation if is_segmentation_config(args.config, args.overrides) else run)(args)
-    except USER_ERRORS + SEGMENTATION_ERRORS as error:
+    except ReactError as error:
         print(f"train_net: error: {error}", file=sys.stderr)
         return 2
     if metrics is not None:

@@ -12,7 +12,7 @@ import importlib
 import sys
 from importlib.metadata import entry_points
 
-from react_core.config import ConfigError
+from react_core.errors import ReactError, UserError  # noqa: F401  (UserError: the commands raise it)
 
 CORE_COMMANDS = [
     "react_core.cli.config_cmd",
@@ -30,8 +30,6 @@ CORE_COMMANDS = [
 ]
 
 
-class UserError(Exception):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 def _command_modules():
@@ -60,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, UserError) as error:
+    except ReactError as error:
         print(f"react {args.command}: error: {error}", file=sys.stderr)
         return 2
 

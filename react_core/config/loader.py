@@ -13,6 +13,8 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from react_core.errors import ReactError
+
 COMMAND_LINE = "the command line"
 
 
@@ -34,7 +36,7 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
-class ConfigError(ValueError):
+class ConfigError(ReactError):
     """A config that cannot be used; the message names the key, the value and the file."""
 
 

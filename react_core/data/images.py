@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from react_core.errors import ReactError
+
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 TRUNCATED = "truncated"  # index_shard's entry for the sample in which a truncated shard's data ends
 URL_TIMEOUT_S = 10
@@ -36,11 +38,11 @@ def _warn(source: str, error: Exception) -> None:
             logger.warning("further unreadable images are skipped silently and counted")
 
 
-class ShardError(ValueError):
+class ShardError(ReactError):
     """A webdataset shard that is not a tar file at all (empty or damaged header)."""
 
 
-class ImageHashError(ValueError):
+class ImageHashError(ReactError):
     """An image whose bytes are not the ones a subset recorded (the corpus changed since)."""
 
 

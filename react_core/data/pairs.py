@@ -28,12 +28,13 @@ from react_core.data.images import (
     load_image,
     read_bytes,
 )
+from react_core.errors import ReactError
 from react_core.registry import DATASETS
 
 logger = logging.getLogger(__name__)
 
 
-class PairDataError(ValueError):
+class PairDataError(ReactError):
     """A pair source that cannot be used; the message names the file, column or sample."""
 
 

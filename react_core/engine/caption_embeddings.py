@@ -13,12 +13,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from react_core.errors import ReactError
 from react_core.modeling.text import cached_class_embeddings
 
 CAPTION_TEMPLATE = ["{}"]
 
 
-class EmbeddingFolderError(ValueError):
+class EmbeddingFolderError(ReactError):
     """An embedding folder that cannot serve these captions; names the file and the reason."""
 
 

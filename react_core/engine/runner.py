@@ -19,12 +19,13 @@ from mmengine.runner import IterBasedTrainLoop, Runner
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 
 from react_core.engine.hooks import unwrap
+from react_core.errors import ReactError
 from react_core.io import atomic_path
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 
 
-class ResumeError(ValueError):
+class ResumeError(ReactError):
     """A checkpoint that cannot resume this run; the message names the file and why."""
 
 

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import torch
 
+from react_core.errors import ReactError
+
 WRAPPER_KEYS = ("state_dict", "model", "module")
 DDP_PREFIX = "module."
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReactError):
     """A checkpoint that does not fit the model; the message names the file and keys."""
 
 

@@ -22,6 +22,7 @@ import open_clip
 import torch
 from open_clip.model import build_model_from_openai_state_dict
 
+from react_core.errors import ReactError
 from react_core.io import file_sha256
 from react_core.modeling.adapters import apply_adapter, read_adapter_metadata
 from react_core.modeling.checkpoints import CheckpointError, load_weights, read_state_dict
@@ -37,7 +38,7 @@ REACT_BASE_TAGS = {"clip": "openai", "openclip_laion400m": "laion400m_e32", "ope
 _registered = False
 
 
-class PretrainedUnavailableError(RuntimeError):
+class PretrainedUnavailableError(ReactError, RuntimeError):
     """An open_clip pretrained tag could not be fetched (no internet, unknown tag)."""
 
 

@@ -15,12 +15,13 @@ from typing import Sequence
 
 import torch
 
+from react_core.errors import ReactError
 from react_core.io import atomic_path
 
 _BUILTIN_TEMPLATES = ("imagenet", "simple", "none")
 
 
-class VocabularyError(ValueError):
+class VocabularyError(ReactError):
     """A class list or template file that cannot be used; names the file and line."""
 
 

@@ -19,10 +19,12 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from react_core.errors import ReactError
+
 logger = logging.getLogger("react")
 
 
-class ClassListError(ValueError):
+class ClassListError(ReactError):
     """A class list that cannot be used; names the file and the line or entry."""
 
 

@@ -30,6 +30,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from react_core.errors import ReactError
 from react_core.io import atomic_path, atomic_write_json
 
 INFO_FILE = "embeddings.json"
@@ -45,7 +46,7 @@ KNOWN_RELEASES = {
 }
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(ReactError):
     """An embedding folder or corpus that cannot be used; the message names the file."""
 
 

@@ -17,13 +17,14 @@ import tarfile
 from pathlib import Path
 
 from react_core.data.images import ImageHashError
+from react_core.errors import ReactError
 from react_core.io import atomic_path, atomic_write_text
 from react_core.retrieval.retrieve import read_subset
 
 URL_LIST = "urls.parquet"
 
 
-class ExportError(ValueError):
+class ExportError(ReactError):
     """A subset that cannot be exported; names the file or sample."""
 
 

@@ -55,6 +55,7 @@ from pathlib import Path
 
 import numpy as np
 
+from react_core.errors import ReactError
 from react_core.io import atomic_path, atomic_write_json
 from react_core.retrieval.embed import EmbeddingFolder
 
@@ -70,7 +71,7 @@ PQ_POINTS_PER_CENTROID = 64  # codebooks of 256 centroids learn from 16k residua
 logger = logging.getLogger("react")
 
 
-class IndexBuildError(ValueError):
+class IndexBuildError(ReactError):
     """An index folder or build request that cannot be used; names the file or option."""
 
 

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from react_core.errors import ReactError
 from react_core.io import atomic_write_json
 from react_core.synth import concepts, corpus, scenes, semseg, tasks
 from react_core.synth.presets import PRESETS, Preset
@@ -39,7 +40,7 @@ _CORPUS, _PRETRAIN, _TASK, _DET_PLAN, _DET, _SEG_PLAN, _SEG = range(1, 8)
 _SCENE_CHUNK = 100
 
 
-class WorldError(Exception):
+class WorldError(ReactError):
     """A folder that holds no usable world, or that generation must not write into."""
 
 

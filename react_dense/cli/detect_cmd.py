@@ -29,18 +29,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from react_core.cli import UserError
-    from react_dense.train_net import USER_ERRORS
-
-    try:
-        return _detect(args)
-    except USER_ERRORS as error:
-        if isinstance(error, UserError):
-            raise
-        raise UserError(str(error)) from None
-
-
-def _detect(args) -> int:
     from pathlib import Path
 
     import numpy as np
@@ -48,7 +36,7 @@ def _detect(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from react_core.cli import UserError
+    from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.build import build_parts, encode_vocabulary
     from react_dense.engines.torchvision.model import build_torchvision_detector
@@ -97,7 +85,7 @@ def _detect(args) -> int:
 def check_input_size(path, width: int, height: int, min_size: int, max_size: int) -> None:
     """Refuse an image so elongated that the detector's resize (shorter side to `min_size`, longer
     side at most `max_size`) would leave its shorter side under one pixel."""
-    from react_core.cli import UserError
+    from react_core.errors import UserError
 
     short, long = sorted((width, height))
     scale = min(min_size / short, max_size / long)

@@ -34,16 +34,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from react_core.cli import UserError
-    from react_dense.segmentation.train import SEGMENTATION_ERRORS
-
-    try:
-        return _segment(args)
-    except SEGMENTATION_ERRORS as error:
-        raise UserError(str(error)) from None
-
-
-def _segment(args) -> int:
     from pathlib import Path
 
     import numpy as np
@@ -51,14 +41,15 @@ def _segment(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
-    from react_core.cli import UserError
+    from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.engines.loop import load_checkpoint
     from react_dense.modeling.backbone import load_dense_clip
     from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
     from react_dense.segmentation.data import read_image
     from react_dense.segmentation.inference import predict_logits
-    from react_dense.segmentation.train import build_segmenter, load_segmentation_config
+    from react_dense.segmentation.common import load_segmentation_config
+    from react_dense.segmentation.train import build_segmenter
     from react_dense.segmentation.visualize import overlay_with_legend, palette
 
     cfg = load_segmentation_config(args.config, args.set)

@@ -18,12 +18,13 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
+from react_core.errors import ReactError
 from react_dense.modeling.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
 
 
-class DatasetError(ValueError):
+class DatasetError(ReactError):
     """A detection JSON or image that cannot be used; the message names the file and entry."""
 
 

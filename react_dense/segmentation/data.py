@@ -18,11 +18,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from react_core.errors import ReactError
+
 IGNORE_INDEX = -1  # in memory; files use 255 (uint8) or 65535 (uint16), mapped here by the lookup tables
 _RAW_VALUES = 1 << 16  # labels are uint8 PNGs or uint16 TIFFs
 
 
-class SegmentationDataError(ValueError):
+class SegmentationDataError(ReactError):
     """A dataset folder or file that does not follow its layout (the message names it)."""
 
 

@@ -11,8 +11,6 @@ continues an interrupted run; `model_final.pth` holds the weights (`react_dense.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -20,78 +18,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from react_core.config import ConfigError, load
-from react_core.io import atomic_write_json
-from react_core.modeling.checkpoints import CheckpointError
-from react_core.modeling.text import VocabularyError
+from react_core.config import ConfigError
 from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
-from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
-from react_dense.segmentation.data import (
-    IGNORE_INDEX,
-    RandomScaleCropFlip,
-    SegmentationDataError,
-    SegmentationDataset,
-    SegmentationSource,
-    open_source,
-)
+from react_dense.segmentation.common import encode_classes, load_segmentation_config, open_spec, write_metrics
+from react_dense.segmentation.config import SegmentationConfig
+from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset, SegmentationSource
 from react_dense.segmentation.inference import predict_logits
 from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
 
 log = logging.getLogger(__name__)
-
-
-def load_segmentation_config(path: str, overrides=()) -> SegmentationConfig:
-    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
-    import react_dense.modeling.seg_head  # noqa: F401  (registers OpenVocabSegHead)
-
-    cfg = load(path, overrides)
-    if not isinstance(cfg, SegmentationConfig):
-        raise ConfigError(f"{path}: expected `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}")
-    return cfg
-
-
-@dataclass
-class ClassEmbeddings:
-    """A label space's text embeddings, and which rows are unseen or scored by the void embedding."""
-
-    names: list[str]
-    embeddings: torch.Tensor
-    unseen: torch.Tensor
-    void_rows: torch.Tensor
-
-
-def vocabulary_of(names: list[str]):
-    """Layout class names (`name|synonym|...`, ADE's `name;synonym`) as a `Vocabulary`."""
-    from react_dense.modeling.vocabulary import Vocabulary
-
-    synonyms = [[word.strip() for word in name.split("|") if word.strip()] for name in names]
-    return Vocabulary([words[0] for words in synonyms], synonyms)
-
-
-def encode_classes(bundle, cfg: SegmentationConfig, source: SegmentationSource, background: Optional[str]) -> ClassEmbeddings:
-    from react_dense.build import permute_novel
-    from react_dense.modeling.vocabulary import vocabulary_embeddings
-
-    vocabulary = vocabulary_of(source.class_names)
-    embeddings = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir)
-    # A class is named by its whole entry ("building|edifice") or its first name ("building").
-    entries = list(zip(source.class_names, vocabulary.names))
-    unseen = torch.tensor([bool({entry, first} & set(source.unseen)) for entry, first in entries])
-    if background is not None and not any(background in pair for pair in entries):
-        raise ConfigError(f"background class {background!r} is not a class of {source.name}")
-    void_rows = torch.tensor([background in pair for pair in entries])
-    if cfg.permute_unseen_embeddings:
-        embeddings = permute_novel(embeddings, unseen, cfg.train.seed)
-    return ClassEmbeddings(vocabulary.names, embeddings, unseen, void_rows)
-
-
-def open_spec(spec: SegmentationDataSpec) -> SegmentationSource:
-    source = open_source(spec.layout, spec.root, spec.split, spec.classes, spec.unseen, spec.max_images)
-    if spec.name:
-        source.name = spec.name
-    if spec.background is not None:
-        source.background = spec.background
-    return source
 
 
 def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
@@ -159,21 +94,6 @@ def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, sou
     return segmentation_metrics(matrix.matrix, classes.names, unseen or None)
 
 
-def _json_safe(metrics: dict) -> dict:
-    """NaN (a class neither present nor predicted) is written as null."""
-    return {k: (None if isinstance(v, float) and math.isnan(v) else (round(v, 4) if isinstance(v, float) else v)) for k, v in metrics.items()}
-
-
-def write_metrics(out: Path, per_dataset: dict, **extra) -> dict:
-    """metrics.json: the first test set's metrics at the top level, every set's under `datasets`."""
-    first = next(iter(per_dataset))
-    metrics = {**_json_safe(per_dataset[first]), "dataset": first, **extra}
-    if len(per_dataset) > 1:
-        metrics["datasets"] = {name: _json_safe(values) for name, values in per_dataset.items()}
-    atomic_write_json(out / "metrics.json", metrics)
-    return metrics
-
-
 def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> dict:
     """Every `test_data` set over its full vocabulary; writes metrics.json."""
     if not cfg.test_data:
@@ -214,7 +134,6 @@ def train_from_config(
     return evaluate(cfg, model, bundle, out)
 
 
-SEGMENTATION_ERRORS = (SegmentationDataError, CheckpointError, VocabularyError)
 
 
 def is_segmentation_config(path: str, overrides=()) -> bool:
@@ -227,7 +146,7 @@ def is_segmentation_config(path: str, overrides=()) -> bool:
 
 def run(args) -> dict:
     """`tools/train_net.py --config SEG_CONFIG [--eval-only] [--resume] [--weights FILE] [--out DIR]`."""
-    from react_core.cli import UserError
+    from react_core.errors import UserError
 
     cfg = load_segmentation_config(args.config, args.overrides)
     if args.weights and not args.eval_only:

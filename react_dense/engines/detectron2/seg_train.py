@@ -71,7 +71,7 @@ def train_from_config(
     from react_dense.engines.detectron2.train import TRAIN_CURVE
     from react_dense.engines.loop import FINAL, LAST, build_optimizer, build_scheduler, load_checkpoint, save_checkpoint, seed_everything
     from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset
-    from react_dense.segmentation.train import encode_classes, open_spec, write_metrics
+    from react_dense.segmentation.common import encode_classes, open_spec, write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "segmentation.yaml"

@@ -1,0 +1,84 @@
+"""What the plain and the Detectron2 segmentation engines share: the config, the data sources,
+the class embeddings of a label space, and `metrics.json`."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from react_core.config import ConfigError, load
+from react_core.io import atomic_write_json
+from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
+from react_dense.segmentation.data import SegmentationSource, open_source
+
+
+def load_segmentation_config(path: str, overrides=()) -> SegmentationConfig:
+    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
+    import react_dense.modeling.seg_head  # noqa: F401  (registers OpenVocabSegHead)
+
+    cfg = load(path, overrides)
+    if not isinstance(cfg, SegmentationConfig):
+        raise ConfigError(f"{path}: expected `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}")
+    return cfg
+
+
+@dataclass
+class ClassEmbeddings:
+    """A label space's text embeddings, and which rows are unseen or scored by the void embedding."""
+
+    names: list[str]
+    embeddings: torch.Tensor
+    unseen: torch.Tensor
+    void_rows: torch.Tensor
+
+
+def vocabulary_of(names: list[str]):
+    """Layout class names (`name|synonym|...`, ADE's `name;synonym`) as a `Vocabulary`."""
+    from react_dense.modeling.vocabulary import Vocabulary
+
+    synonyms = [[word.strip() for word in name.split("|") if word.strip()] for name in names]
+    return Vocabulary([words[0] for words in synonyms], synonyms)
+
+
+def encode_classes(bundle, cfg: SegmentationConfig, source: SegmentationSource, background: Optional[str]) -> ClassEmbeddings:
+    from react_dense.build import permute_novel
+    from react_dense.modeling.vocabulary import vocabulary_embeddings
+
+    vocabulary = vocabulary_of(source.class_names)
+    embeddings = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir)
+    # A class is named by its whole entry ("building|edifice") or its first name ("building").
+    entries = list(zip(source.class_names, vocabulary.names))
+    unseen = torch.tensor([bool({entry, first} & set(source.unseen)) for entry, first in entries])
+    if background is not None and not any(background in pair for pair in entries):
+        raise ConfigError(f"background class {background!r} is not a class of {source.name}")
+    void_rows = torch.tensor([background in pair for pair in entries])
+    if cfg.permute_unseen_embeddings:
+        embeddings = permute_novel(embeddings, unseen, cfg.train.seed)
+    return ClassEmbeddings(vocabulary.names, embeddings, unseen, void_rows)
+
+
+def open_spec(spec: SegmentationDataSpec) -> SegmentationSource:
+    source = open_source(spec.layout, spec.root, spec.split, spec.classes, spec.unseen, spec.max_images)
+    if spec.name:
+        source.name = spec.name
+    if spec.background is not None:
+        source.background = spec.background
+    return source
+
+
+def _json_safe(metrics: dict) -> dict:
+    """NaN (a class neither present nor predicted) is written as null."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else (round(v, 4) if isinstance(v, float) else v)) for k, v in metrics.items()}
+
+
+def write_metrics(out: Path, per_dataset: dict, **extra) -> dict:
+    """metrics.json: the first test set's metrics at the top level, every set's under `datasets`."""
+    first = next(iter(per_dataset))
+    metrics = {**_json_safe(per_dataset[first]), "dataset": first, **extra}
+    if len(per_dataset) > 1:
+        metrics["datasets"] = {name: _json_safe(values) for name, values in per_dataset.items()}
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
