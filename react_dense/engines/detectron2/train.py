@@ -90,10 +90,13 @@ def to_detectron2_cfg(cfg: DetectionConfig, parts, config_file: Path, out: Path,
     model.ROI_BOX_HEAD.NUM_FC = 2
     model.ROI_BOX_HEAD.FC_DIM = cfg.detector.box_head_dim
     model.ROI_BOX_HEAD.POOLER_RESOLUTION = 7
+    model.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 2
     model.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = True
     model.ROI_MASK_HEAD.NAME = "MaskRCNNConvUpsampleHead"
     model.ROI_MASK_HEAD.CLS_AGNOSTIC_MASK = True
     model.ROI_MASK_HEAD.POOLER_RESOLUTION = 14
+    model.ROI_MASK_HEAD.POOLER_SAMPLING_RATIO = 2
+    model.ROI_MASK_HEAD.CONV_DIM = parts.backbone.output_shape()[levels[0]].channels  # as the torchvision engine
     d2.TEST.DETECTIONS_PER_IMAGE = cfg.detector.detections_per_image
     d2.INPUT.MIN_SIZE_TRAIN = (cfg.detector.min_size,)
     d2.INPUT.MAX_SIZE_TRAIN = cfg.detector.max_size
