@@ -8,7 +8,9 @@ Generator (fixed, seed 0): CLIP embeddings are anisotropic (a few directions car
 variance) and clustered by concept, and text queries sit apart from the images they match (the
 modality gap). So, with a random rotation R and per-dimension scales s_j = (1 + j)^-1/2:
   concept centres   c = normalise(z * s @ R),                   z ~ N(0, I), `--classes` of them
-  corpus vectors    x = normalise(c_label + 0.8 normalise(z * s @ R)), label uniform
+  corpus vectors    x = normalise(c_label + spread normalise(z * s @ R)), label uniform, spread 0.8
+                    unless --spread (larger: concepts overlap more, less structure for an index)
+  --uniform         corpus and queries i.i.d. uniform on the sphere: no structure at all
   queries           q = normalise(c_class + 0.6 g + 0.4 t_template), g a fixed unit "gap" vector,
                     t_template = normalise(z * s @ R), `--templates` of them per class
 The corpus is written as a LAION-layout embedding folder (float16 shards of 100k), so the index
@@ -52,7 +54,8 @@ def _normalise(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
-def generate(folder: Path, n: int, d: int, classes: int, templates: int, seed: int = 0) -> np.ndarray:
+def generate(folder: Path, n: int, d: int, classes: int, templates: int, seed: int = 0, spread: float = 0.8,
+             uniform: bool = False) -> np.ndarray:
     """Write the corpus as an embedding folder; return the [classes * templates, d] queries."""
     import pandas as pd
 
@@ -69,7 +72,9 @@ def generate(folder: Path, n: int, d: int, classes: int, templates: int, seed: i
         stop = min(n, start + SHARD)
         labels = rng.integers(0, classes, stop - start)
         noise = _normalise((rng.standard_normal((stop - start, d)).astype(np.float32) * scale) @ rotation)
-        np.save(folder / "img_emb" / f"img_emb_{number}.npy", _normalise(centres[labels] + 0.8 * noise).astype(np.float16))
+        vectors = _normalise(rng.standard_normal((stop - start, d)).astype(np.float32)) if uniform else \
+            _normalise(centres[labels] + spread * noise)
+        np.save(folder / "img_emb" / f"img_emb_{number}.npy", vectors.astype(np.float16))
         pd.DataFrame({"id": np.arange(start, stop).astype(str), "label": labels}).to_parquet(
             folder / "metadata" / f"metadata_{number}.parquet")
         pd.DataFrame({"id": []}).to_parquet(folder / "skipped" / f"skipped_{number}.parquet")
@@ -77,6 +82,8 @@ def generate(folder: Path, n: int, d: int, classes: int, templates: int, seed: i
     gap = _normalise(rng.standard_normal(d).astype(np.float32))
     styles = _normalise((rng.standard_normal((templates, d)).astype(np.float32) * scale) @ rotation)
     queries = _normalise(centres[:, None, :] + 0.6 * gap + 0.4 * styles[None]).reshape(-1, d)
+    if uniform:
+        queries = _normalise(rng.standard_normal(queries.shape).astype(np.float32))
     atomic_write_json(folder / "embeddings.json", {
         "format": "laion", "identity": {"model": "generated", "seed": seed}, "model": None, "dim": d,
         "dtype": "float16", "normalized": True, "source": "benchmarks/retrieval.py generator", "shards": names})
@@ -218,7 +225,10 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000, help="hits per query in the per-class retrieval")
     parser.add_argument("--eval-queries", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--memory-fraction", type=int, default=8, help="--max-memory = exact index bytes / this")
+    parser.add_argument("--memory-fraction", type=float, default=8,
+                        help="--max-memory = exact index bytes / this (below 1/0.9: exact search fits and is a candidate)")
+    parser.add_argument("--spread", type=float, default=0.8, help="within-concept spread of the generator")
+    parser.add_argument("--uniform", action="store_true", help="uniformly random corpus and queries instead")
     parser.add_argument("--work", help="folder for the generated data (default: a temporary one)")
     parser.add_argument("--retune", action="store_true", help="re-tune the index reused from --work")
     parser.add_argument("--no-rerank", action="store_true", help="tune plain search only (no re-ranking from disk)")
@@ -252,7 +262,7 @@ def main() -> None:
         queries = np.load(work / "all_queries.npy")
     else:
         print(f"generating {args.n} x {args.d} in {work}", flush=True)
-        queries = generate(work / "emb", args.n, args.d, args.classes, args.templates)
+        queries = generate(work / "emb", args.n, args.d, args.classes, args.templates, spread=args.spread, uniform=args.uniform)
         np.save(work / "all_queries.npy", queries)
     picked = np.random.default_rng(1).permutation(len(queries))
     tuning, evaluation = queries[picked[: args.eval_queries]], queries[picked[args.eval_queries: 2 * args.eval_queries]]
@@ -261,14 +271,15 @@ def main() -> None:
     if not reuse:
         flat_bytes = args.n * args.d * 4
         print("building our index", flush=True)
-        info = build_index(work / "emb", "image", work / "index", max_memory=flat_bytes // args.memory_fraction,
+        info = build_index(work / "emb", "image", work / "index", max_memory=int(flat_bytes / args.memory_fraction),
                            progress=False, **tuning_args)
     elif args.retune:
         print("re-tuning the reused index", flush=True)
         info = tune_index(work / "index", EmbeddingFolder(work / "emb"), read_index_info(work / "index"), **tuning_args)
     else:
         info = read_index_info(work / "index")
-    print(json.dumps({k: info.get(k) for k in ("factory", "search_parameters", "refine_factor", "recall", "build_seconds", "index_bytes")}), flush=True)
+    print(json.dumps({k: info.get(k) for k in ("factory", "search_parameters", "refine_factor", "recall", "build_seconds", "index_bytes",
+                                               "speed_vs_exact", "candidates")}), flush=True)
 
     runs: dict[str, list[dict]] = {"exact": [], "ours": []}
     for repeat in range(args.repeats):
@@ -291,7 +302,8 @@ def main() -> None:
         "n": args.n, "d": args.d, "eval_queries": len(evaluation), "factory": info["factory"],
         "search_parameters": info["search_parameters"], "refine_factor": info.get("refine_factor", 1),
         "tuned_recall@100": info["recall"], "tuned_plain_recall@100": info.get("tuning", {}).get("plain_recall"),
-        "build_seconds": info["build_seconds"],
+        "build_seconds": info["build_seconds"], "spread": args.spread, "classes": args.classes,
+        "tuning_speed_vs_exact": info.get("speed_vs_exact"), "candidates": info.get("candidates"),
         "recall@10": _recall(our_rows, exact_rows, 10), "recall@100": _recall(our_rows, exact_rows, 100),
         "exact": exact, "ours": ours,
         "qps_ratio_median": statistics.median(ratios), "qps_ratio_min": min(ratios), "qps_ratio_max": max(ratios),

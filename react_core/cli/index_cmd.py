@@ -52,6 +52,11 @@ def tuning_queries(args, folder):
         bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights)
         queries = build_queries(bundle, load_classes(args.classes), load_templates(args.templates))
         return queries.embeddings, f"{len(queries.texts)} class x template queries of {args.classes}"
+    from pathlib import Path
+
+    if not Path(args.emb, "text_emb").is_dir():
+        raise UserError(f"{args.emb} has no caption embeddings (text_emb/) to tune with: give --classes (the queries "
+                        "that will be run), with --model when the folder has no embeddings.json")
     rows = np.sort(np.random.default_rng(2).choice(len(folder), min(len(folder), args.tuning_queries), replace=False))
     return folder.gather("text", rows), f"{len(rows)} caption embeddings (no --classes given)"
 
@@ -78,6 +83,4 @@ def run(args) -> int:
     speed = f"; {info['speed_vs_exact']:.2f}x exact search's queries/s" if "exact_seconds_per_query" in info else ""
     print(f"{info['factory']} index of {info['ntotal']} {args.kind} embeddings in {args.out} "
           f"({info['index_bytes'] / 1e6:.1f} MB, built in {info['build_seconds']:.1f} s); recall@{args.k}: {recall}{speed}")
-    if info.get("verdict"):
-        print(info["verdict"])
     return 0

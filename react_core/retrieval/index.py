@@ -483,7 +483,7 @@ def tune_index(
                 f"no index within the memory budget reaches recall@{k_tune} {target_recall}: the best is {recall:.3f} "
                 f"({factory}{', ' + parameters if parameters else ''}"
                 f"{f', re-ranking {refine_factor}x candidates' if refine_factor > 1 else ''}); exact search reaches it with "
-                f"{exact_bytes / 2**30:.2f} GiB of vectors (--max-memory {math.ceil(exact_bytes / 0.9 / 2**20)}M)")
+                f"{exact_bytes / 1e6:,.0f} MB of vectors (--max-memory {math.ceil(exact_bytes / 0.9 / 2**20)}M)")
             logger.warning(extra["verdict"])
         elif extra["speed_vs_exact"] < 1:
             extra["verdict"] = (f"{factory} searches at {extra['speed_vs_exact']:.2f}x exact's queries/s on these queries: "
