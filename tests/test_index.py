@@ -123,11 +123,12 @@ def write_uniform(root, n, d, queries, seed=0):
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def test_exact_search_is_chosen_when_no_index_beats_it(tmp_path):
+def test_the_chooser_keeps_the_fastest_index_that_meets_the_target_exact_search_included(tmp_path):
     """On uniformly random vectors an inverted file must scan most lists to reach recall 0.95, so
-    it is slower than exact search: the chooser measures both and keeps exact (or a faster one)."""
+    it is slower than exact search: the chooser measures the rule's IVF, an HNSW graph and exact
+    search, and keeps exact or one measured faster than it."""
     queries = write_uniform(tmp_path / "emb", 50_000, 64, 200)
-    budget = 30_000_000  # the rule's candidate is IVF1024,Flat; exact's 12.8 MB of vectors fit as well
+    budget = 30_000_000  # the rule's candidate is IVF1024,Flat; exact's 12.8 MB and HNSW's 26 MB fit as well
     assert choose_factory(50_000, 64, budget) == "IVF1024,Flat"
     info = build_index(tmp_path / "emb", "image", tmp_path / "index", max_memory=budget, queries=queries, k=50,
                        progress=False)
@@ -135,14 +136,14 @@ def test_exact_search_is_chosen_when_no_index_beats_it(tmp_path):
     assert info["factory"] == "Flat" or info["speed_vs_exact"] >= 1.0
     assert info["meets_target"] and info["exact_measured"] == "IndexFlatIP in memory"
     measured = {c["factory"]: c for c in info["candidates"]}
-    assert set(measured) == {"IVF1024,Flat", "Flat"} and measured["Flat"]["speed_vs_exact"] == 1.0
-    if info["factory"] == "Flat":
-        assert measured["IVF1024,Flat"]["speed_vs_exact"] < 1.0 or measured["IVF1024,Flat"]["recall"] < 0.95
-        index = read_index(tmp_path / "index")
-        assert isinstance(index, faiss.IndexFlat) and not (tmp_path / "index" / "index.ivfdata").exists()
-        _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb", require_info=False), "image", queries, 50)
-        _, found = search(index, queries, 50)
-        assert recall_at_k(found, exact) == 1.0
+    assert set(measured) == {"IVF1024,Flat", "HNSW32,Flat", "Flat"} and measured["Flat"]["speed_vs_exact"] == 1.0
+    meeting = [c for c in info["candidates"] if c["recall"] >= 0.95]
+    assert info["factory"] == min(meeting, key=lambda c: c["seconds_per_query"])["factory"]  # the fastest that meets it
+    index = read_index(tmp_path / "index")
+    _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb", require_info=False), "image", queries, 50)
+    _, found = search(index, queries, 50)
+    assert recall_at_k(found, exact) >= (1.0 if info["factory"] == "Flat" else 0.9)
+    assert not (tmp_path / "index" / "index.ivfdata").exists() or info["factory"] == "IVF1024,Flat"
 
 
 def test_missing_the_target_within_the_budget_is_said_plainly(tmp_path, caplog):

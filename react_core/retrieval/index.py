@@ -15,8 +15,9 @@ numpy<2 and clip-retrieval pins open_clip<3):
 
 That rule only proposes a candidate; measurement decides. Tuning also times exact search
 (`IndexFlatIP`) on the same queries, in memory when its float32 vectors fit 90% of the budget
-(half the machine's RAM without one), and with an automatic choice the exact index replaces the
-tuned one when it fits and the tuned one is slower or misses the target recall (on data without
+(half the machine's RAM without one), and with an automatic choice also an `HNSW32,Flat` graph
+(up to 1M vectors, when it fits; efSearch tuned like nprobe); the fastest candidate that reaches
+the target recall is kept, exact search whenever nothing approximate is faster (on data without
 structure, e.g. uniformly random vectors, an inverted file must scan most lists and loses).
 index.json lists both candidates with their recall, seconds per query and `speed_vs_exact`; when
 nothing within the budget reaches the target, `verdict` says so with the best recall reached and
@@ -173,6 +174,9 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 TUNED_PARAMETERS = ("nprobe", "efSearch", "quantizer_efSearch")
 REFINE_FACTORS = (2, 4, 8, 16)
 REFINE_BATCH = 64
+HNSW_FACTORY = "HNSW32,Flat"
+HNSW_MAX = 1_000_000  # larger graphs take too long to build for a candidate that may be thrown away
+HNSW_LINK_BYTES = 2 * 32 * 4 + 16  # level-0 neighbour ids of HNSW32, plus the upper levels' share
 
 
 class RefinedIndex:
@@ -459,17 +463,35 @@ def tune_index(
         candidates = [{"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
                        "recall": recall, "seconds_per_query": seconds_per_query, "index_bytes": info["index_bytes"],
                        "speed_vs_exact": exact_seconds / seconds_per_query}]
+        alternatives = {}  # searchable candidates other than the index built in `out`
         if fits:
+            alternatives["Flat"] = flat
             candidates.append({"factory": "Flat", "search_parameters": "", "refine_factor": 1, "recall": 1.0,
                                "seconds_per_query": exact_seconds, "index_bytes": exact_bytes, "speed_vs_exact": 1.0})
-        if choose_exact and fits and (recall < target_recall or exact_seconds <= seconds_per_query):
-            logger.info("exact search (%.2g s/query) beats %s (%.2g s/query at recall %.3f): building Flat",
-                        exact_seconds, factory, seconds_per_query, recall)
-            with atomic_path(out / INDEX_FILE) as tmp:
-                faiss.write_index(flat, str(tmp))
-            (out / IVFDATA_FILE).unlink(missing_ok=True)
-            info = {**info, "factory": "Flat", "on_disk": False, "index_bytes": _index_bytes(out)}
-            parameters, refine_factor, recall, seconds_per_query = "", 1, 1.0, exact_seconds
+        hnsw_bytes = len(folder) * (folder.dim * 4 + HNSW_LINK_BYTES)
+        if choose_exact and len(folder) <= HNSW_MAX and hnsw_bytes <= exact_budget(max_memory):
+            hnsw = faiss.index_factory(folder.dim, HNSW_FACTORY, faiss.METRIC_INNER_PRODUCT)
+            for _, block in folder.iter_arrays(kind):
+                hnsw.add(block)
+            hnsw_parameters, hnsw_recall, _ = tune(hnsw, picked, exact, target_recall)
+            hnsw_seconds = time_search(hnsw, picked, k_tune)
+            alternatives[HNSW_FACTORY] = hnsw
+            candidates.append({"factory": HNSW_FACTORY, "search_parameters": hnsw_parameters, "refine_factor": 1,
+                               "recall": hnsw_recall, "seconds_per_query": hnsw_seconds, "index_bytes": hnsw_bytes,
+                               "speed_vs_exact": exact_seconds / hnsw_seconds})
+        if choose_exact:
+            meeting = [c for c in candidates if c["recall"] >= target_recall]
+            best = min(meeting, key=lambda c: c["seconds_per_query"]) if meeting else max(candidates, key=lambda c: c["recall"])
+            if best["factory"] != factory:
+                logger.info("%s (%.2g s/query, recall %.3f) beats %s (%.2g s/query, recall %.3f): keeping it",
+                            best["factory"], best["seconds_per_query"], best["recall"], factory, seconds_per_query, recall)
+                with atomic_path(out / INDEX_FILE) as tmp:
+                    faiss.write_index(alternatives[best["factory"]], str(tmp))
+                (out / IVFDATA_FILE).unlink(missing_ok=True)
+                factory = best["factory"]
+                info = {**info, "factory": factory, "on_disk": False, "index_bytes": _index_bytes(out)}
+                parameters, refine_factor = best["search_parameters"], 1
+                recall, seconds_per_query = best["recall"], best["seconds_per_query"]
         extra = {
             "speed_vs_exact": exact_seconds / seconds_per_query,
             "exact_seconds_per_query": exact_seconds,
