@@ -1,11 +1,23 @@
 """No lost results: a refused rerun leaves the finished run as it was."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from react_core.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+
+
+@pytest.fixture(autouse=True)
+def _root_logging_restored():
+    """`react customize` configures logging onto this test's captured stderr; undo it after."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:], root.level = handlers, level
 
 
 def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny_world, tmp_path, capsys):
@@ -33,8 +45,8 @@ def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny
     finished = {name: (out / name).read_bytes() for name in ("config.yaml", "metrics.json", "adapter.safetensors")}
     capsys.readouterr()
     assert main(["customize", "--config", str(customize_yaml), "--out", str(out), "train.lr=1e-3"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "different run" in err
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.count("error:") == 1 and "different run" in err  # besides progress bars
     assert {name: (out / name).read_bytes() for name in finished} == finished
 
 
@@ -70,6 +82,17 @@ def test_a_missing_validation_file_is_reported_before_training(tmp_path, capsys)
     out = tmp_path / "run"
     missing = tmp_path / "detection" / "val.json"
     assert train_net(["--config", str(CONFIG), "--out", str(out), f"world={tmp_path}", "train.steps=2"]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and f"annotation file not found: {missing} (data.val)" in err
+    assert f"train_net: error: annotation file not found: {missing} (data.val)" in capsys.readouterr().err
     assert not out.exists() or not any(out.rglob("*.pth"))
+
+
+def test_an_interrupted_write_leaves_the_previous_file_whole(tmp_path):
+    from react_core.io import atomic_open, atomic_write_json
+
+    atomic_write_json(tmp_path / "metrics.json", {"top1": 36.0})
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_open(tmp_path / "metrics.json") as handle:
+            handle.write('{"top1": ')
+            raise KeyboardInterrupt
+    assert (tmp_path / "metrics.json").read_text() == '{\n  "top1": 36.0\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
