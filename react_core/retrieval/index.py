@@ -463,9 +463,10 @@ def tune_index(
         candidates = [{"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
                        "recall": recall, "seconds_per_query": seconds_per_query, "index_bytes": info["index_bytes"],
                        "speed_vs_exact": exact_seconds / seconds_per_query}]
-        alternatives = {}  # searchable candidates other than the index built in `out`
+        alternatives = {}  # how to get each candidate other than the index built in `out`
         if fits:
-            alternatives["Flat"] = flat
+            del flat  # rebuilt if kept: the HNSW candidate below needs the memory
+            alternatives["Flat"] = lambda: exact_index(folder, kind)
             candidates.append({"factory": "Flat", "search_parameters": "", "refine_factor": 1, "recall": 1.0,
                                "seconds_per_query": exact_seconds, "index_bytes": exact_bytes, "speed_vs_exact": 1.0})
         hnsw_bytes = len(folder) * (folder.dim * 4 + HNSW_LINK_BYTES)
@@ -475,7 +476,7 @@ def tune_index(
                 hnsw.add(block)
             hnsw_parameters, hnsw_recall, _ = tune(hnsw, picked, exact, target_recall)
             hnsw_seconds = time_search(hnsw, picked, k_tune)
-            alternatives[HNSW_FACTORY] = hnsw
+            alternatives[HNSW_FACTORY] = lambda: hnsw
             candidates.append({"factory": HNSW_FACTORY, "search_parameters": hnsw_parameters, "refine_factor": 1,
                                "recall": hnsw_recall, "seconds_per_query": hnsw_seconds, "index_bytes": hnsw_bytes,
                                "speed_vs_exact": exact_seconds / hnsw_seconds})
@@ -486,7 +487,7 @@ def tune_index(
                 logger.info("%s (%.2g s/query, recall %.3f) beats %s (%.2g s/query, recall %.3f): keeping it",
                             best["factory"], best["seconds_per_query"], best["recall"], factory, seconds_per_query, recall)
                 with atomic_path(out / INDEX_FILE) as tmp:
-                    faiss.write_index(alternatives[best["factory"]], str(tmp))
+                    faiss.write_index(alternatives[best["factory"]](), str(tmp))
                 (out / IVFDATA_FILE).unlink(missing_ok=True)
                 factory = best["factory"]
                 info = {**info, "factory": factory, "on_disk": False, "index_bytes": _index_bytes(out)}
