@@ -96,5 +96,7 @@ def test_detectron2_engine_trains_and_evaluates(tiny_world, tmp_path):
     assert metrics["engine"] == "detectron2"
     assert {"mIoU", "mIoU_seen", "mIoU_unseen"} <= set(metrics)
     assert torch.load(tmp_path / "d2" / "last_checkpoint.pth", weights_only=True)["step"] == 4
+    curve = [json.loads(line) for line in (tmp_path / "d2" / "train_metrics.json").read_text().splitlines()]
+    assert curve and all(line["total_loss"] > 0 for line in curve)
     again = train_from_config(load_segmentation_config(CONFIG, _quick(tiny_world, "engine=detectron2")), tmp_path / "d2", eval_only=True)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
