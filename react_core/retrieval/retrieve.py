@@ -23,6 +23,7 @@ from typing import Callable
 
 import numpy as np
 
+from react_core.errors import ReactError
 from react_core.io import atomic_path, atomic_write_json
 from react_core.retrieval.classes import ClassSpec, Queries
 from react_core.retrieval.embed import EmbeddingFolder
@@ -42,7 +43,7 @@ RRF_K = 60  # reciprocal-rank fusion's constant (Cormack et al. 2009)
 BACKGROUND_SAMPLES = 5000  # share of samples whose removal suggests the threshold, not the data, is wrong
 
 
-class RetrievalError(ValueError):
+class RetrievalError(ReactError):
     """Bad retrieval input; names the option or file."""
 
 
