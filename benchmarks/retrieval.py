@@ -302,7 +302,7 @@ def main() -> None:
         "n": args.n, "d": args.d, "eval_queries": len(evaluation), "factory": info["factory"],
         "search_parameters": info["search_parameters"], "refine_factor": info.get("refine_factor", 1),
         "tuned_recall@100": info["recall"], "tuned_plain_recall@100": info.get("tuning", {}).get("plain_recall"),
-        "build_seconds": info["build_seconds"], "spread": args.spread, "classes": args.classes,
+        "build_seconds": info["build_seconds"], "tuning_seconds": info.get("tuning_seconds"), "spread": args.spread, "classes": args.classes,
         "tuning_speed_vs_exact": info.get("speed_vs_exact"), "candidates": info.get("candidates"),
         "recall@10": _recall(our_rows, exact_rows, 10), "recall@100": _recall(our_rows, exact_rows, 100),
         "exact": exact, "ours": ours,

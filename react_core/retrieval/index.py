@@ -435,6 +435,7 @@ def tune_index(
     import faiss
 
     out = Path(out)
+    started_tuning = time.perf_counter()
     kind, factory = info["kind"], info["factory"]
     parameters, recall, seconds_per_query, refine_factor = "", 1.0, None, 1
     tuning = {"queries": 0, "source": queries_source}
@@ -524,6 +525,7 @@ def tune_index(
         "recall_k": tuning.get("k"),
         "tuning": tuning,
         "seconds_per_query": seconds_per_query,
+        "tuning_seconds": round(time.perf_counter() - started_tuning, 2),
         **extra,
     }
     atomic_write_json(out / INFO_FILE, info)
