@@ -58,18 +58,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     parser.add_argument("--weights", required=True, help="the trained detector (model_final.pth)")
-    parser.add_argument("--heldout-run", help="folders with ensemble_calibration.json of a detector trained without some base classes: "
-                        "FOLDER (plain CLIP scores) or FOLDER,FOLDER_CALIBRATED (with background and prior)")
+    parser.add_argument("--heldout-run", action="append", default=[], help="a folder with the ensemble_calibration.json of a detector "
+                        "trained without some base classes and calibrated with ensemble.heldout (repeatable)")
     parser.add_argument("--out", required=True)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     out = Path(args.out)
 
-    def chosen(folder: str) -> list[str]:
-        report = json.loads((Path(folder) / "ensemble_calibration.json").read_text())
-        return [f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"]
-
-    heldout = (args.heldout_run or "").split(",") if args.heldout_run else []
     on = ["ensemble.enabled=true"]
     both = ["ensemble.background=true", "ensemble.prior_correction=true"]
     variants = {
@@ -79,10 +74,12 @@ def main() -> None:
         "+ background embedding": on + ["ensemble.background=true"],
         "+ prior + background": on + both,
     }
-    if heldout:
-        variants["weights chosen on held-out base"] = on + chosen(heldout[0])
-        calibrated = heldout[1] if len(heldout) > 1 else heldout[0]
-        variants["weights chosen on held-out base + prior + background"] = on + both + chosen(calibrated)
+    for folder in args.heldout_run:
+        report = json.loads((Path(folder) / "ensemble_calibration.json").read_text())
+        steps = [name for name in ("prior_correction", "background") if report[name]]
+        name = " + ".join(["weights chosen on held-out base"] + [n.split("_")[0] for n in steps])
+        chosen = [f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"]
+        variants[name] = on + [f"ensemble.{n}=true" for n in steps] + chosen
     rows = []
     for name, extra in variants.items():
         folder = out / name.replace(" ", "_").replace("/", "-").replace(",", "").replace("+", "plus")

@@ -5,7 +5,8 @@ From proposals of training images, labelled by their overlap with the base annot
 which sees a novel annotation:
 
 - `fit_background`: a background embedding, the one vector that, as an extra column of the CLIP
-  softmax, best separates background proposals from base objects (cross-entropy, classes fixed);
+  softmax, best separates background proposals from base objects (cross-entropy, classes fixed,
+  background and object proposals weighing half each);
 - `measure_prior`: each class's CLIP score on proposals that are *not* of that class (background
   and other base objects): a tower that favours some classes everywhere shows it here, and
   `ClipScoreEnsemble` divides it out;
@@ -52,11 +53,14 @@ def fit_background(
     if not (target == len(classes)).any():
         raise ValueError("no background proposal to fit the background embedding on")
     class_logits = regions @ classes.t() / temperature
-    background = regions[target == len(classes)].mean(0).clone().requires_grad_(True)
+    is_background = target == len(classes)
+    # background and object proposals weigh half each: background ones outnumber objects many times
+    weights = torch.where(is_background, 0.5 / is_background.sum(), 0.5 / (~is_background).sum().clamp(min=1))
+    background = regions[is_background].mean(0).clone().requires_grad_(True)
     optimizer = torch.optim.Adam([background], lr=0.05)
     for _ in range(steps):
         logits = torch.cat([class_logits, (regions @ F.normalize(background, dim=0) / temperature)[:, None]], dim=1)
-        loss = F.cross_entropy(logits, target)
+        loss = (F.cross_entropy(logits, target, reduction="none") * weights).sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -119,7 +123,10 @@ def calibrate_ensemble(
     """
     heldout = list(heldout)
     fitting = torch.where(torch.isin(labels, torch.tensor(heldout, dtype=torch.long)), IGNORE, labels)
-    report: dict = {"proposals": int(len(labels)), "background_proposals": int((labels == BACKGROUND).sum())}
+    report: dict = {
+        "proposals": int(len(labels)), "background_proposals": int((labels == BACKGROUND).sum()),
+        "background": background, "prior_correction": prior_correction,
+    }
     bg = None
     if background:
         with torch.enable_grad():
