@@ -1,10 +1,13 @@
 """The `kind: detection` config: one YAML for both engines (see configs/_base_/dense_detection.yaml)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from react_core.config import buildable, config_kind
+from react_core.config import buildable, config_kind, to_yaml
+from react_core.io import atomic_write_text
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
 
@@ -99,3 +102,15 @@ class DetectionConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     detectron2: Dict[str, Any] = field(default_factory=dict)
     permute_novel_embeddings: bool = False
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def write_run_config(cfg, out: Path) -> Path:
+    """`OUT/config.yaml`: the run's config with every override and interpolation applied. The
+    Detectron2 builders read it, and `react detect --weights OUT/model_final.pth` rebuilds the
+    very detector (tower weights, adapter, heads) that the checkpoint belongs to."""
+    config_file = Path(out) / RUN_CONFIG
+    atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
+    return config_file

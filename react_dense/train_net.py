@@ -7,7 +7,7 @@ from typing import Optional
 
 from react_core.config import ConfigError, load
 from react_core.errors import UserError
-from react_dense.config import DetectionConfig
+from react_dense.config import DetectionConfig, write_run_config
 
 
 def load_detection_config(path: str, overrides=()) -> DetectionConfig:
@@ -31,6 +31,9 @@ def run(args: argparse.Namespace) -> Optional[dict]:
         return launch_run(cfg, args, out)
     if args.num_gpus > 1:
         raise UserError("--num-gpus > 1 needs engine=detectron2 (the torchvision engine trains on one device)")
+    if not args.eval_only:
+        out.mkdir(parents=True, exist_ok=True)
+        write_run_config(cfg, out)
     from react_dense.engines.torchvision.train import run as run_torchvision
 
     return run_torchvision(cfg, out, eval_only=args.eval_only, resume=args.resume, weights=args.weights)

@@ -20,11 +20,12 @@ def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, 
 
     from react_dense.build import build_parts
     from react_dense.engines.detectron2.modeling import parts_of, register_parts
-    from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg, write_resolved_config
+    from react_dense.config import write_run_config
+    from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg
 
     cfg = demo_config(scenes, *ensemble)
     split = register_datasets(cfg)
-    config_file = write_resolved_config(cfg, tmp_path)
+    config_file = write_run_config(cfg, tmp_path)
     parts = build_parts(cfg)
     register_parts(str(config_file), parts)
     d2 = to_detectron2_cfg(cfg, parts, config_file, tmp_path, len(split.base_ids))
@@ -88,9 +89,10 @@ def test_detectron2_resolved_config_builds_the_same_parts(scenes, tmp_path):  # 
     from detectron2.config import get_cfg
 
     from react_dense.engines.detectron2.modeling import parts_of
-    from react_dense.engines.detectron2.train import add_react_config, write_resolved_config
+    from react_dense.config import write_run_config
+    from react_dense.engines.detectron2.train import add_react_config
 
-    config_file = write_resolved_config(demo_config(scenes, "backbone.out_channels=32"), tmp_path)
+    config_file = write_run_config(demo_config(scenes, "backbone.out_channels=32"), tmp_path)
     d2 = get_cfg()
     add_react_config(d2)
     d2.REACT.CONFIG = str(config_file)

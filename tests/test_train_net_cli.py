@@ -72,3 +72,18 @@ def test_torchvision_runs_of_one_config_are_identical(scenes, tmp_path, capsys):
     assert runs[0] == runs[1]
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[0])
+
+
+def test_detect_reads_the_run_config_beside_the_checkpoint(scenes, tmp_path):  # noqa: F811
+    """A detector trained with a non-default setting is rebuilt from OUT/config.yaml, no --config needed."""
+    from react_core.cli import main as react
+
+    out = tmp_path / "run"
+    assert main(["--config", str(CONFIG), "--out", str(out), f"world={scenes}", "data.num_workers=0",
+                 "train.steps=2", "backbone.out_channels=32"]) == 0
+    image = next((scenes / "detection" / "images" / "val").glob("*.png"))
+    assert react(["detect", str(image), "--weights", str(out / "model_final.pth"), "--vocabulary", "red square,blue circle",
+                  "--out", str(tmp_path / "detect"), "--score-threshold", "0"]) == 0
+    assert (tmp_path / "detect" / "detections.json").is_file()
+    assert react(["detect", str(image), "--config", str(CONFIG), "--weights", str(out / "model_final.pth"),
+                  "--vocabulary", "red square", "--out", str(tmp_path / "other")]) == 2

@@ -15,8 +15,11 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--config", required=True, help="the detector's `kind: detection` config")
     parser.add_argument("--weights", required=True, help="detector checkpoint (model_final.pth from tools/train_net.py)")
+    parser.add_argument(
+        "--config", default=None,
+        help="the detector's `kind: detection` config (default: the config.yaml its training run wrote beside --weights)",
+    )
     parser.add_argument(
         "--vocabulary", required=True,
         help='"cat,red car,..." or a file: .txt (one class per line, synonyms after "|") or COCO/LVIS .json',
@@ -39,6 +42,7 @@ def run(args) -> int:
     from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.build import build_parts, encode_vocabulary
+    from react_dense.config import RUN_CONFIG
     from react_dense.engines.torchvision.model import build_torchvision_detector
     from react_dense.engines.loop import load_checkpoint
     from react_dense.evaluation.detection import to_coco_results
@@ -46,7 +50,10 @@ def run(args) -> int:
     from react_dense.train_net import load_detection_config
     from react_dense.visualize import draw_detections
 
-    cfg = load_detection_config(args.config, args.set)
+    config = args.config or Path(args.weights).parent / RUN_CONFIG
+    if not Path(config).is_file():
+        raise UserError(f"{config} not found: pass --config, the config the detector was trained with")
+    cfg = load_detection_config(str(config), args.set)
     vocabulary = parse_vocabulary(args.vocabulary)
     parts = build_parts(cfg)
     encoded = encode_vocabulary(parts.bundle, cfg, vocabulary)

@@ -9,7 +9,6 @@ never imported (it needs `pkg_resources`).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
@@ -17,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from react_core.config import ConfigError, to_yaml
-from react_core.io import atomic_write_json, atomic_write_text
-from react_dense.config import DetectionConfig
+from react_core.config import ConfigError
+from react_core.io import atomic_write_json
+from react_dense.config import DetectionConfig, write_run_config
 
 TRAIN_NAME = "react_ov_train"
 TRAIN_CURVE = "train_metrics.json"
@@ -46,13 +45,6 @@ def _flatten(mapping: dict, prefix: str = "") -> list:
         else:
             items.extend([name, value])
     return items
-
-
-def write_resolved_config(cfg, out: Path) -> Path:
-    """The run's config with every override and interpolation applied: what the builders read."""
-    config_file = out / "config.yaml"
-    atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
-    return config_file
 
 
 def to_detectron2_cfg(cfg: DetectionConfig, parts, config_file: Path, out: Path, num_train_classes: int):
@@ -293,7 +285,7 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     if eval_only and not checkpoint.is_file():
         raise ConfigError(f"--eval-only: checkpoint not found: {checkpoint} (train first, or pass --weights FILE)")
     seed_everything(cfg.train.seed)
-    config_file = write_resolved_config(cfg, out)
+    config_file = write_run_config(cfg, out)
     parts = build_parts(cfg)
     register_parts(str(config_file), parts)
     split = register_datasets(cfg)
