@@ -93,7 +93,9 @@ def test_index_and_retrieve_with_the_model_named(laion, tiny_world, tmp_path, ca
     # ground truth found through LAION's key (the id): a precision per mode and per class
     assert set(stats["evaluation"]["both"]["per_class"]) == set(stats["per_class"])
 
-    # a model of another dimension is refused in one line
+    # an unknown pretrained tag, and a model of another dimension, are refused in one line
+    assert main(retrieve + ["--out", str(tmp_path / "wrong"), "--model", "react-tiny", "--pretrained", "nosuchtag"]) == 2
+    assert "nosuchtag" in one_line_error(capsys)
     assert main(retrieve + ["--out", str(tmp_path / "wrong"), "--model", "react-small"]) == 2
     assert "256-dimensional" in one_line_error(capsys)
 

@@ -121,8 +121,11 @@ def _load_named(model: str | None, pretrained: str | None, weights: str | None, 
         raise EmbeddingError("--pretrained/--weights need --model (the architecture, e.g. ViT-B-32)")
     try:
         return load_clip(model, pretrained, weights, device=device)
-    except (CheckpointError, PretrainedUnavailableError, FileNotFoundError, ValueError) as error:
-        raise EmbeddingError(str(error).splitlines()[0]) from None
+    except (CheckpointError, PretrainedUnavailableError, FileNotFoundError, ValueError, RuntimeError) as error:
+        # open_clip raises RuntimeError for an unknown pretrained tag
+        named = " ".join(f"--{flag} {value}" for flag, value in (("model", model), ("pretrained", pretrained),
+                                                                   ("weights", weights)) if value)
+        raise EmbeddingError(f"{named}: {str(error).splitlines()[0]}") from None
 
 
 def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
