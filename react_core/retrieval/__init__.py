@@ -1,7 +1,8 @@
 """Retrieval, REACT's first stage: embed a web corpus, index it with FAISS, retrieve the pairs
 most relevant to a task from its class names alone, and turn them into a training set.
 
-embed.py     corpus -> LAION-layout embedding folder (`react embed`)
+embed.py     corpus -> LAION-layout embedding folder (`react embed`); the model behind one of
+             LAION's folders, named or recorded once (`react embeddings-info`) and checked
 index.py     embedding folder -> tuned FAISS index (`react index`)
 classes.py   class lists (text, JSON, ImageNet-1K, COCO/LVIS categories) -> queries
 retrieve.py  queries -> per-class hits -> filtered subset (`react retrieve`)
