@@ -215,6 +215,17 @@ def test_a_shipped_base_serves_its_own_key_only_and_its_hash_is_checked(pretrain
         pretraining.pretrain(shipped, tmp_path / "unused")
 
 
+def test_the_shipped_demo_base_matches_its_record():
+    import json
+
+    from react_core.engine.pretrain import RESOURCES
+    from react_core.io import file_sha256
+
+    record = json.loads((RESOURCES / "demo_base.json").read_text())
+    assert file_sha256(RESOURCES / "demo_base.safetensors") == record["sha256"]
+    assert record["iters"] == load(CONFIGS / "demo" / "pretrain.yaml").train.max_iters
+
+
 def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_world, pretrain_yaml, tmp_path):
     import json
 
