@@ -281,6 +281,10 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     from react_dense.engines.detectron2.modeling import register_parts
     from react_dense.engines.loop import FINAL, seed_everything
 
+    ensemble = cfg.ensemble
+    if ensemble.enabled and (ensemble.background or ensemble.prior_correction or ensemble.heldout):
+        raise ConfigError("ensemble.background, ensemble.prior_correction and ensemble.heldout are calibrated by "
+                          "engine=torchvision only; turn them off, or use engine=torchvision")
     checkpoint = Path(weights) if weights else out / FINAL
     if eval_only and not checkpoint.is_file():
         raise ConfigError(f"--eval-only: checkpoint not found: {checkpoint} (train first, or pass --weights FILE)")
