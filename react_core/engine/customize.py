@@ -34,6 +34,14 @@ class WriteConfigHook(Hook):
         atomic_write_text(self.path, self.text)
 
 
+def before_after(name: str, before, after) -> dict:
+    """`{name}_top1_before/after` and the whole evaluations, or nothing when there was no evaluation."""
+    if before is None:
+        return {}
+    return {f"{name}_top1_before": before["top1"], f"{name}_top1_after": after["top1"],
+            f"{name}_before": before, f"{name}_after": after}
+
+
 def base_model_config(cfg):
     """The ModelConfig to start from: `model`, or the model of `base_pretrain` with its (cached)
     weights, pretrained in this config's world."""
@@ -116,20 +124,8 @@ def customize(cfg, out: str | Path) -> dict:
     after = zeroshot(bundle, cfg.eval, None if mode == "full" else cache, device)
     generic_after = zeroshot(bundle, cfg.generic_eval, None if mode == "full" else cache / "generic", device)
     metrics = {"mode": mode, "pairs": len(dataset), "gated_layers": layers, **counts, **summary}
-    if before is not None:
-        metrics.update(
-            zeroshot_top1_before=before["top1"],
-            zeroshot_top1_after=after["top1"],
-            zeroshot_before=before,
-            zeroshot_after=after,
-        )
-    if generic_before is not None:
-        metrics.update(
-            generic_top1_before=generic_before["top1"],
-            generic_top1_after=generic_after["top1"],
-            generic_before=generic_before,
-            generic_after=generic_after,
-        )
+    metrics.update(before_after("zeroshot", before, after))
+    metrics.update(before_after("generic", generic_before, generic_after))
     if cfg.dense.enabled:
         metrics["dense"] = dataclasses.asdict(cfg.dense)
     atomic_write_json(out / METRICS_FILE, metrics)
