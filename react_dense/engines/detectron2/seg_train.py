@@ -66,9 +66,8 @@ def train_from_config(
     from detectron2.engine import SimpleTrainer, hooks
     from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
-    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
-    from react_dense.engines.detectron2.train import TRAIN_CURVE
+    from react_dense.engines.detectron2.train import training_writers
     from react_dense.engines.loop import FINAL, LAST, build_optimizer, build_scheduler, load_checkpoint, save_checkpoint, seed_everything
     from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset
     from react_dense.segmentation.common import encode_classes, open_spec, write_metrics
@@ -105,7 +104,7 @@ def train_from_config(
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer, scheduler),
             hooks.CallbackHook(after_step=lambda t: (t.iter + 1) % period == 0 and save_checkpoint(out / LAST, model, optimizer, scheduler, t.iter + 1)),
-            hooks.PeriodicWriter([CommonMetricPrinter(cfg.train.steps), JSONWriter(str(out / TRAIN_CURVE))], period=cfg.train.log_period),
+            hooks.PeriodicWriter(training_writers(out, cfg.train.steps), period=cfg.train.log_period),
         ])
         trainer.train(start, cfg.train.steps)
         save_checkpoint(out / LAST, model, optimizer, scheduler, cfg.train.steps)

@@ -138,13 +138,18 @@ def train_settings(d2):
     )
 
 
+def training_writers(out: Path, steps: int) -> list:
+    """A progress line in the log and the JSON training curve `OUT/train_metrics.json`."""
+    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
+
+    return [CommonMetricPrinter(steps), JSONWriter(str(out / TRAIN_CURVE))]
+
+
 def build_trainer_class(evaluator_factory, before_test, after_test):
     """DefaultTrainer with our optimizer and schedule (the torchvision engine's), the training
     curve in `train_metrics.json` (so `metrics.json` is the evaluation, as in every engine), and
     the evaluation vocabulary swapped in for `test`."""
     from detectron2.engine import DefaultTrainer, hooks
-    from detectron2.utils.events import CommonMetricPrinter, JSONWriter
-
     from detectron2.utils import comm
 
     from react_dense.engines.loop import build_optimizer, build_scheduler
@@ -159,7 +164,7 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
             return build_scheduler(optimizer, train_settings(d2))
 
         def build_writers(self):
-            return [CommonMetricPrinter(self.max_iter), JSONWriter(str(Path(self.cfg.OUTPUT_DIR) / TRAIN_CURVE))]
+            return training_writers(Path(self.cfg.OUTPUT_DIR), self.max_iter)
 
         def build_hooks(self):
             kept = [h for h in super().build_hooks() if not isinstance(h, hooks.PeriodicWriter)]
