@@ -1,5 +1,7 @@
 """`react pretrain` and `react customize` end to end on the tiny synthetic world."""
 import json
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +54,22 @@ def test_pretrain_is_cached_by_config_and_data(tiny_runs):
     assert pretrain(changed, root / "other") != weights
 
 
-def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path):
+def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path, capsys):
     from react_core.cli import main
     from react_core.modeling import load_clip
 
     root, _, customize_yaml = tiny_runs
     out = tmp_path / "gated"
     assert main(["customize", "--config", str(customize_yaml), "--out", str(out)]) == 0
+    console = "".join(capsys.readouterr())
+    assert "mmengine - INFO" not in console and "Failed to search registry" not in console
+    assert "Parsing model identifier" not in console  # open_clip's INFO lines
+    assert sorted(p.name for p in out.iterdir()) == [
+        "adapter.safetensors", "cache", "checkpoint_last.pt", "config.yaml", "metrics.json", "train.log"]
+    assert "iter 3/3" in (out / "train.log").read_text()  # the scalars still reach the log file
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "adapter.safetensors").stat().st_mode) == 0o666 & ~umask
     metrics = json.loads((out / "metrics.json").read_text())
     assert {"zeroshot_top1_before", "zeroshot_top1_after"} <= metrics.keys()
     assert metrics["mode"] == "gated-image" and metrics["gated_layers"] == [5]

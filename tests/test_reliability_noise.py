@@ -34,3 +34,27 @@ def test_results_get_the_mode_of_a_plain_open(tmp_path):
     assert stat.S_IMODE((tmp_path / "metrics.json").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "shard.tar").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "other.json").stat().st_mode) == 0o640
+
+
+def test_embed_starts_no_more_workers_than_cpus_by_default(retrieval_corpus, tmp_path, monkeypatch, recwarn):
+    import torch.utils.data
+
+    from react_core.retrieval import embed as embed_module
+
+    started = []
+    real_loader = torch.utils.data.DataLoader
+
+    def loader(*args, **kwargs):
+        started.append(kwargs["num_workers"])
+        return real_loader(*args, **kwargs)
+
+    monkeypatch.setattr(embed_module.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    monkeypatch.setattr(torch.utils.data, "DataLoader", loader)
+    micro = load_clip({
+        "embed_dim": 32,
+        "vision_cfg": {"image_size": 64, "layers": 1, "width": 64, "head_width": 32, "patch_size": 16},
+        "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 1},
+    })
+    embed_module.embed_corpus(micro, retrieval_corpus, tmp_path, batch_size=32, progress=False)
+    assert started and set(started) == {1}  # one CPU: one worker per shard, not the default 4
+    assert not [w for w in recwarn if "worker processes in total" in str(w.message)]

@@ -53,13 +53,13 @@ def output_folder(args, cfg, command: str) -> str:
 
 def run(args) -> int:
     import json
-    import logging
 
     from react_core.config import load
+    from react_core.console import configure_logging
     from react_core.engine.config import CustomizeConfig
     from react_core.engine.customize import METRICS_FILE, customize
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     cfg = load(args.config, args.overrides, schema=CustomizeConfig)
     out = output_folder(args, cfg, "customize")
     with user_errors():

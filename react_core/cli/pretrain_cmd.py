@@ -20,14 +20,14 @@ def register(subparsers):
 
 def run(args) -> int:
     import json
-    import logging
 
     from react_core.cli.customize_cmd import output_folder, user_errors
     from react_core.config import load
+    from react_core.console import configure_logging
     from react_core.engine.config import PretrainConfig
     from react_core.engine.pretrain import pretrain, summary_file
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    configure_logging()
     cfg = load(args.config, args.overrides, schema=PretrainConfig)
     out = output_folder(args, cfg, "pretrain")
     with user_errors():

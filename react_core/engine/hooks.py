@@ -1,4 +1,4 @@
-"""mmengine hooks for contrastive training: throughput, logit-scale clamp, safe checkpoints."""
+"""mmengine hooks for contrastive training: progress, throughput, logit-scale clamp, safe checkpoints."""
 from __future__ import annotations
 
 import math
@@ -14,6 +14,36 @@ MAX_LOGIT_SCALE = math.log(100)
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if is_model_wrapper(model) else model
+
+
+class ProgressHook(Hook):
+    """A progress bar with the loss and learning rate in place of mmengine's log lines, and
+    every `interval` iterations one line of every training scalar (window means) in the log file."""
+
+    priority = "BELOW_NORMAL"
+
+    def __init__(self, interval: int, desc: str):
+        self.interval = interval
+        self.desc = desc
+        self.bar = None
+
+    def before_train(self, runner):
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=runner.max_iters, initial=runner.iter, desc=self.desc, unit="it", disable=runner.rank != 0)
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        scalars = {name.split("/", 1)[1]: buffer for name, buffer in runner.message_hub.log_scalars.items()
+                   if name.startswith("train/")}
+        self.bar.set_postfix(loss=f"{scalars['loss'].current():.3f}", lr=f"{scalars['lr'].current():.1e}", refresh=False)
+        self.bar.update(1)
+        done = runner.iter + 1
+        if done % self.interval == 0 or done == runner.max_iters:
+            means = "  ".join(f"{name}: {buffer.mean(self.interval):.4g}" for name, buffer in sorted(scalars.items()))
+            runner.logger.info(f"iter {done}/{runner.max_iters}  {means}")
+
+    def after_train(self, runner):
+        self.bar.close()
 
 
 class ThroughputHook(Hook):

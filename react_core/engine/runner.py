@@ -9,6 +9,8 @@ interrupted run stopped instead of re-reading every batch before it.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import random
 from pathlib import Path
 
@@ -17,12 +19,14 @@ import torch
 from mmengine.registry import LOOPS
 from mmengine.runner import IterBasedTrainLoop, Runner
 from mmengine.runner.loops import _InfiniteDataloaderIterator
+from mmengine.visualization import Visualizer
 
 from react_core.engine.hooks import unwrap
 from react_core.errors import ReactError
 from react_core.io import atomic_path
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
+LOG_NAME = "train.log"
 
 
 class ResumeError(ReactError):
@@ -76,11 +80,31 @@ class SafeRunner(Runner):
 
     `run_identity` (any JSON-able dict, e.g. the config hash and base model identity) is stored
     in each checkpoint; resuming from a checkpoint of a different run is an error.
+
+    `--out` gets only what a user reads: mmengine's full log goes to `train.log` (appended on
+    resume) instead of a timestamped folder, the console shows warnings only (a `ProgressHook`
+    shows the progress), and no visualizer folder or config copy is written.
     """
 
     def __init__(self, *args, run_identity: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.run_identity = dict(run_identity or {})
+        with contextlib.suppress(OSError):  # mmengine made it before the logger was ours; empty
+            Path(self._log_dir).rmdir()
+        self._log_dir = self.work_dir
+
+    def build_logger(self, log_level="INFO", log_file=None, **kwargs):
+        logger = super().build_logger(log_level=log_level, log_file=str(Path(self.work_dir) / LOG_NAME), **kwargs)
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.FileHandler):
+                handler.setLevel(max(handler.level, logging.WARNING))
+        return logger
+
+    def build_visualizer(self, visualizer=None) -> Visualizer:
+        return Visualizer.get_instance(name=self._experiment_name)
+
+    def dump_config(self) -> None:
+        """The commands write the resolved config as `config.yaml`; mmengine's copy would be empty."""
 
     def checkpoint_path(self) -> Path:
         return Path(self.work_dir) / CHECKPOINT_NAME

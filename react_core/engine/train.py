@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from react_core.data import PairCollate, PairDataset, ResumableSampler
-from react_core.engine.hooks import ClampLogitScaleHook, SafeCheckpointHook, ThroughputHook
+from react_core.engine.hooks import ClampLogitScaleHook, ProgressHook, SafeCheckpointHook, ThroughputHook
 from react_core.engine.model import ContrastiveCLIP
 from react_core.engine.optim import build_optim_wrapper, warmup_cosine
 from react_core.engine.runner import SafeRunner
@@ -81,15 +81,14 @@ def train_contrastive(
             model, train.lr, train.weight_decay, train.betas, train.eps, amp=amp, grad_clip=train.grad_clip
         ),
         param_scheduler=warmup_cosine(max_iters, train.warmup_iters),
-        default_hooks=dict(
-            logger=dict(type="LoggerHook", interval=train.log_interval),
-            checkpoint=None,
-            sampler_seed=None,
-        ),
-        custom_hooks=[throughput, ClampLogitScaleHook(), SafeCheckpointHook(train.checkpoint_interval, export), *hooks],
-        log_processor=dict(by_epoch=False, window_size=train.log_interval),
+        default_hooks=dict(logger=None, checkpoint=None, sampler_seed=None),
+        custom_hooks=[
+            ProgressHook(train.log_interval, mode), throughput, ClampLogitScaleHook(),
+            SafeCheckpointHook(train.checkpoint_interval, export), *hooks,
+        ],
         launcher=launcher,
         randomness=dict(seed=train.seed),
+        default_scope=None,  # our parts build in the react registries; a global "mmengine" scope only warns
         resume=True,
         run_identity=run_identity,
     )

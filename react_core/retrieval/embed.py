@@ -442,7 +442,7 @@ def embed_corpus(
     out: str | Path,
     *,
     batch_size: int = 256,
-    workers: int = 4,
+    workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     rank: int | None = None,
     world_size: int | None = None,
@@ -468,6 +468,8 @@ def embed_corpus(
     dim = _text_dim(bundle)
     _check_or_write_info(out, embedding_info(bundle, dim, str(source), [s.name for s in shards]), rank)
 
+    if workers is None:  # 4, or fewer where fewer CPUs are ours (more only slows and warns per shard)
+        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     mine = shards[rank::world_size]
     pending = [s for s in mine if not shard_done(out, s.number)]
     summary = {"shards": 0, "already_done": len(mine) - len(pending), "rows": 0, "failed": []}
