@@ -153,6 +153,25 @@ def test_fusion_ranks_by_both_modes_whatever_their_scale():
         fuse(pairs, "max")
 
 
+def test_min_z_fusion_ranks_pairs_both_modes_find_above_pairs_one_mode_finds():
+    """Each mode fails on other pairs (t2i: a look-alike image beside an unrelated caption; t2t: a
+    caption naming the class beside another image): a pair both modes score well comes first, and
+    neither mode's top score alone, nor its cosine scale, lifts a pair above it."""
+    from react_core.retrieval.retrieve import fuse
+
+    background = {"t2i": (np.array([0.40, 0.10]), np.array([0.05, 0.05])),  # narrow text-image cosines
+                  "t2t": (np.array([0.60, 0.10]), np.array([0.20, 0.05]))}  # wide text-text ones
+    pairs = pd.DataFrame({"class_index": [0, 0, 0, 0, 1],
+                          "score_t2i": [0.55, 0.70, 0.42, 0.45, 0.30],  # row 1: the best image, unrelated caption
+                          "score_t2t": [0.95, 0.62, 0.99, 0.70, 0.30]})  # row 2: the best caption, unrelated image
+    fused = fuse(pairs, "min-z", background)
+    assert list(fused[:4].sort_values(ascending=False).index) == [0, 3, 2, 1]
+    assert fused[0] == pytest.approx(min((0.55 - 0.40) / 0.05, (0.95 - 0.60) / 0.20))
+    assert fused[4] == pytest.approx(4.0)  # each class against its own background
+    rrf = fuse(pairs, "rrf")
+    assert rrf[1] > rrf[3] and rrf[2] > rrf[3]  # what min-z fixes: one mode's first rank alone lifts a pair
+
+
 def test_stats_report_precision_per_mode_per_class_and_random(indexed, tiny_world, tmp_path):
     assert retrieve(indexed, tiny_world, tmp_path, "--mode", "both", "--no-dedup") == 0
     evaluation = json.loads((tmp_path / "stats.json").read_text())["evaluation"]
@@ -162,7 +181,52 @@ def test_stats_report_precision_per_mode_per_class_and_random(indexed, tiny_worl
         assert sorted(per_class) == sorted(names)
         assert evaluation[mode]["precision"] == pytest.approx(np.mean(list(per_class.values())))
     subset = pd.read_parquet(tmp_path / "subset.parquet")
-    assert (subset["score"] == subset["score_both"]).all() and subset["score"].max() <= 2 / 61
+    assert (subset["score"] == subset["score_both"]).all()
+
+
+def test_k_beyond_the_corpus_is_clamped_with_one_warning(indexed, tiny_world, tmp_path, caplog):
+    """More hits per query than samples used to report a precision@k below random: --k is cut to the
+    corpus size, and one warning says so (the default --k 100 exceeds a small corpus too)."""
+    size = len(EmbeddingFolder(indexed / "emb"))
+    with caplog.at_level("WARNING", logger="react"):
+        assert retrieve(indexed, tiny_world, tmp_path, "--mode", "t2i", "--no-dedup", "--k", str(size + 1)) == 0
+    warnings = [r.getMessage() for r in caplog.records if "--k" in r.getMessage()]
+    assert warnings == [f"--k {size + 1} is more hits per query than the corpus has samples ({size}): using --k {size}"]
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    evaluation = stats["evaluation"]
+    assert stats["options"]["k"] == evaluation["k"] == size
+    assert evaluation["t2i"]["precision"] == pytest.approx(evaluation["random"]["precision"])  # the whole corpus
+
+
+class _Vectors:
+    """The two things the automatic near-duplicate threshold reads of an embedding folder."""
+
+    def __init__(self, vectors):
+        self.vectors = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def __len__(self):
+        return len(self.vectors)
+
+    def gather(self, kind, rows):
+        return self.vectors[rows]
+
+
+def test_automatic_dedup_threshold_follows_how_close_distinct_images_lie():
+    """A small model puts distinct images at cosine > 0.99, where a fixed 0.95 calls them all
+    duplicates; the automatic threshold keeps them and still drops a real duplicate."""
+    from react_core.retrieval.retrieve import DEDUP_FLOOR, _near_duplicates, automatic_dedup_threshold
+
+    rng = np.random.default_rng(0)
+    crowded = np.ones((2000, 64)) + 0.01 * rng.standard_normal((2000, 64))  # all in a narrow cone
+    crowded[1999] = crowded[0] + 1e-5  # one true near-duplicate
+    folder = _Vectors(crowded)
+    threshold = automatic_dedup_threshold(folder)
+    order = np.arange(len(folder))
+    assert threshold > 0.99
+    assert _near_duplicates(folder.vectors, order, DEDUP_FLOOR).mean() > 0.9
+    dropped = _near_duplicates(folder.vectors, order, threshold)
+    assert dropped[1999] and dropped.mean() < 0.05
+    assert automatic_dedup_threshold(_Vectors(rng.standard_normal((2000, 64)))) == DEDUP_FLOOR  # spread out: the floor
 
 
 def test_near_duplicate_removal_that_empties_the_subset_warns(indexed, tiny_world, tmp_path, caplog):

@@ -1,6 +1,7 @@
 """`react retrieve --index INDEXDIR --emb EMBDIR --classes FILE --out SUBSETDIR`: per-class retrieval."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from react_core.cli import UserError
@@ -32,15 +33,19 @@ def register(subparsers):
     parser.add_argument("--descriptions", action="store_true", help="add each LVIS 'def' as an extra query")
     parser.add_argument("--k", type=int, default=100, help="hits per query (default 100)")
     parser.add_argument("--mode", choices=("t2i", "t2t", "both"), default="t2i")
-    parser.add_argument("--fusion", choices=("rrf", "mean"), default="rrf",
-                        help="how --mode both ranks the union of the two modes' hits: rrf (reciprocal-rank fusion of the "
-                        "two exact scores, default) or mean (of the two cosines); the subset's score is the fused one")
+    parser.add_argument("--fusion", choices=("min-z", "rrf", "mean"), default="min-z",
+                        help="how --mode both ranks the union of the two modes' hits: min-z (default: the lower of the two "
+                        "exact scores, each in standard deviations above the class's scores of random corpus samples, so a "
+                        "pair must match by image and by caption), rrf (reciprocal-rank fusion) or mean (of the two "
+                        "cosines); the subset's score is the fused one")
     parser.add_argument("--out", required=True, metavar="SUBSETDIR")
     parser.add_argument("--threshold", type=float, help="drop hits whose score is below this")
     parser.add_argument("--assign", choices=("best", "all"), default="best",
                         help="a sample hit by several classes goes to its best class, or stays in all (default best)")
-    parser.add_argument("--dedup-threshold", type=float, default=0.95,
-                        help="image-embedding cosine at which two samples are near-duplicates (default 0.95)")
+    parser.add_argument("--dedup-threshold", type=_cosine_or_auto, default="auto",
+                        help="image-embedding cosine at which two samples are near-duplicates; auto (default): the 99th "
+                        "percentile of random corpus images' nearest-neighbour cosines, at least 0.95 (stats.json "
+                        "records the value used)")
     parser.add_argument("--no-dedup", action="store_true", help="keep near-duplicates")
     parser.add_argument("--per-class", type=int, help="keep at most this many samples per class")
     parser.add_argument("--balance", action="store_true", help="cap every class at the size of the smallest")
@@ -56,6 +61,15 @@ def register(subparsers):
                         "for a synthetic world's corpus")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.set_defaults(handler=run)
+
+
+def _cosine_or_auto(value: str):
+    if value == "auto":
+        return value
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a cosine or 'auto', not {value!r}") from None
 
 
 def evaluation_embeddings(path: str, emb_dir: str, bundle):
@@ -130,7 +144,8 @@ def run(args) -> int:
         raise UserError(str(error)) from error
     print(f"{stats['rows']} rows ({stats['unique_samples']} samples) for {len(classes)} classes in {args.out}/subset.parquet")
     print("removed: " + ", ".join(f"{k} {v}" for k, v in stats["filters"].items() if k != "candidates")
-          + f" (of {stats['filters']['candidates']} candidates)")
+          + f" (of {stats['filters']['candidates']} candidates"
+          + (f"; near-duplicates at image cosine {stats['dedup_threshold']:.4f})" if stats["dedup_threshold"] else ")"))
     if stats["empty_classes"]:
         print(f"classes with no sample: {', '.join(stats['empty_classes'][:20])}")
     if stats["evaluation"]:

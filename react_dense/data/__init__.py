@@ -1,1 +1,0 @@
-"""COCO/LVIS data for dense models."""

@@ -1,1 +1,0 @@
-"""Detection and segmentation metrics (LVIS and COCO rules)."""
