@@ -55,8 +55,8 @@ def end_to_end_benchmark(size: int, repeats: int) -> dict:
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     from react_core.config.common import ModelConfig
-    from react_dense.build import build_parts
-    from react_dense.config import DetectionConfig, DetectorConfig
+    from react_dense.detection.build import build_parts
+    from react_dense.detection.config import DetectionConfig, DetectorConfig
     from react_dense.engines.torchvision.model import build_torchvision_detector
 
     torch.manual_seed(0)

@@ -85,7 +85,7 @@ def main() -> None:
         folder = out / name.replace(" ", "_").replace("/", "-").replace(",", "").replace("+", "plus")
         metrics = evaluate(args.config, args.weights, folder, args.overrides + extra)
         rows.append((name, extra, metrics, folder))
-    from react_dense.train_net import load_detection_config
+    from react_dense.detection.config import load_detection_config
 
     cfg = load_detection_config(args.config, args.overrides)
     gt = json.loads(Path(cfg.data.val).read_text())

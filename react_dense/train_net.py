@@ -1,39 +1,71 @@
-"""What `tools/train_net.py` runs: load the config, pick the engine, train and/or evaluate."""
+"""The one runner of dense training and evaluation: load a `kind: detection` or `kind: segmentation`
+config, pick its engine, train and/or evaluate. `tools/train_net.py` and the demo call `train`."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 from react_core.config import ConfigError, load
 from react_core.errors import UserError
-from react_dense.config import DetectionConfig, write_run_config
+from react_dense.detection.config import DetectionConfig
+from react_dense.segmentation.config import SegmentationConfig
+
+DenseConfig = Union[DetectionConfig, SegmentationConfig]
 
 
-def load_detection_config(path: str, overrides=()) -> DetectionConfig:
-    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
-    import react_dense.modeling.region_text  # noqa: F401  (registers RegionTextClassifier)
+def load_dense_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> DenseConfig:
+    """`path` with `overrides`, refused unless it is a detection or segmentation config."""
+    import react_dense.plugin  # noqa: F401  (registers both kinds and their parts)
 
-    cfg = load(path, overrides)
-    if not isinstance(cfg, DetectionConfig):
-        raise ConfigError(f"{path}: expected `kind: detection`, got kind {getattr(cfg, 'kind', '?')!r}")
+    cfg = load(str(path), list(overrides))
+    if not isinstance(cfg, (DetectionConfig, SegmentationConfig)):
+        raise ConfigError(
+            f"{path}: expected `kind: detection` or `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}"
+        )
     return cfg
 
 
-def run(args: argparse.Namespace) -> Optional[dict]:
-    cfg = load_detection_config(args.config, args.overrides)
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
-    if args.weights and not args.eval_only:
+def train(
+    config: Union[str, Path],
+    overrides: Sequence[str],
+    out: Union[str, Path],
+    *,
+    resume: bool = False,
+    eval_only: bool = False,
+    weights: Optional[str] = None,
+    num_gpus: int = 1,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str = "auto",
+) -> Optional[dict]:
+    """Train (unless `eval_only`) and evaluate the config's model with its engine; returns the
+    metrics written to `out/metrics.json` (None on the non-main processes of a multi-GPU run).
+    `weights` is a checkpoint for `eval_only`; the GPU and machine settings are Detectron2's."""
+    cfg = load_dense_config(config, overrides)
+    out = Path(out)
+    if isinstance(cfg, SegmentationConfig):
+        if weights and not eval_only:
+            raise UserError("--weights is for --eval-only")
+        if num_gpus > 1 or num_machines > 1:
+            raise UserError("segmentation trains on one device (several GPUs are not supported yet)")
+        if cfg.engine == "detectron2" and cfg.method == "head":
+            from react_dense.engines.detectron2.seg_train import run as run_detectron2
+
+            return run_detectron2(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+        from react_dense.segmentation.train import run as run_plain
+
+        return run_plain(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+    if weights and not eval_only:
         raise UserError("--weights is for --eval-only; to start training from a checkpoint use the config")
     if cfg.engine == "detectron2":
         from react_dense.engines.detectron2.train import launch_run
 
-        return launch_run(cfg, args, out)
-    if args.num_gpus > 1:
+        return launch_run(
+            cfg, out, eval_only=eval_only, resume=resume, weights=weights,
+            num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
+        )
+    if num_gpus > 1:
         raise UserError("--num-gpus > 1 needs engine=detectron2 (the torchvision engine trains on one device)")
-    if not args.eval_only:
-        out.mkdir(parents=True, exist_ok=True)
-        write_run_config(cfg, out)
     from react_dense.engines.torchvision.train import run as run_torchvision
 
-    return run_torchvision(cfg, out, eval_only=args.eval_only, resume=args.resume, weights=args.weights)
+    return run_torchvision(cfg, out, eval_only=eval_only, resume=resume, weights=weights)

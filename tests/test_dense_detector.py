@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from react_dense.build import build_parts, dataset_vocabularies, permute_novel
-from react_dense.data.detection import DetectionDataset, OpenVocabularySplit
+from react_dense.detection.build import build_parts, dataset_vocabularies
+from react_dense.modeling.vocabulary import permute_novel
+from react_dense.detection.data import DetectionDataset, OpenVocabularySplit
 from react_dense.engines.torchvision.model import build_torchvision_detector
-from react_dense.train_net import load_detection_config
+from react_dense.detection.config import load_detection_config
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "ovd_synthetic.yaml"
 CATEGORIES = [

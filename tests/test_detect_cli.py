@@ -6,10 +6,10 @@ import json
 import torch
 
 from react_core.cli import main
-from react_dense.build import build_parts
+from react_dense.detection.build import build_parts
 from react_dense.engines.torchvision.model import build_torchvision_detector
 from react_dense.engines.loop import save_checkpoint
-from react_dense.train_net import load_detection_config
+from react_dense.detection.config import load_detection_config
 from test_dense_detector import CONFIG, write_scenes
 
 

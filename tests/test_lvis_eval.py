@@ -6,7 +6,7 @@ import math
 import pytest
 from pycocotools import mask as mask_utils
 
-from react_dense.evaluation.detection import evaluate, limit_per_image
+from react_dense.detection.evaluation import evaluate, limit_per_image
 
 
 def _gt():

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from react_core.cli import main
-from react_dense.data.detection import DatasetError, load_coco
+from react_dense.detection.data import DatasetError, load_coco
 from test_dense_detector import CONFIG, write_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,10 +32,10 @@ def test_detect_refuses_a_missing_vocabulary_file(tmp_path, capsys):
 
 
 def test_detect_refuses_an_image_too_thin_for_the_detector(tmp_path, capsys):
-    from react_dense.build import build_parts
+    from react_dense.detection.build import build_parts
     from react_dense.engines.loop import save_checkpoint
     from react_dense.engines.torchvision.model import build_torchvision_detector
-    from react_dense.train_net import load_detection_config
+    from react_dense.detection.config import load_detection_config
 
     world = tmp_path / "world"
     write_scenes(world / "detection", "val", 1, seed=0)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from react_core.cli import main
 from react_core.config import load
-from react_dense.segmentation.train import load_segmentation_config
-from react_dense.train_net import load_detection_config
+from react_dense.segmentation.config import load_segmentation_config
+from react_dense.detection.config import load_detection_config
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "configs" / "demo"

@@ -46,16 +46,13 @@ def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path):
 
 
 def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, tmp_path):
-    from react_dense.segmentation.train import load_segmentation_config, train_from_config
+    from react_dense.train_net import train
 
-    cfg = load_segmentation_config(CONFIG, _quick(tiny_world, "method=maskclip"))
-    metrics = train_from_config(cfg, tmp_path / "maskclip")
+    metrics = train(CONFIG, _quick(tiny_world, "method=maskclip"), tmp_path / "maskclip")
     assert metrics["method"] == "maskclip" and not (tmp_path / "maskclip" / "model_final.pth").exists()
     assert json.loads((tmp_path / "maskclip" / "metrics.json").read_text())["mIoU_unseen"] is not None
-    plain = train_from_config(load_segmentation_config(CONFIG, _quick(tiny_world, "method=maskclip")), tmp_path / "a")
-    control = train_from_config(
-        load_segmentation_config(CONFIG, _quick(tiny_world, "method=maskclip", "permute_unseen_embeddings=true")), tmp_path / "b"
-    )
+    plain = train(CONFIG, _quick(tiny_world, "method=maskclip"), tmp_path / "a")
+    control = train(CONFIG, _quick(tiny_world, "method=maskclip", "permute_unseen_embeddings=true"), tmp_path / "b")
     assert plain["mIoU_seen"] == pytest.approx(metrics["mIoU_seen"])
     assert control["mIoU_seen"] == pytest.approx(plain["mIoU_seen"])  # only unseen rows move
     assert control["mIoU_unseen"] != pytest.approx(plain["mIoU_unseen"])
@@ -89,14 +86,13 @@ def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):
 
 def test_detectron2_engine_trains_and_evaluates(tiny_world, tmp_path):
     pytest.importorskip("detectron2")
-    from react_dense.segmentation.train import load_segmentation_config, train_from_config
+    from react_dense.train_net import train
 
-    cfg = load_segmentation_config(CONFIG, _quick(tiny_world, "engine=detectron2"))
-    metrics = train_from_config(cfg, tmp_path / "d2")
+    metrics = train(CONFIG, _quick(tiny_world, "engine=detectron2"), tmp_path / "d2")
     assert metrics["engine"] == "detectron2"
     assert {"mIoU", "mIoU_seen", "mIoU_unseen"} <= set(metrics)
     assert torch.load(tmp_path / "d2" / "last_checkpoint.pth", weights_only=True)["step"] == 4
     curve = [json.loads(line) for line in (tmp_path / "d2" / "train_metrics.json").read_text().splitlines()]
     assert curve and all(line["total_loss"] > 0 for line in curve)
-    again = train_from_config(load_segmentation_config(CONFIG, _quick(tiny_world, "engine=detectron2")), tmp_path / "d2", eval_only=True)
+    again = train(CONFIG, _quick(tiny_world, "engine=detectron2"), tmp_path / "d2", eval_only=True)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)

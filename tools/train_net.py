@@ -12,7 +12,8 @@ Detectron2's spellings work beside ours: `--config-file` for `--config`, trailin
 pairs of Detectron2 keys (applied to the config's `detectron2:` section), and `key=value`
 overrides anywhere on the line.
 
-A `kind: segmentation` config trains an open-vocabulary segmenter instead (react_dense.segmentation).
+A `kind: segmentation` config trains an open-vocabulary segmenter instead (react_dense.segmentation);
+`react_dense.train_net.train` is the same run from Python.
 The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
 evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
 --out. `--resume` continues from the last checkpoint in --out.
@@ -84,14 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out = args.out or str(Path("runs") / Path(args.config).stem)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     from react_core.errors import ReactError
-    from react_dense.segmentation.train import is_segmentation_config
-    from react_dense.segmentation.train import run as run_segmentation
-    from react_dense.train_net import run
+    from react_dense.train_net import train
 
     try:
         args.overrides = normalize_overrides(args.overrides)
         refuse_finished_run(args)
-        metrics = (run_segmentation if is_segmentation_config(args.config, args.overrides) else run)(args)
+        metrics = train(
+            args.config, args.overrides, args.out, resume=args.resume, eval_only=args.eval_only, weights=args.weights,
+            num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
+        )
     except ReactError as error:
         print(f"train_net: error: {error}", file=sys.stderr)
         return 2

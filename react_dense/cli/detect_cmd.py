@@ -41,14 +41,13 @@ def run(args) -> int:
 
     from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
-    from react_dense.build import build_parts, encode_vocabulary
-    from react_dense.config import RUN_CONFIG
+    from react_dense.detection.build import build_parts, encode_vocabulary
+    from react_dense.detection.config import RUN_CONFIG, load_detection_config
     from react_dense.engines.torchvision.model import build_torchvision_detector
     from react_dense.engines.loop import load_checkpoint
-    from react_dense.evaluation.detection import to_coco_results
+    from react_dense.detection.evaluation import to_coco_results
     from react_dense.modeling.vocabulary import parse_vocabulary
-    from react_dense.train_net import load_detection_config
-    from react_dense.visualize import draw_detections
+    from react_dense.detection.visualize import draw_detections
 
     config = args.config or Path(args.weights).parent / RUN_CONFIG
     if not Path(config).is_file():

@@ -46,9 +46,9 @@ def run(args) -> int:
     from react_dense.engines.loop import load_checkpoint
     from react_dense.modeling.backbone import load_dense_clip
     from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
+    from react_dense.segmentation.config import load_segmentation_config
     from react_dense.segmentation.data import read_image
     from react_dense.segmentation.inference import predict_logits
-    from react_dense.segmentation.common import load_segmentation_config
     from react_dense.segmentation.train import build_segmenter
     from react_dense.segmentation.visualize import overlay_with_legend, palette
 

@@ -13,7 +13,6 @@ every stage together. It lives in `react_dense` because it reaches the dense eng
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -214,6 +213,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     _, best_mode, best_source, _ = plan.variants[0]
     best_stage = customize_stage(best_mode, best_source, plan.seeds[0])
     adapter = str(stages / best_stage / "adapter.safetensors")
+    from react_dense.train_net import train
+
     dense = {}
     for task, config, steps_key in (
         ("detection", "demo/ovd_synthetic.yaml", "train.steps"),
@@ -225,8 +226,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             if steps:
                 overrides[steps_key] = steps
 
-            def dense_work(folder: Path, task=task, config=config, overrides=overrides) -> dict:
-                return {"metrics": _train_dense(task, _config_path(config), folder, _overrides(overrides))}
+            def dense_work(folder: Path, config=config, overrides=overrides) -> dict:
+                return {"metrics": train(_config_path(config), _overrides(overrides), folder)}
 
             dense[(task, backbone)] = runner.run(
                 f"{task}-{backbone}", dense_work, overrides, after=("pretrain", best_stage)
@@ -238,22 +239,6 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     write_report(out, summary, world_dir, subset_manifest, dense_dirs={k: stages / f"{k[0]}-{k[1]}" for k in dense})
     runner.echo(f"report: {out / 'report.md'} and {out / 'report.html'}; metrics: {out / 'metrics.json'}")
     return summary
-
-
-def _train_dense(task: str, config: Path, folder: Path, overrides: list[str]) -> dict:
-    """One detection or segmentation run through the engines `tools/train_net.py` uses."""
-    if task == "detection":
-        from react_dense.train_net import run
-
-        args = argparse.Namespace(
-            config=str(config), overrides=overrides, out=str(folder), eval_only=False, resume=False,
-            weights=None, num_gpus=1, num_machines=1, machine_rank=0, dist_url="auto",
-        )
-        return run(args)
-    from react_core.config import load
-    from react_dense.segmentation.train import train_from_config
-
-    return train_from_config(load(config, overrides), folder)
 
 
 def _mean_spread(values: list[float]) -> dict:

@@ -13,11 +13,11 @@ import torch
 
 from react_core.config import ConfigError
 from react_core.registry import BACKBONES, HEADS
-from react_dense.config import DetectionConfig
-from react_dense.data.detection import OpenVocabularySplit, check_inputs_exist, load_coco
+from react_dense.detection.config import DetectionConfig
+from react_dense.detection.data import OpenVocabularySplit, check_inputs_exist, load_coco
 from react_dense.modeling.backbone import ClipBackbone, load_dense_clip
 from react_dense.modeling.region_text import ClipScoreEnsemble, RegionTextClassifier
-from react_dense.modeling.vocabulary import Vocabulary, vocabulary_embeddings
+from react_dense.modeling.vocabulary import Vocabulary, permute_novel, vocabulary_embeddings
 
 
 @dataclass
@@ -86,16 +86,3 @@ def dataset_vocabularies(bundle, cfg: DetectionConfig, annotation_file: str) -> 
         evaluation.embeddings = permute_novel(evaluation.embeddings, ~evaluation.is_base, cfg.train.seed)
     return train, evaluation, split
 
-
-def permute_novel(embeddings: torch.Tensor, is_novel: torch.Tensor, seed: int) -> torch.Tensor:
-    """Control: shuffle the novel rows among themselves (a derangement when there are two or more)."""
-    novel = torch.nonzero(is_novel).flatten()
-    if len(novel) < 2:
-        raise ConfigError("permute_novel_embeddings needs at least two novel categories")
-    generator = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(novel), generator=generator)
-    while (order == torch.arange(len(novel))).any():
-        order = torch.randperm(len(novel), generator=generator)
-    shuffled = embeddings.clone()
-    shuffled[novel] = embeddings[novel[order]]
-    return shuffled

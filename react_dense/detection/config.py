@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from react_core.config import buildable, config_kind, to_yaml
+from react_core.config import ConfigError, buildable, config_kind, load, to_yaml
 from react_core.io import atomic_write_text
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
@@ -114,3 +114,14 @@ def write_run_config(cfg, out: Path) -> Path:
     config_file = Path(out) / RUN_CONFIG
     atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
     return config_file
+
+
+def load_detection_config(path: str, overrides=()) -> DetectionConfig:
+    """`path` with `overrides`, refused unless it is a `kind: detection` config."""
+    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
+    import react_dense.modeling.region_text  # noqa: F401  (registers RegionTextClassifier)
+
+    cfg = load(path, overrides)
+    if not isinstance(cfg, DetectionConfig):
+        raise ConfigError(f"{path}: expected `kind: detection`, got kind {getattr(cfg, 'kind', '?')!r}")
+    return cfg

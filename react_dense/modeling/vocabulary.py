@@ -15,6 +15,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from react_core.config import ConfigError
 from react_core.modeling.text import VocabularyError, cached_class_embeddings, load_templates
 
 
@@ -111,3 +112,17 @@ def vocabulary_embeddings(
     owner = torch.repeat_interleave(torch.arange(len(vocabulary)), torch.tensor([len(w) for w in vocabulary.synonyms]))
     summed = torch.zeros(len(vocabulary), per_word.shape[1]).index_add_(0, owner, per_word)
     return torch.nn.functional.normalize(summed, dim=-1)
+
+
+def permute_novel(embeddings: torch.Tensor, is_novel: torch.Tensor, seed: int) -> torch.Tensor:
+    """Control: shuffle the novel rows among themselves (a derangement when there are two or more)."""
+    novel = torch.nonzero(is_novel).flatten()
+    if len(novel) < 2:
+        raise ConfigError("permute_novel_embeddings needs at least two novel categories")
+    generator = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(novel), generator=generator)
+    while (order == torch.arange(len(novel))).any():
+        order = torch.randperm(len(novel), generator=generator)
+    shuffled = embeddings.clone()
+    shuffled[novel] = embeddings[novel[order]]
+    return shuffled

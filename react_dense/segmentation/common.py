@@ -1,5 +1,5 @@
-"""What the plain and the Detectron2 segmentation engines share: the config, the data sources,
-the class embeddings of a label space, and `metrics.json`."""
+"""What the plain and the Detectron2 segmentation engines share: the data sources, the class
+embeddings of a label space, and `metrics.json`."""
 from __future__ import annotations
 
 import math
@@ -9,20 +9,10 @@ from typing import Optional
 
 import torch
 
-from react_core.config import ConfigError, load
+from react_core.config import ConfigError
 from react_core.io import atomic_write_json
 from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
 from react_dense.segmentation.data import SegmentationSource, open_source
-
-
-def load_segmentation_config(path: str, overrides=()) -> SegmentationConfig:
-    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
-    import react_dense.modeling.seg_head  # noqa: F401  (registers OpenVocabSegHead)
-
-    cfg = load(path, overrides)
-    if not isinstance(cfg, SegmentationConfig):
-        raise ConfigError(f"{path}: expected `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}")
-    return cfg
 
 
 @dataclass
@@ -44,8 +34,7 @@ def vocabulary_of(names: list[str]):
 
 
 def encode_classes(bundle, cfg: SegmentationConfig, source: SegmentationSource, background: Optional[str]) -> ClassEmbeddings:
-    from react_dense.build import permute_novel
-    from react_dense.modeling.vocabulary import vocabulary_embeddings
+    from react_dense.modeling.vocabulary import permute_novel, vocabulary_embeddings
 
     vocabulary = vocabulary_of(source.class_names)
     embeddings = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir)

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from react_core.config import buildable, config_kind
+from react_core.config import ConfigError, buildable, config_kind, load
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
 
@@ -87,3 +87,14 @@ class SegmentationConfig:
     test: SegmentationTest = field(default_factory=SegmentationTest)
     detectron2: Dict[str, Any] = field(default_factory=dict)
     permute_unseen_embeddings: bool = False  # control run: unseen text embeddings shuffled among themselves
+
+
+def load_segmentation_config(path: str, overrides=()) -> SegmentationConfig:
+    """`path` with `overrides`, refused unless it is a `kind: segmentation` config."""
+    import react_dense.modeling.backbone  # noqa: F401  (registers ClipBackbone)
+    import react_dense.modeling.seg_head  # noqa: F401  (registers OpenVocabSegHead)
+
+    cfg = load(path, overrides)
+    if not isinstance(cfg, SegmentationConfig):
+        raise ConfigError(f"{path}: expected `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}")
+    return cfg

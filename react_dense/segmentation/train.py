@@ -1,5 +1,5 @@
-"""Train and evaluate an open-vocabulary segmenter (the plain PyTorch engine), or evaluate the
-training-free MaskCLIP baseline; `train_from_config` is what `tools/train_net.py` calls.
+"""The plain PyTorch engine of segmentation: train and evaluate an open-vocabulary segmenter, or
+evaluate the training-free MaskCLIP baseline; `react_dense.train_net` calls `run`.
 
 Training sees the seen classes only: the vocabulary of the loss is the seen classes' text
 embeddings, so unseen classes are never negatives, and unseen pixels are ignored. Evaluation
@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from react_core.config import ConfigError
 from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
-from react_dense.segmentation.common import encode_classes, load_segmentation_config, open_spec, write_metrics
+from react_dense.segmentation.common import encode_classes, open_spec, write_metrics
 from react_dense.segmentation.config import SegmentationConfig
 from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset, SegmentationSource
 from react_dense.segmentation.inference import predict_logits
@@ -106,19 +106,12 @@ def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path)
     return write_metrics(out, per_dataset, method=cfg.method, engine="plain")
 
 
-def train_from_config(
-    cfg: SegmentationConfig, out_dir: str | Path, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None
-) -> dict:
-    """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics
-    written to `out_dir/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
+def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+    """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics written
+    to `out/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
     from react_dense.modeling.backbone import load_dense_clip
 
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.engine == "detectron2" and cfg.method == "head":
-        from react_dense.engines.detectron2.seg_train import train_from_config as detectron2_run
-
-        return detectron2_run(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
     for spec in ([cfg.train_data] if cfg.train_data and not eval_only and cfg.method == "head" else []) + cfg.test_data:
         open_spec(spec)  # fail on a bad dataset before loading any model
     seed_everything(cfg.train.seed)
@@ -132,26 +125,3 @@ def train_from_config(
             model = train(cfg, model, bundle, out, resume)
     model.to(cfg.train.device)
     return evaluate(cfg, model, bundle, out)
-
-
-
-
-def is_segmentation_config(path: str, overrides=()) -> bool:
-    """Whether `path` (with overrides) is a `kind: segmentation` config, for `tools/train_net.py`."""
-    from react_core.config import load_config
-
-    data, _ = load_config(path, overrides)
-    return data.get("kind") == "segmentation"
-
-
-def run(args) -> dict:
-    """`tools/train_net.py --config SEG_CONFIG [--eval-only] [--resume] [--weights FILE] [--out DIR]`."""
-    from react_core.errors import UserError
-
-    cfg = load_segmentation_config(args.config, args.overrides)
-    if args.weights and not args.eval_only:
-        raise UserError("--weights is for --eval-only")
-    if args.num_gpus > 1 or args.num_machines > 1:
-        raise UserError("segmentation trains on one device (several GPUs are not supported yet)")
-    out = Path(args.out or Path("runs") / Path(args.config).stem)
-    return train_from_config(cfg, out, eval_only=args.eval_only, resume=args.resume, weights=args.weights)

@@ -1,6 +1,6 @@
 """Detectron2 adapters: the CLIP backbone in BACKBONE_REGISTRY, region-text RoI heads in ROI_HEADS_REGISTRY.
 
-Both wrap the engine-free parts (`react_dense.build.build_parts`) of the resolved config that
+Both wrap the engine-free parts (`react_dense.detection.build.build_parts`) of the resolved config that
 `cfg.REACT.CONFIG` names; no modelling code lives here. Importing this module registers them (Detectron2 required).
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from react_core.config import load
-from react_dense.build import DenseParts, build_parts
+from react_dense.detection.build import DenseParts, build_parts
 from react_dense.modeling.backbone import CLIP_MAP
 
 INPUT_IMAGES = "react_input_images"

@@ -59,9 +59,8 @@ def _batches(loader, to_seen: torch.Tensor):
         yield _inputs(images, labels)
 
 
-def train_from_config(
-    cfg: SegmentationConfig, out: Path, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None
-) -> dict:
+def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+    """Train (unless `eval_only`) and evaluate on every `test_data` set; returns `metrics.json`."""
     import react_dense.engines.detectron2.seg_modeling as seg_modeling
     from detectron2.engine import SimpleTrainer, hooks
     from detectron2.evaluation import inference_on_dataset

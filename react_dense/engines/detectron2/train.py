@@ -18,7 +18,7 @@ import torch
 
 from react_core.config import ConfigError
 from react_core.io import atomic_write_json
-from react_dense.config import DetectionConfig, write_run_config
+from react_dense.detection.config import DetectionConfig, write_run_config
 
 TRAIN_NAME = "react_ov_train"
 TRAIN_CURVE = "train_metrics.json"
@@ -192,7 +192,7 @@ def register_datasets(cfg: DetectionConfig):
     from detectron2.data import DatasetCatalog, MetadataCatalog
     from detectron2.structures import BoxMode
 
-    from react_dense.data.detection import DetectionDataset, OpenVocabularySplit, load_coco, resolve_image_path
+    from react_dense.detection.data import DetectionDataset, OpenVocabularySplit, load_coco, resolve_image_path
 
     categories = load_coco(cfg.data.train or cfg.data.val).dataset["categories"]
     split = OpenVocabularySplit.from_categories(categories, cfg.data.novel)
@@ -230,10 +230,10 @@ def build_evaluator_class():
     from detectron2.evaluation import DatasetEvaluator
     from detectron2.utils import comm
 
-    from react_dense.evaluation.detection import evaluate, to_coco_results
+    from react_dense.detection.evaluation import evaluate, to_coco_results
 
     class OpenVocabularyEvaluator(DatasetEvaluator):
-        """LVIS-rule box/mask AP over all categories (react_dense.evaluation), gathered over GPUs."""
+        """LVIS-rule box/mask AP over all categories (react_dense.detection.evaluation), gathered over GPUs."""
 
         def __init__(self, cfg: DetectionConfig, category_ids, novel_ids, out: Path):
             self.cfg, self.category_ids, self.novel_ids, self.out = cfg, category_ids, novel_ids, out
@@ -255,7 +255,7 @@ def build_evaluator_class():
                 return {}
             results = [r for part in gathered for r in part]
             atomic_write_json(self.out / "inference" / "detections.json", results)
-            from react_dense.data.detection import load_coco
+            from react_dense.detection.data import load_coco
 
             iou_types = ("bbox", "segm") if self.cfg.detector.masks else ("bbox",)
             metrics = evaluate(load_coco(self.cfg.data.val), results, iou_types, self.cfg.data.lvis_style,
@@ -282,7 +282,7 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
-    from react_dense.build import build_parts, dataset_vocabularies
+    from react_dense.detection.build import build_parts, dataset_vocabularies
     from react_dense.engines.detectron2.modeling import register_parts
     from react_dense.engines.loop import FINAL, seed_everything
 
@@ -320,18 +320,21 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     return json.loads((out / "metrics.json").read_text()) if comm.is_main_process() else None
 
 
-def launch_run(cfg: DetectionConfig, args, out: Path):
+def launch_run(
+    cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights=None,
+    num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
+):
+    """`main` in this process, or through Detectron2's `launch` on every GPU of every machine."""
     try:
         from detectron2.engine import launch
     except ImportError:
         raise ConfigError("engine: detectron2 needs Detectron2 installed (see the README); or use engine=torchvision") from None
-    if args.num_gpus > 1 and not torch.cuda.is_available():
+    if num_gpus > 1 and not torch.cuda.is_available():
         raise ConfigError("--num-gpus > 1 needs CUDA GPUs")
     out.mkdir(parents=True, exist_ok=True)
-    main_args = (cfg, out, args.eval_only, args.resume, args.weights)
-    if args.num_gpus * args.num_machines > 1:
-        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-               dist_url=args.dist_url, args=main_args)
+    main_args = (cfg, out, eval_only, resume, weights)
+    if num_gpus * num_machines > 1:
+        launch(main, num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url, args=main_args)
         metrics_file = out / "metrics.json"
         return json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
     return main(*main_args)

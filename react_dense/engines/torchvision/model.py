@@ -21,8 +21,8 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign, batched_nms, clip_boxes_to_image, remove_small_boxes
 
-from react_dense.build import DenseParts
-from react_dense.config import DetectorConfig
+from react_dense.detection.build import DenseParts
+from react_dense.detection.config import DetectorConfig
 from react_dense.modeling.backbone import CLIP_MAP
 
 

@@ -13,12 +13,12 @@ from tqdm import tqdm
 
 from react_core.config import ConfigError
 from react_core.io import atomic_write_json
-from react_dense.build import VocabularyTensors, build_parts, dataset_vocabularies
-from react_dense.config import DetectionConfig
-from react_dense.data.detection import DetectionDataset, collate
+from react_dense.detection.build import VocabularyTensors, build_parts, dataset_vocabularies
+from react_dense.detection.config import DetectionConfig, write_run_config
+from react_dense.detection.data import DetectionDataset, collate
 from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
 from react_dense.engines.torchvision.model import OpenVocabularyRCNN, build_torchvision_detector
-from react_dense.evaluation.detection import evaluate, to_coco_results
+from react_dense.detection.evaluation import evaluate, to_coco_results
 from react_dense.modeling.calibration import calibrate_ensemble
 
 log = logging.getLogger(__name__)
@@ -133,8 +133,12 @@ def calibrate(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: Vocab
     atomic_write_json(out / "ensemble_calibration.json", report)
 
 
-def run(cfg: DetectionConfig, out: Path, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+def run(cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+    """Train (unless `eval_only`) and evaluate; a training run writes its resolved config first,
+    so `react detect` can rebuild the detector from `OUT/config.yaml`."""
     out.mkdir(parents=True, exist_ok=True)
+    if not eval_only:
+        write_run_config(cfg, out)
     if eval_only:
         seed_everything(cfg.train.seed)
         model, _, eval_vocab, split = build_model(cfg)
