@@ -30,7 +30,8 @@ setup(
         "pyyaml>=6.0",
         "timm>=0.9",
     ],
-    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"]},
+    # browser: the headless-Chromium test of `react report` (with a system Chromium, e.g. Debian's `chromium`)
+    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"], "browser": ["playwright>=1.40"]},
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
         "react.commands": [
