@@ -236,3 +236,16 @@ def test_near_duplicate_removal_that_empties_the_subset_warns(indexed, tiny_worl
     stats = json.loads((tmp_path / "all_alike" / "stats.json").read_text())
     assert stats["unique_samples"] == 1
     assert any("--no-dedup" in record.getMessage() for record in caplog.records)
+
+
+def test_default_near_duplicate_removal_keeps_distinct_images_of_a_small_clip(indexed, tiny_world, tmp_path):
+    """The README's example with defaults: this micro CLIP, like the demo's base, puts distinct
+    images within cosine 0.95 of each other, where a fixed 0.95 kept a handful of samples."""
+    stats = {}
+    for name, extra in (("auto", []), ("fixed", ["--dedup-threshold", "0.95"])):
+        assert retrieve(indexed, tiny_world, tmp_path / name, "--mode", "both", *extra) == 0
+        stats[name] = json.loads((tmp_path / name / "stats.json").read_text())
+    auto, fixed = stats["auto"], stats["fixed"]
+    assert fixed["filters"]["near_duplicates"] > 0.5 * (fixed["unique_samples"] + fixed["filters"]["near_duplicates"])
+    assert auto["dedup_threshold"] > 0.95 and auto["filters"]["near_duplicates"] <= 0.05 * auto["unique_samples"]
+    assert auto["unique_samples"] > 5 * fixed["unique_samples"]
