@@ -23,7 +23,7 @@ def tiny_runs(tiny_world, tmp_path_factory):
     pretrain_yaml = root / "pretrain.yaml"
     pretrain_yaml.write_text(
         f"_base_: {CONFIGS / 'pretrain.yaml'}\n"
-        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"world: {tiny_world}\n"
         f"out: {root / 'pretrain'}\n"
         "data: {batch_size: 32, workers: 0}\n"
         "train: {max_iters: 3, warmup_iters: 1, checkpoint_interval: 2}\n"
@@ -31,7 +31,7 @@ def tiny_runs(tiny_world, tmp_path_factory):
     customize_yaml = root / "customize.yaml"
     customize_yaml.write_text(
         f"_base_: {CONFIGS / 'customize.yaml'}\n"
-        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"world: {tiny_world}\n"
         f"base_pretrain: {pretrain_yaml}\n"
         "gated: {k: 1}\n"
         "data: {batch_size: 16}\n"

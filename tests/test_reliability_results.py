@@ -24,7 +24,7 @@ def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny
     pretrain_yaml = tmp_path / "pretrain.yaml"
     pretrain_yaml.write_text(
         f"_base_: {CONFIGS / 'pretrain.yaml'}\n"
-        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"world: {tiny_world}\n"
         f"out: {tmp_path / 'pretrain'}\n"
         "data: {batch_size: 16, workers: 0}\n"
         "train: {max_iters: 1, warmup_iters: 1}\n"
@@ -33,7 +33,7 @@ def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny
     customize_yaml = tmp_path / "customize.yaml"
     customize_yaml.write_text(
         f"_base_: {CONFIGS / 'customize.yaml'}\n"
-        f"world: {{dir: {tiny_world}, preset: tiny}}\n"
+        f"world: {tiny_world}\n"
         f"base_pretrain: {pretrain_yaml}\n"
         "gated: {k: 1}\n"
         "data: {batch_size: 8, workers: 0}\n"

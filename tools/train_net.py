@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import re
 import sys
 from pathlib import Path
@@ -83,7 +82,8 @@ def refuse_finished_run(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_intermixed_args(argv)
     args.out = args.out or str(Path("runs") / Path(args.config).stem)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from react_core.console import configure_logging
+    configure_logging(fmt="%(asctime)s %(name)s: %(message)s")
     from react_core.errors import ReactError
     from react_dense.train_net import train
 

@@ -13,18 +13,21 @@ import torch
 logger = logging.getLogger("react")
 
 
-def ensure_world(world) -> None:
-    """Generate the synthetic world of a `WorldConfig` unless its folder already holds it, and its
+def ensure_world(world: str | None) -> None:
+    """Use the synthetic world in folder `world` whatever its preset, as the dense configs do; make
+    the README's (`react synth --preset demo --out DIR`) when the folder holds none, and the world's
     held-out images of the generic (non-target) classes."""
     if world is None:
         return
-    from react_core.synth import generate_world
+    from react_core.synth import generate_world, load_world
     from react_core.synth.tasks import ensure_generic_eval
 
-    summary = generate_world(world.preset, world.dir, world.seed, progress=True)  # a bar while it is built
-    if not summary["cached"]:
-        logger.info("generated the synthetic world (%s) in %s", world.preset, world.dir)
-    ensure_generic_eval(world.dir, seed=world.seed)
+    if (Path(world) / "world.json").is_file():
+        seed = load_world(world).seed
+    else:
+        logger.info("no synthetic world in %s: making it as `react synth --preset demo --out %s`", world, world)
+        seed = generate_world("demo", world, 0, progress=True)["seed"]
+    ensure_generic_eval(world, seed=seed)
 
 
 def run_key(cfg, dataset) -> str:

@@ -11,15 +11,6 @@ from react_core.registry import DATASETS
 
 
 @dataclass
-class WorldConfig:
-    """A synthetic world to generate first when `dir` has none (demo and tests)."""
-
-    dir: str
-    preset: str = "demo"
-    seed: int = 0
-
-
-@dataclass
 class GatedConfig:
     """Where the gated blocks go: explicit `layers`, or the last `k` blocks (default: REACT's k)."""
 
@@ -117,7 +108,7 @@ class _RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: Optional[ZeroShotConfig] = None
     generic_eval: Optional[ZeroShotConfig] = None
-    world: Optional[WorldConfig] = None
+    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths; made if missing
     out: Optional[str] = None
 
 

@@ -50,8 +50,7 @@ def base_model_config(cfg):
     from react_core.config import load
     from react_core.engine.pretrain import pretrain
 
-    world = [f"world.{k}={v}" for k, v in dataclasses.asdict(cfg.world).items()] if cfg.world else []
-    pretrain_cfg = load(cfg.base_pretrain, world)
+    pretrain_cfg = load(cfg.base_pretrain, [f"world={cfg.world}"] if cfg.world else [])
     if pretrain_cfg.out is None:
         from react_core.config import ConfigError
 

@@ -108,7 +108,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
 
     world_info = load_world(world_dir)
 
-    pretrain_overrides = {"world.dir": str(world_dir), "world.preset": plan.preset, "out": str(stages / "pretrain")}
+    pretrain_overrides = {"world": str(world_dir), "out": str(stages / "pretrain")}
     if plan.pretrain_iters:
         pretrain_overrides.update({"train.max_iters": plan.pretrain_iters, "train.warmup_iters": 5, "data.batch_size": 64})
 
@@ -184,8 +184,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     customized: dict[str, list[dict]] = {}
     for label, mode, source, run_seed in plan.customize_runs():
         overrides = {
-            "world.dir": str(world_dir),
-            "world.preset": plan.preset,
+            "world": str(world_dir),
             "base_pretrain": "null",
             "model.weights": base_weights,
             "data.train.manifest": manifests[source],
