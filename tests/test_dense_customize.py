@@ -186,7 +186,7 @@ def pretrain_yaml(tiny_world, tmp_path_factory) -> Path:
     path = root / "pretrain.yaml"
     path.write_text(
         f"_base_: {CONFIGS / 'demo' / 'pretrain.yaml'}\n"
-        f"world: {{dir: {tiny_world}, preset: tiny}}\nout: {root / 'out'}\n"
+        f"world: {tiny_world}\nout: {root / 'out'}\n"
         "data: {batch_size: 32, workers: 0}\ntrain: {max_iters: 2, warmup_iters: 1, checkpoint_interval: 2}\n"
     )
     return path
@@ -206,10 +206,13 @@ def test_a_shipped_base_serves_its_own_key_only_and_its_hash_is_checked(pretrain
     shutil.copy(weights.parent / "pretrain.json", resources / "base.json")
     monkeypatch.setattr(pretraining, "RESOURCES", resources)
     shipped = load(pretrain_yaml, ["shipped=base"], schema=PretrainConfig)
-    assert pretraining.pretrain(shipped, tmp_path / "unused") == resources / "base.safetensors"
-    assert not (tmp_path / "unused").exists()  # nothing trained
+    copied = pretraining.pretrain(shipped, tmp_path / "copied")
+    assert copied == tmp_path / "copied" / "model.safetensors"  # where the README's next command reads it
+    assert copied.read_bytes() == (resources / "base.safetensors").read_bytes()
+    assert sorted(p.name for p in copied.parent.iterdir()) == ["model.safetensors", "pretrain.json"]  # nothing trained
     other = load(pretrain_yaml, ["shipped=base", "train.lr=2e-3"], schema=PretrainConfig)
     assert pretraining.pretrain(other, tmp_path / "other") == tmp_path / "other" / "model.safetensors"
+    assert (tmp_path / "other" / "train.log").is_file()  # trained: another key than the shipped one
     (resources / "base.safetensors").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match="sha256"):
         pretraining.pretrain(shipped, tmp_path / "unused")
@@ -232,7 +235,7 @@ def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_
     from react_core.cli import main
 
     out = tmp_path / "dense"
-    overrides = [f"world.dir={tiny_world}", "world.preset=tiny", f"base_pretrain={pretrain_yaml}",
+    overrides = [f"world={tiny_world}", f"base_pretrain={pretrain_yaml}",
                  "data.batch_size=16", "data.workers=0", "train.max_iters=2", "train.warmup_iters=1", "dense.images=4"]
     assert main(["customize", "--config", str(CONFIGS / "demo" / "customize_dense.yaml"), "--out", str(out), *overrides]) == 0
     metrics = json.loads((out / "metrics.json").read_text())

@@ -18,10 +18,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
-from react_core.io import atomic_write_json, atomic_write_text, file_sha256
+from react_core.io import atomic_path, atomic_write_json, atomic_write_text, file_sha256
 
 MODEL_FILE = "model.safetensors"
 SUMMARY_FILE = "pretrain.json"
@@ -61,6 +62,15 @@ def shipped_pretrain(name: str, key: str) -> Path | None:
     return weights
 
 
+def copy_shipped(weights: Path, out: Path) -> Path:
+    """Put a shipped base where the run would have written it, so `OUT/model.safetensors` is there
+    for the commands that follow (`react embed --weights runs/pretrain/model.safetensors`)."""
+    with atomic_path(out / MODEL_FILE) as tmp:
+        shutil.copyfile(weights, tmp)
+    atomic_write_text(out / SUMMARY_FILE, summary_file(weights).read_text())
+    return out / MODEL_FILE
+
+
 def pretrain(cfg, out: str | Path) -> Path:
     """Train (or resume, or return the cached result of) a `PretrainConfig`; returns the weights file."""
     import torch
@@ -78,14 +88,14 @@ def pretrain(cfg, out: str | Path) -> Path:
     bundle = cfg.model.load()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
     key = run_key(cfg, dataset)
-    shipped = shipped_pretrain(cfg.shipped, key) if cfg.shipped else None
-    if shipped is not None:
-        logger.info("pretrained model for this config is shipped with the package: %s", shipped)
-        return shipped
     cached = cached_pretrain(out, key)
     if cached is not None:
         logger.info("pretrained model for this config is cached: %s", cached)
         return cached
+    shipped = shipped_pretrain(cfg.shipped, key) if cfg.shipped else None
+    if shipped is not None:
+        logger.info("pretrained model for this config is shipped with the package: copied %s into %s", shipped.name, out)
+        return copy_shipped(shipped, out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))
     counts = set_trainable(bundle.model, "full")
