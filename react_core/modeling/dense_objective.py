@@ -19,17 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from react_core.modeling.gated import bypass_gated, first_trainable_block
-from react_core.modeling.readout import (
-    attnpool_value_map,
-    check_tower,
-    pool_boxes,
-    readout_stride,
-    resnet_stages,
-    run_vit_blocks,
-    tokens_to_map,
-    vit_input_tokens,
-    vit_value_path,
-)
+from react_core.modeling.readout import check_tower, pool_boxes, readout_stride, vit_value_path
+from react_core.modeling.tower import attnpool_value_map, resnet_stages, run_vit_blocks, tokens_to_map, vit_input_tokens
 
 
 def image_and_dense(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,13 +27,14 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from react_core.modeling.tower import RESNET_STAGES, tower_kind
+
 GATED_ATTR = "gated_attn_block"
 MODES = ("gated-image", "locked-text", "full")
 Mode = Literal["gated-image", "locked-text", "full"]
 
 _VIT_KEY = re.compile(r"^visual\.transformer\.resblocks\.(\d+)\." + GATED_ATTR + r"\.")
 _RESNET_KEY = re.compile(r"^visual\.layer([1-4])\.(\d+)\." + GATED_ATTR + r"\.")
-_RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
 
 
 class GatedResidualAttentionBlock(nn.Module):
@@ -128,18 +129,9 @@ def _run_gated_after(module: nn.Module, args: tuple, output: torch.Tensor) -> to
     return getattr(module, GATED_ATTR)(output)
 
 
-def _is_vit(visual: nn.Module) -> bool:
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    return isinstance(blocks, nn.ModuleList) and hasattr(visual, "conv1")
-
-
-def _is_resnet(visual: nn.Module) -> bool:
-    return all(isinstance(getattr(visual, stage, None), nn.Sequential) for stage in _RESNET_STAGES)
-
-
 def _visual(model: nn.Module) -> nn.Module:
     visual = getattr(model, "visual", model)
-    if not (_is_vit(visual) or _is_resnet(visual)):
+    if tower_kind(visual) is None:
         raise TypeError(
             f"gated blocks need an open_clip VisionTransformer or ModifiedResNet image tower, got {type(visual).__name__}"
         )
@@ -149,16 +141,16 @@ def _visual(model: nn.Module) -> nn.Module:
 def host_blocks(model: nn.Module) -> list[nn.Module]:
     """The blocks that can hold a gated block: ViT residual blocks, or ResNet bottlenecks across stages."""
     visual = _visual(model)
-    if _is_vit(visual):
+    if tower_kind(visual) == "vit":
         return list(visual.transformer.resblocks)
-    return [block for stage in _RESNET_STAGES for block in getattr(visual, stage)]
+    return [block for stage in RESNET_STAGES for block in getattr(visual, stage)]
 
 
 def default_num_gated(model: nn.Module) -> int:
     """REACT's k: 6 for ViT-B and L, 12 for bigG (48 layers), half the layers for small towers;
     ResNets: the bottlenecks of the last stage."""
     visual = _visual(model)
-    if _is_resnet(visual):
+    if tower_kind(visual) == "resnet":
         return len(visual.layer4)
     depth = len(visual.transformer.resblocks)
     if depth >= 48:
@@ -180,10 +172,10 @@ def gated_layers_in_state_dict(state: dict, model: nn.Module) -> list[int]:
     if not resnet:
         return sorted(vit)
     visual = _visual(model)
-    if not _is_resnet(visual):
+    if tower_kind(visual) != "resnet":
         return sorted(vit)
     offsets = [0]
-    for stage in _RESNET_STAGES:
+    for stage in RESNET_STAGES:
         offsets.append(offsets[-1] + len(getattr(visual, stage)))
     return sorted(vit | {offsets[stage - 1] + j for stage, j in resnet})
 
@@ -230,7 +222,7 @@ def add_gated_blocks(
     bad = [i for i in layers if not 0 <= i < len(hosts)]
     if bad or not layers:
         raise ValueError(f"gated layers {bad or layers} are out of range for a tower of {len(hosts)} blocks (0..{len(hosts) - 1})")
-    vit = _is_vit(visual)
+    vit = tower_kind(visual) == "vit"
     for i in layers:
         host = hosts[i]
         reference = next(host.parameters())
@@ -325,7 +317,7 @@ def encode_image_for_training(model: nn.Module, images: torch.Tensor) -> torch.T
     `model` is a CLIP or its `visual`; the result equals `model.encode_image(images)`.
     """
     visual = getattr(model, "visual", model)
-    if not _is_vit(visual) or not hasattr(visual, "_embeds") or getattr(visual, "attn_pool", None) is not None:
+    if tower_kind(visual) != "vit" or not hasattr(visual, "_embeds") or getattr(visual, "attn_pool", None) is not None:
         return visual(images)
     first = first_trainable_block(visual)
     transformer = visual.transformer

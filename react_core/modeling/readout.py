@@ -18,79 +18,48 @@ segmenter read. With every gate at 0 it equals the base tower's readout bit for 
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from react_core.modeling.gated import GATED_ATTR
-
-RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
-
-
-def is_vit(visual: nn.Module) -> bool:
-    return hasattr(visual, "conv1") and hasattr(visual, "transformer") and hasattr(visual, "positional_embedding")
-
-
-def is_modified_resnet(visual: nn.Module) -> bool:
-    return all(hasattr(visual, name) for name in ("layer1", "layer4", "attnpool"))
+from react_core.modeling.tower import (
+    attnpool_value_map,
+    project_tokens,
+    resnet_stages,
+    run_vit_blocks,
+    tokens_to_map,
+    tower_kind,
+    vit_input_tokens,
+)
 
 
 def check_tower(visual: nn.Module) -> str:
-    """`"vit"` or `"resnet"`; a clear error for any other tower."""
-    if is_vit(visual):
+    """`"vit"` or `"resnet"` for a tower the readout supports; a clear error for any other."""
+    kind = tower_kind(visual)
+    if kind is None:
+        raise ValueError(f"unsupported CLIP image tower {type(visual).__name__}: expected a ViT or ModifiedResNet")
+    if kind == "vit":
         if visual.conv1.kernel_size[0] != visual.conv1.kernel_size[1]:
             raise ValueError(f"non-square patches {visual.conv1.kernel_size} are not supported")
         last = visual.transformer.resblocks[-1]
         if not isinstance(getattr(last, "attn", None), nn.MultiheadAttention):
             raise ValueError(f"the dense readout needs nn.MultiheadAttention in the last block, found {type(last.attn).__name__}")
-        return "vit"
-    if is_modified_resnet(visual):
-        return "resnet"
-    raise ValueError(f"unsupported CLIP image tower {type(visual).__name__}: expected a ViT or ModifiedResNet")
+    return kind
 
 
 def readout_stride(visual: nn.Module) -> int:
     """Pixels per readout location: the patch size (ViT) or 32 (ModifiedResNet)."""
-    return visual.conv1.kernel_size[0] if is_vit(visual) else 32
+    return visual.conv1.kernel_size[0] if tower_kind(visual) == "vit" else 32
 
 
 def readout_dim(visual: nn.Module) -> int:
     """Channels of the readout: CLIP's joint embedding dimension."""
-    if is_vit(visual):
+    if tower_kind(visual) == "vit":
         return visual.proj.shape[1] if visual.proj is not None else visual.conv1.out_channels
     return visual.attnpool.c_proj.out_features
-
-
-def vit_input_tokens(visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Class + patch tokens entering the ViT's first block [B, 1 + h*w, width], and the grid (h, w).
-
-    Position embeddings are resampled to the input's grid, so any input size works.
-    """
-    from timm.layers import resample_abs_pos_embed
-
-    x = visual.conv1(images)
-    grid = tuple(x.shape[-2:])
-    x = x.flatten(2).transpose(1, 2)
-    cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-    x = torch.cat([cls, x], dim=1)
-    pos = visual.positional_embedding
-    trained_grid = int(round(math.sqrt(pos.shape[0] - 1)))
-    if grid != (trained_grid, trained_grid):
-        pos = resample_abs_pos_embed(pos[None], list(grid), [trained_grid, trained_grid], num_prefix_tokens=1)[0]
-    return visual.ln_pre(x + pos.to(x.dtype)), grid
-
-
-def run_vit_blocks(visual: nn.Module, x: torch.Tensor, blocks: Sequence[nn.Module]) -> torch.Tensor:
-    """Batch-first tokens [B, L, width] through `blocks` (with their gated blocks), batch-first out."""
-    batch_first = getattr(visual.transformer, "batch_first", True)
-    if not batch_first:
-        x = x.transpose(0, 1)
-    for block in blocks:
-        x = block(x)
-    return x if batch_first else x.transpose(0, 1)
 
 
 def vit_value_path(visual: nn.Module, x: torch.Tensor, residual: bool = False) -> torch.Tensor:
@@ -108,33 +77,6 @@ def vit_value_path(visual: nn.Module, x: torch.Tensor, residual: bool = False) -
         x = x + out
         out = x + block.ls_2(block.mlp(block.ln_2(x)))
     return project_tokens(visual, out)
-
-
-def project_tokens(visual: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The ViT's output head on every token: `ln_post`, then `proj`."""
-    x = visual.ln_post(x)
-    return x @ visual.proj if visual.proj is not None else x
-
-
-def tokens_to_map(x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Patch tokens [B, 1 + h*w, D] (class token first) -> a map [B, D, h, w]."""
-    return x[:, 1:].transpose(1, 2).reshape(x.shape[0], -1, *grid)
-
-
-def resnet_stages(visual: nn.Module, images: torch.Tensor) -> list[torch.Tensor]:
-    """res2..res5 of a ModifiedResNet (gated blocks run through their hooks)."""
-    x = visual.stem(images.to(visual.conv1.weight.dtype))
-    stages = []
-    for name in RESNET_STAGES:
-        x = getattr(visual, name)(x)
-        stages.append(x)
-    return stages
-
-
-def attnpool_value_map(pool: nn.Module, res5: torch.Tensor) -> torch.Tensor:
-    """The attention pool's value and output projections at every location of res5 [B, C, h, w]
-    -> [B, embed_dim, h, w]."""
-    return pool.c_proj(pool.v_proj(res5.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
 
 
 def pad_to_stride(images: torch.Tensor, stride: int) -> torch.Tensor:

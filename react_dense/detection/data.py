@@ -145,11 +145,16 @@ class DetectionDataset(torch.utils.data.Dataset):
         self.hflip = hflip
         image_ids = sorted(self.coco.getImgIds())
         if skip_empty:
-            image_ids = [i for i in image_ids if any(self._kept(a) for a in self.coco.imgToAnns.get(i, []))]
+            image_ids = [i for i in image_ids if self.kept_annotations(i)]
         self.image_ids = image_ids
 
-    def _kept(self, annotation: dict) -> bool:
-        return annotation["category_id"] in self.label_of and not annotation.get("iscrowd", 0)
+    def kept_annotations(self, image_id: int) -> list[dict]:
+        """The image's annotations of kept categories, crowd annotations dropped: what training and
+        the Detectron2 dataset dicts see."""
+        return [
+            a for a in self.coco.imgToAnns.get(image_id, [])
+            if a["category_id"] in self.label_of and not a.get("iscrowd", 0)
+        ]
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -169,7 +174,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         except (FileNotFoundError, OSError) as error:
             raise DatasetError(f"image {image_id} of {self.annotation_file}: cannot read {path} ({error})") from None
         image = torch.from_numpy(array).permute(2, 0, 1).contiguous()
-        annotations = [a for a in self.coco.imgToAnns.get(image_id, []) if self._kept(a) and a["bbox"][2] > 0 and a["bbox"][3] > 0]
+        annotations = [a for a in self.kept_annotations(image_id) if a["bbox"][2] > 0 and a["bbox"][3] > 0]
         boxes = torch.tensor([a["bbox"] for a in annotations], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]
         target = {

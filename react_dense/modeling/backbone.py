@@ -23,17 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from react_core.modeling.readout import (
+from react_core.modeling.readout import check_tower, pad_to_stride, readout_dim, readout_stride, vit_value_path
+from react_core.modeling.tower import (
+    RESNET_STAGES,
     attnpool_value_map,
-    check_tower,
-    pad_to_stride,
-    readout_dim,
-    readout_stride,
     resnet_stages,
     run_vit_blocks,
     tokens_to_map,
     vit_input_tokens,
-    vit_value_path,
 )
 from react_core.registry import BACKBONES
 
@@ -199,7 +196,7 @@ class ClipBackbone(nn.Module):
             from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
             freeze_batchnorm(visual)
-            stage_channels = [stage[-1].conv3.out_channels for stage in (visual.layer1, visual.layer2, visual.layer3, visual.layer4)]
+            stage_channels = [getattr(visual, stage)[-1].conv3.out_channels for stage in RESNET_STAGES]
             self.pyramid = FeaturePyramidNetwork(stage_channels, out_channels, LastLevelMaxPool() if top_block else None)
             strides = [4, 8, 16, 32] + ([64] if top_block else [])
             names = [_stride_name(s) for s in strides]

@@ -11,17 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from react_core.modeling.readout import (
-    check_tower,
-    dense_readout,
-    pad_to_stride,
-    project_tokens,
-    readout_dim,
-    readout_stride,
-    run_vit_blocks,
-    tokens_to_map,
-    vit_input_tokens,
-)
+from react_core.modeling.readout import check_tower, dense_readout, pad_to_stride, readout_dim, readout_stride
+from react_core.modeling.tower import project_tokens, run_vit_blocks, tokens_to_map, vit_input_tokens
 
 
 class MaskClipDense(nn.Module):

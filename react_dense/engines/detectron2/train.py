@@ -206,7 +206,7 @@ def register_datasets(cfg: DetectionConfig):
             annotations = [
                 {"bbox": a["bbox"], "bbox_mode": BoxMode.XYWH_ABS, "category_id": dataset.label_of[a["category_id"]],
                  "segmentation": a.get("segmentation", []), "iscrowd": 0}
-                for a in dataset.coco.imgToAnns.get(image_id, []) if dataset._kept(a)
+                for a in dataset.kept_annotations(image_id)
             ]
             records.append({"file_name": str(resolve_image_path(info, dataset.image_root)), "image_id": image_id,
                             "height": info["height"], "width": info["width"], "annotations": annotations})
