@@ -10,6 +10,7 @@ from react_core.config import ConfigError, buildable, config_kind, load, to_yaml
 from react_core.io import atomic_write_text
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
+from react_dense.modeling.vocabulary import TextConfig
 
 
 @dataclass
@@ -61,12 +62,6 @@ class EnsembleConfig:
     prior_correction: bool = False  # divide out each class's CLIP score on proposals not of that class
     heldout: List[str] = field(default_factory=list)  # base classes left out of training (also in data.novel): choose the weights on them
     calibration_images: int = 200  # training images the calibration reads
-
-
-@dataclass
-class TextConfig:
-    templates: Union[str, List[str]] = "imagenet"
-    cache_dir: Optional[str] = None
 
 
 @dataclass

@@ -11,12 +11,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Union
 
 import torch
 
 from react_core.config import ConfigError
 from react_core.modeling.text import VocabularyError, cached_class_embeddings, load_templates
+
+
+@dataclass
+class TextConfig:
+    """How class names become text embeddings (`vocabulary_embeddings`), for either dense task."""
+
+    templates: Union[str, List[str]] = "imagenet"
+    cache_dir: Optional[str] = None
 
 
 def _readable(name: str) -> str:

@@ -12,7 +12,7 @@ import torch
 from react_core.config import ConfigError
 from react_core.io import atomic_write_json
 from react_dense.segmentation.config import SegmentationConfig, SegmentationDataSpec
-from react_dense.segmentation.data import SegmentationSource, open_source
+from react_dense.segmentation.data import IGNORE_INDEX, SegmentationSource, open_source
 
 
 @dataclass
@@ -23,6 +23,32 @@ class ClassEmbeddings:
     embeddings: torch.Tensor
     unseen: torch.Tensor
     void_rows: torch.Tensor
+
+
+@dataclass
+class SeenLabelSpace:
+    """The training label space: the seen classes only, so unseen classes are never negatives.
+
+    `to_seen` maps a label of the full space to its seen index, unseen classes to IGNORE_INDEX.
+    """
+
+    embeddings: torch.Tensor
+    void_rows: torch.Tensor
+    to_seen: torch.Tensor
+
+    def to(self, device) -> "SeenLabelSpace":
+        return SeenLabelSpace(self.embeddings.to(device), self.void_rows.to(device), self.to_seen.to(device))
+
+    def relabel(self, labels: torch.Tensor) -> torch.Tensor:
+        """Full-space label maps -> seen-space ones; unseen pixels become IGNORE_INDEX."""
+        return torch.where(labels == IGNORE_INDEX, labels, self.to_seen[labels.clamp(min=0)])
+
+
+def seen_label_space(classes: ClassEmbeddings) -> SeenLabelSpace:
+    seen = ~classes.unseen
+    to_seen = torch.full((len(seen),), IGNORE_INDEX, dtype=torch.long)
+    to_seen[torch.nonzero(seen).flatten()] = torch.arange(int(seen.sum()))
+    return SeenLabelSpace(classes.embeddings[seen], classes.void_rows[seen], to_seen)
 
 
 def vocabulary_of(names: list[str]):

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional
 
 from react_core.config import ConfigError, buildable, config_kind, load
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
+from react_dense.modeling.vocabulary import TextConfig
 
 
 @dataclass
@@ -51,12 +52,6 @@ class SegmentationTest:
 
 
 @dataclass
-class SegmentationText:
-    templates: Union[str, List[str]] = "imagenet"
-    cache_dir: Optional[str] = None
-
-
-@dataclass
 class MaskClipConfig:
     """The training-free baseline's options (`method: maskclip`)."""
 
@@ -80,7 +75,7 @@ class SegmentationConfig:
     backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone", "top_block": False})
     head: Dict[str, Any] = buildable(HEADS, {"type": "OpenVocabSegHead"})
     maskclip: MaskClipConfig = field(default_factory=MaskClipConfig)
-    text: SegmentationText = field(default_factory=SegmentationText)
+    text: TextConfig = field(default_factory=TextConfig)
     train_data: Optional[SegmentationDataSpec] = None
     test_data: List[SegmentationDataSpec] = field(default_factory=list)
     train: SegmentationTrain = field(default_factory=SegmentationTrain)

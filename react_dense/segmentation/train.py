@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from react_core.config import ConfigError
 from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
-from react_dense.segmentation.common import encode_classes, open_spec, write_metrics
+from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
 from react_dense.segmentation.config import SegmentationConfig
 from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset, SegmentationSource
 from react_dense.segmentation.inference import predict_logits
@@ -49,11 +49,6 @@ def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, re
         raise ConfigError("train_data is not set: name the training set (or run with --eval-only)")
     source = open_spec(cfg.train_data)
     classes = encode_classes(bundle, cfg, source, source.background)
-    seen = ~classes.unseen
-    # Training label space: seen classes only; unseen pixels are ignored.
-    to_seen = torch.full((len(seen),), IGNORE_INDEX, dtype=torch.long)
-    to_seen[torch.nonzero(seen).flatten()] = torch.arange(int(seen.sum()))
-    text, void_rows = classes.embeddings[seen], classes.void_rows[seen]
     augment = RandomScaleCropFlip(cfg.train.crop_size, cfg.train.scale_range, cfg.train.hflip)
     dataset = SegmentationDataset(source, augment)
     generator = torch.Generator().manual_seed(cfg.train.seed)
@@ -63,12 +58,12 @@ def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, re
     )
     device = torch.device(cfg.train.device)
     model.to(device)
-    text, void_rows, to_seen = text.to(device), void_rows.to(device), to_seen.to(device)
+    seen = seen_label_space(classes).to(device)
 
     def step_loss(batch):
         images, labels = (t.to(device) for t in batch)
-        labels = torch.where(labels == IGNORE_INDEX, labels, to_seen[labels.clamp(min=0)])
-        loss = F.cross_entropy(model(images, text, void_rows), labels, ignore_index=IGNORE_INDEX)
+        logits = model(images, seen.embeddings, seen.void_rows)
+        loss = F.cross_entropy(logits, seen.relabel(labels), ignore_index=IGNORE_INDEX)
         return loss, {"loss": loss}
 
     train_loop(model, loader, step_loss, cfg.train, out, resume)

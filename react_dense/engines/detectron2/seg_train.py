@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
     from detectron2.config import get_cfg
 
-    from react_dense.engines.detectron2.train import add_react_config, finish_detectron2_cfg
+    from react_dense.engines.detectron2.train import PIXEL_MEAN, PIXEL_STD, add_react_config, finish_detectron2_cfg
 
     d2 = get_cfg()
     add_react_config(d2)
@@ -36,8 +36,7 @@ def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
     d2.MODEL.BACKBONE.NAME = "build_react_seg_backbone"
     d2.MODEL.SEM_SEG_HEAD.NAME = "ReactOpenVocabSemSegHead"
     d2.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = -1
-    d2.MODEL.PIXEL_MEAN = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
-    d2.MODEL.PIXEL_STD = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
+    d2.MODEL.PIXEL_MEAN, d2.MODEL.PIXEL_STD = PIXEL_MEAN, PIXEL_STD
     d2.MODEL.DEVICE = cfg.train.device
     d2.INPUT.FORMAT = "RGB"
     return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, "detectron2 section of the segmentation config")
@@ -51,12 +50,10 @@ def _inputs(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
     ]
 
 
-def _batches(loader, to_seen: torch.Tensor):
-    from react_dense.segmentation.data import IGNORE_INDEX
-
+def _batches(loader, seen):
+    """Endless training inputs with labels in the seen label space (`SeenLabelSpace`)."""
     for images, labels in itertools.chain.from_iterable(itertools.repeat(loader)):
-        labels = torch.where(labels == IGNORE_INDEX, labels, to_seen[labels.clamp(min=0)])
-        yield _inputs(images, labels)
+        yield _inputs(images, seen.relabel(labels))
 
 
 def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
@@ -68,8 +65,8 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
 
     from react_dense.engines.detectron2.train import training_writers
     from react_dense.engines.loop import FINAL, LAST, build_optimizer, build_scheduler, load_checkpoint, save_checkpoint, seed_everything
-    from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset
-    from react_dense.segmentation.common import encode_classes, open_spec, write_metrics
+    from react_dense.segmentation.data import RandomScaleCropFlip, SegmentationDataset
+    from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "segmentation.yaml"
@@ -83,11 +80,8 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
         load_checkpoint(weights or out / FINAL, model)
     else:
         source = open_spec(cfg.train_data)
-        classes = encode_classes(bundle, cfg, source, source.background)
-        seen = ~classes.unseen
-        to_seen = torch.full((len(seen),), IGNORE_INDEX, dtype=torch.long)
-        to_seen[torch.nonzero(seen).flatten()] = torch.arange(int(seen.sum()))
-        head.set_vocabulary(classes.embeddings[seen], classes.void_rows[seen])
+        seen = seen_label_space(encode_classes(bundle, cfg, source, source.background))
+        head.set_vocabulary(seen.embeddings, seen.void_rows)
         augment = RandomScaleCropFlip(cfg.train.crop_size, cfg.train.scale_range, cfg.train.hflip)
         loader = torch.utils.data.DataLoader(
             SegmentationDataset(source, augment), batch_size=cfg.train.batch_size, shuffle=True,
@@ -97,7 +91,7 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
         optimizer = build_optimizer(model, cfg.train)
         scheduler = build_scheduler(optimizer, cfg.train)
         start = load_checkpoint(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
-        trainer = SimpleTrainer(model, _batches(loader, to_seen), optimizer)
+        trainer = SimpleTrainer(model, _batches(loader, seen), optimizer)
         period = cfg.train.checkpoint_period
         trainer.register_hooks([
             hooks.IterationTimer(),

@@ -15,11 +15,15 @@ import logging
 from pathlib import Path
 
 import torch
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from react_core.config import ConfigError
 from react_core.io import atomic_write_json
 from react_dense.detection.config import DetectionConfig, write_run_config
 
+# Detectron2 normalises 0..255 pixels; CLIP's statistics are open_clip's, on 0..1.
+PIXEL_MEAN = [255 * value for value in OPENAI_DATASET_MEAN]
+PIXEL_STD = [255 * value for value in OPENAI_DATASET_STD]
 TRAIN_NAME = "react_ov_train"
 TRAIN_CURVE = "train_metrics.json"
 VAL_NAME = "react_ov_val"
@@ -61,8 +65,7 @@ def to_detectron2_cfg(cfg: DetectionConfig, parts, config_file: Path, out: Path,
     model.BACKBONE.NAME = "build_react_clip_backbone"
     model.BACKBONE.FREEZE_AT = 0
     model.MASK_ON = cfg.detector.masks
-    model.PIXEL_MEAN = [0.48145466 * 255, 0.4578275 * 255, 0.40821073 * 255]
-    model.PIXEL_STD = [0.26862954 * 255, 0.26130258 * 255, 0.27577711 * 255]
+    model.PIXEL_MEAN, model.PIXEL_STD = PIXEL_MEAN, PIXEL_STD
     d2.INPUT.FORMAT = "RGB"
     levels = [name for name in parts.backbone.output_shape() if name != CLIP_MAP]
     model.RPN.IN_FEATURES = levels
