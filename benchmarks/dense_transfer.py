@@ -1,0 +1,251 @@
+"""Dense transfer of customized towers: trained-head and training-free unseen mIoU, novel box AP, controls.
+
+Every run is `tools/train_net.py` on a committed config (`configs/demo/seg_synthetic.yaml`,
+`configs/demo/ovd_synthetic.yaml`), started as a subprocess with an argument list, one at a time;
+a run whose `metrics.json` exists is read, not run again, so the script resumes where it stopped.
+Towers: the base tower (`--base`, the shipped calibrated react-tiny) and one `react customize`
+folder per `--adapters` entry (its `adapter.safetensors`, loaded on that base through `adapter=`).
+Folder names ending in `-s<seed>` are grouped by variant over seeds (mean ± sample std).
+
+Stages (`--stages`, in this order):
+  seg       trained segmentation head (method=head), mIoU_unseen / mIoU_seen
+  maskclip  training-free MaskCLIP readout (method=maskclip), mIoU_unseen
+  ovd       detector on base classes (torchvision engine), bbox/APr on the rare (novel) classes
+  control   for the base tower and the best variant by novel APr (or `--best`): the permuted-novel-
+            embedding control (`permute_novel_embeddings=true`, same weights) and score ensembling
+            (F-VLM weights; + prior correction; + background embedding; weights chosen on held-out
+            base classes by a second detector trained without them), with novel AP, base AP and
+            the background false-positive rate of benchmarks/ensemble_steps.py
+
+    python benchmarks/dense_transfer.py --world runs/demo/world --out runs/dense_transfer \\
+        --adapters runs/customize-s0 runs/customize_dense-s0 --ovd base customize_dense-s0
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SEG = ROOT / "configs" / "demo" / "seg_synthetic.yaml"
+OVD = ROOT / "configs" / "demo" / "ovd_synthetic.yaml"
+BASE = ROOT / "react_core" / "resources" / "demo_base.safetensors"
+STAGES = ("seg", "maskclip", "ovd", "control")
+# base classes held out to choose the ensemble weights (as in react_dense/README.md's measurement)
+HELDOUT = ("cyan cross", "yellow diamond", "orange circle", "red star", "blue hexagon")
+
+
+def tower_overrides(name: str, towers: dict, base: Path) -> list[str]:
+    adapter = towers[name]
+    return [f"model.weights={base}"] + ([f"adapter={adapter}"] if adapter else [])
+
+
+def run(out: Path, config: Path, overrides: list[str], log_dir: Path, times: dict, extra: list[str] = ()) -> dict | None:
+    """One train_net run into `out`, skipped when out/metrics.json exists; None when it failed."""
+    metrics = out / "metrics.json"
+    if metrics.is_file():
+        return json.loads(metrics.read_text())
+    command = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config", str(config), "--out", str(out), *extra, *overrides]
+    if "--eval-only" not in extra and out.is_dir() and any(out.glob("*.pt*")):
+        command.insert(2, "--resume")
+    log = log_dir / f"{out.parent.name}__{out.name}.log"
+    print(f"[{time.strftime('%H:%M:%S')}] run {out}", flush=True)
+    start = time.time()
+    with open(log, "a") as stream:
+        stream.write(f"$ {command}\n")
+        stream.flush()
+        code = subprocess.run(command, cwd=ROOT, stdout=stream, stderr=subprocess.STDOUT).returncode
+    wall = time.time() - start
+    times[str(out)] = round(wall, 1)
+    (log_dir.parent / "times.json").write_text(json.dumps(times, indent=1, sort_keys=True))
+    print(f"[{time.strftime('%H:%M:%S')}]   exit {code}, {wall:.0f} s", flush=True)
+    return json.loads(metrics.read_text()) if code == 0 and metrics.is_file() else None
+
+
+def variant_of(name: str) -> tuple[str, str]:
+    match = re.fullmatch(r"(.*)-s(\d+)", name)
+    return (match.group(1), match.group(2)) if match else (name, "-")
+
+
+def mean_std(values: list[float]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def novel_ids_of(gt: dict) -> set:
+    return {c["id"] for c in gt["categories"] if c.get("frequency") == "r"}
+
+
+def detection_row(metrics: dict, folder: Path, gt: dict) -> dict:
+    from ensemble_steps import background_false_positives
+
+    novel = novel_ids_of(gt)
+    n_novel, n_all = len(novel), len(gt["categories"])
+    ap, ap_novel = metrics["bbox/AP"], metrics.get("bbox/AP_novel", metrics.get("bbox/APr"))
+    row = {"novel_ap": ap_novel, "apr": metrics.get("bbox/APr"), "ap": ap,
+           "base_ap": (ap * n_all - ap_novel * n_novel) / (n_all - n_novel)}
+    detections = folder / "inference" / "detections.json"
+    if detections.is_file():
+        row["fp_all"], row["fp_novel"] = background_false_positives(json.loads(detections.read_text()), gt, novel)
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adapters", nargs="*", default=[], help="react customize output folders (each holds adapter.safetensors)")
+    parser.add_argument("--world", required=True, help="the synthetic world (react synth)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--base", default=str(BASE), help="base tower weights (the adapters' base)")
+    parser.add_argument("--stages", nargs="*", default=list(STAGES), choices=STAGES)
+    parser.add_argument("--ovd", nargs="*", default=None, help="tower names for detection (default: all)")
+    parser.add_argument("--best", default=None, help="tower for the controls (default: best novel APr among the customized)")
+    parser.add_argument("--calibration-images", type=int, default=100)
+    parser.add_argument("--table-only", action="store_true", help="print the tables from finished runs, run nothing")
+    args = parser.parse_args()
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    out, world, base = Path(args.out).resolve(), Path(args.world).resolve(), Path(args.base).resolve()
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    times_file = out / "times.json"
+    times = json.loads(times_file.read_text()) if times_file.is_file() else {}
+    towers: dict[str, str | None] = {"base": None}
+    for folder in args.adapters:
+        adapter = Path(folder).resolve() / "adapter.safetensors"
+        if not adapter.is_file():
+            parser.error(f"{adapter} does not exist")
+        towers[Path(folder).resolve().name] = str(adapter)
+    ovd_names = args.ovd if args.ovd is not None else list(towers)
+    for name in ovd_names:
+        if name not in towers:
+            parser.error(f"--ovd {name}: not a tower ({', '.join(towers)})")
+    common = [f"world={world}"]
+    ovd_common = common + [f"text.cache_dir={out / 'text_cache'}"]
+    if args.table_only:
+        args.stages = []
+
+    seg, maskclip, ovd = {}, {}, {}
+    for stage in STAGES:
+        for name in towers:
+            over = tower_overrides(name, towers, base)
+            if stage == "seg":
+                folder = out / "seg_head" / name
+                seg[name] = run(folder, SEG, common + over, log_dir, times) if "seg" in args.stages else _read(folder)
+            elif stage == "maskclip":
+                folder = out / "seg_maskclip" / name
+                maskclip[name] = (run(folder, SEG, common + over + ["method=maskclip"], log_dir, times)
+                                  if "maskclip" in args.stages else _read(folder))
+            elif stage == "ovd" and name in ovd_names:
+                folder = out / "ovd" / name
+                ovd[name] = run(folder, OVD, ovd_common + over, log_dir, times) if "ovd" in args.stages else _read(folder)
+
+    gt = json.loads((world / "detection" / "val.json").read_text())
+    rows = {}
+    print("\n## Per tower (segmentation head and detector: train.seed 0 of the config; seed = the adapter's)\n")
+    print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU | training-free unseen mIoU | novel APr | box AP (all) | base AP |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    for name in towers:
+        variant, seed = variant_of(name)
+        s, m = seg.get(name) or {}, maskclip.get(name) or {}
+        d = detection_row(ovd[name], out / "ovd" / name, gt) if ovd.get(name) else {}
+        rows[name] = {"variant": variant, "seed": seed, "seg_unseen": s.get("mIoU_unseen"), "seg_seen": s.get("mIoU_seen"),
+                      "maskclip_unseen": m.get("mIoU_unseen"), "apr": d.get("apr"), "ap": d.get("ap"), "base_ap": d.get("base_ap")}
+        r = rows[name]
+        print(f"| {name} | {variant} | {seed} | {fmt(r['seg_unseen'])} | {fmt(r['seg_seen'])} | {fmt(r['maskclip_unseen'])} "
+              f"| {fmt(r['apr'])} | {fmt(r['ap'])} | {fmt(r['base_ap'])} |")
+    print("\n## Per variant (mean ± sample std over adapter seeds; n = seeds)\n")
+    print("| variant | n | trained-head unseen mIoU | training-free unseen mIoU | novel APr (n) |")
+    print("|---|---:|---:|---:|---:|")
+    variants: dict[str, list[dict]] = {}
+    for r in rows.values():
+        variants.setdefault(r["variant"], []).append(r)
+    for variant, members in variants.items():
+        aprs = [r["apr"] for r in members if r["apr"] is not None]
+        print(f"| {variant} | {len(members)} | {mean_std([r['seg_unseen'] for r in members])} "
+              f"| {mean_std([r['maskclip_unseen'] for r in members])} | {mean_std(aprs)} ({len(aprs)}) |")
+    (out / "summary.json").write_text(json.dumps(rows, indent=1))
+
+    if "control" not in args.stages and not (out / "control").is_dir():
+        return
+    customized = [n for n in ovd if n != "base" and ovd[n]]
+    best = args.best or (max(customized, key=lambda n: ovd[n]["bbox/APr"]) if customized else None)
+    print(f"\n## Controls and score ensembling (base tower and the best variant by novel APr: {best})\n")
+    print("| tower | setting | novel AP (APr) | base AP | background FP (all) | background FP (novel-labelled) | weights base/novel |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    for name in [n for n in (best, "base") if n and ovd.get(n)]:
+        over = ovd_common + tower_overrides(name, towers, base)
+        weights = str(out / "ovd" / name / "model_final.pth")
+        on = ["ensemble.enabled=true", f"ensemble.calibration_images={args.calibration_images}"]
+        go = "control" in args.stages
+        # most telling first: the transfer control, then the calibrated ensemble, then the uncalibrated steps
+        for setting, (key, extra) in {
+            "detector alone": (None, []),
+            "permuted novel embeddings": ("permuted", ["permute_novel_embeddings=true"]),
+        }.items():
+            control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go)
+        # weights chosen on held-out base classes: a second detector trained without them
+        heldout_dir = out / "control" / name / "heldout_calibration"
+        rare = [c["name"] for c in gt["categories"] if c.get("frequency") == "r"]
+        heldout_over = over + ["data.novel=[" + ",".join(rare + list(HELDOUT)) + "]",
+                               "ensemble.enabled=true", "ensemble.heldout=[" + ",".join(HELDOUT) + "]",
+                               f"ensemble.calibration_images={args.calibration_images}"]
+        heldout = run(heldout_dir, OVD, heldout_over, log_dir, times) if go else _read(heldout_dir)
+        report_file = heldout_dir / "ensemble_calibration.json"
+        settings = {}
+        if heldout is not None and report_file.is_file():
+            report = json.loads(report_file.read_text())
+            chosen = [f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"]
+            settings = {
+                "weights chosen on held-out base": ("heldout", on + chosen),
+                "permuted, weights chosen on held-out base": ("heldout_permuted", on + chosen + ["permute_novel_embeddings=true"]),
+                "weights chosen on held-out base + prior + background": (
+                    "heldout_prior_background", on + chosen + ["ensemble.prior_correction=true", "ensemble.background=true"]),
+            }
+        settings.update({
+            "geometric mean, F-VLM weights": ("fvlm", on),
+            "F-VLM weights + prior correction": ("fvlm_prior", on + ["ensemble.prior_correction=true"]),
+            "F-VLM weights + background embedding": ("fvlm_background", on + ["ensemble.background=true"]),
+        })
+        for setting, (key, extra) in settings.items():
+            control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go)
+
+
+def control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go) -> None:
+    """Evaluate one control/ensembling setting of a trained detector (eval-only) and print its row."""
+    if key is None:
+        folder, metrics = out / "ovd" / name, ovd[name]
+    else:
+        folder = out / "control" / name / key
+        metrics = run(folder, OVD, over + extra, log_dir, times, ["--eval-only", "--weights", weights]) if go else _read(folder)
+    if not metrics:
+        return
+    d = detection_row(metrics, folder, gt)
+    w = "/".join(e.split("=")[1] for e in extra if "_weight=" in e) or ("0.35/0.65" if "ensemble.enabled=true" in extra else "-")
+    fp_all = f"{100 * d['fp_all']:.1f} %" if "fp_all" in d else "-"
+    fp_novel = f"{100 * d['fp_novel']:.1f} %" if "fp_novel" in d else "-"
+    print(f"| {name} | {setting} | {fmt(d['novel_ap'])} | {fmt(d['base_ap'])} | {fp_all} | {fp_novel} | {w} |", flush=True)
+
+
+def _read(folder: Path) -> dict | None:
+    metrics = folder / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else None
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    main()
