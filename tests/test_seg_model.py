@@ -6,7 +6,7 @@ import torch
 
 from react_core.modeling import load_clip
 from react_dense.modeling.backbone import ClipBackbone
-from react_dense.modeling.seg_head import build_seg_head
+from react_dense.modeling.seg_head import OpenVocabSegHead
 from react_dense.modeling.seg_maskclip import MaskClipDense, MaskClipSegmenter
 from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter
 
@@ -25,7 +25,7 @@ def tiny_clip():
 
 def _segmenter(visual):
     backbone = ClipBackbone(visual, out_channels=32, scale_factors=(2.0, 1.0, 0.5), top_block=False)
-    head = build_seg_head(backbone.output_shape(), backbone.embed_dim, decoder_channels=32)
+    head = OpenVocabSegHead(backbone.output_shape(), backbone.embed_dim, decoder_channels=32)
     return OpenVocabSegmenter(backbone, head)
 
 

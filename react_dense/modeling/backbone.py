@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -146,11 +146,13 @@ class SimpleFeaturePyramid(nn.Module):
         return OrderedDict(zip(self.names, maps))
 
 
+@BACKBONES.register_module()
 class ClipBackbone(nn.Module):
     """open_clip image tower -> multi-scale feature maps, `output_shape()` says channels/stride.
 
     visual: `clip_model.visual` (VisionTransformer or ModifiedResNet), already loaded with
-        base, official or customized weights.
+        base, official or customized weights. Not a config key: the task's builder passes the
+        tower of the CLIP it loaded, so the text tower of the class embeddings is the same model's.
     freeze: `frozen` (tower fixed, only the pyramid trains), `gated` (only gated REACT blocks
         train) or `full`.
     scale_factors: ViT pyramid levels relative to the patch stride (ViTDet: 4, 2, 1, 0.5).
@@ -164,14 +166,16 @@ class ClipBackbone(nn.Module):
 
     def __init__(
         self,
-        visual: nn.Module,
+        visual: Optional[nn.Module] = None,
         freeze: str = "frozen",
         out_channels: int = 256,
-        scale_factors: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+        scale_factors: Union[List[float], Tuple[float, ...]] = (4.0, 2.0, 1.0, 0.5),
         top_block: bool = True,
         emit_clip_map: bool = False,
         feature_block: int = -1,
     ):
+        if visual is None:
+            raise ValueError("ClipBackbone needs the CLIP image tower: build it through the task's builder")
         super().__init__()
         self.trunk = visual
         self.freeze = freeze
@@ -247,31 +251,3 @@ class ClipBackbone(nn.Module):
         entering_last = run_vit_blocks(visual, x, blocks[below:last])
         tokens = x if self.feature_blocks == below else run_vit_blocks(visual, entering_last, blocks[last:])
         return tokens_to_map(tokens, grid), tokens_to_map(vit_value_path(visual, entering_last), grid)
-
-
-@BACKBONES.register_module(name="ClipBackbone")
-def build_clip_backbone(
-    visual: Optional[nn.Module] = None,
-    freeze: str = "frozen",
-    out_channels: int = 256,
-    scale_factors: Optional[list] = None,
-    top_block: bool = True,
-    emit_clip_map: bool = False,
-    feature_block: int = -1,
-) -> ClipBackbone:
-    """Config entry point: `backbone: {type: ClipBackbone, freeze: gated, out_channels: 256}`.
-
-    `visual` is not a config key: the detector builder passes the tower of the CLIP it loaded
-    (`load_dense_clip`), so the text tower used for class embeddings is the same model's.
-    """
-    if visual is None:
-        raise ValueError("ClipBackbone needs the CLIP image tower: build it through the detector builder")
-    return ClipBackbone(
-        visual,
-        freeze=freeze,
-        out_channels=out_channels,
-        scale_factors=tuple(scale_factors or (4.0, 2.0, 1.0, 0.5)),
-        top_block=top_block,
-        emit_clip_map=emit_clip_map,
-        feature_block=feature_block,
-    )

@@ -21,8 +21,12 @@ from react_core.registry import HEADS
 LOSSES = ("softmax", "sigmoid")
 
 
+@HEADS.register_module()
 class RegionTextClassifier(nn.Module):
     """Region features [R, in_features] -> (class logits [R, C + 1], box deltas [R, 4]).
+
+    `in_features` (the box head's width) and `embed_dim` (the CLIP's) are filled in by the
+    detector builder, not config keys.
 
     The last logit column is background. Softmax: a learned background embedding competes
     with the classes. Sigmoid: the background column is not used (all classes negative), and
@@ -32,8 +36,8 @@ class RegionTextClassifier(nn.Module):
 
     def __init__(
         self,
-        in_features: int,
-        embed_dim: int,
+        in_features: Optional[int] = None,
+        embed_dim: Optional[int] = None,
         loss: str = "sigmoid",
         temperature: float = 0.02,
         learn_temperature: bool = True,
@@ -42,6 +46,8 @@ class RegionTextClassifier(nn.Module):
         federated_classes: int = 0,
         federated_power: float = 0.5,
     ):
+        if in_features is None or embed_dim is None:
+            raise ValueError("RegionTextClassifier is built by the detector builder, which passes in_features and embed_dim")
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
@@ -123,24 +129,6 @@ class RegionTextClassifier(nn.Module):
             return deltas.sum() * 0.0
         loss = F.smooth_l1_loss(deltas[foreground], target_deltas[foreground], beta=beta, reduction="sum")
         return loss / max(len(gt_classes), 1)
-
-
-@HEADS.register_module(name="RegionTextClassifier")
-def build_region_text_classifier(
-    in_features: int = 1024,
-    embed_dim: int = 0,
-    loss: str = "sigmoid",
-    temperature: float = 0.02,
-    learn_temperature: bool = True,
-    use_bias: bool = True,
-    prior_prob: float = 0.01,
-    federated_classes: int = 0,
-    federated_power: float = 0.5,
-) -> RegionTextClassifier:
-    """Config entry point; `in_features` and `embed_dim` are filled in by the detector builder."""
-    return RegionTextClassifier(
-        in_features, embed_dim, loss, temperature, learn_temperature, use_bias, prior_prob, federated_classes, federated_power
-    )
 
 
 REGION_SOURCES = ("map", "crops")

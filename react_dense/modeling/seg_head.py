@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from typing import Mapping, Optional
+from typing import List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -52,25 +52,37 @@ class PixelDecoder(nn.Module):
         return fused
 
 
+@HEADS.register_module()
 class OpenVocabSegHead(nn.Module):
     """Pyramid features -> class logits `[B, C (+1 with append_void), h, w]` at the decoder stride.
 
-    input_shape: `{name: FeatureSpec(channels, stride)}` of the backbone levels to use.
-    embed_dim: CLIP's joint-space width (the text embeddings' size).
+    Config: `head: {type: OpenVocabSegHead, decoder_channels: 128, in_features: [p2, p3, p4]}`.
+
+    input_shape: `{name: FeatureSpec(channels, stride)}` of the backbone's outputs, and
+    embed_dim: CLIP's joint-space width (the text embeddings' size): both passed by the
+        segmenter builder, not config keys.
+    in_features: the pyramid levels to decode (default: all but the CLIP map).
     temperature: initial softmax temperature of the cosine logits (learned when `learn_temperature`).
     """
 
     def __init__(
         self,
-        input_shape: Mapping[str, object],
-        embed_dim: int,
+        input_shape: Optional[Mapping[str, object]] = None,
+        embed_dim: Optional[int] = None,
         decoder_channels: int = 128,
         temperature: float = 0.01,
         learn_temperature: bool = True,
+        in_features: Optional[List[str]] = None,
         max_logit_scale: float = 100.0,
     ):
+        if input_shape is None or embed_dim is None:
+            raise ValueError("OpenVocabSegHead is built by the segmenter builder, which passes input_shape and embed_dim")
+        names = in_features or [name for name in input_shape if name != "clip"]
+        unknown = [name for name in names if name not in input_shape]
+        if unknown:
+            raise ValueError(f"head.in_features {unknown} are not backbone outputs ({', '.join(input_shape)})")
         super().__init__()
-        self.decoder = PixelDecoder(input_shape, decoder_channels)
+        self.decoder = PixelDecoder(OrderedDict((name, input_shape[name]) for name in names), decoder_channels)
         self.embed = nn.Sequential(_block(decoder_channels, decoder_channels), nn.Conv2d(decoder_channels, embed_dim, 1))
         self.void_embedding = nn.Parameter(torch.randn(embed_dim) / math.sqrt(embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
@@ -108,27 +120,3 @@ class OpenVocabSegHead(nn.Module):
         weights = self.class_embeddings(text_embeddings, void_rows, append_void)
         scale = self.logit_scale.clamp(max=self.max_log_scale).exp()
         return scale * torch.einsum("bdhw,cd->bchw", pixels, weights)
-
-
-@HEADS.register_module(name="OpenVocabSegHead")
-def build_seg_head(
-    input_shape: Optional[Mapping[str, object]] = None,
-    embed_dim: Optional[int] = None,
-    decoder_channels: int = 128,
-    temperature: float = 0.01,
-    learn_temperature: bool = True,
-    in_features: Optional[list] = None,
-) -> OpenVocabSegHead:
-    """Config entry point: `head: {type: OpenVocabSegHead, decoder_channels: 128, in_features: [p2, p3, p4]}`.
-
-    `input_shape` and `embed_dim` come from the backbone and the CLIP (the segmenter builder
-    passes them); `in_features` picks pyramid levels (default: all but the CLIP map).
-    """
-    if input_shape is None or embed_dim is None:
-        raise ValueError("OpenVocabSegHead is built by the segmenter builder, which passes input_shape and embed_dim")
-    names = in_features or [name for name in input_shape if name != "clip"]
-    unknown = [name for name in names if name not in input_shape]
-    if unknown:
-        raise ValueError(f"head.in_features {unknown} are not backbone outputs ({', '.join(input_shape)})")
-    shape = OrderedDict((name, input_shape[name]) for name in names)
-    return OpenVocabSegHead(shape, embed_dim, decoder_channels, temperature, learn_temperature)
