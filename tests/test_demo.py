@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from react_core.cli import main
 
@@ -25,12 +26,18 @@ def test_every_stage_produced_its_outputs(quick_demo):
         stats = json.loads((stages / "retrieve" / f"subset_{mode}" / "stats.json").read_text())
         assert mode in stats["evaluation"]
     customized = sorted(p.name for p in stages.glob("customize-*"))
-    assert len(customized) == 4
+    assert len(customized) == 5
     for name in customized:
         metrics = json.loads((stages / name / "metrics.json").read_text())
-        assert 0 <= metrics["zeroshot_top1_before"] <= 100 and 0 <= metrics["zeroshot_top1_after"] <= 100
-    assert (stages / "customize-gated-image-retrieved-seed0" / "adapter.safetensors").is_file()
-    for name in ("detection-base", "detection-customized", "segmentation-base", "segmentation-customized"):
+        for key in ("zeroshot_top1_before", "zeroshot_top1_after", "generic_top1_before", "generic_top1_after"):
+            assert 0 <= metrics[key] <= 100, (name, key)
+    for objective, enabled in (("dense", True), ("cls", False)):
+        written = yaml.safe_load((stages / f"customize-{objective}-gated-image-retrieved-seed0" / "config.yaml").read_text())
+        assert written["dense"]["enabled"] is enabled, objective
+    for name in ("customize-dense-gated-image-retrieved-seed0", "customize-dense-gated-image-random-seed0"):
+        assert (stages / name / "adapter.safetensors").is_file(), name
+    for name in ("detection-base", "detection-customized", *(f"{task}-{tower}" for task in ("segmentation", "maskclip")
+                                                             for tower in ("base", "customized", "random"))):
         assert (stages / name / "metrics.json").is_file(), name
 
 
@@ -38,19 +45,31 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
     report = (quick_demo / "report.md").read_text()
     for heading in ("## Retrieval", "## Customization", "## Dense transfer", "## Do the claims hold here?"):
         assert heading in report
-    for picture in ("accuracy.png", "retrieval_gallery.png", "detections.png"):
+    for picture in ("accuracy.png", "retrieval_gallery.png", "detections.png", "claims.png"):
         assert (quick_demo / picture).stat().st_size > 1000
         assert picture in report
     assert "<table>" in (quick_demo / "report.html").read_text()
     metrics = json.loads((quick_demo / "metrics.json").read_text())
     assert set(metrics["zeroshot_top1"]) == {
-        "gated-image · retrieved",
+        "gated-image + dense · retrieved",
+        "gated-image + dense · random pairs",
+        "gated-image, CLS only · retrieved",
         "locked-text · retrieved",
-        "gated-image · random pairs",
         "full fine-tuning · retrieved",
     }
     assert "bbox/APr" in metrics["dense"]["detection/customized"]
     assert "mIoU_unseen" in metrics["dense"]["segmentation/customized"]
+    assert "mIoU_unseen" in metrics["dense"]["maskclip/random"]
+    claims = metrics["claims"]
+    assert len(claims) == 8 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
+    gain = claims[0]
+    (base_label, before), (ours_label, after) = gain["values"]
+    assert (base_label, ours_label) == ("base CLIP", "gated-image + dense · retrieved")
+    assert gain["measured"] == pytest.approx(after - before) and gain["holds"] == (gain["measured"] >= 5)
+    for claim in claims[3:]:
+        (_, first), (_, second) = claim["values"]
+        assert claim["measured"] is None or claim["measured"] == pytest.approx(first / second)
+        assert claim["holds"] == (claim["measured"] is not None and claim["measured"] >= 1.3)
 
 
 def test_second_run_only_reads_the_cache(quick_demo, capsys):

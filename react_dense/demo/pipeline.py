@@ -2,10 +2,11 @@
 
 Stages, each cached (see `stages.py`):
 world -> base CLIP (pretrain) -> embed the corpus -> index -> retrieve for the task's classes
-(t2i, t2t, both) -> customize (gated-image and locked-text on retrieved pairs; gated-image on as
-many random pairs; full fine-tuning on retrieved pairs; over several seeds) -> zero-shot top-1
-of every variant -> open-vocabulary detection and segmentation with the base vs the customized
-backbone -> report.
+(t2i, t2t, both) -> customize (dense-aware gated-image on retrieved and on as many random pairs,
+over several seeds; CLS-only gated-image, locked-text and full fine-tuning on retrieved pairs, on
+the first seed) -> zero-shot top-1 on the target and the generic classes of every variant ->
+open-vocabulary detection, trained-head and training-free (MaskCLIP) segmentation with the base,
+the customized and the random-pairs tower -> report, whose `claims` say which targets hold.
 
 The demo drives the same commands and configs a user runs (`react embed/index/retrieve`,
 `configs/demo/*.yaml`, `tools/train_net.py`'s engines), so it is also the end-to-end test of
@@ -23,6 +24,7 @@ from pathlib import Path
 from react_dense.demo.stages import StageRunner
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+OBJECTIVE_CONFIGS = {"dense": "demo/customize_dense.yaml", "cls": "demo/customize.yaml"}
 RETRIEVAL_MODES = ("t2i", "t2t", "both")
 WHOLE_TOWER_LR = 5e-4
 
@@ -39,26 +41,28 @@ class DemoPlan:
     retrieval_mode: str
     detection_steps: int
     segmentation_steps: int
-    # (label, mode, pairs, over every seed): the two variants the claims compare run on every
-    # seed; the whole-tower ablations (slower steps) on the first seed only, to fit 40 minutes.
-    variants: tuple[tuple[str, str, str, bool], ...] = field(
+    # (label, objective, mode, pairs, over every seed): the first two are what the claims compare
+    # (the customized tower and its random-pairs control) and run on every seed; the ablations on
+    # the first seed only, to fit 40 minutes.
+    variants: tuple[tuple[str, str, str, str, bool], ...] = field(
         default=(
-            ("gated-image · retrieved", "gated-image", "retrieved", True),
-            ("locked-text · retrieved", "locked-text", "retrieved", False),
-            ("gated-image · random pairs", "gated-image", "random", True),
-            ("full fine-tuning · retrieved", "full", "retrieved", False),
+            ("gated-image + dense · retrieved", "dense", "gated-image", "retrieved", True),
+            ("gated-image + dense · random pairs", "dense", "gated-image", "random", True),
+            ("gated-image, CLS only · retrieved", "cls", "gated-image", "retrieved", False),
+            ("locked-text · retrieved", "cls", "locked-text", "retrieved", False),
+            ("full fine-tuning · retrieved", "cls", "full", "retrieved", False),
         )
     )
 
     def customize_runs(self):
-        """(label, mode, pairs, seed) of every customization run, in order."""
-        for label, mode, source, every_seed in self.variants:
+        """(label, objective, mode, pairs, seed) of every customization run, in order."""
+        for label, objective, mode, source, every_seed in self.variants:
             for seed in self.seeds if every_seed else self.seeds[:1]:
-                yield label, mode, source, seed
+                yield label, objective, mode, source, seed
 
 
-def customize_stage(mode: str, source: str, seed: int) -> str:
-    return f"customize-{mode}-{source}-seed{seed}"
+def customize_stage(objective: str, mode: str, source: str, seed: int) -> str:
+    return f"customize-{objective}-{mode}-{source}-seed{seed}"
 
 
 def plan_for(quick: bool, seed: int) -> DemoPlan:
@@ -94,7 +98,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     plan = plan_for(quick, seed)
     n_customize = len(list(plan.customize_runs()))
     stages = out / "stages"
-    runner = StageRunner(stages, total=7 + n_customize + 4)
+    runner = StageRunner(stages, total=7 + n_customize + 8)  # 8 dense runs: 2 detection, 3 + 3 segmentation
     world_dir = out / "world"
 
     def make_world(_: Path) -> dict:
@@ -141,9 +145,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
 
     # --per-class k: the k best pairs per class over all its templates' searches (each template
     # finds k, so their union holds up to templates x k).
-    # --no-dedup: the world renders no duplicate images, and the small base CLIP maps most images
-    # within cosine 0.99 of their nearest neighbour, so removal at 0.95 would empty the subset.
-    retrieval_args = ["--k", str(plan.retrieve_k), "--per-class", str(plan.retrieve_k), "--no-dedup"]
+    retrieval_args = ["--k", str(plan.retrieve_k), "--per-class", str(plan.retrieve_k)]
 
     def retrieve_all(_: Path) -> dict:
         results = {}
@@ -182,7 +184,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     manifests = {"retrieved": str(subset_manifest), "random": random_subset["manifest"]}
 
     customized: dict[str, list[dict]] = {}
-    for label, mode, source, run_seed in plan.customize_runs():
+    for label, objective, mode, source, run_seed in plan.customize_runs():
         overrides = {
             "world": str(world_dir),
             "base_pretrain": "null",
@@ -196,40 +198,40 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             overrides.update({"train.max_iters": plan.customize_iters, "train.warmup_iters": 2})
         if mode != "gated-image":  # the config's lr opens fresh gates fast; a whole tower needs less
             overrides["train.lr"] = WHOLE_TOWER_LR
-        name = customize_stage(mode, source, run_seed)
+        name = customize_stage(objective, mode, source, run_seed)
 
-        def work(folder: Path, overrides=overrides) -> dict:
+        def work(folder: Path, overrides=overrides, config=OBJECTIVE_CONFIGS[objective]) -> dict:
             from react_core.config import load
             from react_core.engine.customize import customize
 
-            cfg = load(_config_path("demo/customize.yaml"), _overrides(overrides))
+            cfg = load(_config_path(config), _overrides(overrides))
             metrics = customize(cfg, folder)
             return {"metrics": metrics, "folder": str(folder)}
 
         result = runner.run(name, work, overrides, after=("retrieve", "random-pairs", "pretrain"))
         customized.setdefault(label, []).append(result)
 
-    _, best_mode, best_source, _ = plan.variants[0]
-    best_stage = customize_stage(best_mode, best_source, plan.seeds[0])
-    adapter = str(stages / best_stage / "adapter.safetensors")
+    towers = {"base": base_weights}
+    for backbone, (_, objective, mode, source, _) in zip(("customized", "random"), plan.variants[:2]):
+        towers[backbone] = str(stages / customize_stage(objective, mode, source, plan.seeds[0]) / "adapter.safetensors")
     from react_dense.train_net import train
 
     dense = {}
-    for task, config, steps_key in (
-        ("detection", "demo/ovd_synthetic.yaml", "train.steps"),
-        ("segmentation", "demo/seg_synthetic.yaml", "train.steps"),
+    for task, config, steps, extra, backbones in (
+        ("detection", "demo/ovd_synthetic.yaml", plan.detection_steps, {}, ("base", "customized")),
+        ("segmentation", "demo/seg_synthetic.yaml", plan.segmentation_steps, {}, tuple(towers)),
+        ("maskclip", "demo/seg_synthetic.yaml", 0, {"method": "maskclip"}, tuple(towers)),
     ):
-        steps = plan.detection_steps if task == "detection" else plan.segmentation_steps
-        for backbone, weights in (("base", base_weights), ("customized", adapter)):
-            overrides = {"world": str(world_dir), "model.weights": weights}
+        for backbone in backbones:
+            overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
             if steps:
-                overrides[steps_key] = steps
+                overrides["train.steps"] = steps
 
             def dense_work(folder: Path, config=config, overrides=overrides) -> dict:
                 return {"metrics": train(_config_path(config), _overrides(overrides), folder)}
 
             dense[(task, backbone)] = runner.run(
-                f"{task}-{backbone}", dense_work, overrides, after=("pretrain", best_stage)
+                f"{task}-{backbone}", dense_work, overrides, after=("pretrain", *(p.name for p in stages.glob("customize-*")))
             )["metrics"]
 
     from react_dense.demo.report import write_report
@@ -248,29 +250,55 @@ def _mean_spread(values: list[float]) -> dict:
     }
 
 
+def _claim(name: str, target: str, values: dict, measured, holds: bool) -> dict:
+    """`values`: the two compared quantities, as [label, value] pairs in the order `measured` uses
+    (metrics.json sorts mapping keys)."""
+    return {"name": name, "target": target, "measured": measured, "holds": bool(holds), "values": [list(item) for item in values.items()]}
+
+
+def _ratio_claim(name: str, values: dict) -> dict:
+    """`first / second >= 1.3` (issue 12's 30 % relative gain); None when a value is missing or 0."""
+    first, second = values.values()
+    ratio = first / second if first is not None and second else None
+    return _claim(name, ">= 1.3x", values, ratio, ratio is not None and ratio >= 1.3)
+
+
 def summarize(plan, world, retrieval, customized, dense) -> dict:
-    before = [r["metrics"]["zeroshot_top1_before"] for runs in customized.values() for r in runs]
+    def mean_of(label: str, key: str):
+        found = [r["metrics"][key] for r in customized[label] if r["metrics"].get(key) is not None]
+        return statistics.fmean(found) if found else None
+
+    runs = [r for label_runs in customized.values() for r in label_runs]
     variants = {
-        label: _mean_spread([r["metrics"]["zeroshot_top1_after"] for r in runs]) for label, runs in customized.items()
+        label: _mean_spread([r["metrics"]["zeroshot_top1_after"] for r in label_runs]) for label, label_runs in customized.items()
     }
-    base_top1 = statistics.fmean(before)
-    gated = variants[plan.variants[0][0]]["mean"]
-    random_pairs = variants[plan.variants[2][0]]["mean"]
-    det_key, seg_key = "bbox/APr", "mIoU_unseen"
-    claims = {
-        "gated_image_gain_over_base": gated - base_top1,
-        "gated_image_gain_over_random_pairs": gated - random_pairs,
-        "detection_novel_ap_base": dense[("detection", "base")].get(det_key),
-        "detection_novel_ap_customized": dense[("detection", "customized")].get(det_key),
-        "segmentation_unseen_miou_base": dense[("segmentation", "base")].get(seg_key),
-        "segmentation_unseen_miou_customized": dense[("segmentation", "customized")].get(seg_key),
-    }
-    claims["holds"] = {
-        "gated_image_+5_over_base": claims["gated_image_gain_over_base"] >= 5.0,
-        "gated_image_+3_over_random": claims["gated_image_gain_over_random_pairs"] >= 3.0,
-        "customized_backbone_raises_novel_ap": (claims["detection_novel_ap_customized"] or 0)
-        > (claims["detection_novel_ap_base"] or 0),
-    }
+    generic = {label: mean_of(label, "generic_top1_after") for label in customized}
+    base_top1 = statistics.fmean(r["metrics"]["zeroshot_top1_before"] for r in runs)
+    generic_before = [r["metrics"]["generic_top1_before"] for r in runs if r["metrics"].get("generic_top1_before") is not None]
+    base_generic = statistics.fmean(generic_before) if generic_before else None
+    ours, control = plan.variants[0][0], plan.variants[1][0]
+    tower = {"customized": ours, "random": control}
+
+    def dense_value(task: str, backbone: str):
+        return dense.get((task, backbone), {}).get("bbox/APr" if task == "detection" else "mIoU_unseen")
+
+    gain, over_random = variants[ours]["mean"] - base_top1, variants[ours]["mean"] - variants[control]["mean"]
+    retention = None if base_generic is None or generic[ours] is None else generic[ours] - base_generic
+    claims = [
+        _claim(f"target zero-shot top-1: {ours} minus the base CLIP", ">= +5 points",
+               {"base CLIP": base_top1, ours: variants[ours]["mean"]}, gain, gain >= 5),
+        _claim(f"target zero-shot top-1: {ours} minus {control}", ">= +3 points",
+               {control: variants[control]["mean"], ours: variants[ours]["mean"]}, over_random, over_random >= 3),
+        _claim(f"generic zero-shot top-1 (retention): {ours} minus the base CLIP", ">= -1 point",
+               {"base CLIP": base_generic, ours: generic[ours]}, retention, retention is not None and retention >= -1),
+    ]
+    for task, title in (("detection", "novel box AP (APr)"), ("segmentation", "trained-head unseen mIoU"),
+                        ("maskclip", "training-free (MaskCLIP) unseen mIoU")):
+        for reference in ("base", "random"):
+            if (task, reference) in dense:
+                values = {tower["customized"]: dense_value(task, "customized"),
+                          tower.get(reference, "base CLIP"): dense_value(task, reference)}
+                claims.append(_ratio_claim(f"{title}: {ours} tower / {tower.get(reference, 'base CLIP')} tower", values))
     return {
         "preset": plan.preset,
         "seeds": list(plan.seeds),
@@ -278,6 +306,8 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
         "retrieval": retrieval,
         "zeroshot_top1_base": base_top1,
         "zeroshot_top1": variants,
+        "generic_top1_base": base_generic,
+        "generic_top1": generic,
         "dense": {f"{task}/{backbone}": metrics for (task, backbone), metrics in dense.items()},
         "claims": claims,
         "plan": dataclasses.asdict(plan),
