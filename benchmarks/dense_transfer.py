@@ -4,7 +4,7 @@ Every run is `tools/train_net.py` on a committed config (`configs/demo/seg_synth
 `configs/demo/ovd_synthetic.yaml`), started as a subprocess with an argument list, one at a time;
 a run whose `metrics.json` exists is read, not run again, so the script resumes where it stopped.
 Towers: the base tower (`--base`, the shipped calibrated react-tiny) and one `react customize`
-folder per `--adapters` entry (its `adapter.safetensors`, loaded on that base through `adapter=`).
+folder per `--adapters` entry (its `adapter.safetensors`, loaded on that base as `model.weights=ADAPTER model.base_weights=BASE`).
 Folder names ending in `-s<seed>` are grouped by variant over seeds (mean ± sample std).
 
 Stages (`--stages`, in this order):
@@ -43,7 +43,7 @@ HELDOUT = ("cyan cross", "yellow diamond", "orange circle", "red star", "blue he
 
 def tower_overrides(name: str, towers: dict, base: Path) -> list[str]:
     adapter = towers[name]
-    return [f"model.weights={base}"] + ([f"adapter={adapter}"] if adapter else [])
+    return [f"model.weights={adapter}", f"model.base_weights={base}"] if adapter else [f"model.weights={base}"]
 
 
 def run(out: Path, config: Path, overrides: list[str], log_dir: Path, times: dict, extra: list[str] = ()) -> dict | None:

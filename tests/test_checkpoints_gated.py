@@ -221,3 +221,19 @@ def test_resnet_files_round_trip(tmp_path):
         loaded = load_clip(TINY_RESNET, weights=tmp_path / path)
         assert gated_layers(loaded.model) == [4, 5]
         torch.testing.assert_close(_features(loaded.model, 64), expected)
+
+
+def test_model_config_loads_an_adapter_over_its_moved_base_in_eval_mode(tiny_customized, tmp_path_factory):
+    from react_core.config.common import ModelConfig
+
+    folder, bundle = tiny_customized
+    save_adapter(bundle.model, folder / "a.safetensors", spec=bundle.spec, mode="gated-image")
+    moved = tmp_path_factory.mktemp("moved") / "base.safetensors"
+    (folder / "base.safetensors").rename(moved)
+    loaded = ModelConfig(name="react-tiny", weights=str(folder / "a.safetensors"), base_weights=str(moved)).load()
+    assert not loaded.model.training and not any(m.training for m in loaded.model.modules())
+    bundle.model.eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model.encode_image(images), bundle.model.encode_image(images))
+

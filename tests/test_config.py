@@ -1,7 +1,9 @@
 """Configs: `_base_` merging, interpolation, overrides, and errors that name key and file."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Literal, Optional
 
 import pytest
@@ -135,3 +137,14 @@ def test_cli_show_prints_merged_yaml(configs, capsys):
     assert main(["config", "show", str(child), "note=hello"]) == 0
     out = capsys.readouterr().out
     assert "name: mid-7" in out and "note: hello" in out and "lr: 0.1" in out
+
+
+def test_a_customized_tower_is_named_one_way_model_weights():
+    from react_dense.detection.config import load_detection_config
+    from react_dense.segmentation.config import load_segmentation_config
+
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert not [p for p in root.rglob("*.yaml") if re.search(r"^adapter:", p.read_text(), re.M)]
+    for loader, name in ((load_detection_config, "ovd_synthetic.yaml"), (load_segmentation_config, "seg_synthetic.yaml")):
+        with pytest.raises(ConfigError, match="adapter"):
+            loader(str(root / "demo" / name), ["adapter=runs/customize/adapter.safetensors"])

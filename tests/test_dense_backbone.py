@@ -4,10 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from react_core.config.common import ModelConfig
 from react_core.modeling import load_clip
 from react_core.modeling.readout import dense_readout
-from react_dense.modeling.backbone import CLIP_MAP, ClipBackbone, load_dense_clip
+from react_dense.modeling.backbone import CLIP_MAP, ClipBackbone
 from react_dense.modeling.vocabulary import Vocabulary, parse_vocabulary, vocabulary_embeddings
 
 RESNET_TINY = {
@@ -126,7 +125,3 @@ def test_synonyms_are_averaged_and_cached(tiny, tmp_path):
     assert torch.allclose(vocabulary_embeddings(tiny, vocab, "simple", tmp_path), cached)
 
 
-def test_load_dense_clip_without_adapter_is_the_plain_model():
-    torch.manual_seed(0)
-    bundle = load_dense_clip(ModelConfig(name="react-tiny"))
-    assert hasattr(bundle.model, "visual") and bundle.spec.name == "react-tiny"

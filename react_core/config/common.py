@@ -7,17 +7,27 @@ from typing import Any, Dict, Optional
 
 @dataclass
 class ModelConfig:
-    """Which CLIP to start from; see `react_core.modeling.load_clip`."""
+    """Which CLIP to start from; see `react_core.modeling.load_clip`.
+
+    `weights` is the tower's file, whatever made it: a full checkpoint, or a `react customize`
+    adapter, which names (and checks by sha256) the base it applies to; `base_weights` says where
+    that base is now when it has moved.
+    """
 
     name: str = "react-tiny"
     pretrained: Optional[str] = None
     weights: Optional[str] = None
+    base_weights: Optional[str] = None
     quick_gelu: Optional[bool] = None
     architecture: Optional[Dict[str, Any]] = None
 
     def load(self, device: str = "cpu"):
+        """The bundle in eval mode; training code switches the parts it trains."""
         from react_core.modeling import load_clip
 
-        return load_clip(
-            self.architecture or self.name, self.pretrained, self.weights, quick_gelu=self.quick_gelu, device=device
+        bundle = load_clip(
+            self.architecture or self.name, self.pretrained, self.weights, quick_gelu=self.quick_gelu, device=device,
+            base_weights=self.base_weights,
         )
+        bundle.model.eval()
+        return bundle

@@ -44,7 +44,6 @@ def run(args) -> int:
     from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.engines.loop import load_checkpoint
-    from react_dense.modeling.backbone import load_dense_clip
     from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
     from react_dense.segmentation.config import load_segmentation_config
     from react_dense.segmentation.data import read_image
@@ -56,8 +55,7 @@ def run(args) -> int:
     if cfg.method == "head" and not args.weights:
         raise UserError("--weights is required for a trained head (method: head); only method: maskclip runs without")
     vocabulary = parse_vocabulary(args.vocabulary)
-    bundle = load_dense_clip(cfg.model, cfg.adapter)
-    bundle.model.eval()
+    bundle = cfg.model.load()
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         load_checkpoint(args.weights, model)

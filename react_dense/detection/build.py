@@ -1,6 +1,6 @@
 """From a `kind: detection` config to the engine-free parts both engines wrap.
 
-One place loads the CLIP (plus adapter), builds the backbone and the region-text head, reads
+One place loads the CLIP (a full file or an adapter, `model.weights`), builds the backbone and the region-text head, reads
 the open-vocabulary split, and encodes the training and evaluation vocabularies with the same
 CLIP's text tower.
 """
@@ -15,7 +15,7 @@ from react_core.config import ConfigError
 from react_core.registry import BACKBONES, HEADS
 from react_dense.detection.config import DetectionConfig
 from react_dense.detection.data import OpenVocabularySplit, check_inputs_exist, load_coco
-from react_dense.modeling.backbone import ClipBackbone, load_dense_clip
+from react_dense.modeling.backbone import ClipBackbone
 from react_dense.modeling.region_text import ClipScoreEnsemble, RegionTextClassifier
 from react_dense.modeling.vocabulary import Vocabulary, permute_novel, vocabulary_embeddings
 
@@ -39,8 +39,7 @@ class DenseParts:
 
 
 def build_parts(cfg: DetectionConfig) -> DenseParts:
-    bundle = load_dense_clip(cfg.model, cfg.adapter)
-    bundle.model.eval()
+    bundle = cfg.model.load()
     backbone_args = {k: v for k, v in cfg.backbone.items()}
     if cfg.ensemble.enabled:
         if backbone_args.get("freeze", "frozen") != "frozen":

@@ -81,13 +81,12 @@ class TrainConfig:
 @config_kind("detection")
 @dataclass
 class DetectionConfig:
-    """An open-vocabulary detector: CLIP, backbone adapter, region-text head, data, engine."""
+    """An open-vocabulary detector: CLIP (`model.weights`: a full file or an adapter), backbone, region-text head, data, engine."""
 
     kind: str = "detection"
     world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
     engine: Literal["torchvision", "detectron2"] = "torchvision"
     model: ModelConfig = field(default_factory=ModelConfig)
-    adapter: Optional[str] = None
     backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone"})
     head: Dict[str, Any] = buildable(HEADS, {"type": "RegionTextClassifier"})
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -105,7 +104,7 @@ RUN_CONFIG = "config.yaml"
 def write_run_config(cfg, out: Path) -> Path:
     """`OUT/config.yaml`: the run's config with every override and interpolation applied. The
     Detectron2 builders read it, and `react detect --weights OUT/model_final.pth` rebuilds the
-    very detector (tower weights, adapter, heads) that the checkpoint belongs to."""
+    very detector (tower weights, heads) that the checkpoint belongs to."""
     config_file = Path(out) / RUN_CONFIG
     atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
     return config_file

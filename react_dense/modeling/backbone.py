@@ -38,21 +38,6 @@ FREEZE_POLICIES = ("frozen", "gated", "full")
 CLIP_MAP = "clip"
 
 
-def load_dense_clip(model, adapter: Optional[str] = None):
-    """Load the CLIP for a dense model: `model` is a `ModelConfig`; `adapter` a `react customize` file.
-
-    With an adapter, `model.weights` (if set) is where the adapter's base weights live now.
-    Returns the `ClipBundle`.
-    """
-    if not adapter:
-        return model.load()
-    from react_core.modeling import load_clip
-
-    return load_clip(
-        model.architecture or model.name, model.pretrained, adapter, quick_gelu=model.quick_gelu, base_weights=model.weights
-    )
-
-
 class FeatureSpec(NamedTuple):
     """Channels and stride of one output map (Detectron2's `ShapeSpec`, engine-free)."""
 

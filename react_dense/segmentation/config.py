@@ -71,7 +71,6 @@ class SegmentationConfig:
     engine: Literal["plain", "detectron2"] = "plain"
     method: Literal["head", "maskclip"] = "head"
     model: ModelConfig = field(default_factory=ModelConfig)
-    adapter: Optional[str] = None
     backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone", "top_block": False})
     head: Dict[str, Any] = buildable(HEADS, {"type": "OpenVocabSegHead"})
     maskclip: MaskClipConfig = field(default_factory=MaskClipConfig)

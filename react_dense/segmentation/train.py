@@ -104,14 +104,11 @@ def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path)
 def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
     """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics written
     to `out/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
-    from react_dense.modeling.backbone import load_dense_clip
-
     out.mkdir(parents=True, exist_ok=True)
     for spec in ([cfg.train_data] if cfg.train_data and not eval_only and cfg.method == "head" else []) + cfg.test_data:
         open_spec(spec)  # fail on a bad dataset before loading any model
     seed_everything(cfg.train.seed)
-    bundle = load_dense_clip(cfg.model, cfg.adapter)
-    bundle.model.eval()
+    bundle = cfg.model.load()
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         if eval_only:

@@ -21,7 +21,7 @@ from torch import nn
 from react_core.config import load
 from react_core.registry import BACKBONES, HEADS
 from react_dense.engines.detectron2.modeling import Detectron2ClipBackbone
-from react_dense.modeling.backbone import FeatureSpec, load_dense_clip
+from react_dense.modeling.backbone import FeatureSpec
 from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
 
 
@@ -35,9 +35,7 @@ def segmentation_config(config_path: str):
 def segmentation_bundle(config_path: str):
     """The CLIP of one config, loaded once for the backbone and the text embeddings."""
     cfg = segmentation_config(config_path)
-    bundle = load_dense_clip(cfg.model, cfg.adapter)
-    bundle.model.eval()
-    return bundle
+    return cfg.model.load()
 
 
 def _ours(cfg):
