@@ -211,9 +211,10 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         result = runner.run(name, work, overrides, after=("retrieve", "random-pairs", "pretrain"))
         customized.setdefault(label, []).append(result)
 
-    towers = {"base": base_weights}
+    towers, tower_stages = {"base": base_weights}, {"base": ()}
     for backbone, (_, objective, mode, source, _) in zip(("customized", "random"), plan.variants[:2]):
-        towers[backbone] = str(stages / customize_stage(objective, mode, source, plan.seeds[0]) / "adapter.safetensors")
+        stage = customize_stage(objective, mode, source, plan.seeds[0])
+        towers[backbone], tower_stages[backbone] = str(stages / stage / "adapter.safetensors"), (stage,)
     from react_dense.train_net import train
 
     dense = {}
@@ -231,7 +232,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                 return {"metrics": train(_config_path(config), _overrides(overrides), folder)}
 
             dense[(task, backbone)] = runner.run(
-                f"{task}-{backbone}", dense_work, overrides, after=("pretrain", *(p.name for p in stages.glob("customize-*")))
+                f"{task}-{backbone}", dense_work, overrides, after=("pretrain", *tower_stages[backbone])
             )["metrics"]
 
     from react_dense.demo.report import write_report
