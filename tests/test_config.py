@@ -148,3 +148,27 @@ def test_a_customized_tower_is_named_one_way_model_weights():
     for loader, name in ((load_detection_config, "ovd_synthetic.yaml"), (load_segmentation_config, "seg_synthetic.yaml")):
         with pytest.raises(ConfigError, match="adapter"):
             loader(str(root / "demo" / name), ["adapter=runs/customize/adapter.safetensors"])
+
+
+def test_every_stage_trains_with_one_vocabulary():
+    """Pretrain, customize, detection and segmentation name their schedule the same way; the dense
+    tasks share one `train:` section and segmentation adds only its crops; the old names are refused."""
+    from dataclasses import fields
+
+    from react_core.config.common import TrainSchedule
+    from react_core.engine.config import TrainConfig
+    from react_dense.detection.config import DetectionConfig, load_detection_config
+    from react_dense.schedule import DenseTrain
+    from react_dense.segmentation.config import SegmentationConfig, SegmentationTrain
+
+    names = lambda schema: {f.name for f in fields(schema)}  # noqa: E731
+    for schema in (TrainConfig, DenseTrain, SegmentationTrain):
+        assert names(TrainSchedule) <= names(schema)
+    assert {f.type for f in fields(DetectionConfig) if f.name == "train"} == {"DenseTrain"}
+    assert {f.type for f in fields(SegmentationConfig) if f.name == "train"} == {"SegmentationTrain"}
+    assert names(SegmentationTrain) - names(DenseTrain) == {"crop_size", "scale_range", "hflip", "num_workers"}
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), ["train.max_iters=7"]).train.max_iters == 7
+    for old in ("steps", "warmup_steps", "clip_grad_norm", "log_period", "checkpoint_period"):
+        with pytest.raises(ConfigError, match=old):
+            load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), [f"train.{old}=1"])

@@ -63,7 +63,7 @@ def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, 
 def _run(scenes, out, *overrides):
     from react_dense.engines.detectron2.train import main
 
-    cfg = demo_config(scenes, "engine=detectron2", "train.log_period=1", *overrides)
+    cfg = demo_config(scenes, "engine=detectron2", "train.log_interval=1", *overrides)
     return main(cfg, out, eval_only=False, resume=False, weights=None)
 
 
@@ -74,7 +74,7 @@ def _curve(out) -> list[dict]:
 
 
 def test_detectron2_trainer_losses_fall_and_files_do_not_clash(scenes, tmp_path):  # noqa: F811
-    metrics = _run(scenes, tmp_path / "a", "train.steps=20", "train.lr=0.002", "train.warmup_steps=2")
+    metrics = _run(scenes, tmp_path / "a", "train.max_iters=20", "train.lr=0.002", "train.warmup_iters=2")
     curve = _curve(tmp_path / "a")
     assert len(curve) == 20
     first = sum(c["total_loss"] for c in curve[:4]) / 4
@@ -100,7 +100,7 @@ def test_detectron2_resolved_config_builds_the_same_parts(scenes, tmp_path):  # 
 
 
 def test_detectron2_runs_of_one_config_are_identical(scenes, tmp_path):  # noqa: F811
-    settings = ("train.steps=4", "model.weights=null")
+    settings = ("train.max_iters=4", "model.weights=null")
     assert _run(scenes, tmp_path / "a", *settings) == _run(scenes, tmp_path / "b", *settings)
     first, second = _curve(tmp_path / "a"), _curve(tmp_path / "b")
     assert [c["total_loss"] for c in first] == [c["total_loss"] for c in second]

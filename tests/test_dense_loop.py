@@ -9,8 +9,8 @@ import torch
 from react_core.modeling.checkpoints import CheckpointError
 from react_dense.engines.loop import FINAL, LAST, load_checkpoint, train_loop, warmup_cosine
 
-TRAIN = SimpleNamespace(steps=6, lr=0.1, weight_decay=0.01, warmup_steps=2, clip_grad_norm=1.0, log_period=1,
-                        checkpoint_period=2)
+TRAIN = SimpleNamespace(max_iters=6, lr=0.1, weight_decay=0.01, warmup_iters=2, grad_clip=1.0, log_interval=1,
+                        checkpoint_interval=2)
 BATCH = (torch.linspace(-1, 1, 8)[:, None], torch.linspace(0, 3, 8)[:, None])
 
 
@@ -47,7 +47,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     for expected, got in zip(whole.state_dict().values(), resumed.state_dict().values()):
         torch.testing.assert_close(got, expected)
     fresh = _model()
-    train_loop(fresh, [BATCH], _loss(fresh), SimpleNamespace(**{**vars(TRAIN), "steps": 2}), tmp_path / "short")
+    train_loop(fresh, [BATCH], _loss(fresh), SimpleNamespace(**{**vars(TRAIN), "max_iters": 2}), tmp_path / "short")
     assert not torch.allclose(fresh.weight, whole.weight), "the runs must have moved apart for the check to mean anything"
 
 

@@ -29,7 +29,7 @@ def _train(world: Path, out: Path, *overrides: str) -> dict:
     finally:
         sys.path.pop(0)
     assert main(["--config", str(CONFIG), "--out", str(out), f"world={world}", "data.num_workers=0",
-                 "train.steps=200", "train.checkpoint_period=1000", *overrides]) == 0
+                 "train.max_iters=200", "train.checkpoint_interval=1000", *overrides]) == 0
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -81,7 +81,7 @@ def test_a_missing_validation_file_is_reported_before_training(tmp_path, capsys)
         sys.path.pop(0)
     out = tmp_path / "run"
     missing = tmp_path / "detection" / "val.json"
-    assert train_net(["--config", str(CONFIG), "--out", str(out), f"world={tmp_path}", "train.steps=2"]) == 2
+    assert train_net(["--config", str(CONFIG), "--out", str(out), f"world={tmp_path}", "train.max_iters=2"]) == 2
     assert f"train_net: error: annotation file not found: {missing} (data.val)" in capsys.readouterr().err
     assert not out.exists() or not any(out.rglob("*.pth"))
 

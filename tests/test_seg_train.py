@@ -15,8 +15,8 @@ CONFIG = str(ROOT / "configs" / "demo" / "seg_synthetic.yaml")
 
 def _quick(world, *extra):
     return [
-        f"world={world}", "train.steps=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_period=2",
-        "train.warmup_steps=1", "test.batch_size=4", "test_data.0.max_images=4", "backbone.out_channels=32",
+        f"world={world}", "train.max_iters=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_interval=2",
+        "train.warmup_iters=1", "test.batch_size=4", "test_data.0.max_images=4", "backbone.out_channels=32",
         "head.decoder_channels=32", *extra,
     ]
 
@@ -32,7 +32,7 @@ def _train_net(*args):
 
 def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path):
     out = tmp_path / "seg"
-    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.steps=2")) == 0
+    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.max_iters=2")) == 0
     assert torch.load(out / "last_checkpoint.pth", weights_only=True)["step"] == 2
     assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world)) == 0
     assert torch.load(out / "last_checkpoint.pth", weights_only=True)["step"] == 4
@@ -67,7 +67,7 @@ def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):
     from react_core.cli import main
 
     out = tmp_path / "train"
-    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.steps=1")) == 0
+    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.max_iters=1")) == 0
     images = sorted((tiny_world / "semseg" / "val" / "images").glob("*.jpg"))[:2]
     result_dir = tmp_path / "segment"
     sets = [item for override in _quick(tiny_world) for item in ("--set", override)]

@@ -31,8 +31,8 @@ def test_detectron2_key_value_pairs_become_detectron2_section_overrides():
 
 
 def test_config_file_spelling_and_overrides_on_both_sides_of_a_flag():
-    args = build_parser().parse_intermixed_args(["--config-file", "a.yaml", "train.steps=3", "--resume", "engine=detectron2"])
-    assert args.config == "a.yaml" and args.resume and args.overrides == ["train.steps=3", "engine=detectron2"]
+    args = build_parser().parse_intermixed_args(["--config-file", "a.yaml", "train.max_iters=3", "--resume", "engine=detectron2"])
+    assert args.config == "a.yaml" and args.resume and args.overrides == ["train.max_iters=3", "engine=detectron2"]
 
 
 def _error_line(capsys) -> str:
@@ -53,7 +53,7 @@ def test_a_finished_run_is_not_retrained_over(scenes, tmp_path, capsys):  # noqa
 def test_a_bad_detectron2_override_is_named(scenes, tmp_path, capsys):  # noqa: F811
     pytest.importorskip("detectron2")
     assert main(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"world={scenes}", "engine=detectron2",
-                 "train.steps=1", "SOLVER.NO_SUCH_KEY", "3"]) == 2
+                 "train.max_iters=1", "SOLVER.NO_SUCH_KEY", "3"]) == 2
     assert "detectron2.SOLVER.NO_SUCH_KEY=3" in _error_line(capsys)
 
 
@@ -66,7 +66,7 @@ def test_eval_only_without_a_checkpoint_is_one_line(scenes, tmp_path, capsys):  
 def test_torchvision_runs_of_one_config_are_identical(scenes, tmp_path, capsys):  # noqa: F811
     runs, weights = [], []
     for name in ("a", "b"):
-        assert main(["--config", str(CONFIG), "--out", str(tmp_path / name), f"world={scenes}", "data.num_workers=0", "train.steps=3"]) == 0
+        assert main(["--config", str(CONFIG), "--out", str(tmp_path / name), f"world={scenes}", "data.num_workers=0", "train.max_iters=3"]) == 0
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
         weights.append(torch.load(tmp_path / name / "model_final.pth", weights_only=True)["model"])
     assert runs[0] == runs[1]
@@ -80,7 +80,7 @@ def test_detect_reads_the_run_config_beside_the_checkpoint(scenes, tmp_path):  #
 
     out = tmp_path / "run"
     assert main(["--config", str(CONFIG), "--out", str(out), f"world={scenes}", "data.num_workers=0",
-                 "train.steps=2", "backbone.out_channels=32"]) == 0
+                 "train.max_iters=2", "backbone.out_channels=32"]) == 0
     image = next((scenes / "detection" / "images" / "val").glob("*.png"))
     assert react(["detect", str(image), "--weights", str(out / "model_final.pth"), "--vocabulary", "red square,blue circle",
                   "--out", str(tmp_path / "detect"), "--score-threshold", "0"]) == 0

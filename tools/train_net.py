@@ -4,7 +4,7 @@
     python tools/train_net.py --config configs/demo/ovd_synthetic.yaml --out runs/ovd
     python tools/train_net.py --config configs/lvis_react.yaml --num-gpus 8 --out runs/lvis
     python tools/train_net.py --config CONFIG --eval-only --out runs/ovd [--weights FILE]
-    python tools/train_net.py --config CONFIG engine=detectron2 train.steps=100
+    python tools/train_net.py --config CONFIG engine=detectron2 train.max_iters=100
     python tools/train_net.py --config configs/demo/seg_synthetic.yaml --out runs/seg
     python tools/train_net.py --config-file CONFIG engine=detectron2 SOLVER.MAX_ITER 10
 
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (Detectron2 engine)")
     parser.add_argument("--dist-url", default="auto", help="rendezvous URL for several machines (Detectron2 engine)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides, e.g. train.steps=100 engine=detectron2, or Detectron2 KEY VALUE pairs")
+                        help="config overrides, e.g. train.max_iters=100 engine=detectron2, or Detectron2 KEY VALUE pairs")
     return parser
 
 

@@ -31,3 +31,20 @@ class ModelConfig:
         )
         bundle.model.eval()
         return bundle
+
+
+@dataclass
+class TrainSchedule:
+    """The training vocabulary every stage shares (pretrain, customize, detection, segmentation):
+    AdamW's lr and weight decay, linear warm-up over `warmup_iters`, then cosine to zero at
+    `max_iters`; gradient-norm clipping at `grad_clip` (null: none); a log line every
+    `log_interval` and a resumable checkpoint every `checkpoint_interval` iterations."""
+
+    lr: float = 1e-4
+    weight_decay: float = 0.05
+    warmup_iters: int = 100
+    max_iters: Optional[int] = None
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    log_interval: int = 10
+    checkpoint_interval: int = 1000

@@ -6,7 +6,7 @@ from typing import List, Literal, Optional
 
 import react_core.data  # noqa: F401  (registers the pair dataset types named in `data.train`)
 from react_core.config import ConfigError, buildable, config_kind
-from react_core.config.common import ModelConfig
+from react_core.config.common import ModelConfig, TrainSchedule
 from react_core.registry import DATASETS
 
 
@@ -31,7 +31,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TrainSchedule):
     """Optimisation: AdamW (betas, eps), warm-up + cosine, AMP on GPU, stop after iterations or epochs."""
 
     mode: Literal["gated-image", "locked-text", "full"] = "gated-image"
@@ -40,13 +40,8 @@ class TrainConfig:
     betas: List[float] = field(default_factory=lambda: [0.9, 0.98])
     eps: float = 1e-6
     warmup_iters: int = 5000
-    max_iters: Optional[int] = None
     epochs: Optional[float] = None
     amp: Literal["float16", "bfloat16", "none"] = "float16"
-    grad_clip: Optional[float] = None
-    seed: int = 0
-    log_interval: int = 10
-    checkpoint_interval: int = 1000
 
     def total_iters(self, samples: int, global_batch: int) -> int:
         if (self.max_iters is None) == (self.epochs is None):

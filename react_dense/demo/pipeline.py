@@ -226,7 +226,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         for backbone in backbones:
             overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
             if steps:
-                overrides["train.steps"] = steps
+                overrides["train.max_iters"] = steps
 
             def dense_work(folder: Path, config=config, overrides=overrides) -> dict:
                 return {"metrics": train(_config_path(config), _overrides(overrides), folder)}

@@ -11,6 +11,7 @@ from react_core.io import atomic_write_text
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
 from react_dense.modeling.vocabulary import TextConfig
+from react_dense.schedule import DenseTrain
 
 
 @dataclass
@@ -64,20 +65,6 @@ class EnsembleConfig:
     calibration_images: int = 200  # training images the calibration reads
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 2
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    clip_grad_norm: float = 0.0
-    checkpoint_period: int = 500
-    log_period: int = 20
-    seed: int = 0
-    device: str = "cpu"
-
-
 @config_kind("detection")
 @dataclass
 class DetectionConfig:
@@ -93,7 +80,7 @@ class DetectionConfig:
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     text: TextConfig = field(default_factory=TextConfig)
     data: DetectionData = field(default_factory=DetectionData)
-    train: TrainConfig = field(default_factory=TrainConfig)
+    train: DenseTrain = field(default_factory=DenseTrain)
     detectron2: Dict[str, Any] = field(default_factory=dict)
     permute_novel_embeddings: bool = False
 

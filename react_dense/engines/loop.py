@@ -4,7 +4,7 @@ plain segmentation engine share it, so resume, schedules and checkpoints behave 
 AdamW over `react_core`'s parameter groups (no decay on biases, norms, gates), linear warm-up
 then cosine to zero, optional gradient clipping; a non-finite loss stops the run naming the
 step. `last_checkpoint.pth` (model, optimizer, scheduler, step) is written atomically every
-`checkpoint_period` steps and read back with `torch.load(weights_only=True)`, so `resume`
+`checkpoint_interval` steps and read back with `torch.load(weights_only=True)`, so `resume`
 continues an interrupted run; `model_final.pth` holds the weights alone.
 """
 from __future__ import annotations
@@ -94,12 +94,12 @@ class ClippedAdamW(torch.optim.AdamW):
 def build_optimizer(model: torch.nn.Module, train_cfg) -> ClippedAdamW:
     """The one optimizer of every dense engine: AdamW over `react_core`'s parameter groups, with
     global gradient clipping."""
-    return ClippedAdamW(param_groups(model, train_cfg.weight_decay), train_cfg.lr, train_cfg.clip_grad_norm)
+    return ClippedAdamW(param_groups(model, train_cfg.weight_decay), train_cfg.lr, train_cfg.grad_clip or 0.0)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, train_cfg) -> torch.optim.lr_scheduler.LambdaLR:
     """The one schedule of every dense engine: linear warm-up then cosine, stepped once per iteration."""
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train_cfg.steps, train_cfg.warmup_steps))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(train_cfg.max_iters, train_cfg.warmup_iters))
 
 
 def _value(value) -> float:
@@ -114,10 +114,10 @@ def train_loop(
     out: Path,
     resume: bool = False,
 ) -> torch.nn.Module:
-    """Run `train_cfg.steps` optimizer steps over `loader` (cycled). `step_loss(batch)` returns
+    """Run `train_cfg.max_iters` optimizer steps over `loader` (cycled). `step_loss(batch)` returns
     the loss and the named values shown in the progress bar and in a non-finite-loss error.
-    `train_cfg` has steps, lr, weight_decay, warmup_steps, clip_grad_norm, log_period and
-    checkpoint_period."""
+    `train_cfg` is a `TrainSchedule`: max_iters, lr, weight_decay, warmup_iters, grad_clip, log_interval and
+    checkpoint_interval."""
     optimizer = build_optimizer(model, train_cfg)
     scheduler = build_scheduler(optimizer, train_cfg)
     step = 0
@@ -125,10 +125,10 @@ def train_loop(
         step = load_checkpoint(out / LAST, model, optimizer, scheduler)
         log.info("resumed from %s at step %d", out / LAST, step)
     model.train()
-    progress = tqdm(total=train_cfg.steps, initial=step, desc="train", dynamic_ncols=True)
-    while step < train_cfg.steps:
+    progress = tqdm(total=train_cfg.max_iters, initial=step, desc="train", dynamic_ncols=True)
+    while step < train_cfg.max_iters:
         for batch in loader:
-            if step >= train_cfg.steps:
+            if step >= train_cfg.max_iters:
                 break
             loss, parts = step_loss(batch)
             if not torch.isfinite(loss):
@@ -139,9 +139,9 @@ def train_loop(
             scheduler.step()
             step += 1
             progress.update(1)
-            if step % train_cfg.log_period == 0:
+            if step % train_cfg.log_interval == 0:
                 progress.set_postfix({k: f"{_value(v):.3f}" for k, v in parts.items()})
-            if step % train_cfg.checkpoint_period == 0 or step == train_cfg.steps:
+            if step % train_cfg.checkpoint_interval == 0 or step == train_cfg.max_iters:
                 save_checkpoint(out / LAST, model, optimizer, scheduler, step)
     progress.close()
     save_checkpoint(out / FINAL, model)

@@ -8,6 +8,7 @@ from react_core.config import ConfigError, buildable, config_kind, load
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
 from react_dense.modeling.vocabulary import TextConfig
+from react_dense.schedule import DenseTrain
 
 
 @dataclass
@@ -25,20 +26,13 @@ class SegmentationDataSpec:
 
 
 @dataclass
-class SegmentationTrain:
-    steps: int = 1000
+class SegmentationTrain(DenseTrain):
+    """Training crops: random scale in `scale_range`, a `crop_size` crop, optional flip."""
+
     batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    warmup_steps: int = 100
-    clip_grad_norm: float = 0.0
     crop_size: int = 512
     scale_range: List[float] = field(default_factory=lambda: [0.5, 2.0])
     hflip: bool = True
-    checkpoint_period: int = 500
-    log_period: int = 20
-    seed: int = 0
-    device: str = "cpu"
     num_workers: int = 0
 
 

@@ -5,7 +5,7 @@ Training sees the seen classes only: the vocabulary of the loss is the seen clas
 embeddings, so unseen classes are never negatives, and unseen pixels are ignored. Evaluation
 scores every class of each test set (any vocabulary works: the classifier is the text
 embeddings) and writes `metrics.json`. Checkpoints (`last_checkpoint.pth`: model, optimizer,
-scheduler, step) are written atomically every `train.checkpoint_period` steps, so `resume`
+scheduler, step) are written atomically every `train.checkpoint_interval` steps, so `resume`
 continues an interrupted run; `model_final.pth` holds the weights (`react_dense.engines.loop`).
 """
 from __future__ import annotations

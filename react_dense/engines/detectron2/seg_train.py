@@ -92,15 +92,15 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
         scheduler = build_scheduler(optimizer, cfg.train)
         start = load_checkpoint(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
         trainer = SimpleTrainer(model, _batches(loader, seen), optimizer)
-        period = cfg.train.checkpoint_period
+        period = cfg.train.checkpoint_interval
         trainer.register_hooks([
             hooks.IterationTimer(),
             hooks.LRScheduler(optimizer, scheduler),
             hooks.CallbackHook(after_step=lambda t: (t.iter + 1) % period == 0 and save_checkpoint(out / LAST, model, optimizer, scheduler, t.iter + 1)),
-            hooks.PeriodicWriter(training_writers(out, cfg.train.steps), period=cfg.train.log_period),
+            hooks.PeriodicWriter(training_writers(out, cfg.train.max_iters), period=cfg.train.log_interval),
         ])
-        trainer.train(start, cfg.train.steps)
-        save_checkpoint(out / LAST, model, optimizer, scheduler, cfg.train.steps)
+        trainer.train(start, cfg.train.max_iters)
+        save_checkpoint(out / LAST, model, optimizer, scheduler, cfg.train.max_iters)
         save_checkpoint(out / FINAL, model)
     per_dataset = {}
     for spec in cfg.test_data:

@@ -102,7 +102,7 @@ def to_detectron2_cfg(cfg: DetectionConfig, parts, config_file: Path, out: Path,
     d2.DATASETS.TEST = (VAL_NAME,)
     d2.DATALOADER.NUM_WORKERS = cfg.data.num_workers
     d2.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
-    d2.SOLVER.CHECKPOINT_PERIOD = cfg.train.checkpoint_period
+    d2.SOLVER.CHECKPOINT_PERIOD = cfg.train.checkpoint_interval
     d2.TEST.EVAL_PERIOD = 0
     model.DEVICE = cfg.train.device
     return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, "the detectron2 section")
@@ -117,11 +117,11 @@ def finish_detectron2_cfg(d2, train, detectron2_section: dict, out: Path, where:
     solver.BASE_LR = train.lr
     solver.WEIGHT_DECAY = train.weight_decay
     solver.WEIGHT_DECAY_NORM = 0.0
-    solver.MAX_ITER = train.steps
+    solver.MAX_ITER = train.max_iters
     solver.STEPS = ()
-    solver.WARMUP_ITERS = train.warmup_steps
-    solver.CLIP_GRADIENTS.CLIP_VALUE = train.clip_grad_norm
-    d2.REACT.LOG_PERIOD = train.log_period
+    solver.WARMUP_ITERS = train.warmup_iters
+    solver.CLIP_GRADIENTS.CLIP_VALUE = train.grad_clip or 0.0
+    d2.REACT.LOG_PERIOD = train.log_interval
     d2.SEED = train.seed
     d2.OUTPUT_DIR = str(out)
     for key, value in zip(*[iter(_flatten(detectron2_section))] * 2):
@@ -136,8 +136,8 @@ def train_settings(d2):
     """Our `train:` section as Detectron2 keys hold it after the `detectron2:` overrides."""
     solver = d2.SOLVER
     return argparse.Namespace(
-        steps=solver.MAX_ITER, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY,
-        warmup_steps=solver.WARMUP_ITERS, clip_grad_norm=solver.CLIP_GRADIENTS.CLIP_VALUE,
+        max_iters=solver.MAX_ITER, lr=solver.BASE_LR, weight_decay=solver.WEIGHT_DECAY,
+        warmup_iters=solver.WARMUP_ITERS, grad_clip=solver.CLIP_GRADIENTS.CLIP_VALUE,
     )
 
 
