@@ -172,3 +172,20 @@ def test_every_stage_trains_with_one_vocabulary():
     for old in ("steps", "warmup_steps", "clip_grad_norm", "log_period", "checkpoint_period"):
         with pytest.raises(ConfigError, match=old):
             load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), [f"train.{old}=1"])
+
+
+def test_arguments_the_builder_supplies_are_neither_required_nor_settable():
+    """The tower and its widths come from the builder: a config without them loads, one that sets
+    them is refused naming the key."""
+    from react_dense.detection.config import load_detection_config
+    from react_dense.segmentation.config import load_segmentation_config
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "demo"
+    assert load_detection_config(str(root / "ovd_synthetic.yaml")).head["type"] == "RegionTextClassifier"
+    for loader, name, key in (
+        (load_detection_config, "ovd_synthetic.yaml", "backbone.visual"),
+        (load_detection_config, "ovd_synthetic.yaml", "head.embed_dim"),
+        (load_segmentation_config, "seg_synthetic.yaml", "head.input_shape"),
+    ):
+        with pytest.raises(ConfigError, match="set by the builder.*" + re.escape(f"'{key}'")):
+            loader(str(root / name), [f"{key}=3"])

@@ -19,11 +19,14 @@ from react_core.registry import CONFIG_KINDS
 _MISSING_REQUIRED = object()
 
 
-def buildable(registry, default: dict | None = None):
-    """A dataclass field holding `{type: Name, **kwargs}` for `registry`."""
+def buildable(registry, default: dict | None = None, supplied: tuple[str, ...] = ()):
+    """A dataclass field holding `{type: Name, **kwargs}` for `registry`. `supplied` names the
+    arguments the task's builder passes at build time (the CLIP tower, its widths): a config may
+    not set them, and they are not missing when it does not."""
+    metadata = {"registry": registry, "supplied": tuple(supplied)}
     if default is None:
-        return dataclasses.field(metadata={"registry": registry})
-    return dataclasses.field(default_factory=lambda: dict(default), metadata={"registry": registry})
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)
 
 
 def config_kind(name: str):
@@ -123,13 +126,14 @@ class _Checker:
                 continue
             registry = field.metadata.get("registry")
             if registry is not None:
-                kwargs[name] = self.part(_over_default(value[name], field), registry, child)
+                kwargs[name] = self.part(_over_default(value[name], field), registry, child, field.metadata["supplied"])
             else:
                 kwargs[name] = self.convert(value[name], hints[name], child)
         return cls(**kwargs)
 
-    def part(self, value: Any, registry, key: str) -> dict:
-        """Check `{type: ..., **kwargs}` against the registered callable's signature."""
+    def part(self, value: Any, registry, key: str, supplied: tuple[str, ...] = ()) -> dict:
+        """Check `{type: ..., **kwargs}` against the registered callable's signature; the
+        `supplied` arguments come from the builder, not the config."""
         if value is None:
             return None
         if not isinstance(value, dict) or "type" not in value:
@@ -149,6 +153,8 @@ class _Checker:
         for name, arg in value.items():
             if name == "type":
                 continue
+            if name in supplied:
+                self.fail(f"{key}.{name}", arg, f"set by the builder of {value['type']}, not by the config")
             if name not in params and not takes_any:
                 known = ", ".join(n for n in params if n not in ("self", "args", "kwargs"))
                 self.fail(f"{key}.{name}", arg, f"unknown argument of {value['type']} (accepted: {known})")
@@ -159,7 +165,7 @@ class _Checker:
                 inspect.Parameter.POSITIONAL_OR_KEYWORD,
                 inspect.Parameter.KEYWORD_ONLY,
             )
-            if required and name not in value and name != "self":
+            if required and name not in value and name not in supplied and name != "self":
                 raise ConfigError(
                     f"missing required key '{key}.{name}' for {value['type']} (from {self.sources.of(key)})"
                 )

@@ -74,8 +74,8 @@ class DetectionConfig:
     world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
     engine: Literal["torchvision", "detectron2"] = "torchvision"
     model: ModelConfig = field(default_factory=ModelConfig)
-    backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone"})
-    head: Dict[str, Any] = buildable(HEADS, {"type": "RegionTextClassifier"})
+    backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone"}, supplied=("visual",))
+    head: Dict[str, Any] = buildable(HEADS, {"type": "RegionTextClassifier"}, supplied=("in_features", "embed_dim"))
     detector: DetectorConfig = field(default_factory=DetectorConfig)
     ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     text: TextConfig = field(default_factory=TextConfig)

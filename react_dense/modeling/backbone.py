@@ -151,7 +151,7 @@ class ClipBackbone(nn.Module):
 
     def __init__(
         self,
-        visual: Optional[nn.Module] = None,
+        visual: nn.Module,
         freeze: str = "frozen",
         out_channels: int = 256,
         scale_factors: Union[List[float], Tuple[float, ...]] = (4.0, 2.0, 1.0, 0.5),
@@ -159,8 +159,6 @@ class ClipBackbone(nn.Module):
         emit_clip_map: bool = False,
         feature_block: int = -1,
     ):
-        if visual is None:
-            raise ValueError("ClipBackbone needs the CLIP image tower: build it through the task's builder")
         super().__init__()
         self.trunk = visual
         self.freeze = freeze

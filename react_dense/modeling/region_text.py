@@ -36,8 +36,8 @@ class RegionTextClassifier(nn.Module):
 
     def __init__(
         self,
-        in_features: Optional[int] = None,
-        embed_dim: Optional[int] = None,
+        in_features: int,
+        embed_dim: int,
         loss: str = "sigmoid",
         temperature: float = 0.02,
         learn_temperature: bool = True,
@@ -46,8 +46,6 @@ class RegionTextClassifier(nn.Module):
         federated_classes: int = 0,
         federated_power: float = 0.5,
     ):
-        if in_features is None or embed_dim is None:
-            raise ValueError("RegionTextClassifier is built by the detector builder, which passes in_features and embed_dim")
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")

@@ -67,16 +67,14 @@ class OpenVocabSegHead(nn.Module):
 
     def __init__(
         self,
-        input_shape: Optional[Mapping[str, object]] = None,
-        embed_dim: Optional[int] = None,
+        input_shape: Mapping[str, object],
+        embed_dim: int,
         decoder_channels: int = 128,
         temperature: float = 0.01,
         learn_temperature: bool = True,
         in_features: Optional[List[str]] = None,
         max_logit_scale: float = 100.0,
     ):
-        if input_shape is None or embed_dim is None:
-            raise ValueError("OpenVocabSegHead is built by the segmenter builder, which passes input_shape and embed_dim")
         names = in_features or [name for name in input_shape if name != "clip"]
         unknown = [name for name in names if name not in input_shape]
         if unknown:

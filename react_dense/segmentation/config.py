@@ -65,8 +65,8 @@ class SegmentationConfig:
     engine: Literal["plain", "detectron2"] = "plain"
     method: Literal["head", "maskclip"] = "head"
     model: ModelConfig = field(default_factory=ModelConfig)
-    backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone", "top_block": False})
-    head: Dict[str, Any] = buildable(HEADS, {"type": "OpenVocabSegHead"})
+    backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone", "top_block": False}, supplied=("visual",))
+    head: Dict[str, Any] = buildable(HEADS, {"type": "OpenVocabSegHead"}, supplied=("input_shape", "embed_dim"))
     maskclip: MaskClipConfig = field(default_factory=MaskClipConfig)
     text: TextConfig = field(default_factory=TextConfig)
     train_data: Optional[SegmentationDataSpec] = None
