@@ -32,6 +32,7 @@ import numpy as np
 
 from react_core.errors import ReactError
 from react_core.io import atomic_path, atomic_write_json
+from react_core.machine import usable_cpus
 
 INFO_FILE = "embeddings.json"
 KINDS = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
@@ -469,7 +470,7 @@ def embed_corpus(
     _check_or_write_info(out, embedding_info(bundle, dim, str(source), [s.name for s in shards]), rank)
 
     if workers is None:  # 4, or fewer where fewer CPUs are ours (more only slows and warns per shard)
-        workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        workers = min(4, usable_cpus())
     mine = shards[rank::world_size]
     pending = [s for s in mine if not shard_done(out, s.number)]
     summary = {"shards": 0, "already_done": len(mine) - len(pending), "rows": 0, "failed": []}

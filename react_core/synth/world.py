@@ -29,6 +29,7 @@ import numpy as np
 
 from react_core.errors import ReactError
 from react_core.io import atomic_write_json
+from react_core.machine import usable_cpus
 from react_core.synth import concepts, corpus, scenes, semseg, tasks
 from react_core.synth.presets import PRESETS, Preset
 
@@ -218,7 +219,7 @@ def generate_world(
                     f"version {info.get('generator_version')}) than preset {preset}, seed {seed}; replace it with "
                     f"`react synth --preset {preset} --seed {seed} --out {root} --overwrite`, or give another folder"
                 )
-        info = _generate(PRESETS[preset], preset, root, seed, workers or min(os.cpu_count() or 1, 8), progress)
+        info = _generate(PRESETS[preset], preset, root, seed, workers or min(usable_cpus(), 8), progress)
     return _summary(info, root, cached=False, seconds=time.perf_counter() - start)
 
 
