@@ -14,10 +14,13 @@ from react_core.retrieval.index import (
     choose_factory,
     exact_neighbours,
     parse_memory,
+    per_query_recall,
     read_index,
     recall_at_k,
+    recall_lower_bound,
     rerank,
     search,
+    tune,
 )
 from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
 
@@ -86,6 +89,31 @@ def test_tuned_index_reaches_target_recall_and_records_it(tmp_path):
         assert recall_at_k(found, exact) >= 0.85  # held-out queries from the same distribution
     _, default_found = search(index, held_out, 20)  # nprobe=1: what untuned code gets
     assert recall_at_k(found, exact) > recall_at_k(default_found, exact)
+
+
+def test_tuning_keeps_a_margin_over_the_target_not_the_first_setting_whose_mean_reaches_it(tmp_path):
+    """The target is set to the mean recall of one nprobe on these very queries: the bare-mean rule
+    keeps that nprobe (which other queries then miss about half the time); tuning must step up to
+    a setting whose mean less two standard errors reaches the target."""
+    queries = write_folder(tmp_path / "emb", clusters=40)
+    folder = EmbeddingFolder(tmp_path / "emb")
+    _, exact = exact_neighbours(folder, "image", queries, 20)
+    index = faiss.index_factory(folder.dim, "IVF64,Flat", faiss.METRIC_INNER_PRODUCT)
+    vectors = folder.gather("image", np.arange(len(folder)))
+    index.train(vectors)
+    index.add(vectors)
+    recalls = {}
+    for nprobe in (1, 2, 4, 8, 16, 32, 64):
+        index.nprobe = nprobe
+        recalls[nprobe] = per_query_recall(index.search(queries, 20)[1], exact)
+    edge = next(p for p in recalls if 0 < recalls[p].std() and recalls[p].mean() < recalls[64].mean())
+    target = float(recalls[edge].mean())
+    assert recall_lower_bound(recalls[edge]) < target  # the bare mean just reaches it, the bound does not
+    key, recall, bound, _ = tune(index, queries, exact, target)
+    assert key and key != f"nprobe={edge}" and bound >= target and recall > target
+    chosen = per_query_recall(index.search(queries, 20)[1], exact)  # tune leaves the index at its choice
+    assert recall_lower_bound(chosen) == pytest.approx(bound)
+    assert recall_lower_bound(np.array([1.0, 0.5])) == pytest.approx(0.75 - 2 * np.std([1.0, 0.5], ddof=1) / np.sqrt(2))
 
 
 def test_on_disk_merge_matches_in_memory_and_is_memory_mapped(tmp_path):

@@ -31,8 +31,10 @@ are kept until the merge, so an interrupted build resumes.
 
 Tuning: exact neighbours of the tuning queries (by blocks, never the whole corpus in memory) are
 the ground truth; `faiss.ParameterSpace` explores nprobe / efSearch; the fastest setting whose
-recall@k (|ANN ∩ exact| / k) reaches the target is kept in `index.json` with the recall it
-achieved. Text queries are not distributed like corpus vectors (the modality gap), so the queries
+recall@k (|ANN ∩ exact| / k) reaches the target with a margin is kept in `index.json` with the
+recall it achieved: the mean over the tuning queries less two standard errors
+(`recall_lower_bound`), so that other queries of the same distribution reach the target too (a
+setting chosen on the bare mean reaches it on other queries about half the time). Text queries are not distributed like corpus vectors (the modality gap), so the queries
 are the class x template text embeddings, or else caption embeddings, never corpus samples of
 the indexed kind.
 
@@ -164,11 +166,29 @@ def exact_neighbours(folder: EmbeddingFolder, kind: str, queries: np.ndarray, k:
     return knn_ground_truth(np.ascontiguousarray(queries, dtype=np.float32), blocks, k, metric_type=faiss.METRIC_INNER_PRODUCT)
 
 
+def per_query_recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """|found ∩ exact| / k of each query (ids < 0 never count)."""
+    k = exact.shape[1]
+    return np.array([len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) / k for a, b in zip(found, exact)])
+
+
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
     """Mean |found ∩ exact| / k over queries (ids < 0 never count)."""
-    k = exact.shape[1]
-    hits = [len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) for a, b in zip(found, exact)]
-    return float(np.mean(hits) / k) if hits else 1.0
+    recalls = per_query_recall(found, exact)
+    return float(recalls.mean()) if len(recalls) else 1.0
+
+
+RECALL_MARGIN = 2.0  # standard errors: a setting is kept when mean - 2 SE of its per-query recall reaches the target
+
+
+def recall_lower_bound(recalls: np.ndarray) -> float:
+    """Mean per-query recall less RECALL_MARGIN standard errors of that mean: what other queries
+    from the same distribution reach with about 98% confidence. Tuned to the bare mean, the
+    fastest setting that just reaches the target on the tuning queries misses it on others as often
+    as not (HNSW at 20000 concepts: 0.956 on the tuning queries, 0.948 on held-out ones)."""
+    if len(recalls) < 2:
+        return float(recalls.mean()) if len(recalls) else 1.0
+    return float(recalls.mean() - RECALL_MARGIN * recalls.std(ddof=1) / math.sqrt(len(recalls)))
 
 
 TUNED_PARAMETERS = ("nprobe", "efSearch", "quantizer_efSearch")
@@ -251,17 +271,30 @@ def _explore(space, index, queries: np.ndarray, exact: np.ndarray) -> list[tuple
     return [(points.all_pts.at(i).perf, points.all_pts.at(i).t, points.all_pts.at(i).key) for i in range(points.all_pts.size())]
 
 
-def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float]:
-    """Fastest search parameters reaching `target` recall@k: (parameter string, recall, s/query)."""
+def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float, float]:
+    """Fastest search parameters whose recall@k reaches `target` with a margin (`recall_lower_bound`
+    of the per-query recalls): (parameter string, recall, its lower bound, s/query). FAISS's
+    exploration gives the Pareto-optimal settings by mean recall; from the fastest of those reaching
+    the target up, each is checked query by query until one's lower bound reaches it. None does:
+    the setting of highest recall."""
     space = _breadth_space(index)
+    k = exact.shape[1]
     if space.n_combinations() <= 1:
-        _, found = index.search(queries, exact.shape[1])
-        return "", recall_at_k(found, exact), time_search(index, queries, exact.shape[1], repeats=1)
-    optimal = _explore(space, index, queries, exact)
-    reaching = [p for p in optimal if p[0] >= target]
-    perf, seconds, key = min(reaching, key=lambda p: p[1]) if reaching else max(optimal, key=lambda p: p[0])
+        _, found = index.search(queries, k)
+        recalls = per_query_recall(found, exact)
+        return "", float(recalls.mean()), recall_lower_bound(recalls), time_search(index, queries, k, repeats=1)
+    optimal = sorted(_explore(space, index, queries, exact), key=lambda p: p[1])
+    checked = []
+    for perf, seconds, key in [p for p in optimal if p[0] >= target] or [max(optimal, key=lambda p: p[0])]:
+        space.set_index_parameters(index, key)
+        _, found = index.search(queries, k)
+        recalls = per_query_recall(found, exact)
+        checked.append((key, float(recalls.mean()), recall_lower_bound(recalls), float(seconds) / len(queries)))
+        if checked[-1][2] >= target:
+            break
+    key, recall, bound, seconds = checked[-1] if checked[-1][2] >= target else max(checked, key=lambda c: c[2])
     space.set_index_parameters(index, key)
-    return key, float(perf), float(seconds) / len(queries)
+    return key, recall, bound, seconds
 
 
 def _breadth_keys(index, queries: np.ndarray, exact: np.ndarray) -> list[str]:
@@ -276,9 +309,9 @@ def _breadth_keys(index, queries: np.ndarray, exact: np.ndarray) -> list[str]:
 
 
 def tune_refined(index, folder: EmbeddingFolder, kind: str, queries: np.ndarray, exact: np.ndarray,
-                 target: float) -> tuple[str, int, float, float]:
-    """Fastest (search parameters, refine factor) whose re-ranked recall@k reaches `target`:
-    (parameters, factor, recall, s/query); the best recall found when none does."""
+                 target: float) -> tuple[str, int, float, float, float]:
+    """Fastest (search parameters, refine factor) whose re-ranked recall@k reaches `target` with the
+    margin of `tune`: (parameters, factor, recall, its lower bound, s/query); the best found when none does."""
     import faiss
 
     k = exact.shape[1]
@@ -293,14 +326,15 @@ def tune_refined(index, folder: EmbeddingFolder, kind: str, queries: np.ndarray,
             started = time.perf_counter()
             _, found = refined.search(queries, k)
             seconds = (time.perf_counter() - started) / len(queries)
-            tried.append((recall_at_k(found, exact), seconds, key, factor))
-            if tried[-1][0] >= target:
+            recalls = per_query_recall(found, exact)
+            tried.append((float(recalls.mean()), recall_lower_bound(recalls), seconds, key, factor))
+            if tried[-1][1] >= target:
                 break
-    reaching = [t for t in tried if t[0] >= target]
-    recall, seconds, key, factor = min(reaching, key=lambda t: t[1]) if reaching else max(tried, key=lambda t: t[0])
+    reaching = [t for t in tried if t[1] >= target]
+    recall, bound, seconds, key, factor = min(reaching, key=lambda t: t[2]) if reaching else max(tried, key=lambda t: t[1])
     if key:
         space.set_index_parameters(index, key)
-    return key, factor, float(recall), float(seconds)
+    return key, factor, recall, bound, seconds
 
 
 def build_index(
@@ -437,7 +471,7 @@ def tune_index(
     out = Path(out)
     started_tuning = time.perf_counter()
     kind, factory = info["kind"], info["factory"]
-    parameters, recall, seconds_per_query, refine_factor = "", 1.0, None, 1
+    parameters, recall, recall_bound, seconds_per_query, refine_factor = "", 1.0, 1.0, None, 1
     tuning = {"queries": 0, "source": queries_source}
     extra: dict = {"speed_vs_exact": 1.0} if factory == "Flat" else {}
     if factory != "Flat" and queries is not None and len(queries):
@@ -448,11 +482,12 @@ def tune_index(
         _, exact = exact_neighbours(folder, kind, picked, k_tune)
         exact_from_disk = (time.perf_counter() - started) / len(picked)
         searchable = read_index(out, parameters="", rerank=False)
-        parameters, recall, seconds_per_query = tune(searchable, picked, exact, target_recall)
-        tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "plain_recall": recall}
-        if recall < target_recall and refine:
+        parameters, recall, recall_bound, seconds_per_query = tune(searchable, picked, exact, target_recall)
+        tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "plain_recall": recall,
+                  "margin_standard_errors": RECALL_MARGIN}
+        if recall_bound < target_recall and refine:
             logger.info("plain search reaches recall@%d %.3f < %.3f: tuning exact re-ranking", k_tune, recall, target_recall)
-            parameters, refine_factor, recall, seconds_per_query = tune_refined(
+            parameters, refine_factor, recall, recall_bound, seconds_per_query = tune_refined(
                 searchable, folder, kind, picked, exact, target_recall
             )
         tuned = RefinedIndex(searchable, folder, kind, refine_factor) if refine_factor > 1 else searchable
@@ -462,28 +497,30 @@ def tune_index(
         flat = exact_index(folder, kind) if fits else None
         exact_seconds = time_search(flat, picked, k_tune) if fits else exact_from_disk
         candidates = [{"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
-                       "recall": recall, "seconds_per_query": seconds_per_query, "index_bytes": info["index_bytes"],
+                       "recall": recall, "recall_lower_bound": recall_bound, "seconds_per_query": seconds_per_query,
+                       "index_bytes": info["index_bytes"],
                        "speed_vs_exact": exact_seconds / seconds_per_query}]
         alternatives = {}  # how to get each candidate other than the index built in `out`
         if fits:
             del flat  # rebuilt if kept: the HNSW candidate below needs the memory
             alternatives["Flat"] = lambda: exact_index(folder, kind)
             candidates.append({"factory": "Flat", "search_parameters": "", "refine_factor": 1, "recall": 1.0,
-                               "seconds_per_query": exact_seconds, "index_bytes": exact_bytes, "speed_vs_exact": 1.0})
+                               "recall_lower_bound": 1.0, "seconds_per_query": exact_seconds, "index_bytes": exact_bytes, "speed_vs_exact": 1.0})
         hnsw_bytes = len(folder) * (folder.dim * 4 + HNSW_LINK_BYTES)
         if choose_exact and len(folder) <= HNSW_MAX and hnsw_bytes <= exact_budget(max_memory):
             hnsw = faiss.index_factory(folder.dim, HNSW_FACTORY, faiss.METRIC_INNER_PRODUCT)
             for _, block in folder.iter_arrays(kind):
                 hnsw.add(block)
-            hnsw_parameters, hnsw_recall, _ = tune(hnsw, picked, exact, target_recall)
+            hnsw_parameters, hnsw_recall, hnsw_bound, _ = tune(hnsw, picked, exact, target_recall)
             hnsw_seconds = time_search(hnsw, picked, k_tune)
             alternatives[HNSW_FACTORY] = lambda: hnsw
             candidates.append({"factory": HNSW_FACTORY, "search_parameters": hnsw_parameters, "refine_factor": 1,
-                               "recall": hnsw_recall, "seconds_per_query": hnsw_seconds, "index_bytes": hnsw_bytes,
+                               "recall": hnsw_recall, "recall_lower_bound": hnsw_bound, "seconds_per_query": hnsw_seconds, "index_bytes": hnsw_bytes,
                                "speed_vs_exact": exact_seconds / hnsw_seconds})
         if choose_exact:
-            meeting = [c for c in candidates if c["recall"] >= target_recall]
-            best = min(meeting, key=lambda c: c["seconds_per_query"]) if meeting else max(candidates, key=lambda c: c["recall"])
+            meeting = [c for c in candidates if c["recall_lower_bound"] >= target_recall]
+            best = min(meeting, key=lambda c: c["seconds_per_query"]) if meeting else \
+                max(candidates, key=lambda c: c["recall_lower_bound"])
             if best["factory"] != factory:
                 logger.info("%s (%.2g s/query, recall %.3f) beats %s (%.2g s/query, recall %.3f): keeping it",
                             best["factory"], best["seconds_per_query"], best["recall"], factory, seconds_per_query, recall)
@@ -493,20 +530,22 @@ def tune_index(
                 factory = best["factory"]
                 info = {**info, "factory": factory, "on_disk": False, "index_bytes": _index_bytes(out)}
                 parameters, refine_factor = best["search_parameters"], 1
-                recall, seconds_per_query = best["recall"], best["seconds_per_query"]
+                recall, recall_bound, seconds_per_query = best["recall"], best["recall_lower_bound"], best["seconds_per_query"]
         extra = {
             "speed_vs_exact": exact_seconds / seconds_per_query,
             "exact_seconds_per_query": exact_seconds,
             "exact_measured": "IndexFlatIP in memory" if fits else
                               "IndexFlatIP shard by shard from disk (its vectors do not fit the memory budget)",
             "candidates": candidates,
-            "meets_target": recall >= target_recall,
+            "recall_lower_bound": recall_bound,
+            "meets_target": recall_bound >= target_recall,
         }
-        if recall < target_recall:
+        if recall_bound < target_recall:
             extra["verdict"] = (
-                f"no index within the memory budget reaches recall@{k_tune} {target_recall}: the best is {recall:.3f} "
+                f"no index within the memory budget reaches recall@{k_tune} {target_recall} (with a margin of "
+                f"{RECALL_MARGIN:g} standard errors over the tuning queries): the best is {recall:.3f} "
                 f"({factory}{', ' + parameters if parameters else ''}"
-                f"{f', re-ranking {refine_factor}x candidates' if refine_factor > 1 else ''}); exact search reaches it with "
+                f"{f', re-ranking {refine_factor}x candidates' if refine_factor > 1 else ''}; lower bound {recall_bound:.3f}); exact search reaches it with "
                 f"{exact_bytes / 1e6:,.0f} MB of vectors (--max-memory {math.ceil(exact_bytes / 0.9 / 2**20)}M)")
             logger.warning(extra["verdict"])
         elif extra["speed_vs_exact"] < 1:
