@@ -172,6 +172,51 @@ def test_min_z_fusion_ranks_pairs_both_modes_find_above_pairs_one_mode_finds():
     assert rrf[1] > rrf[3] and rrf[2] > rrf[3]  # what min-z fixes: one mode's first rank alone lifts a pair
 
 
+def test_exemplar_fusion_follows_the_captions_where_the_image_query_is_noise():
+    """A class the image tower cannot match to its text: its t2i scores are noise for the right
+    pairs and high for look-alikes with half-matching captions. min-z then ranks the look-alikes
+    first; the exemplar fusion judges images by their resemblance to the images of the best
+    caption matches, so the class's own pairs come first. The image tower still separates the two
+    groups of images from each other (the right ones lie along one direction, the look-alikes
+    along another), which is all the exemplar asks of it."""
+    from react_core.retrieval.retrieve import exemplar_z, fuse
+
+    class Folder:  # the two calls exemplar_z makes of an EmbeddingFolder
+        def __init__(self, images):
+            self.images = images
+
+        def __len__(self):
+            return len(self.images)
+
+        def gather(self, kind, rows):
+            assert kind == "image"
+            return self.images[np.asarray(rows)]
+
+    rng = np.random.default_rng(0)
+    d, n = 16, 600
+    images = rng.standard_normal((n, d)).astype(np.float32)
+    images[:20] = 5 * np.eye(d, dtype=np.float32)[0] + rng.standard_normal((20, d))  # the class's images
+    images[20:40] = 5 * np.eye(d, dtype=np.float32)[1] + rng.standard_normal((20, d))  # look-alikes
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    right, wrong = np.arange(20), np.arange(20, 40)
+    pairs = pd.DataFrame({
+        "class_index": 0, "row": np.r_[right, wrong],
+        "found_by": ["t2t"] * 15 + ["t2i,t2t"] * 5 + ["t2i"] * 20,
+        "score_t2i": np.r_[0.40 + 0.02 * rng.standard_normal(20), 0.70 + 0.02 * rng.standard_normal(20)],  # noise vs look-alikes
+        "score_t2t": np.r_[0.99 + 0.002 * rng.standard_normal(20), 0.97 + 0.002 * rng.standard_normal(20)],  # full vs half match
+    })
+    background = {"t2i": (np.array([0.40]), np.array([0.05])), "t2t": (np.array([0.60]), np.array([0.20]))}
+    exemplar = exemplar_z(pairs, Folder(images), k=20)
+    assert exemplar[:20].min() > exemplar[20:].max()  # the right images resemble the caption matches' images
+    top = lambda scores: set(pairs["row"][scores.sort_values(ascending=False).index[:20]])
+    assert top(fuse(pairs, "exemplar", background, exemplar)) == set(right)
+    assert len(top(fuse(pairs, "min-z", background)) & set(right)) < 5  # what the exemplar fixes
+    both_fine = fuse(pairs.assign(score_t2i=0.70), "exemplar", background, exemplar)  # an image tower that works
+    assert top(both_fine) == set(right)
+    no_captions = fuse(pairs, "exemplar", background, np.full(len(pairs), np.nan))  # no caption hits: min-z
+    assert np.allclose(no_captions, fuse(pairs, "min-z", background))
+
+
 def test_stats_report_precision_per_mode_per_class_and_random(indexed, tiny_world, tmp_path):
     assert retrieve(indexed, tiny_world, tmp_path, "--mode", "both", "--no-dedup") == 0
     evaluation = json.loads((tmp_path / "stats.json").read_text())["evaluation"]

@@ -33,11 +33,13 @@ def register(subparsers):
     parser.add_argument("--descriptions", action="store_true", help="add each LVIS 'def' as an extra query")
     parser.add_argument("--k", type=int, default=100, help="hits per query (default 100)")
     parser.add_argument("--mode", choices=("t2i", "t2t", "both"), default="t2i")
-    parser.add_argument("--fusion", choices=("min-z", "rrf", "mean"), default="min-z",
-                        help="how --mode both ranks the union of the two modes' hits: min-z (default: the lower of the two "
-                        "exact scores, each in standard deviations above the class's scores of random corpus samples, so a "
-                        "pair must match by image and by caption), rrf (reciprocal-rank fusion) or mean (of the two "
-                        "cosines); the subset's score is the fused one")
+    parser.add_argument("--fusion", choices=("exemplar", "min-z", "rrf", "mean"), default="exemplar",
+                        help="how --mode both ranks the union of the two modes' hits: exemplar (default: the lower of "
+                        "the caption's score and the image's resemblance to the mean image of the class's k best caption "
+                        "matches, each in standard deviations above random corpus samples), min-z (the lower of the "
+                        "image's and the caption's score against the queries, likewise standardised, so a pair must match "
+                        "by image and by caption), rrf (reciprocal-rank fusion) or mean (of the two cosines); the subset's "
+                        "score is the fused one")
     parser.add_argument("--out", required=True, metavar="SUBSETDIR")
     parser.add_argument("--threshold", type=float, help="drop hits whose score is below this")
     parser.add_argument("--assign", choices=("best", "all"), default="best",
