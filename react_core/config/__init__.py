@@ -1,9 +1,12 @@
 """Configs: YAML with `_base_`, interpolation and overrides, validated into typed schemas."""
-from react_core.config.loader import COMMAND_LINE, ConfigError, Sources, load_config, parse_override, to_yaml
+from react_core.config.loader import (
+    COMMAND_LINE, RUN_CONFIG, ConfigError, Sources, load_config, parse_override, to_yaml, write_run_config,
+)
 from react_core.config.schema import buildable, config_kind, load, schema_for, validate
 
 __all__ = [
     "COMMAND_LINE",
+    "RUN_CONFIG",
     "ConfigError",
     "Sources",
     "buildable",
@@ -14,4 +17,5 @@ __all__ = [
     "schema_for",
     "to_yaml",
     "validate",
+    "write_run_config",
 ]

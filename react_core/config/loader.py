@@ -5,6 +5,7 @@ validation error can name where the bad value came from.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,6 +15,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from react_core.errors import ReactError
+from react_core.io import atomic_write_text
 
 COMMAND_LINE = "the command line"
 
@@ -142,3 +144,14 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, 
 def to_yaml(data: Any) -> str:
     node = data if isinstance(data, (DictConfig, ListConfig)) else OmegaConf.create(data)
     return OmegaConf.to_yaml(node)
+
+
+RUN_CONFIG = "config.yaml"
+
+
+def write_run_config(cfg: Any, out: str | Path) -> Path:
+    """`OUT/config.yaml`, every run's record of its config: the schema dataclass with every
+    override and interpolation applied, so the run can be rebuilt from its folder alone."""
+    config_file = Path(out) / RUN_CONFIG
+    atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
+    return config_file

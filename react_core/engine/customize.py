@@ -13,8 +13,9 @@ from pathlib import Path
 
 from mmengine.hooks import Hook
 
+from react_core.config import write_run_config
 from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
-from react_core.io import atomic_write_json, atomic_write_text
+from react_core.io import atomic_write_json
 
 ADAPTER_FILE = "adapter.safetensors"
 FULL_FILE = "model.safetensors"
@@ -27,11 +28,11 @@ class WriteConfigHook(Hook):
     """Writes the run's config.yaml once the runner has accepted `out` (a checkpoint of another
     run there is refused first), so a refused rerun leaves the finished run's config as it was."""
 
-    def __init__(self, path: Path, text: str):
-        self.path, self.text = path, text
+    def __init__(self, cfg, out: Path):
+        self.cfg, self.out = cfg, out
 
     def before_train(self, runner) -> None:
-        atomic_write_text(self.path, self.text)
+        write_run_config(self.cfg, self.out)
 
 
 def before_after(name: str, before, after) -> dict:
@@ -63,7 +64,6 @@ def customize(cfg, out: str | Path) -> dict:
     """Run a `CustomizeConfig` into `out` (resuming if `out` holds its checkpoint); returns the metrics."""
     import torch
 
-    from react_core.config import to_yaml
     from react_core.data import build_pairs, train_transform
     from react_core.engine.caption_embeddings import caption_embeddings, embeddings_from_folder
     from react_core.engine.train import train_contrastive
@@ -117,7 +117,7 @@ def customize(cfg, out: str | Path) -> dict:
         tokenizer=bundle.tokenizer,
         caption_embeddings=captions,
         export=export,
-        hooks=[WriteConfigHook(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))],
+        hooks=[WriteConfigHook(cfg, out)],
         dense=DenseObjective(cfg.dense, seed=cfg.train.seed) if cfg.dense.enabled else None,
     )
     after = zeroshot(bundle, cfg.eval, None if mode == "full" else cache, device)

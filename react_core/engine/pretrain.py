@@ -15,7 +15,6 @@ training, after its sha256 is checked against the record. Rebuild it with
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import shutil
@@ -75,7 +74,7 @@ def pretrain(cfg, out: str | Path) -> Path:
     """Train (or resume, or return the cached result of) a `PretrainConfig`; returns the weights file."""
     import torch
 
-    from react_core.config import to_yaml
+    from react_core.config import write_run_config
     from react_core.data import build_pairs, train_transform
     from react_core.engine.train import train_contrastive
     from react_core.modeling import save_full, set_trainable
@@ -97,7 +96,7 @@ def pretrain(cfg, out: str | Path) -> Path:
         logger.info("pretrained model for this config is shipped with the package: copied %s into %s", shipped.name, out)
         return copy_shipped(shipped, out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", to_yaml(dataclasses.asdict(cfg)))
+    write_run_config(cfg, out)
     counts = set_trainable(bundle.model, "full")
     logger.info("pretraining %s from scratch on %d pairs: %s", bundle.spec.name, len(dataset), counts)
     summary = train_contrastive(
