@@ -264,6 +264,9 @@ def main() -> None:
         print(f"generating {args.n} x {args.d} in {work}", flush=True)
         queries = generate(work / "emb", args.n, args.d, args.classes, args.templates, spread=args.spread, uniform=args.uniform)
         np.save(work / "all_queries.npy", queries)
+    if len(queries) < 2 * args.eval_queries:
+        parser.error(f"--classes x --templates gives {len(queries)} queries: fewer than the {2 * args.eval_queries} "
+                     "that tuning and the held-out evaluation (--eval-queries each) need")
     picked = np.random.default_rng(1).permutation(len(queries))
     tuning, evaluation = queries[picked[: args.eval_queries]], queries[picked[args.eval_queries: 2 * args.eval_queries]]
     np.save(work / "eval_queries.npy", evaluation)
