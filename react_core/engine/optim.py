@@ -2,6 +2,9 @@
 
 Weight decay applies only to weights of two or more dimensions: never to gates, norms,
 biases, embeddings' scalars or `logit_scale` (as open_clip and the official REACT code do).
+`warmup_cosine` is the one schedule of every stage: mmengine's schedulers step it in the
+Runner; `warmup_cosine_factors` tabulates it for trainers that step a torch LR scheduler
+(Detectron2's).
 """
 from __future__ import annotations
 
@@ -62,3 +65,20 @@ def warmup_cosine(max_iters: int, warmup_iters: int) -> list[dict]:
             )
         )
     return schedules
+
+
+def warmup_cosine_factors(max_iters: int, warmup_iters: int) -> list[float]:
+    """`warmup_cosine`'s learning rate at each of the `max_iters` iterations as a factor of the
+    base lr: mmengine's schedulers stepped as the Runner steps them, for a torch `LambdaLR`."""
+    import mmengine.optim  # noqa: F401  (registers the schedulers)
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=1.0)
+    schedulers = [PARAM_SCHEDULERS.build({**s, "optimizer": optimizer}) for s in warmup_cosine(max_iters, warmup_iters)]
+    factors = []
+    for _ in range(max_iters):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradients: only the order mmengine expects
+        for scheduler in schedulers:
+            scheduler.step()
+    return factors

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.device import get_device
+from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import LOOPS
 from mmengine.runner import IterBasedTrainLoop, Runner
 from mmengine.runner.loops import _InfiniteDataloaderIterator
@@ -84,14 +86,27 @@ class SafeRunner(Runner):
     `--out` gets only what a user reads: mmengine's full log goes to `train.log` (appended on
     resume) instead of a timestamped folder, the console shows warnings only (a `ProgressHook`
     shows the progress), and no visualizer folder or config copy is written.
+
+    The model trains on `device` (default: mmengine's, the accelerator if there is one); under
+    torchrun each process wraps it in DDP on its own device, or on none on CPU (gloo).
     """
 
-    def __init__(self, *args, run_identity: dict | None = None, **kwargs):
+    def __init__(self, *args, run_identity: dict | None = None, device: str | None = None, **kwargs):
+        self._device = device or get_device()
         super().__init__(*args, **kwargs)
         self.run_identity = dict(run_identity or {})
         with contextlib.suppress(OSError):  # mmengine made it before the logger was ours; empty
             Path(self._log_dir).rmdir()
         self._log_dir = self.work_dir
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        if model_wrapper_cfg is not None or is_model_wrapper(model):
+            return super().wrap_model(model_wrapper_cfg, model)
+        model = model.to(self._device)
+        if not self.distributed:
+            return model
+        on_cpu = torch.device(self._device).type == "cpu"
+        return MMDistributedDataParallel(module=model, device_ids=None if on_cpu else [torch.cuda.current_device()])
 
     def build_logger(self, log_level="INFO", log_file=None, **kwargs):
         logger = super().build_logger(log_level=log_level, log_file=str(Path(self.work_dir) / LOG_NAME), **kwargs)

@@ -1,4 +1,6 @@
-"""One contrastive training run on mmengine's Runner: the engine behind pretrain and customize."""
+"""Training on mmengine's Runner: `build_runner` is the one set-up of every stage that trains
+through it (pretrain, customize, and the torchvision and plain dense engines);
+`train_contrastive` is the contrastive run behind pretrain and customize."""
 from __future__ import annotations
 
 import itertools
@@ -25,9 +27,53 @@ def distributed_context() -> tuple[str, int, int]:
 
     launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
     if launcher == "pytorch" and not is_distributed():
-        init_dist("pytorch", backend="nccl" if torch.cuda.is_available() else "gloo")
+        if torch.cuda.is_available():
+            init_dist("pytorch", backend="nccl")
+        else:  # mmengine's init_dist picks a CUDA device even for gloo
+            torch.distributed.init_process_group(backend="gloo")
     rank, world_size = get_dist_info()
     return launcher, rank, world_size
+
+
+def build_runner(
+    model: torch.nn.Module,
+    loader: DataLoader,
+    train,
+    optim_wrapper,
+    *,
+    work_dir: str | Path,
+    desc: str,
+    launcher: str,
+    run_identity: dict,
+    resume: bool,
+    max_iters: int | None = None,
+    hooks: Sequence = (),
+    export: Callable[[], None] | None = None,
+    device: str | None = None,
+) -> SafeRunner:
+    """A `SafeRunner` for `max_iters` (default `train.max_iters`) iterations of `model` (an
+    mmengine `BaseModel`) over `loader` (its sampler a `ResumableSampler`), with `train`'s
+    (a `TrainSchedule`) warm-up + cosine schedule, seed, log and checkpoint intervals; a progress
+    bar named `desc`; `hooks` besides it; `export()` after each resumable checkpoint. With
+    `resume`, a checkpoint of this `run_identity` in `work_dir` is continued."""
+    max_iters = max_iters or train.max_iters
+    return SafeRunner(
+        model=model,
+        work_dir=str(work_dir),
+        experiment_name=f"{desc}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_{next(_run_counter)}",
+        train_dataloader=loader,
+        train_cfg=dict(type="ResumableIterBasedTrainLoop", max_iters=max_iters),
+        optim_wrapper=optim_wrapper,
+        param_scheduler=warmup_cosine(max_iters, train.warmup_iters),
+        default_hooks=dict(logger=None, checkpoint=None, sampler_seed=None),
+        custom_hooks=[ProgressHook(train.log_interval, desc), *hooks, SafeCheckpointHook(train.checkpoint_interval, export)],
+        launcher=launcher,
+        randomness=dict(seed=train.seed),
+        default_scope=None,  # our parts build in the react registries; a global "mmengine" scope only warns
+        resume=resume,
+        run_identity=run_identity,
+        device=device,
+    )
 
 
 def train_contrastive(
@@ -71,24 +117,17 @@ def train_contrastive(
     max_iters = train.total_iters(len(dataset), data.batch_size * world_size)
     amp = train.amp if torch.cuda.is_available() and train.amp != "none" else None
     throughput = ThroughputHook()
-    runner = SafeRunner(
-        model=model,
-        work_dir=str(work_dir),
-        experiment_name=f"{mode}_{time.strftime('%Y%m%d_%H%M%S')}_{os.getpid()}_{next(_run_counter)}",
-        train_dataloader=loader,
-        train_cfg=dict(type="ResumableIterBasedTrainLoop", max_iters=max_iters),
-        optim_wrapper=build_optim_wrapper(
-            model, train.lr, train.weight_decay, train.betas, train.eps, amp=amp, grad_clip=train.grad_clip
-        ),
-        param_scheduler=warmup_cosine(max_iters, train.warmup_iters),
-        default_hooks=dict(logger=None, checkpoint=None, sampler_seed=None),
-        custom_hooks=[
-            ProgressHook(train.log_interval, mode), throughput, ClampLogitScaleHook(),
-            SafeCheckpointHook(train.checkpoint_interval, export), *hooks,
-        ],
+    runner = build_runner(
+        model,
+        loader,
+        train,
+        build_optim_wrapper(model, train.lr, train.weight_decay, train.betas, train.eps, amp=amp, grad_clip=train.grad_clip),
+        work_dir=work_dir,
+        desc=mode,
         launcher=launcher,
-        randomness=dict(seed=train.seed),
-        default_scope=None,  # our parts build in the react registries; a global "mmengine" scope only warns
+        max_iters=max_iters,
+        hooks=[throughput, ClampLogitScaleHook(), *hooks],
+        export=export,
         resume=True,
         run_identity=run_identity,
     )
