@@ -1,8 +1,11 @@
 """The `train:` section both dense tasks share: `react_core`'s training vocabulary plus the batch
-and device, with defaults for a detector or segmenter head. Segmentation's adds only its crops."""
+(per process under torchrun; Detectron2's IMS_PER_BATCH counts all GPUs together), the device
+and mixed precision on GPU (`amp`: the torchvision and plain engines'; Detectron2's is its
+SOLVER.AMP), with defaults for a detector or segmenter head. Segmentation's adds only its crops."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from react_core.config.common import TrainSchedule
 
@@ -14,3 +17,4 @@ class DenseTrain(TrainSchedule):
     checkpoint_interval: int = 500
     batch_size: int = 2
     device: str = "cpu"
+    amp: Literal["float16", "bfloat16", "none"] = "float16"

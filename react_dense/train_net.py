@@ -2,6 +2,7 @@
 config, pick its engine, train and/or evaluate. `tools/train_net.py` and the demo call `train`."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -40,14 +41,19 @@ def train(
 ) -> Optional[dict]:
     """Train (unless `eval_only`) and evaluate the config's model with its engine; returns the
     metrics written to `out/metrics.json` (None on the non-main processes of a multi-GPU run).
-    `weights` is a checkpoint for `eval_only`; the GPU and machine settings are Detectron2's."""
+    `weights` is a checkpoint for `eval_only`; the GPU and machine settings are Detectron2's (the
+    torchvision and plain engines run on several devices under torchrun)."""
     cfg = load_dense_config(config, overrides)
     out = Path(out)
+    if cfg.engine == "detectron2" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("torchrun launches the torchvision and plain engines; Detectron2's starts its own "
+                        "processes: run it without torchrun, with --num-gpus")
     if isinstance(cfg, SegmentationConfig):
         if weights and not eval_only:
             raise UserError("--weights is for --eval-only")
         if num_gpus > 1 or num_machines > 1:
-            raise UserError("segmentation trains on one device (several GPUs are not supported yet)")
+            raise UserError("--num-gpus and --num-machines are Detectron2 detection's; segmentation's plain engine "
+                            "runs on several devices under torchrun")
         if cfg.engine == "detectron2" and cfg.method == "head":
             from react_dense.engines.detectron2.seg_train import run as run_detectron2
 
@@ -65,7 +71,7 @@ def train(
             num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
         )
     if num_gpus > 1:
-        raise UserError("--num-gpus > 1 needs engine=detectron2 (the torchvision engine trains on one device)")
+        raise UserError("--num-gpus > 1 needs engine=detectron2 (the torchvision engine runs on several devices under torchrun)")
     from react_dense.engines.torchvision.train import run as run_torchvision
 
     return run_torchvision(cfg, out, eval_only=eval_only, resume=resume, weights=weights)

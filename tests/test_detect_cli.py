@@ -8,7 +8,7 @@ import torch
 from react_core.cli import main
 from react_dense.detection.build import build_parts
 from react_dense.engines.torchvision.model import build_torchvision_detector
-from react_dense.engines.loop import save_checkpoint
+from react_dense.engines.checkpoint import save_checkpoint
 from react_dense.detection.config import load_detection_config
 from test_dense_detector import CONFIG, write_scenes
 

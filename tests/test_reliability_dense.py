@@ -33,7 +33,7 @@ def test_detect_refuses_a_missing_vocabulary_file(tmp_path, capsys):
 
 def test_detect_refuses_an_image_too_thin_for_the_detector(tmp_path, capsys):
     from react_dense.detection.build import build_parts
-    from react_dense.engines.loop import save_checkpoint
+    from react_dense.engines.checkpoint import save_checkpoint
     from react_dense.engines.torchvision.model import build_torchvision_detector
     from react_dense.detection.config import load_detection_config
 

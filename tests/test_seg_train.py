@@ -30,13 +30,17 @@ def _train_net(*args):
     return main(list(args))
 
 
-def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path):
+def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path, capsys):
     out = tmp_path / "seg"
-    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, "train.max_iters=2")) == 0
-    assert torch.load(out / "last_checkpoint.pth", weights_only=True)["step"] == 2
-    assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world)) == 0
-    assert torch.load(out / "last_checkpoint.pth", weights_only=True)["step"] == 4
+    assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world)) == 0
+    assert torch.load(out / "checkpoint_last.pt", weights_only=True)["meta"]["iter"] == 4
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt", "metrics.json", "model_final.pth", "train.log"]
     metrics = json.loads((out / "metrics.json").read_text())
+    assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world)) == 0  # evaluated again
+    assert json.loads((out / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
+    capsys.readouterr()
+    assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world, "train.lr=1e-3")) == 2
+    assert "different run (differs in: train)" in capsys.readouterr().err
     for key in ("mIoU", "mIoU_seen", "mIoU_unseen", "fwIoU", "pACC", "mACC", "IoU-background"):
         assert key in metrics
     assert 0 <= metrics["mIoU_seen"] <= 100 and metrics["pACC"] > 0

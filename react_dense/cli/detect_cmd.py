@@ -44,7 +44,7 @@ def run(args) -> int:
     from react_dense.detection.build import build_parts, encode_vocabulary
     from react_dense.detection.config import RUN_CONFIG, load_detection_config
     from react_dense.engines.torchvision.model import build_torchvision_detector
-    from react_dense.engines.loop import load_checkpoint
+    from react_dense.engines.checkpoint import load_checkpoint
     from react_dense.detection.evaluation import to_coco_results
     from react_dense.modeling.vocabulary import parse_vocabulary
     from react_dense.detection.visualize import draw_detections

@@ -43,7 +43,7 @@ def run(args) -> int:
 
     from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
-    from react_dense.engines.loop import load_checkpoint
+    from react_dense.engines.checkpoint import load_checkpoint
     from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
     from react_dense.segmentation.config import load_segmentation_config
     from react_dense.segmentation.data import read_image

@@ -4,9 +4,9 @@ evaluate the training-free MaskCLIP baseline; `react_dense.train_net` calls `run
 Training sees the seen classes only: the vocabulary of the loss is the seen classes' text
 embeddings, so unseen classes are never negatives, and unseen pixels are ignored. Evaluation
 scores every class of each test set (any vocabulary works: the classifier is the text
-embeddings) and writes `metrics.json`. Checkpoints (`last_checkpoint.pth`: model, optimizer,
-scheduler, step) are written atomically every `train.checkpoint_interval` steps, so `resume`
-continues an interrupted run; `model_final.pth` holds the weights (`react_dense.engines.loop`).
+embeddings) and writes `metrics.json`. Training runs on mmengine's Runner
+(`react_dense.engines.runner`: resumable checkpoints, `--resume`, DDP under torchrun, AMP on
+GPU); `model_final.pth` holds the weights. The main process evaluates.
 """
 from __future__ import annotations
 
@@ -16,10 +16,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from mmengine.runner import set_random_seed
 from tqdm import tqdm
 
 from react_core.config import ConfigError
-from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
+from react_dense.engines import runner
+from react_dense.engines.checkpoint import FINAL, load_checkpoint
 from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
 from react_dense.segmentation.config import SegmentationConfig
 from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset, SegmentationSource
@@ -43,31 +45,24 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
     return OpenVocabSegmenter(backbone, head)
 
 
-def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> torch.nn.Module:
-    """Per-pixel cross-entropy over the seen classes; returns the trained model."""
+def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> int:
+    """Per-pixel cross-entropy over the seen classes; returns this process's rank."""
     if cfg.train_data is None:
         raise ConfigError("train_data is not set: name the training set (or run with --eval-only)")
     source = open_spec(cfg.train_data)
     classes = encode_classes(bundle, cfg, source, source.background)
     augment = RandomScaleCropFlip(cfg.train.crop_size, cfg.train.scale_range, cfg.train.hflip)
-    dataset = SegmentationDataset(source, augment)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train.batch_size, shuffle=True, num_workers=cfg.train.num_workers,
-        generator=generator, drop_last=len(dataset) >= cfg.train.batch_size,
+    seen = seen_label_space(classes)
+
+    def losses(net, images, labels):
+        seen_here = seen.to(images.device)
+        logits = net(images, seen_here.embeddings, seen_here.void_rows)
+        return {"loss": F.cross_entropy(logits, seen_here.relabel(labels), ignore_index=IGNORE_INDEX)}
+
+    return runner.train(
+        model, SegmentationDataset(source, augment), losses, cfg.train, out,
+        identity=runner.run_identity(cfg), desc="segmentation", resume=resume, num_workers=cfg.train.num_workers,
     )
-    device = torch.device(cfg.train.device)
-    model.to(device)
-    seen = seen_label_space(classes).to(device)
-
-    def step_loss(batch):
-        images, labels = (t.to(device) for t in batch)
-        logits = model(images, seen.embeddings, seen.void_rows)
-        loss = F.cross_entropy(logits, seen.relabel(labels), ignore_index=IGNORE_INDEX)
-        return loss, {"loss": loss}
-
-    train_loop(model, loader, step_loss, cfg.train, out, resume)
-    return model
 
 
 @torch.no_grad()
@@ -101,19 +96,20 @@ def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path)
     return write_metrics(out, per_dataset, method=cfg.method, engine="plain")
 
 
-def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> Optional[dict]:
     """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics written
-    to `out/metrics.json`. `weights` is a checkpoint to evaluate with `eval_only`."""
+    to `out/metrics.json` (None on the other processes of a torchrun launch). `weights` is a
+    checkpoint to evaluate with `eval_only`."""
     out.mkdir(parents=True, exist_ok=True)
     for spec in ([cfg.train_data] if cfg.train_data and not eval_only and cfg.method == "head" else []) + cfg.test_data:
         open_spec(spec)  # fail on a bad dataset before loading any model
-    seed_everything(cfg.train.seed)
+    set_random_seed(cfg.train.seed)
     bundle = cfg.model.load()
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         if eval_only:
             load_checkpoint(weights or out / FINAL, model)
-        else:
-            model = train(cfg, model, bundle, out, resume)
+        elif train(cfg, model, bundle, out, resume) != 0:
+            return None
     model.to(cfg.train.device)
     return evaluate(cfg, model, bundle, out)

@@ -3,7 +3,7 @@
 Our YAML stays the config users edit: it is written to `OUT/segmentation.yaml` and named by
 `cfg.REACT.CONFIG`, from which the registered backbone and head are built; `build_model` makes
 Detectron2's `SemanticSegmentor`, `SimpleTrainer` runs the steps with the optimizer and schedule
-every dense engine shares (`react_dense.engines.loop`) and logs the losses (`train_metrics.json`),
+every dense engine shares (`react_dense.engines.optim`) and logs the losses (`train_metrics.json`),
 `inference_on_dataset` runs the evaluator. Checkpoints are ours (atomic,
 read with `weights_only=True`), so `resume` continues an interrupted run.
 """
@@ -22,6 +22,7 @@ from react_core.io import atomic_write_text
 from react_dense.segmentation.config import SegmentationConfig
 
 log = logging.getLogger(__name__)
+LAST = "last_checkpoint.pth"
 
 
 def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
@@ -64,14 +65,17 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
     from detectron2.modeling import build_model
 
     from react_dense.engines.detectron2.train import training_writers
-    from react_dense.engines.loop import FINAL, LAST, build_optimizer, build_scheduler, load_checkpoint, save_checkpoint, seed_everything
+    from mmengine.runner import set_random_seed
+
+    from react_dense.engines.checkpoint import FINAL, load_checkpoint, save_checkpoint
+    from react_dense.engines.optim import build_optimizer, build_scheduler
     from react_dense.segmentation.data import RandomScaleCropFlip, SegmentationDataset
     from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     config_path = out / "segmentation.yaml"
     atomic_write_text(config_path, to_yaml(dataclasses.asdict(cfg)))
-    seed_everything(cfg.train.seed)
+    set_random_seed(cfg.train.seed)
     d2 = to_detectron2_cfg(cfg, config_path, out)
     model = build_model(d2)
     bundle = seg_modeling.segmentation_bundle(str(config_path))

@@ -155,7 +155,7 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.utils import comm
 
-    from react_dense.engines.loop import build_optimizer, build_scheduler
+    from react_dense.engines.optim import build_optimizer, build_scheduler
 
     class Trainer(DefaultTrainer):
         @classmethod
@@ -287,7 +287,9 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
 
     from react_dense.detection.build import build_parts, dataset_vocabularies
     from react_dense.engines.detectron2.modeling import register_parts
-    from react_dense.engines.loop import FINAL, seed_everything
+    from mmengine.runner import set_random_seed
+
+    from react_dense.engines.checkpoint import FINAL
 
     ensemble = cfg.ensemble
     if ensemble.enabled and (ensemble.background or ensemble.prior_correction or ensemble.heldout):
@@ -296,7 +298,7 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     checkpoint = Path(weights) if weights else out / FINAL
     if eval_only and not checkpoint.is_file():
         raise ConfigError(f"--eval-only: checkpoint not found: {checkpoint} (train first, or pass --weights FILE)")
-    seed_everything(cfg.train.seed)
+    set_random_seed(cfg.train.seed)
     config_file = write_run_config(cfg, out)
     parts = build_parts(cfg)
     register_parts(str(config_file), parts)

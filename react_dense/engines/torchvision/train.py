@@ -1,6 +1,7 @@
 """Train and evaluate the torchvision detector: the engine that runs wherever torch does.
 
-The loop, schedules, checkpoints and `--resume` are `react_dense.engines.loop`'s.
+It trains through mmengine's Runner (`react_dense.engines.runner`): schedules, checkpoints,
+`--resume`, DDP under torchrun and AMP on GPU are the Runner's; the main process evaluates.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import torch
+from mmengine.runner import set_random_seed
 from tqdm import tqdm
 
 from react_core.config import ConfigError
@@ -16,7 +18,8 @@ from react_core.io import atomic_write_json
 from react_dense.detection.build import VocabularyTensors, build_parts, dataset_vocabularies
 from react_dense.detection.config import DetectionConfig, write_run_config
 from react_dense.detection.data import DetectionDataset, collate
-from react_dense.engines.loop import FINAL, load_checkpoint, seed_everything, train_loop
+from react_dense.engines import runner
+from react_dense.engines.checkpoint import FINAL, load_checkpoint
 from react_dense.engines.torchvision.model import OpenVocabularyRCNN, build_torchvision_detector
 from react_dense.detection.evaluation import evaluate, to_coco_results
 from react_dense.modeling.calibration import calibrate_ensemble
@@ -42,28 +45,20 @@ def training_dataset(cfg: DetectionConfig, base_ids) -> DetectionDataset:
     )
 
 
+def detection_losses(detector: OpenVocabularyRCNN, images, targets) -> dict:
+    return detector(list(images), list(targets))
+
+
 def train(cfg: DetectionConfig, out: Path, resume: bool = False):
-    """Train on base categories only; returns (model, evaluation vocabulary, split)."""
-    seed_everything(cfg.train.seed)
+    """Train on base categories only; returns (model, evaluation vocabulary, split, rank)."""
+    set_random_seed(cfg.train.seed)
     model, _, eval_vocab, split = build_model(cfg)
-    device = torch.device(cfg.train.device)
-    model.to(device)
-    dataset = training_dataset(cfg, split.base_ids)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train.batch_size, shuffle=True, collate_fn=collate, num_workers=cfg.data.num_workers,
-        generator=generator, drop_last=len(dataset) >= cfg.train.batch_size,
+    rank = runner.train(
+        model, training_dataset(cfg, split.base_ids), detection_losses, cfg.train, out,
+        identity=runner.run_identity(cfg), desc="detection", resume=resume, collate=collate,
+        num_workers=cfg.data.num_workers,
     )
-
-    def step_loss(batch):
-        images, targets = batch
-        images = [i.to(device) for i in images]
-        targets = [{k: (v.to(device) if torch.is_tensor(v) else v) for k, v in t.items()} for t in targets]
-        losses = model(images, targets)
-        return sum(losses.values()), {k.replace("loss_", ""): v for k, v in losses.items()}
-
-    train_loop(model, loader, step_loss, cfg.train, out, resume)
-    return model, eval_vocab, split
+    return model, eval_vocab, split, rank
 
 
 @torch.no_grad()
@@ -133,18 +128,20 @@ def calibrate(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: Vocab
     atomic_write_json(out / "ensemble_calibration.json", report)
 
 
-def run(cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+def run(cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> Optional[dict]:
     """Train (unless `eval_only`) and evaluate; a training run writes its resolved config first,
-    so `react detect` can rebuild the detector from `OUT/config.yaml`."""
+    so `react detect` can rebuild the detector from `OUT/config.yaml`. Returns the metrics, or
+    None on the other processes of a torchrun launch (the main one evaluates)."""
     out.mkdir(parents=True, exist_ok=True)
     if not eval_only:
         write_run_config(cfg, out)
     if eval_only:
-        seed_everything(cfg.train.seed)
+        set_random_seed(cfg.train.seed)
         model, _, eval_vocab, split = build_model(cfg)
-        checkpoint = weights or (out / FINAL)
-        load_checkpoint(checkpoint, model)
+        load_checkpoint(weights or (out / FINAL), model)
         model.to(cfg.train.device)
     else:
-        model, eval_vocab, split = train(cfg, out, resume)
+        model, eval_vocab, split, rank = train(cfg, out, resume)
+        if rank != 0:
+            return None
     return evaluate_model(cfg, model, eval_vocab, split, out)
