@@ -10,6 +10,14 @@ Folder names ending in `-s<seed>` are grouped by variant over seeds (mean ± sam
 Stages (`--stages`, in this order):
   seg       trained segmentation head (method=head), mIoU_unseen / mIoU_seen
   maskclip  training-free MaskCLIP readout (method=maskclip), mIoU_unseen
+  regions   training-free region classification, no training at all: each ground-truth box of the
+            detection val split is pooled (roi_align) from the tower's dense readout and classified
+            against the text embeddings of all the detection categories ('simple' templates);
+            mean per-class top-1 on novel and on base boxes, and the readout's drift from the base
+            tower's (mean over locations of |f - f_base| / |f_base|); for reference the class token
+            of each box's crop resized to the tower's input (what the dense objective's teacher
+            sees). Run in this process, about a minute a tower; free of the detector's and head's
+            training noise
   ovd       detector on base classes (torchvision engine), bbox/APr on the rare (novel) classes
   control   for the base tower and the best variant by novel APr (or `--best`): the permuted-novel-
             embedding control (`permute_novel_embeddings=true`, same weights) and score ensembling
@@ -36,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SEG = ROOT / "configs" / "demo" / "seg_synthetic.yaml"
 OVD = ROOT / "configs" / "demo" / "ovd_synthetic.yaml"
 BASE = ROOT / "react_core" / "resources" / "demo_base.safetensors"
-STAGES = ("seg", "maskclip", "ovd", "control")
+STAGES = ("seg", "maskclip", "regions", "ovd", "control")
 # base classes held out to choose the ensemble weights (as in react_dense/README.md's measurement)
 HELDOUT = ("cyan cross", "yellow diamond", "orange circle", "red star", "blue hexagon")
 
@@ -90,6 +98,68 @@ def novel_ids_of(gt: dict) -> set:
     return {c["id"] for c in gt["categories"] if c.get("frequency") == "r"}
 
 
+def region_probe(weights: str, base_weights: str | None, base: Path, gt: dict, image_root: Path) -> dict:
+    """Training-free region classification of one tower on the detection val split (see `regions`)."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+    from PIL import Image
+
+    from react_core.config.common import ModelConfig
+    from react_core.modeling.dense_objective import crop_boxes
+    from react_core.modeling.readout import dense_readout, pool_boxes, readout_stride
+    from react_core.modeling.text import builtin_templates, class_embeddings
+
+    torch.set_num_threads(1)
+    tower = ModelConfig(weights=weights, base_weights=base_weights).load()
+    reference = ModelConfig(weights=str(base)).load() if base_weights else None
+    categories = sorted(gt["categories"], key=lambda c: c["id"])
+    column = {c["id"]: i for i, c in enumerate(categories)}
+    novel = {column[c["id"]] for c in categories if c.get("frequency") == "r"}
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(3, 1, 1)
+    per_image: dict[int, list] = {}
+    for a in gt["annotations"]:
+        per_image.setdefault(a["image_id"], []).append(a)
+    images = [im for im in sorted(gt["images"], key=lambda im: im["id"]) if im["id"] in per_image]
+    labels, predictions, crop_predictions, drift = [], [], [], []
+    size = tower.model.visual.image_size
+    size = size[0] if isinstance(size, (tuple, list)) else size
+    with torch.no_grad():
+        text = class_embeddings(tower.model, tower.tokenizer, [c["name"] for c in categories], builtin_templates("simple"))
+        for start in range(0, len(images), 50):
+            chunk = images[start : start + 50]
+            pixels = torch.stack([
+                (torch.from_numpy(np.asarray(Image.open(image_root / im["file_name"]).convert("RGB"), dtype=np.float32) / 255.0)
+                 .permute(2, 0, 1) - mean) / std
+                for im in chunk])
+            dense = dense_readout(tower.model.visual, pixels)
+            if reference is not None:
+                base_map = dense_readout(reference.model.visual, pixels)
+                drift.append(((dense - base_map).norm(dim=1) / base_map.norm(dim=1).clamp(min=1e-6)).flatten())
+            boxes = [torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in per_image[im["id"]])]) for im in chunk]
+            regions = F.normalize(pool_boxes(dense, boxes, readout_stride(tower.model.visual)), dim=-1)
+            predictions.append((regions @ text.T).argmax(-1))
+            crops = F.normalize(tower.model.encode_image(crop_boxes(pixels, boxes, size)), dim=-1)
+            crop_predictions.append((crops @ text.T).argmax(-1))
+            labels.append(torch.tensor([column[a["category_id"]] for im in chunk for a in per_image[im["id"]]]))
+    labels = torch.cat(labels)
+
+    def per_class(predicted: torch.Tensor) -> dict[int, float]:
+        return {c: 100.0 * (predicted[labels == c] == c).float().mean().item() for c in labels.unique().tolist()}
+
+    accuracy, crop_accuracy = per_class(torch.cat(predictions)), per_class(torch.cat(crop_predictions))
+    row = {"region_top1_novel": statistics.fmean(v for c, v in accuracy.items() if c in novel),
+           "region_top1_base": statistics.fmean(v for c, v in accuracy.items() if c not in novel),
+           "crop_top1_novel": statistics.fmean(v for c, v in crop_accuracy.items() if c in novel),
+           "crop_top1_base": statistics.fmean(v for c, v in crop_accuracy.items() if c not in novel),
+           "boxes": len(labels), "per_class_top1": {categories[c]["name"]: v for c, v in accuracy.items()},
+           "per_class_crop_top1": {categories[c]["name"]: v for c, v in crop_accuracy.items()}}
+    row["readout_drift"] = torch.cat(drift).mean().item() if drift else 0.0
+    return row
+
+
 def detection_row(metrics: dict, folder: Path, gt: dict) -> dict:
     from ensemble_steps import background_false_positives
 
@@ -138,7 +208,8 @@ def main() -> None:
     if args.table_only:
         args.stages = []
 
-    seg, maskclip, ovd = {}, {}, {}
+    gt = json.loads((world / "detection" / "val.json").read_text())
+    seg, maskclip, regions, ovd = {}, {}, {}, {}
     for stage in STAGES:
         for name in towers:
             over = tower_overrides(name, towers, base)
@@ -149,34 +220,54 @@ def main() -> None:
                 folder = out / "seg_maskclip" / name
                 maskclip[name] = (run(folder, SEG, common + over + ["method=maskclip"], log_dir, times)
                                   if "maskclip" in args.stages else _read(folder))
+            elif stage == "regions":
+                metrics = out / "regions" / name / "metrics.json"
+                if "regions" in args.stages and not metrics.is_file():
+                    adapter = towers[name]
+                    start = time.time()
+                    row = region_probe(adapter or str(base), str(base) if adapter else None, base, gt, world / "detection")
+                    metrics.parent.mkdir(parents=True, exist_ok=True)
+                    metrics.write_text(json.dumps(row, indent=1))
+                    times[str(metrics.parent)] = round(time.time() - start, 1)
+                    times_file.write_text(json.dumps(times, indent=1, sort_keys=True))
+                regions[name] = _read(metrics.parent)
             elif stage == "ovd" and name in ovd_names:
                 folder = out / "ovd" / name
                 ovd[name] = run(folder, OVD, ovd_common + over, log_dir, times) if "ovd" in args.stages else _read(folder)
 
-    gt = json.loads((world / "detection" / "val.json").read_text())
     rows = {}
     print("\n## Per tower (segmentation head and detector: train.seed 0 of the config; seed = the adapter's)\n")
-    print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU | training-free unseen mIoU | novel APr | box AP (all) | base AP |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU | training-free unseen mIoU "
+          "| region top-1 novel | region top-1 base | crop top-1 novel | crop top-1 base | readout drift "
+          "| novel APr | box AP (all) | base AP |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in towers:
         variant, seed = variant_of(name)
-        s, m = seg.get(name) or {}, maskclip.get(name) or {}
+        s, m, g = seg.get(name) or {}, maskclip.get(name) or {}, regions.get(name) or {}
         d = detection_row(ovd[name], out / "ovd" / name, gt) if ovd.get(name) else {}
         rows[name] = {"variant": variant, "seed": seed, "seg_unseen": s.get("mIoU_unseen"), "seg_seen": s.get("mIoU_seen"),
-                      "maskclip_unseen": m.get("mIoU_unseen"), "apr": d.get("apr"), "ap": d.get("ap"), "base_ap": d.get("base_ap")}
+                      "maskclip_unseen": m.get("mIoU_unseen"), "region_novel": g.get("region_top1_novel"),
+                      "region_base": g.get("region_top1_base"), "drift": g.get("readout_drift"),
+                      "crop_novel": g.get("crop_top1_novel"), "crop_base": g.get("crop_top1_base"),
+                      "apr": d.get("apr"), "ap": d.get("ap"), "base_ap": d.get("base_ap")}
         r = rows[name]
         print(f"| {name} | {variant} | {seed} | {fmt(r['seg_unseen'])} | {fmt(r['seg_seen'])} | {fmt(r['maskclip_unseen'])} "
+              f"| {fmt(r['region_novel'])} | {fmt(r['region_base'])} | {fmt(r['crop_novel'])} | {fmt(r['crop_base'])} "
+              f"| {fmt(r['drift'])} "
               f"| {fmt(r['apr'])} | {fmt(r['ap'])} | {fmt(r['base_ap'])} |")
     print("\n## Per variant (mean ± sample std over adapter seeds; n = seeds)\n")
-    print("| variant | n | trained-head unseen mIoU | training-free unseen mIoU | novel APr (n) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| variant | n | trained-head unseen mIoU | training-free unseen mIoU | region top-1 novel | region top-1 base "
+          "| novel APr (n) | base AP |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     variants: dict[str, list[dict]] = {}
     for r in rows.values():
         variants.setdefault(r["variant"], []).append(r)
     for variant, members in variants.items():
         aprs = [r["apr"] for r in members if r["apr"] is not None]
         print(f"| {variant} | {len(members)} | {mean_std([r['seg_unseen'] for r in members])} "
-              f"| {mean_std([r['maskclip_unseen'] for r in members])} | {mean_std(aprs)} ({len(aprs)}) |")
+              f"| {mean_std([r['maskclip_unseen'] for r in members])} | {mean_std([r['region_novel'] for r in members])} "
+              f"| {mean_std([r['region_base'] for r in members])} | {mean_std(aprs)} ({len(aprs)}) "
+              f"| {mean_std([r['base_ap'] for r in members if r['base_ap'] is not None])} |")
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
     if "control" not in args.stages and not (out / "control").is_dir():
