@@ -20,7 +20,7 @@ def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, 
 
     from react_dense.detection.build import build_parts
     from react_dense.engines.detectron2.modeling import parts_of, register_parts
-    from react_dense.detection.config import write_run_config
+    from react_core.config import write_run_config
     from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg
 
     cfg = demo_config(scenes, *ensemble)
@@ -89,7 +89,7 @@ def test_detectron2_resolved_config_builds_the_same_parts(scenes, tmp_path):  # 
     from detectron2.config import get_cfg
 
     from react_dense.engines.detectron2.modeling import parts_of
-    from react_dense.detection.config import write_run_config
+    from react_core.config import write_run_config
     from react_dense.engines.detectron2.train import add_react_config
 
     config_file = write_run_config(demo_config(scenes, "backbone.out_channels=32"), tmp_path)

@@ -34,7 +34,7 @@ def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path, capsys):
     out = tmp_path / "seg"
     assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world)) == 0
     assert torch.load(out / "checkpoint_last.pt", weights_only=True)["meta"]["iter"] == 4
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt", "metrics.json", "model_final.pth", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt", "config.yaml", "metrics.json", "model_final.pth", "train.log"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world)) == 0  # evaluated again
     assert json.loads((out / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
@@ -78,6 +78,7 @@ def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):
     args = ["segment", "--config", CONFIG, "--weights", str(out / "model_final.pth"), *sets,
             "--vocabulary", "red circle,blue square,purple star", "--out", str(result_dir), *map(str, images)]
     assert main(args[:5] + args[5 + len(sets):]) == 2  # the checkpoint does not fit the default widths
+    torch.manual_seed(0)  # the config's tower is random (model.weights: null), its text tower too
     assert main(args) == 0
     label = np.asarray(Image.open(result_dir / "labels" / f"{images[0].stem}.png"))
     assert label.shape == (128, 128) and set(np.unique(label)) <= {0, 1, 2, 255}
@@ -86,6 +87,11 @@ def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):
     classes = json.loads((result_dir / "classes.json").read_text())
     assert [c["name"] for c in classes["classes"]] == ["red circle", "blue square", "purple star"]
     assert main(args[:3] + args[5:]) == 2  # a trained head needs --weights
+    beside = ["segment", "--weights", str(out / "model_final.pth"), "--vocabulary", "red circle,blue square,purple star",
+              "--out", str(tmp_path / "beside"), *map(str, images)]
+    torch.manual_seed(0)
+    assert main(beside) == 0  # the training run's OUT/config.yaml, overrides and all, rebuilds the segmenter
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "beside" / "labels" / f"{images[0].stem}.png")), label)
 
 
 def test_detectron2_engine_trains_and_evaluates(tiny_world, tmp_path):

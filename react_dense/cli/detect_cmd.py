@@ -42,7 +42,8 @@ def run(args) -> int:
     from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.detection.build import build_parts, encode_vocabulary
-    from react_dense.detection.config import RUN_CONFIG, load_detection_config
+    from react_core.config import RUN_CONFIG
+    from react_dense.detection.config import load_detection_config
     from react_dense.engines.torchvision.model import build_torchvision_detector
     from react_dense.engines.checkpoint import load_checkpoint
     from react_dense.detection.evaluation import to_coco_results

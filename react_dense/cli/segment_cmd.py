@@ -20,7 +20,10 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    parser.add_argument("--config", required=True, help="the segmenter's `kind: segmentation` config")
+    parser.add_argument(
+        "--config", default=None,
+        help="the segmenter's `kind: segmentation` config (default: the config.yaml its training run wrote beside --weights)",
+    )
     parser.add_argument("--weights", default=None, help="segmenter checkpoint (model_final.pth from tools/train_net.py)")
     parser.add_argument(
         "--vocabulary", required=True,
@@ -41,6 +44,7 @@ def run(args) -> int:
     from PIL import Image
     from tqdm import tqdm
 
+    from react_core.config import RUN_CONFIG
     from react_core.errors import UserError
     from react_core.io import atomic_path, atomic_write_json
     from react_dense.engines.checkpoint import load_checkpoint
@@ -51,7 +55,12 @@ def run(args) -> int:
     from react_dense.segmentation.train import build_segmenter
     from react_dense.segmentation.visualize import overlay_with_legend, palette
 
-    cfg = load_segmentation_config(args.config, args.set)
+    if args.config is None and args.weights is None:
+        raise UserError("--config is required without --weights (a training run's checkpoint beside its config.yaml)")
+    config = args.config or Path(args.weights).parent / RUN_CONFIG
+    if not Path(config).is_file():
+        raise UserError(f"{config} not found: pass --config, the config the segmenter was trained with")
+    cfg = load_segmentation_config(str(config), args.set)
     if cfg.method == "head" and not args.weights:
         raise UserError("--weights is required for a trained head (method: head); only method: maskclip runs without")
     vocabulary = parse_vocabulary(args.vocabulary)

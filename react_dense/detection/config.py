@@ -1,13 +1,10 @@
 """The `kind: detection` config: one YAML for both engines (see configs/_base_/dense_detection.yaml)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
-from react_core.config import ConfigError, buildable, config_kind, load, to_yaml
-from react_core.io import atomic_write_text
+from react_core.config import ConfigError, buildable, config_kind, load
 from react_core.config.common import ModelConfig
 from react_core.registry import BACKBONES, HEADS
 from react_dense.modeling.vocabulary import TextConfig
@@ -83,18 +80,6 @@ class DetectionConfig:
     train: DenseTrain = field(default_factory=DenseTrain)
     detectron2: Dict[str, Any] = field(default_factory=dict)
     permute_novel_embeddings: bool = False
-
-
-RUN_CONFIG = "config.yaml"
-
-
-def write_run_config(cfg, out: Path) -> Path:
-    """`OUT/config.yaml`: the run's config with every override and interpolation applied. The
-    Detectron2 builders read it, and `react detect --weights OUT/model_final.pth` rebuilds the
-    very detector (tower weights, heads) that the checkpoint belongs to."""
-    config_file = Path(out) / RUN_CONFIG
-    atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
-    return config_file
 
 
 def load_detection_config(path: str, overrides=()) -> DetectionConfig:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from mmengine.runner import set_random_seed
 from tqdm import tqdm
 
-from react_core.config import ConfigError
+from react_core.config import ConfigError, write_run_config
 from react_dense.engines import runner
 from react_dense.engines.checkpoint import FINAL, load_checkpoint
 from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
@@ -101,6 +101,8 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
     to `out/metrics.json` (None on the other processes of a torchrun launch). `weights` is a
     checkpoint to evaluate with `eval_only`."""
     out.mkdir(parents=True, exist_ok=True)
+    if not eval_only:
+        write_run_config(cfg, out)
     for spec in ([cfg.train_data] if cfg.train_data and not eval_only and cfg.method == "head" else []) + cfg.test_data:
         open_spec(spec)  # fail on a bad dataset before loading any model
     set_random_seed(cfg.train.seed)

@@ -1,6 +1,6 @@
 """Train and evaluate the open-vocabulary segmenter through Detectron2 (`engine: detectron2`).
 
-Our YAML stays the config users edit: it is written to `OUT/segmentation.yaml` and named by
+Our YAML stays the config users edit: it is written to `OUT/config.yaml` and named by
 `cfg.REACT.CONFIG`, from which the registered backbone and head are built; `build_model` makes
 Detectron2's `SemanticSegmentor`, `SimpleTrainer` runs the steps with the optimizer and schedule
 every dense engine shares (`react_dense.engines.optim`) and logs the losses (`train_metrics.json`),
@@ -9,7 +9,6 @@ read with `weights_only=True`), so `resume` continues an interrupted run.
 """
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from pathlib import Path
@@ -17,8 +16,7 @@ from typing import Optional
 
 import torch
 
-from react_core.config import to_yaml
-from react_core.io import atomic_write_text
+from react_core.config import write_run_config
 from react_dense.segmentation.config import SegmentationConfig
 
 log = logging.getLogger(__name__)
@@ -73,8 +71,7 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
     from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
 
     out.mkdir(parents=True, exist_ok=True)
-    config_path = out / "segmentation.yaml"
-    atomic_write_text(config_path, to_yaml(dataclasses.asdict(cfg)))
+    config_path = write_run_config(cfg, out)
     set_random_seed(cfg.train.seed)
     d2 = to_detectron2_cfg(cfg, config_path, out)
     model = build_model(d2)

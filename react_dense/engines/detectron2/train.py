@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from react_core.config import ConfigError
+from react_core.config import ConfigError, write_run_config
 from react_core.io import atomic_write_json
-from react_dense.detection.config import DetectionConfig, write_run_config
+from react_dense.detection.config import DetectionConfig
 
 # Detectron2 normalises 0..255 pixels; CLIP's statistics are open_clip's, on 0..1.
 PIXEL_MEAN = [255 * value for value in OPENAI_DATASET_MEAN]

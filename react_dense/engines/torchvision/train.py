@@ -13,10 +13,10 @@ import torch
 from mmengine.runner import set_random_seed
 from tqdm import tqdm
 
-from react_core.config import ConfigError
+from react_core.config import ConfigError, write_run_config
 from react_core.io import atomic_write_json
 from react_dense.detection.build import VocabularyTensors, build_parts, dataset_vocabularies
-from react_dense.detection.config import DetectionConfig, write_run_config
+from react_dense.detection.config import DetectionConfig
 from react_dense.detection.data import DetectionDataset, collate
 from react_dense.engines import runner
 from react_dense.engines.checkpoint import FINAL, load_checkpoint
