@@ -116,6 +116,18 @@ def test_tuning_keeps_a_margin_over_the_target_not_the_first_setting_whose_mean_
     assert recall_lower_bound(np.array([1.0, 0.5])) == pytest.approx(0.75 - 2 * np.std([1.0, 0.5], ddof=1) / np.sqrt(2))
 
 
+def test_hnsw_tuning_searches_wider_than_faiss_default_grid():
+    """FAISS's ParameterSpace stops efSearch at 512; a graph over many overlapping concepts needs
+    more to reach the target, so tuning tries up to EF_SEARCH_MAX."""
+    from react_core.retrieval.index import EF_SEARCH_MAX, _breadth_space
+
+    space = _breadth_space(faiss.index_factory(16, "HNSW32,Flat", faiss.METRIC_INNER_PRODUCT))
+    knob = space.parameter_ranges.at(0)  # kept: its values belong to this SWIG object
+    values = [knob.values.at(j) for j in range(knob.values.size())]
+    assert knob.name == "efSearch" and max(values) == EF_SEARCH_MAX == 4096
+    assert values == sorted(values) and 512 in values and 1024 in values
+
+
 def test_on_disk_merge_matches_in_memory_and_is_memory_mapped(tmp_path):
     queries = write_folder(tmp_path / "emb")
     common = dict(factory="IVF32,Flat", queries=queries, k=10, progress=False)

@@ -192,6 +192,7 @@ def recall_lower_bound(recalls: np.ndarray) -> float:
 
 
 TUNED_PARAMETERS = ("nprobe", "efSearch", "quantizer_efSearch")
+EF_SEARCH_MAX = 4096
 REFINE_FACTORS = (2, 4, 8, 16)
 REFINE_BATCH = 64
 HNSW_FACTORY = "HNSW32,Flat"
@@ -242,7 +243,10 @@ def rerank(folder: EmbeddingFolder, kind: str, queries: np.ndarray, candidates: 
 
 def _breadth_space(index):
     """FAISS's parameter grid for `index`, kept to the search-breadth knobs (nprobe, efSearch):
-    the others (polysemous `ht`, ...) trade recall for speed in ways a target recall never needs."""
+    the others (polysemous `ht`, ...) trade recall for speed in ways a target recall never needs.
+    efSearch goes on doubling past FAISS's last value (512) up to EF_SEARCH_MAX: over 1M vectors
+    of 20000 overlapping concepts an HNSW32 graph reached recall@100 0.834 at 512 while running 57x
+    exact search, so the graph needs a wider search, not to be ruled out."""
     import faiss
 
     full = faiss.ParameterSpace()
@@ -252,8 +256,12 @@ def _breadth_space(index):
         source = full.parameter_ranges.at(i)
         if source.name in TUNED_PARAMETERS:
             target = space.add_range(source.name)
-            for j in range(source.values.size()):
-                target.values.push_back(source.values.at(j))
+            values = [source.values.at(j) for j in range(source.values.size())]
+            if source.name in ("efSearch", "quantizer_efSearch") and values:
+                while values[-1] * 2 <= EF_SEARCH_MAX:
+                    values.append(values[-1] * 2)
+            for value in values:
+                target.values.push_back(value)
     return space
 
 
