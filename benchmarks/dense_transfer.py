@@ -14,7 +14,9 @@ Stages (`--stages`, in this order):
             detection val split is pooled (roi_align) from the tower's dense readout and classified
             against the text embeddings of all the detection categories ('simple' templates);
             mean per-class top-1 on novel and on base boxes, and the readout's drift from the base
-            tower's (mean over locations of |f - f_base| / |f_base|); for reference the class token
+            tower's (mean over locations of |f - f_base| / |f_base|) and the same drift of the last
+            block's patch tokens, which the detector's and the segmentation head's pyramids read
+            (backbone.feature_block -1), not the readout; for reference the class token
             of each box's crop resized to the tower's input (what the dense objective's teacher
             sees). Run in this process, about a minute a tower; free of the detector's and head's
             training noise
@@ -110,6 +112,14 @@ def region_probe(weights: str, base_weights: str | None, base: Path, gt: dict, i
     from react_core.modeling.dense_objective import crop_boxes
     from react_core.modeling.readout import dense_readout, pool_boxes, readout_stride
     from react_core.modeling.text import builtin_templates, class_embeddings
+    from react_core.modeling.tower import run_vit_blocks, tower_kind, vit_input_tokens
+
+    def relative(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+        return ((a - b).norm(dim=dim) / b.norm(dim=dim).clamp(min=1e-6)).flatten()
+
+    def last_tokens(visual) -> torch.Tensor:
+        x, _ = vit_input_tokens(visual, pixels)
+        return run_vit_blocks(visual, x, visual.transformer.resblocks)[:, 1:]
 
     torch.set_num_threads(1)
     tower = ModelConfig(weights=weights, base_weights=base_weights).load()
@@ -123,7 +133,7 @@ def region_probe(weights: str, base_weights: str | None, base: Path, gt: dict, i
     for a in gt["annotations"]:
         per_image.setdefault(a["image_id"], []).append(a)
     images = [im for im in sorted(gt["images"], key=lambda im: im["id"]) if im["id"] in per_image]
-    labels, predictions, crop_predictions, drift = [], [], [], []
+    labels, predictions, crop_predictions, drift, token_drift = [], [], [], [], []
     size = tower.model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     with torch.no_grad():
@@ -137,7 +147,9 @@ def region_probe(weights: str, base_weights: str | None, base: Path, gt: dict, i
             dense = dense_readout(tower.model.visual, pixels)
             if reference is not None:
                 base_map = dense_readout(reference.model.visual, pixels)
-                drift.append(((dense - base_map).norm(dim=1) / base_map.norm(dim=1).clamp(min=1e-6)).flatten())
+                drift.append(relative(dense, base_map, 1))
+                if tower_kind(tower.model.visual) == "vit":
+                    token_drift.append(relative(last_tokens(tower.model.visual), last_tokens(reference.model.visual), -1))
             boxes = [torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in per_image[im["id"]])]) for im in chunk]
             regions = F.normalize(pool_boxes(dense, boxes, readout_stride(tower.model.visual)), dim=-1)
             predictions.append((regions @ text.T).argmax(-1))
@@ -157,6 +169,7 @@ def region_probe(weights: str, base_weights: str | None, base: Path, gt: dict, i
            "boxes": len(labels), "per_class_top1": {categories[c]["name"]: v for c, v in accuracy.items()},
            "per_class_crop_top1": {categories[c]["name"]: v for c, v in crop_accuracy.items()}}
     row["readout_drift"] = torch.cat(drift).mean().item() if drift else 0.0
+    row["token_drift"] = torch.cat(token_drift).mean().item() if token_drift else (0.0 if reference is None else None)
     return row
 
 
@@ -238,9 +251,9 @@ def main() -> None:
     rows = {}
     print("\n## Per tower (segmentation head and detector: train.seed 0 of the config; seed = the adapter's)\n")
     print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU | training-free unseen mIoU "
-          "| region top-1 novel | region top-1 base | crop top-1 novel | crop top-1 base | readout drift "
+          "| region top-1 novel | region top-1 base | crop top-1 novel | crop top-1 base | readout drift | token drift "
           "| novel APr | box AP (all) | base AP |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in towers:
         variant, seed = variant_of(name)
         s, m, g = seg.get(name) or {}, maskclip.get(name) or {}, regions.get(name) or {}
@@ -249,11 +262,12 @@ def main() -> None:
                       "maskclip_unseen": m.get("mIoU_unseen"), "region_novel": g.get("region_top1_novel"),
                       "region_base": g.get("region_top1_base"), "drift": g.get("readout_drift"),
                       "crop_novel": g.get("crop_top1_novel"), "crop_base": g.get("crop_top1_base"),
+                      "token_drift": g.get("token_drift"),
                       "apr": d.get("apr"), "ap": d.get("ap"), "base_ap": d.get("base_ap")}
         r = rows[name]
         print(f"| {name} | {variant} | {seed} | {fmt(r['seg_unseen'])} | {fmt(r['seg_seen'])} | {fmt(r['maskclip_unseen'])} "
               f"| {fmt(r['region_novel'])} | {fmt(r['region_base'])} | {fmt(r['crop_novel'])} | {fmt(r['crop_base'])} "
-              f"| {fmt(r['drift'])} "
+              f"| {fmt(r['drift'])} | {fmt(r['token_drift'])} "
               f"| {fmt(r['apr'])} | {fmt(r['ap'])} | {fmt(r['base_ap'])} |")
     print("\n## Per variant (mean ± sample std over adapter seeds; n = seeds)\n")
     print("| variant | n | trained-head unseen mIoU | training-free unseen mIoU | region top-1 novel | region top-1 base "

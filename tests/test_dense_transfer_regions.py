@@ -42,3 +42,4 @@ def test_region_probe_counts_every_box_and_closed_gates_do_not_drift(towers, tin
     assert closed["per_class_top1"] == plain["per_class_top1"] and closed["per_class_crop_top1"] == plain["per_class_crop_top1"]
     opened = region_probe(str(towers / "open.safetensors"), str(base), base, gt, tiny_world / "detection")
     assert opened["readout_drift"] > 0.01
+    assert closed["token_drift"] == 0.0 and plain["token_drift"] == 0.0 and opened["token_drift"] > 0.01
