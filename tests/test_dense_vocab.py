@@ -79,3 +79,10 @@ def test_keep10_variant_changes_only_the_keep_weight():
     assert keep10.dense.keep_weight == 10.0 and vocab.dense.keep_weight == 1.0
     assert keep10.dense.keep == vocab.dense.keep == "close"
     assert keep10.data.train == vocab.data.train and keep10.train == vocab.train
+
+
+def test_one_world_override_moves_the_vocab_configs(tmp_path):
+    for name in ("customize_dense_vocab", "customize_dense_vocab_random", "customize_vocab", "customize_dense_vocab_keep10"):
+        cfg = load(DEMO / f"{name}.yaml", [f"world={tmp_path}"], schema=CustomizeConfig)
+        paths = [cfg.data.train["manifest"], cfg.eval.images, cfg.generic_eval.images]
+        assert all(str(path).startswith(str(tmp_path)) for path in paths), name
