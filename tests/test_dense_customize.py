@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from react_core.config import load
-from react_core.engine.config import CustomizeConfig, DenseConfig
+from react_core.engine.config import CustomizeConfig, DenseConfig, PretrainConfig
 from react_core.engine.model import ContrastiveCLIP
 from react_core.modeling import load_clip, save_official
 from react_core.modeling.dense_objective import DenseObjective, crop_boxes, image_and_dense, random_grid_boxes
@@ -196,7 +196,6 @@ def test_a_shipped_base_serves_its_own_key_only_and_its_hash_is_checked(pretrain
     import shutil
 
     import react_core.engine.pretrain as pretraining
-    from react_core.engine.config import PretrainConfig
     from react_core.modeling import CheckpointError
 
     weights = pretraining.pretrain(load(pretrain_yaml, ["shipped=null"], schema=PretrainConfig), tmp_path / "made")
@@ -216,6 +215,20 @@ def test_a_shipped_base_serves_its_own_key_only_and_its_hash_is_checked(pretrain
     (resources / "base.safetensors").write_bytes(b"changed")
     with pytest.raises(CheckpointError, match="sha256"):
         pretraining.pretrain(shipped, tmp_path / "unused")
+
+
+def test_the_run_key_ignores_where_files_lie_not_what_they_hold(pretrain_yaml):
+    """Moving an adapter's base (`model.base_weights`, whose hash the adapter checks) keeps a run's
+    key, so a shipped or cached result still serves it; a setting that changes the result does not."""
+    from types import SimpleNamespace
+
+    from react_core.engine.common import run_key
+
+    pairs = SimpleNamespace(ids=[1, 2], captions=["a red circle", "a blue star"])
+    key = run_key(load(pretrain_yaml, schema=PretrainConfig), pairs)
+    assert run_key(load(pretrain_yaml, ["model.base_weights=/moved/base.safetensors"], schema=PretrainConfig), pairs) == key
+    assert run_key(load(pretrain_yaml, ["train.lr=2e-3"], schema=PretrainConfig), pairs) != key
+    assert run_key(load(pretrain_yaml, schema=PretrainConfig), SimpleNamespace(ids=[1, 2], captions=["a red circle", "x"])) != key
 
 
 def test_the_shipped_demo_base_matches_its_record():

@@ -39,6 +39,9 @@ def test_readme_commands_run_as_written(tmp_path):
         result = subprocess.run(program + argv[1:], cwd=tmp_path, capture_output=True, text=True, timeout=3600)
         assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stderr[-3000:]}"
     runs = tmp_path / "runs"
+    shipped = json.loads((ROOT / "react_core" / "resources" / "demo_base.json").read_text())
+    assert json.loads((runs / "pretrain" / "pretrain.json").read_text())["cache_key"] == shipped["cache_key"]
+    assert not (runs / "pretrain" / "train.log").exists()  # the shipped base was copied, not retrained
     subset = pd.read_parquet(runs / "subset" / "subset.parquet")
     assert len(subset) >= 12 * 50  # a usable training set: at least 50 pairs for each of the 12 classes
     customized = json.loads((runs / "customize" / "metrics.json").read_text())
