@@ -1,11 +1,10 @@
 """The `train:` section both dense tasks share: `react_core`'s training vocabulary plus the batch
-(per process under torchrun; Detectron2's IMS_PER_BATCH counts all GPUs together), the device
-and mixed precision on GPU (`amp`: the torchvision and plain engines'; Detectron2's is its
-SOLVER.AMP), with defaults for a detector or segmenter head. Segmentation's adds only its crops."""
+(per process under torchrun; Detectron2's IMS_PER_BATCH counts all GPUs together) and the device,
+with defaults for a detector or segmenter head. `amp` is the torchvision and plain engines'
+(Detectron2's is its SOLVER.AMP). Segmentation's adds only its crops."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from react_core.config.common import TrainSchedule
 
@@ -17,4 +16,3 @@ class DenseTrain(TrainSchedule):
     checkpoint_interval: int = 500
     batch_size: int = 2
     device: str = "cpu"
-    amp: Literal["float16", "bfloat16", "none"] = "float16"

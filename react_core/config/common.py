@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Literal, Optional
 
 
 @dataclass
@@ -37,8 +37,9 @@ class ModelConfig:
 class TrainSchedule:
     """The training vocabulary every stage shares (pretrain, customize, detection, segmentation):
     AdamW's lr and weight decay, linear warm-up over `warmup_iters`, then cosine to zero at
-    `max_iters`; gradient-norm clipping at `grad_clip` (null: none); a log line every
-    `log_interval` and a resumable checkpoint every `checkpoint_interval` iterations."""
+    `max_iters`; gradient-norm clipping at `grad_clip` (null: none); mixed precision `amp` on a
+    GPU; a log line every `log_interval` and a resumable checkpoint every `checkpoint_interval`
+    iterations."""
 
     lr: float = 1e-4
     weight_decay: float = 0.05
@@ -48,3 +49,8 @@ class TrainSchedule:
     seed: int = 0
     log_interval: int = 10
     checkpoint_interval: int = 1000
+    amp: Literal["float16", "bfloat16", "none"] = "float16"
+
+    def mixed_precision(self, on_gpu: bool) -> Optional[str]:
+        """The dtype to train in with AMP: `amp` on a GPU; None (full precision) elsewhere or with 'none'."""
+        return self.amp if on_gpu and self.amp != "none" else None

@@ -41,7 +41,6 @@ class TrainConfig(TrainSchedule):
     eps: float = 1e-6
     warmup_iters: int = 5000
     epochs: Optional[float] = None
-    amp: Literal["float16", "bfloat16", "none"] = "float16"
 
     def total_iters(self, samples: int, global_batch: int) -> int:
         if (self.max_iters is None) == (self.epochs is None):

@@ -115,7 +115,7 @@ def train_contrastive(
         persistent_workers=data.workers > 0,
     )
     max_iters = train.total_iters(len(dataset), data.batch_size * world_size)
-    amp = train.amp if torch.cuda.is_available() and train.amp != "none" else None
+    amp = train.mixed_precision(torch.cuda.is_available())
     throughput = ThroughputHook()
     runner = build_runner(
         model,

@@ -102,10 +102,8 @@ def train(
         collate_fn=collate,
         persistent_workers=num_workers > 0,
     )
-    on_gpu = torch.device(train.device).type == "cuda"
-    amp = train.amp if on_gpu and train.amp != "none" else None
     runner = build_runner(
-        model, loader, train, optim_wrapper(model, train, amp),
+        model, loader, train, optim_wrapper(model, train, train.mixed_precision(torch.device(train.device).type == "cuda")),
         work_dir=out, desc=desc, launcher=launcher, run_identity=identity, resume=resume,
         device=train.device,
     )
