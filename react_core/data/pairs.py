@@ -43,7 +43,6 @@ class PairDataset(Dataset):
 
     captions: list[str]
     ids: list[str]
-    metainfo: dict = {}  # mmengine's training loop hands this to its visualizer; pairs have none
 
     def __init__(self, transform: Callable | None = None):
         self.transform = transform

@@ -57,6 +57,8 @@ def build_runner(
     bar named `desc`; `hooks` besides it; `export()` after each resumable checkpoint. With
     `resume`, a checkpoint of this `run_identity` in `work_dir` is continued."""
     max_iters = max_iters or train.max_iters
+    if not hasattr(loader.dataset, "metainfo"):
+        loader.dataset.metainfo = {}  # mmengine's loop hands it to its visualizer (which draws nothing here), or warns
     return SafeRunner(
         model=model,
         work_dir=str(work_dir),

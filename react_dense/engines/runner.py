@@ -92,8 +92,6 @@ def train(
     Writes `out/model_final.pth` on the main process; returns this process's rank."""
     launcher, rank, world_size = distributed_context()
     model = LossModel(net, losses)
-    if not hasattr(dataset, "metainfo"):
-        dataset.metainfo = {}  # mmengine's loop hands it to its visualizer (which draws nothing here), or warns
     loader = DataLoader(
         dataset,
         batch_size=train.batch_size,
