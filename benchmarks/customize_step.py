@@ -11,10 +11,11 @@ Configurations (same model, batch, images and optimizer):
                (the text tower is not even in memory), the frozen blocks below the first gated block
                run under no_grad, gated blocks checkpointed (`react_core.modeling.gated`).
   gated-image-nockpt  the same without checkpointing the gated blocks: faster, more memory.
-  gated-image-dense  gated-image-nockpt plus the dense objective (`react_core.modeling.dense_objective`,
-               the demo's settings: 2 random-grid boxes on each of the first --dense-images images,
-               teacher = the tower itself, keep-close term); its ratio to gated-image-nockpt is the
-               cost of dense-aware customization over a CLS-only step.
+  gated-image-dense  gated-image-nockpt plus the dense objective (`react_core.modeling.dense_objective`)
+               with the `dense:` section of --dense-config (default: the demo's dense-aware config,
+               configs/demo/customize_dense.yaml: 2 x 2 mosaics of the first 32 images, tiles and 2
+               random-grid boxes each, teacher = the tower itself); its ratio to gated-image-nockpt
+               is the cost of dense-aware customization over a CLS-only step.
 
 Each measurement runs in a fresh subprocess, so its peak resident memory (ru_maxrss, minus the
 process's peak after imports and inputs) belongs to one configuration only. Step time is reported
@@ -34,6 +35,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+DEFAULT_DENSE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "customize_dense.yaml"
 
 CONFIGS = ("full", "locked-text", "official", "official-ckpt", "gated-image", "gated-image-nockpt", "gated-image-dense")
 
@@ -51,7 +55,7 @@ def measure(
     seed: int,
     count_flops: bool = False,
     gated_k: int | None = None,
-    dense_images: int = 8,
+    dense_config: str | Path = DEFAULT_DENSE_CONFIG,
 ) -> dict:
     """Run `warmup + steps` training steps of one configuration in this process.
 
@@ -80,17 +84,18 @@ def measure(
     counts = set_trainable(clip, {"full": "full", "locked-text": "locked-text"}.get(config, "gated-image"))
     clip.set_grad_checkpointing(config == "official-ckpt")
     if config == "gated-image-dense":
-        from react_core.engine.config import DenseConfig
-        from react_core.modeling.dense_objective import DenseObjective, image_and_dense
+        from react_core.config import load
+        from react_core.engine.config import CustomizeConfig
+        from react_core.modeling.dense_objective import DenseObjective
 
         model = ImageTower(clip)
         del clip
-        objective = DenseObjective(DenseConfig(enabled=True, images=dense_images), seed=seed)
+        objective = DenseObjective(load(dense_config, schema=CustomizeConfig).dense, seed=seed)
         dense_terms = []
 
         def features():
-            pooled, dense = image_and_dense(model.visual, images)
-            dense_terms.append(sum(v for k, v in objective(model.visual, images, dense).items() if k.startswith("loss")))
+            pooled, dense = objective.features(model.visual, images)
+            dense_terms.append(sum(v for k, v in objective(model.visual, images, dense, pooled).items() if k.startswith("loss")))
             return F.normalize(pooled, dim=-1), cached_text
 
     elif config in ("locked-text", "gated-image", "gated-image-nockpt"):
@@ -148,7 +153,7 @@ def measure(
 def _run_child(args, config: str, count_flops: bool = False) -> dict:
     command = [
         sys.executable, __file__, "--child", config, "--model", args.model, "--batch", str(args.batch),
-        "--seed", str(args.seed), "--dense-images", str(args.dense_images),
+        "--seed", str(args.seed), "--dense-config", str(args.dense_config),
     ] + (["--gated-k", str(args.gated_k)] if args.gated_k else [])
     command += ["--steps", "0", "--warmup", "0", "--count-flops"] if count_flops else [
         "--steps", str(args.steps), "--warmup", str(args.warmup)]
@@ -171,7 +176,8 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configurations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--gated-k", type=int, help="gated blocks in the last k layers (default: REACT's k)")
-    parser.add_argument("--dense-images", type=int, default=8, help="images per batch under the dense objective")
+    parser.add_argument("--dense-config", default=str(DEFAULT_DENSE_CONFIG),
+                        help="customize config whose dense: section gated-image-dense runs (default: %(default)s)")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS)
     parser.add_argument("--json", help="also write the raw measurements to this file")
     parser.add_argument("--count-flops", action="store_true",
@@ -180,7 +186,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(args.child, args.model, args.batch, args.steps, args.warmup, args.seed, args.count_flops,
-                                 args.gated_k, args.dense_images)))
+                                 args.gated_k, args.dense_config)))
         return
     if "full" not in args.configs:
         parser.error("'full' is the baseline of every ratio; keep it in --configs")

@@ -11,7 +11,7 @@ from react_core.config import load
 from react_core.engine.config import CustomizeConfig, DenseConfig, PretrainConfig
 from react_core.engine.model import ContrastiveCLIP
 from react_core.modeling import load_clip, save_official
-from react_core.modeling.dense_objective import DenseObjective, crop_boxes, image_and_dense, random_grid_boxes
+from react_core.modeling.dense_objective import DenseObjective, crop_boxes, image_and_dense, random_grid_boxes, tile_mosaics
 from react_core.modeling.gated import GATED_ATTR, add_gated_blocks, bypass_gated, set_trainable
 from react_core.modeling.readout import dense_readout
 
@@ -87,11 +87,34 @@ def test_random_grid_boxes_are_cells_of_a_grid_and_crops_have_the_input_size():
     torch.testing.assert_close(crops[0], images[0], rtol=0, atol=1e-5)  # the whole box is the image itself
 
 
-@pytest.mark.parametrize("keep", ["close", "norm"])
-def test_the_dense_objective_lowers_its_own_loss(base_and_gated, keep):
+def test_mosaics_tile_the_images_row_major_and_their_boxes_are_the_tiles():
+    images = _images(8)
+    mosaics, tiles = tile_mosaics(images, 2)
+    assert mosaics.shape == (2, 3, 128, 128)
+    for i in range(8):
+        x1, y1, x2, y2 = (int(v) for v in tiles[i % 4])
+        assert torch.equal(mosaics[i // 4, :, y1:y2, x1:x2], images[i])
+    crops = crop_boxes(mosaics, [tiles, tiles], 64)
+    torch.testing.assert_close(crops, images, rtol=0, atol=1e-5)  # a tile's crop is its own image
+    with pytest.raises(ValueError, match="do not fill mosaics"):
+        tile_mosaics(images[:6], 2)
+
+
+def test_the_self_teacher_of_a_tile_is_its_images_class_token(base_and_gated):
+    _, gated = base_and_gated
+    objective = DenseObjective(DenseConfig(enabled=True, mosaic=2))
+    images = _images(4)
+    with torch.no_grad():
+        pooled, dense = objective.features(gated.visual, images)
+        assert dense is None  # the mosaics are read by the objective itself
+        torch.testing.assert_close(objective.tile_teacher(gated.visual, images, pooled), objective.teacher(gated.visual, images))
+
+
+@pytest.mark.parametrize("keep,mosaic", [("close", 1), ("norm", 1), ("none", 2), ("close", 2)])
+def test_the_dense_objective_lowers_its_own_loss(base_and_gated, keep, mosaic):
     _, gated = base_and_gated
     model = copy.deepcopy(gated)
-    cfg = DenseConfig(enabled=True, teacher="base", keep=keep, keep_weight=0.1, contrastive=False)
+    cfg = DenseConfig(enabled=True, teacher="base", keep=keep, keep_weight=0.1, contrastive=False, mosaic=mosaic)
     objective = DenseObjective(cfg)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -103,9 +126,9 @@ def test_the_dense_objective_lowers_its_own_loss(base_and_gated, keep):
 
     def loss() -> torch.Tensor:
         objective.generator.manual_seed(0)  # the same boxes every step
-        _, dense = image_and_dense(model.visual, images)
-        terms = objective(model.visual, images, dense)
-        return terms["loss_region"] + terms["loss_keep"]
+        pooled, dense = objective.features(model.visual, images)
+        terms = objective(model.visual, images, dense, pooled)
+        return terms["loss_region"] + terms.get("loss_keep", 0.0)
 
     first = loss()
     for _ in range(15):
@@ -145,6 +168,7 @@ def test_dense_configs_and_controls_load():
     assert not plain.dense.enabled and plain.generic_eval is not None
     dense = load(demo / "customize_dense.yaml", schema=CustomizeConfig)
     assert dense.dense.enabled and dense.dense.teacher == "self" and dense.dense.contrastive
+    assert dense.dense.mosaic == 2 and dense.dense.keep == "none"
     assert dense.data.train == plain.data.train and dense.train == plain.train
     random = load(demo / "customize_dense_random.yaml", schema=CustomizeConfig)
     assert random.dense == dense.dense and random.data.train["sample"] == 3001 and random.data.train["classes"] is None
@@ -163,6 +187,8 @@ def test_dense_needs_gated_image_mode():
     with pytest.raises(ConfigError, match="gated-image"):
         DenseConfig(enabled=True).check("locked-text")
     DenseConfig(enabled=False).check("locked-text")
+    with pytest.raises(ConfigError, match="do not fill one 2 x 2 mosaic"):
+        DenseConfig(enabled=True, images=3, mosaic=2).check("gated-image")
 
 
 def test_manifest_sample_draws_as_many_rows_at_random(tiny_world):

@@ -3,6 +3,7 @@
 its CLS-only twin are committed configs that load and agree with the world they run on."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,7 +20,7 @@ DEMO = ROOT / "configs" / "demo"
 def _configs():
     return {name: load(DEMO / f"{name}.yaml", schema=CustomizeConfig)
             for name in ("customize", "customize_dense", "customize_dense_vocab",
-                         "customize_dense_vocab_random", "customize_vocab")}
+                         "customize_dense_vocab_random", "customize_dense_vocab_clipself", "customize_vocab")}
 
 
 def test_vocab_configs_load_and_differ_from_their_parents_only_in_the_pairs():
@@ -34,6 +35,9 @@ def test_vocab_configs_load_and_differ_from_their_parents_only_in_the_pairs():
     random = c["customize_dense_vocab_random"]
     assert random.dense == vocab.dense and random.train == vocab.train
     assert random.data.train["classes"] is None and random.data.train["sample"] == 7918
+    clipself = c["customize_dense_vocab_clipself"]
+    assert clipself.data.train == vocab.data.train and clipself.train == vocab.train
+    assert clipself.dense.teacher == "base" and not clipself.dense.contrastive and clipself.dense.mosaic == vocab.dense.mosaic
     cls_only = c["customize_vocab"]
     assert not cls_only.dense.enabled and cls_only.data.train == vocab.data.train
     assert cls_only.train == c["customize"].train
@@ -73,11 +77,11 @@ def test_random_control_draws_as_many_pairs_as_the_vocab_retrieval_finds_in_the_
     assert len(vocab) == c["customize_dense_vocab_random"].data.train["sample"]
 
 
-def test_keep10_variant_changes_only_the_keep_weight():
+def test_keep10_variant_only_adds_a_strong_keep_close_term():
     vocab = _configs()["customize_dense_vocab"]
     keep10 = load(DEMO / "customize_dense_vocab_keep10.yaml", schema=CustomizeConfig)
-    assert keep10.dense.keep_weight == 10.0 and vocab.dense.keep_weight == 1.0
-    assert keep10.dense.keep == vocab.dense.keep == "close"
+    assert vocab.dense.keep == "none" and keep10.dense.keep == "close" and keep10.dense.keep_weight == 10.0
+    assert dataclasses.replace(keep10.dense, keep="none", keep_weight=vocab.dense.keep_weight) == vocab.dense
     assert keep10.data.train == vocab.data.train and keep10.train == vocab.train
 
 

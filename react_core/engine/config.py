@@ -72,7 +72,10 @@ class DenseConfig:
     customized tower as it trains, `base` the base tower (gated blocks bypassed). `keep` holds the
     dense readout near the base tower's: `close` penalises ||f - f_base||^2 / ||f_base||^2,
     `norm` only (||f|| / ||f_base|| - 1)^2, per location (weight `keep_weight`). With
-    `contrastive: false` the class-token loss is left out (the plain CLIPSelf control).
+    `contrastive: false` the class-token loss is left out (the plain CLIPSelf control). With
+    `mosaic: m` > 1 the `images` (rounded down to a multiple of m^2) are tiled m x m into images of
+    m times the side, read through the readout in a pass of their own, and each tile's box is
+    drawn to its own image's class token too (the step's image features with `teacher: self`).
     """
 
     enabled: bool = False
@@ -84,14 +87,17 @@ class DenseConfig:
     max_grid: int = 4
     boxes_per_image: int = 2
     images: Optional[int] = None
+    mosaic: int = 1
 
     def check(self, mode: str) -> None:
         if not self.enabled:
             return
         if mode != "gated-image":
             raise ConfigError(f"dense: the dense objective trains gated blocks; train.mode is {mode!r}, not 'gated-image'")
-        if self.max_grid < 1 or self.boxes_per_image < 1 or (self.images is not None and self.images < 1):
-            raise ConfigError("dense: max_grid, boxes_per_image and images must be at least 1")
+        if self.max_grid < 1 or self.boxes_per_image < 1 or self.mosaic < 1 or (self.images is not None and self.images < 1):
+            raise ConfigError("dense: max_grid, boxes_per_image, mosaic and images must be at least 1")
+        if self.mosaic > 1 and self.images is not None and self.images < self.mosaic**2:
+            raise ConfigError(f"dense: images {self.images} do not fill one {self.mosaic} x {self.mosaic} mosaic")
 
 
 @dataclass

@@ -16,7 +16,7 @@ import torch
 from mmengine.model import BaseModel
 from open_clip.loss import ClipLoss
 
-from react_core.modeling.dense_objective import DenseObjective, image_and_dense
+from react_core.modeling.dense_objective import DenseObjective
 from react_core.modeling.gated import ImageTower, encode_image_for_training, train_mode
 
 
@@ -77,9 +77,9 @@ class ContrastiveCLIP(BaseModel):
 
     def _dense_loss(self, images: torch.Tensor, text_features: torch.Tensor) -> dict:
         visual = self.tower.visual
-        pooled, dense = image_and_dense(visual, images)
+        pooled, dense = self.dense.features(visual, images)
         logit_scale = self.logit_scale.exp()
-        losses = self.dense(visual, images, dense)
+        losses = self.dense(visual, images, dense, pooled)
         if self.dense.cfg.contrastive:
             image_features = torch.nn.functional.normalize(pooled, dim=-1)
             losses["loss_contrastive"] = self.loss(image_features, text_features.to(image_features.dtype), logit_scale)

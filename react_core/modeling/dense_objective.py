@@ -6,6 +6,12 @@ readout (`react_core.modeling.readout`, the one readout the dense heads read too
 of boxes are drawn to the class-token embeddings of the crops of those boxes (1 - cosine), the
 teacher encoding the crops without gradient; a keep term holds the readout near the base tower's.
 
+Retrieved images show one object at the tower's input size, while detectors and segmenters read
+scenes of several smaller objects at a larger size. With `mosaic: m`, m x m training images are
+tiled into one image of m times the side, and each tile's box is drawn to the class token of its
+own image besides the grid cells: the readout learns, at scene scale and with neighbours in view,
+to say what the class token says about each object.
+
 `image_and_dense` computes the pooled image features and the dense readout in one pass through
 the tower (the trunk below the readout is shared), so the dense objective costs little more
 than the contrastive step it joins.
@@ -18,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from react_core.modeling.gated import bypass_gated, first_trainable_block
-from react_core.modeling.readout import check_tower, pool_boxes, readout_stride, vit_value_path
+from react_core.modeling.gated import bypass_gated, encode_image_for_training, first_trainable_block
+from react_core.modeling.readout import check_tower, dense_readout, pool_boxes, readout_stride, vit_value_path
 from react_core.modeling.tower import attnpool_value_map, resnet_stages, run_vit_blocks, tokens_to_map, vit_input_tokens
 
 
@@ -62,6 +68,19 @@ def random_grid_boxes(
     return boxes
 
 
+def tile_mosaics(images: torch.Tensor, side: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """images [side * side * M, 3, H, W] -> (M mosaics [M, 3, side * H, side * W], row-major: image
+    i is tile i % side^2 of mosaic i // side^2; the tiles' x1y1x2y2 boxes [side^2, 4], one set for all)."""
+    count, channels, height, width = images.shape
+    tiles = side * side
+    if count % tiles:
+        raise ValueError(f"{count} images do not fill mosaics of {side} x {side}")
+    mosaics = images.view(count // tiles, side, side, channels, height, width).permute(0, 3, 1, 4, 2, 5)
+    rows, cols = torch.arange(tiles) // side, torch.arange(tiles) % side
+    boxes = torch.stack([cols * width, rows * height, (cols + 1) * width, (rows + 1) * height], dim=1).float()
+    return mosaics.reshape(count // tiles, channels, side * height, side * width), boxes
+
+
 def crop_boxes(images: torch.Tensor, boxes: list[torch.Tensor], size: int) -> torch.Tensor:
     """The crops of `boxes` resized to size x size (bilinear, one sample at each output pixel's centre)
     [sum N_i, 3, size, size]."""
@@ -74,15 +93,23 @@ def crop_boxes(images: torch.Tensor, boxes: list[torch.Tensor], size: int) -> to
 class DenseObjective(nn.Module):
     """Region-to-crop distillation plus a keep term, on a `DenseConfig`'s settings.
 
-    `forward(visual, images, dense)` takes the student's dense readout `dense` of `images` and
-    returns the loss terms `{"loss_region", "loss_keep"}` (weighted) and their raw values.
-    Holds no parameters: adapters and checkpoints gain no keys.
+    `forward(visual, images, dense, pooled)` takes the student's dense readout `dense` of `images`
+    (None with `mosaic` > 1: the objective reads its mosaics itself) and their image features
+    `pooled`, and returns the loss terms `{"loss_region", "loss_keep"}` (weighted) and their raw
+    values. Holds no parameters: adapters and checkpoints gain no keys.
     """
 
     def __init__(self, cfg, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed)
+
+    def features(self, visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(image features of the step, the dense readout `forward` needs): one pass for both, or
+        None for the readout with `mosaic` > 1 (`forward` reads the mosaics itself)."""
+        if self.cfg.mosaic > 1:
+            return encode_image_for_training(visual, images), None
+        return image_and_dense(visual, images)
 
     @torch.no_grad()
     def teacher(self, visual: nn.Module, crops: torch.Tensor) -> torch.Tensor:
@@ -91,23 +118,42 @@ class DenseObjective(nn.Module):
             return F.normalize(visual(crops), dim=-1)
 
     @torch.no_grad()
+    def tile_teacher(self, visual: nn.Module, images: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """The teacher's class tokens of the tiles' own images: the step's image features for `self`."""
+        if self.cfg.teacher == "self":
+            return F.normalize(pooled.detach(), dim=-1)
+        return self.teacher(visual, images)
+
+    @torch.no_grad()
     def base_dense(self, visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
         with bypass_gated(visual):
-            return image_and_dense(visual, images)[1]
+            return dense_readout(visual, images)
 
-    def forward(self, visual: nn.Module, images: torch.Tensor, dense: torch.Tensor) -> dict:
+    def forward(self, visual: nn.Module, images: torch.Tensor, dense: torch.Tensor | None, pooled: torch.Tensor) -> dict:
         cfg = self.cfg
         count = images.shape[0] if cfg.images is None else min(cfg.images, images.shape[0])
-        images, dense = images[:count], dense[:count]
-        height, width = images.shape[-2:]
-        boxes = random_grid_boxes(count, height, width, cfg.max_grid, cfg.boxes_per_image, self.generator)
-        size = images.shape[-1]
-        targets = self.teacher(visual, crop_boxes(images, boxes, size))
+        side = cfg.mosaic
+        if side > 1:
+            count -= count % (side * side)
+            if count == 0:
+                raise ValueError(f"dense: a batch of {images.shape[0]} images fills no {side} x {side} mosaic")
+            inputs, tiles = tile_mosaics(images[:count], side)
+            dense = dense_readout(visual, inputs)
+        else:
+            inputs, dense = images[:count], dense[:count]
+        height, width = inputs.shape[-2:]
+        boxes = random_grid_boxes(inputs.shape[0], height, width, cfg.max_grid, cfg.boxes_per_image, self.generator)
+        targets = self.teacher(visual, crop_boxes(inputs, boxes, images.shape[-1]))
+        if side > 1:
+            tile_targets = self.tile_teacher(visual, images[:count], pooled[:count]).view(-1, side * side, targets.shape[-1])
+            per_cell = targets.split([len(b) for b in boxes])
+            targets = torch.cat([torch.cat([cells, tiled]) for cells, tiled in zip(per_cell, tile_targets)])
+            boxes = [torch.cat([b, tiles]) for b in boxes]
         regions = F.normalize(pool_boxes(dense, [b.to(dense.device) for b in boxes], readout_stride(visual)), dim=-1)
         region = 1 - (regions * targets.to(regions.dtype)).sum(-1).mean()
         out = {"loss_region": cfg.weight * region, "region_cos": (1 - region).detach()}
         if cfg.keep != "none":
-            base = self.base_dense(visual, images).to(dense.dtype)
+            base = self.base_dense(visual, inputs).to(dense.dtype)
             base_sq = base.pow(2).sum(1).clamp(min=1e-12)
             if cfg.keep == "close":
                 keep = ((dense - base).pow(2).sum(1) / base_sq).mean()
