@@ -40,9 +40,27 @@ def test_clip_map_is_the_dense_readout_whatever_block_feeds_the_pyramid(tiny):
     with torch.no_grad():
         expected = dense_readout(visual, images)
         for block in (-1, -2, 0):
-            tokens, clip_map = ClipBackbone(visual, emit_clip_map=True, feature_block=block).eval().vit_features(images)
+            tokens, clip_map = ClipBackbone(visual, emit_clip_map=True, features="tokens", feature_block=block).eval().vit_features(images)
             torch.testing.assert_close(clip_map, expected)
-            torch.testing.assert_close(tokens, ClipBackbone(visual, feature_block=block).eval().vit_features(images)[0])
+            torch.testing.assert_close(tokens, ClipBackbone(visual, features="tokens", feature_block=block).eval().vit_features(images)[0])
+
+
+def test_the_pyramid_reads_the_dense_readout_by_default(tiny):
+    """One dense readout: what the pyramid reads is what the dense objective trains and "clip" is."""
+    visual = tiny.model.visual
+    images = torch.randn(2, 3, 64, 80)
+    backbone = ClipBackbone(visual, out_channels=32, emit_clip_map=True).eval()
+    with torch.no_grad():
+        pyramid_input, clip_map = backbone.vit_features(images)
+        torch.testing.assert_close(pyramid_input, dense_readout(visual, images))
+        assert clip_map is pyramid_input
+        features = backbone(images)
+        torch.testing.assert_close(features["p3"], backbone.pyramid(dense_readout(visual, images))["p3"])
+    assert backbone.pyramid.stages[0][0].in_channels == visual.proj.shape[1]
+    with pytest.raises(ValueError, match="features='tokens' only"):
+        ClipBackbone(visual, feature_block=-2)
+    with pytest.raises(ValueError, match="features must be one of"):
+        ClipBackbone(visual, features="pixels")
 
 
 def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
@@ -59,14 +77,14 @@ def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
             param.add_(0.5)  # open the gates: the customized tower now differs from the base
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        below = ClipBackbone(customized, feature_block=-2).eval().vit_features(images)[0]
-        base_below = ClipBackbone(base, feature_block=-2).eval().vit_features(images)[0]
-        last = ClipBackbone(customized).eval().vit_features(images)[0]
-        base_last = ClipBackbone(base).eval().vit_features(images)[0]
+        below = ClipBackbone(customized, features="tokens", feature_block=-2).eval().vit_features(images)[0]
+        base_below = ClipBackbone(base, features="tokens", feature_block=-2).eval().vit_features(images)[0]
+        last = ClipBackbone(customized, features="tokens").eval().vit_features(images)[0]
+        base_last = ClipBackbone(base, features="tokens").eval().vit_features(images)[0]
     torch.testing.assert_close(below, base_below)
     assert not torch.allclose(last, base_last, atol=1e-3)
     with pytest.raises(ValueError, match="feature_block=6"):
-        ClipBackbone(base, feature_block=6)
+        ClipBackbone(base, features="tokens", feature_block=6)
 
 
 def test_freeze_policies(tiny):
@@ -83,9 +101,12 @@ def test_freeze_policies(tiny):
         ClipBackbone(load_clip("react-tiny").model.visual, freeze="partly")
 
 
-def test_modified_resnet_gives_fpn_levels_and_clip_map():
+@pytest.mark.parametrize("features", ["readout", "tokens"])
+def test_modified_resnet_gives_fpn_levels_and_clip_map(features):
     bundle = load_clip(RESNET_TINY)
-    backbone = ClipBackbone(bundle.model.visual, out_channels=16, emit_clip_map=True)
+    backbone = ClipBackbone(bundle.model.visual, out_channels=16, emit_clip_map=True, features=features)
+    top_channels = backbone.pyramid.inner_blocks[-1][0].in_channels
+    assert top_channels == (32 if features == "readout" else bundle.model.visual.layer4[-1].conv3.out_channels)
     images = torch.randn(1, 3, 70, 96)
     features = backbone(images)
     assert [n for n in features] == ["p2", "p3", "p4", "p5", "p6", CLIP_MAP]

@@ -114,7 +114,7 @@ def test_training_vocabulary_is_base_only_and_control_permutes_novel_rows(scenes
 @pytest.mark.parametrize("regions", ["map", "crops"])
 def test_detector_losses_inference_and_vocabulary_swap(scenes, regions):
     torch.manual_seed(0)
-    cfg = demo_config(scenes, "ensemble.enabled=true", f"ensemble.regions={regions}", "backbone.feature_block=-2")
+    cfg = demo_config(scenes, "ensemble.enabled=true", f"ensemble.regions={regions}", "backbone.features=tokens", "backbone.feature_block=-2")
     parts = build_parts(cfg)
     train_vocab, eval_vocab, split = dataset_vocabularies(parts.bundle, cfg, cfg.data.train)
     model = build_torchvision_detector(parts, cfg.detector)

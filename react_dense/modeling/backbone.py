@@ -3,15 +3,19 @@
 `ClipBackbone` is a plain `nn.Module`: images [B, 3, H, W] -> {name: feature map}. Engines
 (Detectron2, torchvision) wrap it; they never look inside.
 
-- ViT towers: patch tokens at stride `patch`, turned into a simple feature pyramid (ViTDet:
-  deconvolutions up, max-pooling down), position embeddings resampled to the input's grid,
-  inputs padded to `size_divisibility`.
-- ModifiedResNet towers: res2..res5 from the four stages, then an FPN (torchvision's).
+By default (`features: readout`) the pyramid is built on the tower's one dense readout
+(`react_core.modeling.readout`: ViT, the last block's value path through `ln_post` and `proj`;
+ResNet, the attention pool's value and output projections), a CLIP-space embedding per location:
+the same features the dense customization objective trains, the training-free segmenter reads
+and score ensembling pools. `features: tokens` builds it on a block's patch tokens instead.
 
-Both can also emit `"clip"`: the tower's one dense readout (`react_core.modeling.readout`: ViT, the
-last block's value path through `ln_post` and `proj`; ResNet, the attention pool's value and
-output projections), a CLIP-space embedding per location. Region scores pooled from it are what
-score ensembling combines with the detector's own scores.
+- ViT towers: the readout (or patch tokens) at stride `patch`, turned into a simple feature
+  pyramid (ViTDet: deconvolutions up, max-pooling down), position embeddings resampled to the
+  input's grid, inputs padded to `size_divisibility`.
+- ModifiedResNet towers: res2..res4 from the stages and the readout at stride 32 (or res5),
+  then an FPN (torchvision's).
+
+Both can also emit `"clip"`, the readout itself, for score ensembling.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from react_core.modeling.readout import check_tower, pad_to_stride, readout_dim, readout_stride, vit_value_path
+from react_core.modeling.readout import check_tower, dense_readout, pad_to_stride, readout_dim, readout_stride, vit_value_path
 from react_core.modeling.tower import (
     RESNET_STAGES,
     attnpool_value_map,
@@ -35,6 +39,7 @@ from react_core.modeling.tower import (
 from react_core.registry import BACKBONES
 
 FREEZE_POLICIES = ("frozen", "gated", "full")
+FEATURE_SOURCES = ("readout", "tokens")
 CLIP_MAP = "clip"
 
 
@@ -143,10 +148,11 @@ class ClipBackbone(nn.Module):
     scale_factors: ViT pyramid levels relative to the patch stride (ViTDet: 4, 2, 1, 0.5).
     top_block: add a max-pooled level above the coarsest one (for the RPN).
     emit_clip_map: also return `"clip"`, the per-location CLIP embedding (for score ensembling).
-    feature_block: ViT only: the transformer block whose output tokens feed the pyramid (-1: the
-        last). Gated REACT blocks run before their host block, so `-2` with one gated block
-        before the last layer gives the pyramid the base tower's features while the whole
-        customized tower still classifies regions (`ensemble.regions: crops`).
+    features: what the pyramid reads: `readout`, the tower's one dense readout (the top level of
+        a ResNet's FPN), or `tokens`, the patch tokens of block `feature_block` (res5 for a ResNet).
+    feature_block: ViT with `features: tokens` only: the transformer block whose output tokens
+        feed the pyramid (-1: the last). Gated REACT blocks run before their host block, so `-2`
+        with one gated block before the last layer gives the pyramid the base tower's features.
     """
 
     def __init__(
@@ -157,12 +163,18 @@ class ClipBackbone(nn.Module):
         scale_factors: Union[List[float], Tuple[float, ...]] = (4.0, 2.0, 1.0, 0.5),
         top_block: bool = True,
         emit_clip_map: bool = False,
+        features: str = "readout",
         feature_block: int = -1,
     ):
         super().__init__()
+        if features not in FEATURE_SOURCES:
+            raise ValueError(f"features must be one of {', '.join(FEATURE_SOURCES)}, got {features!r}")
+        if features == "readout" and feature_block != -1:
+            raise ValueError("feature_block applies to features='tokens' only")
         self.trunk = visual
         self.freeze = freeze
         self.emit_clip_map = emit_clip_map
+        self.reads_readout = features == "readout"
         _set_trunk_trainable(visual, freeze)
         self.kind = check_tower(visual)
         self.embed_dim = readout_dim(visual)
@@ -173,7 +185,8 @@ class ClipBackbone(nn.Module):
             if not -blocks <= feature_block < blocks:
                 raise ValueError(f"feature_block={feature_block} is not a block of a {blocks}-block tower")
             self.feature_blocks = feature_block % blocks + 1
-            self.pyramid = SimpleFeaturePyramid(visual.conv1.out_channels, out_channels, self.patch_size, scale_factors, top_block)
+            width = self.embed_dim if self.reads_readout else visual.conv1.out_channels
+            self.pyramid = SimpleFeaturePyramid(width, out_channels, self.patch_size, scale_factors, top_block)
             names, strides = self.pyramid.names, self.pyramid.strides
             self._size_divisibility = int(self.patch_size / min(1.0, min(scale_factors)))
         else:
@@ -184,6 +197,8 @@ class ClipBackbone(nn.Module):
 
             freeze_batchnorm(visual)
             stage_channels = [getattr(visual, stage)[-1].conv3.out_channels for stage in RESNET_STAGES]
+            if self.reads_readout:
+                stage_channels[-1] = self.embed_dim
             self.pyramid = FeaturePyramidNetwork(stage_channels, out_channels, LastLevelMaxPool() if top_block else None)
             strides = [4, 8, 16, 32] + ([64] if top_block else [])
             names = [_stride_name(s) for s in strides]
@@ -209,21 +224,27 @@ class ClipBackbone(nn.Module):
     def forward(self, images: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         images = pad_to_stride(images, self._size_divisibility)
         if self.kind == "vit":
-            tokens, clip_map = self.vit_features(images)
-            features = self.pyramid(tokens)
+            pyramid_input, clip_map = self.vit_features(images)
+            features = self.pyramid(pyramid_input)
         else:
             stages = resnet_stages(self.trunk, images)
-            features = self.pyramid(OrderedDict(zip(("res2", "res3", "res4", "res5"), stages)))
+            readout = attnpool_value_map(self.trunk.attnpool, stages[-1]) if self.reads_readout or self.emit_clip_map else None
+            top = readout if self.reads_readout else stages[-1]
+            features = self.pyramid(OrderedDict(zip(("res2", "res3", "res4", "res5"), [*stages[:-1], top])))
             features = OrderedDict(zip(list(self._shapes)[: len(features)], features.values()))
-            clip_map = attnpool_value_map(self.trunk.attnpool, stages[-1]) if self.emit_clip_map else None
+            clip_map = readout if self.emit_clip_map else None
         if clip_map is not None:
             features[CLIP_MAP] = clip_map
         return features
 
     def vit_features(self, images: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """(patch tokens of block `feature_block` as a map [B, width, h, w], the dense readout
-        [B, embed_dim, h, w] or None without `emit_clip_map`), from one pass through the blocks."""
+        """(the pyramid's input map: the dense readout [B, embed_dim, h, w] or the patch tokens of
+        block `feature_block` [B, width, h, w]; the readout or None without `emit_clip_map`),
+        from one pass through the blocks."""
         visual = self.trunk
+        if self.reads_readout:
+            readout = dense_readout(visual, images)
+            return readout, readout if self.emit_clip_map else None
         blocks = visual.transformer.resblocks
         last = len(blocks) - 1
         x, grid = vit_input_tokens(visual, images)
