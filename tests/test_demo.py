@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 import yaml
 
 from react_core.cli import main
+from react_core.synth import load_world
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,30 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
         (_, first), (_, second) = claim["values"]
         assert claim["measured"] is None or claim["measured"] == pytest.approx(first / second)
         assert claim["holds"] == (claim["measured"] is not None and claim["measured"] >= 1.3)
+
+
+def test_retrieval_covers_the_dense_vocabulary_and_reports_the_targets(quick_demo):
+    """Retrieval queries every detection category (targets first), so the tower keeps the base classes
+    its dense heads train on; the report's precision stays the target classes' figure."""
+    world = load_world(quick_demo / "world")
+    retrieve = quick_demo / "stages" / "retrieve"
+    queried = (retrieve / "classes.txt").read_text().splitlines()
+    targets = list(world.target_classes)
+    assert queried[: len(targets)] == targets and sorted(queried) == sorted(world.detection_categories)
+    metrics = json.loads((quick_demo / "metrics.json").read_text())
+    for mode in ("t2i", "t2t", "both"):
+        stats = json.loads((retrieve / f"subset_{mode}" / "stats.json").read_text())
+        assert stats["classes_file"] == str(retrieve / "classes.txt") and set(stats["per_class"]) == set(queried)
+        reported = metrics["retrieval"][mode]
+        assert (reported["classes"], reported["pairs"]) == (len(queried), stats["rows"])
+        assert reported["target_pairs"] == sum(stats["per_class"][name] for name in targets)
+        found, random = (stats["evaluation"][key]["per_class"] for key in (mode, "random"))
+        assert reported["per_class"] == {name: found[name] for name in targets}
+        assert reported["precision"] == pytest.approx(statistics.fmean(found[name] for name in targets))
+        assert reported["random_precision"] == pytest.approx(statistics.fmean(random[name] for name in targets))
+    random_pairs = json.loads((quick_demo / "stages" / "random-pairs" / "stage.json").read_text())["result"]["pairs"]
+    assert random_pairs == metrics["retrieval"]["both"]["pairs"]
+    assert f"dense vocabulary: {len(queried)} classes" in (quick_demo / "report.md").read_text()
 
 
 def test_second_run_only_reads_the_cache(quick_demo, capsys):

@@ -39,8 +39,10 @@ def plot_accuracy(summary: dict, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_gallery(subset_manifest: Path, world_dir: Path, path: Path, per_class: int = 6, classes: int = 6) -> None:
-    """Top retrieved images per class, a green frame where the image truly shows the class."""
+def plot_gallery(subset_manifest: Path, world_dir: Path, path: Path, targets: list[str], per_class: int = 6,
+                 classes: int = 6) -> None:
+    """Top retrieved images per target class (the subset also holds the base classes), a green frame
+    where the image truly shows the class."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +57,7 @@ def plot_gallery(subset_manifest: Path, world_dir: Path, path: Path, per_class: 
     truth = pq.read_table(world_dir / "corpus" / "manifest.parquet", columns=["id", "class"]).to_pandas()
     truth = truth.assign(id=truth["id"].astype(str)).rename(columns={"class": "true_class"})
     table = table.merge(truth, on="id", how="left")
-    names = sorted(table["class"].unique())[:classes]
+    names = sorted(set(table["class"]) & set(targets))[:classes]
     figure, axes = plt.subplots(len(names), per_class, figsize=(per_class * 1.3, len(names) * 1.45))
     for row, name in enumerate(names):
         top = table[table["class"] == name].sort_values("score", ascending=False).head(per_class)
@@ -148,6 +150,9 @@ def _fmt(value) -> str:
 
 def render_markdown(summary: dict) -> str:
     seeds = len(summary["seeds"])
+    retrieval, targets = summary["retrieval"], summary["world"]["target_classes"]
+    queried = " / ".join(sorted({str(stats["classes"]) for stats in retrieval.values()}))  # one classes file for every mode
+    kept = ", ".join(f"{mode} {stats['pairs']}" for mode, stats in retrieval.items())
     lines = [
         "# REACT on the synthetic world",
         "",
@@ -156,15 +161,17 @@ def render_markdown(summary: dict) -> str:
         "",
         "## Retrieval: precision@k against the world's ground truth",
         "",
-        "| mode | pairs kept | precision@k (%) | random baseline (%) |",
-        "|---|---|---|---|",
+        f"Retrieval covered the world's dense vocabulary: {queried} classes ({len(targets)} target classes and the "
+        f"base classes the detector and the segmentation head train on); pairs kept: {kept}. "
+        f"Precision is over the {len(targets)} target classes.",
+        "",
+        "| mode | pairs kept (all classes) | of them for target classes | precision@k, target classes (%) | random baseline (%) |",
+        "|---|---|---|---|---|",
     ]
-    for mode, stats in summary["retrieval"].items():
-        evaluation = stats.get("evaluation", {})
-        precision = evaluation.get(mode, {}).get("precision")
-        random_precision = evaluation.get("random", {}).get("precision")
+    for mode, stats in retrieval.items():
+        precision, random_precision = stats["precision"], stats["random_precision"]
         lines.append(
-            f"| {mode} | {stats['rows']} | {_fmt(None if precision is None else 100 * precision)} "
+            f"| {mode} | {stats['pairs']} | {stats['target_pairs']} | {_fmt(None if precision is None else 100 * precision)} "
             f"| {_fmt(None if random_precision is None else 100 * random_precision)} |"
         )
     lines += [
@@ -251,7 +258,7 @@ def render_html(markdown: str) -> str:
 
 def write_report(out: Path, summary: dict, world_dir: Path, subset_manifest: Path, dense_dirs: dict) -> None:
     plot_accuracy(summary, out / "accuracy.png")
-    plot_gallery(subset_manifest, world_dir, out / "retrieval_gallery.png")
+    plot_gallery(subset_manifest, world_dir, out / "retrieval_gallery.png", summary["world"]["target_classes"])
     plot_detections(dense_dirs, world_dir, out / "detections.png")
     plot_claims(summary["claims"], out / "claims.png")
     markdown = render_markdown(summary)
