@@ -9,7 +9,8 @@ def register(subparsers):
         "demo",
         help="run the whole pipeline on a synthetic world and write a report",
         description="Generate a synthetic world, pretrain a small base CLIP on a generic slice of it, "
-        "retrieve pairs for a target task from the full corpus, customize the base model "
+        "retrieve pairs for the dense tasks' vocabulary (the target classes and the detector's base "
+        "classes) from the full corpus, customize the base model "
         "(gated-image, locked-text, full; random pairs as a control) over several seeds, evaluate "
         "zero-shot classification and open-vocabulary detection and segmentation, and write "
         "DIR/report.md, DIR/report.html, PNG plots and DIR/metrics.json. Every stage is cached: a "
