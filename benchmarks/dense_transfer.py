@@ -197,6 +197,9 @@ def main() -> None:
     parser.add_argument("--ovd", nargs="*", default=None, help="tower names for detection (default: all)")
     parser.add_argument("--best", default=None, help="tower for the controls (default: best novel APr among the customized)")
     parser.add_argument("--calibration-images", type=int, default=100)
+    parser.add_argument("--dense-overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every trained segmentation head and detector, e.g. "
+                             "backbone.features=tokens (use another --out: finished runs are not redone)")
     parser.add_argument("--table-only", action="store_true", help="print the tables from finished runs, run nothing")
     args = parser.parse_args()
 
@@ -217,7 +220,7 @@ def main() -> None:
         if name not in towers:
             parser.error(f"--ovd {name}: not a tower ({', '.join(towers)})")
     common = [f"world={world}"]
-    ovd_common = common + [f"text.cache_dir={out / 'text_cache'}"]
+    ovd_common = common + [f"text.cache_dir={out / 'text_cache'}", *args.dense_overrides]
     if args.table_only:
         args.stages = []
 
@@ -228,7 +231,8 @@ def main() -> None:
             over = tower_overrides(name, towers, base)
             if stage == "seg":
                 folder = out / "seg_head" / name
-                seg[name] = run(folder, SEG, common + over, log_dir, times) if "seg" in args.stages else _read(folder)
+                seg[name] = (run(folder, SEG, common + over + args.dense_overrides, log_dir, times)
+                             if "seg" in args.stages else _read(folder))
             elif stage == "maskclip":
                 folder = out / "seg_maskclip" / name
                 maskclip[name] = (run(folder, SEG, common + over + ["method=maskclip"], log_dir, times)
