@@ -8,7 +8,9 @@ folder per `--adapters` entry (its `adapter.safetensors`, loaded on that base as
 Folder names ending in `-s<seed>` are grouped by variant over seeds (mean ± sample std).
 
 Stages (`--stages`, in this order):
-  seg       trained segmentation head (method=head), mIoU_unseen / mIoU_seen
+  seg       trained segmentation head (method=head), mIoU_unseen / mIoU_seen; then the same head
+            evaluated with its scores ensembled with the dense readout's (ensemble.enabled=true,
+            FC-CLIP's weights 0.4 seen / 0.8 unseen; eval-only, no training)
   maskclip  training-free MaskCLIP readout (method=maskclip), mIoU_unseen
   regions   training-free region classification, no training at all: each ground-truth box of the
             detection val split is pooled (roi_align) from the tower's dense readout and classified
@@ -225,7 +227,7 @@ def main() -> None:
         args.stages = []
 
     gt = json.loads((world / "detection" / "val.json").read_text())
-    seg, maskclip, regions, ovd = {}, {}, {}, {}
+    seg, seg_ensemble, maskclip, regions, ovd = {}, {}, {}, {}, {}
     for stage in STAGES:
         for name in towers:
             over = tower_overrides(name, towers, base)
@@ -233,6 +235,11 @@ def main() -> None:
                 folder = out / "seg_head" / name
                 seg[name] = (run(folder, SEG, common + over + args.dense_overrides, log_dir, times)
                              if "seg" in args.stages else _read(folder))
+                mixed = out / "seg_ensemble" / name
+                seg_ensemble[name] = (
+                    run(mixed, SEG, common + over + args.dense_overrides + ["ensemble.enabled=true"], log_dir, times,
+                        ["--eval-only", "--weights", str(folder / "model_final.pth")])
+                    if "seg" in args.stages and seg[name] else _read(mixed))
             elif stage == "maskclip":
                 folder = out / "seg_maskclip" / name
                 maskclip[name] = (run(folder, SEG, common + over + ["method=maskclip"], log_dir, times)
@@ -254,35 +261,40 @@ def main() -> None:
 
     rows = {}
     print("\n## Per tower (segmentation head and detector: train.seed 0 of the config; seed = the adapter's)\n")
-    print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU | training-free unseen mIoU "
+    print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU "
+          "| head + readout ensemble unseen / seen mIoU | training-free unseen mIoU "
           "| region top-1 novel | region top-1 base | crop top-1 novel | crop top-1 base | readout drift | token drift "
           "| novel APr | box AP (all) | base AP |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in towers:
         variant, seed = variant_of(name)
         s, m, g = seg.get(name) or {}, maskclip.get(name) or {}, regions.get(name) or {}
+        e = seg_ensemble.get(name) or {}
         d = detection_row(ovd[name], out / "ovd" / name, gt) if ovd.get(name) else {}
         rows[name] = {"variant": variant, "seed": seed, "seg_unseen": s.get("mIoU_unseen"), "seg_seen": s.get("mIoU_seen"),
+                      "ensemble_unseen": e.get("mIoU_unseen"), "ensemble_seen": e.get("mIoU_seen"),
                       "maskclip_unseen": m.get("mIoU_unseen"), "region_novel": g.get("region_top1_novel"),
                       "region_base": g.get("region_top1_base"), "drift": g.get("readout_drift"),
                       "crop_novel": g.get("crop_top1_novel"), "crop_base": g.get("crop_top1_base"),
                       "token_drift": g.get("token_drift"),
                       "apr": d.get("apr"), "ap": d.get("ap"), "base_ap": d.get("base_ap")}
         r = rows[name]
-        print(f"| {name} | {variant} | {seed} | {fmt(r['seg_unseen'])} | {fmt(r['seg_seen'])} | {fmt(r['maskclip_unseen'])} "
+        print(f"| {name} | {variant} | {seed} | {fmt(r['seg_unseen'])} | {fmt(r['seg_seen'])} "
+              f"| {fmt(r['ensemble_unseen'])} / {fmt(r['ensemble_seen'])} | {fmt(r['maskclip_unseen'])} "
               f"| {fmt(r['region_novel'])} | {fmt(r['region_base'])} | {fmt(r['crop_novel'])} | {fmt(r['crop_base'])} "
               f"| {fmt(r['drift'])} | {fmt(r['token_drift'])} "
               f"| {fmt(r['apr'])} | {fmt(r['ap'])} | {fmt(r['base_ap'])} |")
     print("\n## Per variant (mean ± sample std over adapter seeds; n = seeds)\n")
-    print("| variant | n | trained-head unseen mIoU | training-free unseen mIoU | region top-1 novel | region top-1 base "
-          "| novel APr (n) | base AP |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| variant | n | trained-head unseen mIoU | head + readout ensemble unseen mIoU | training-free unseen mIoU "
+          "| region top-1 novel | region top-1 base | novel APr (n) | base AP |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     variants: dict[str, list[dict]] = {}
     for r in rows.values():
         variants.setdefault(r["variant"], []).append(r)
     for variant, members in variants.items():
         aprs = [r["apr"] for r in members if r["apr"] is not None]
         print(f"| {variant} | {len(members)} | {mean_std([r['seg_unseen'] for r in members])} "
+              f"| {mean_std([r['ensemble_unseen'] for r in members if r['ensemble_unseen'] is not None])} "
               f"| {mean_std([r['maskclip_unseen'] for r in members])} | {mean_std([r['region_novel'] for r in members])} "
               f"| {mean_std([r['region_base'] for r in members])} | {mean_std(aprs)} ({len(aprs)}) "
               f"| {mean_std([r['base_ap'] for r in members if r['base_ap'] is not None])} |")

@@ -8,7 +8,7 @@ from react_core.modeling import load_clip
 from react_dense.modeling.backbone import ClipBackbone
 from react_dense.modeling.seg_head import OpenVocabSegHead
 from react_dense.modeling.seg_maskclip import MaskClipDense, MaskClipSegmenter
-from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter
+from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter, _to_input_size
 
 TINY_RESNET = {
     "embed_dim": 32,
@@ -86,3 +86,33 @@ def test_maskclip_on_a_modified_resnet_and_as_a_segmenter():
     assert (logits.argmax(1) < 5).all()  # MaskCLIP has no void: the appended class never wins
     with pytest.raises(ValueError, match="ViT towers only"):
         MaskClipDense(bundle.model.visual, raw_tokens=True)
+
+
+def test_score_ensemble_mixes_head_and_readout_by_seen_and_unseen_weights(tiny_clip):
+    """p = p_head^(1-w) p_clip^w: w = 0 gives the head, w = 1 the readout (the MaskCLIP scores)."""
+    from react_dense.modeling.seg_model import SegScoreEnsemble
+
+    visual = copy.deepcopy(tiny_clip.model.visual)
+    backbone = ClipBackbone(visual, out_channels=32, scale_factors=(2.0, 1.0, 0.5), top_block=False, emit_clip_map=True)
+    head = OpenVocabSegHead(backbone.output_shape(), backbone.embed_dim, decoder_channels=32)
+    images, text = torch.rand(1, 3, 64, 64), torch.randn(4, 128)
+    unseen, void_rows = torch.tensor([False, False, True, True]), torch.tensor([True, False, False, False])
+    plain = OpenVocabSegmenter(backbone, head).eval()
+    with torch.no_grad():
+        head_only = plain(images, text, void_rows)
+        head_log = _to_input_size(
+            torch.log_softmax(head(backbone(plain.normalize(images)), text, void_rows), 1), head.stride, images.shape[-2:])
+        readout_labels = MaskClipModel(MaskClipSegmenter(visual))(images, text).argmax(1)
+        for seen_weight, unseen_weight in ((0.0, 0.0), (1.0, 1.0), (0.4, 0.8)):
+            mixed = OpenVocabSegmenter(backbone, head, SegScoreEnsemble(seen_weight, unseen_weight)).eval()
+            scores = mixed(images, text, void_rows, unseen=unseen)
+            assert torch.equal(mixed(images, text, void_rows), head_only)  # no split given: the head alone
+            if unseen_weight == 0.0:
+                torch.testing.assert_close(scores, head_log)
+            elif seen_weight == 1.0:  # every class, the void row's "background" text included, ranks as the readout does
+                agree = (scores.argmax(1) == readout_labels).float().mean()
+                assert agree > 0.9, agree
+            else:
+                assert not torch.allclose(scores, head_log, atol=1e-3)
+    with pytest.raises(ValueError, match="emit_clip_map"):
+        OpenVocabSegmenter(ClipBackbone(visual, out_channels=32, top_block=False), head, SegScoreEnsemble())

@@ -47,6 +47,13 @@ def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path, capsys):
     again = tmp_path / "again"
     assert _train_net("--config", CONFIG, "--out", str(again), "--eval-only", "--weights", str(out / "model_final.pth"), *_quick(tiny_world)) == 0
     assert json.loads((again / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
+    mixed = tmp_path / "ensemble"  # the same trained head, its scores ensembled with the readout's
+    assert _train_net("--config", CONFIG, "--out", str(mixed), "--eval-only", "--weights", str(out / "model_final.pth"),
+                      *_quick(tiny_world, "ensemble.enabled=true")) == 0
+    assert json.loads((mixed / "metrics.json").read_text())["mIoU"] != pytest.approx(metrics["mIoU"], abs=1e-3)
+    capsys.readouterr()
+    assert _train_net("--config", CONFIG, "--out", str(tmp_path / "d2"), *_quick(tiny_world, "engine=detectron2", "ensemble.enabled=true")) == 2
+    assert "ensemble.enabled" in capsys.readouterr().err
 
 
 def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, tmp_path):

@@ -1,8 +1,10 @@
 """The open-vocabulary segmenter: CLIP backbone pyramid + segmentation head, or the
 training-free MaskCLIP baseline, behind one interface.
 
-`model(images, text_embeddings, void_rows=None, append_void=False) -> logits [B, C, H, W]` at
-the input's size; images are RGB in 0..1 (the model applies CLIP's normalisation).
+`model(images, text_embeddings, void_rows=None, append_void=False, unseen=None) -> logits [B, C, H, W]`
+at the input's size; images are RGB in 0..1 (the model applies CLIP's normalisation). With a
+`SegScoreEnsemble` and `unseen` given (evaluation, where the seen/unseen split is known), the
+trained head's class probabilities are ensembled with those of the tower's dense readout.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+from react_dense.modeling.backbone import CLIP_MAP
 
 
 class ClipNormalize(nn.Module):
@@ -28,14 +32,42 @@ class ClipNormalize(nn.Module):
         return (images - self.mean) / self.std
 
 
-class OpenVocabSegmenter(nn.Module):
-    """`ClipBackbone` + `OpenVocabSegHead`; logits are upsampled bilinearly to the input size."""
+class SegScoreEnsemble(nn.Module):
+    """FC-CLIP's geometric ensemble (Yu et al., NeurIPS 2023) for dense labels: per pixel and class,
+    p = p_head^(1 - w) * p_clip^w, w = `seen_weight` on the classes the head was trained on and
+    `unseen_weight` on the others, p_clip the softmax of the dense readout's cosine to the class
+    texts / `temperature` (the MaskCLIP segmenter's scores, "background" included, as a seen
+    class). A trained head learns only its seen classes; the readout, which dense-aware
+    customization trains, carries the unseen ones. Returns log-probabilities (their argmax is the
+    label)."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, seen_weight: float = 0.4, unseen_weight: float = 0.8, temperature: float = 0.01):
         super().__init__()
+        self.seen_weight, self.unseen_weight, self.temperature = seen_weight, unseen_weight, temperature
+
+    def forward(
+        self, head_logits: torch.Tensor, clip_map: torch.Tensor, text_embeddings: torch.Tensor,
+        unseen: torch.Tensor,
+    ) -> torch.Tensor:
+        clip_logits = torch.einsum("bdhw,cd->bchw", F.normalize(clip_map, dim=1), F.normalize(text_embeddings, dim=-1))
+        clip_logits = F.interpolate(clip_logits / self.temperature, size=head_logits.shape[-2:], mode="bilinear", align_corners=False)
+        weight = torch.where(unseen.to(head_logits.device), self.unseen_weight, self.seen_weight).to(head_logits.dtype)
+        weight = weight.view(1, -1, 1, 1)
+        return (1 - weight) * F.log_softmax(head_logits, dim=1) + weight * F.log_softmax(clip_logits, dim=1)
+
+
+class OpenVocabSegmenter(nn.Module):
+    """`ClipBackbone` + `OpenVocabSegHead` (+ an optional `SegScoreEnsemble`, which needs the
+    backbone's `clip` map); logits are upsampled bilinearly to the input size."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, ensemble: Optional[SegScoreEnsemble] = None):
+        super().__init__()
+        if ensemble is not None and CLIP_MAP not in backbone.output_shape():
+            raise ValueError("the score ensemble needs a backbone with emit_clip_map=True")
         self.normalize = ClipNormalize(backbone.trunk)
         self.backbone = backbone
         self.head = head
+        self.ensemble = ensemble
 
     def forward(
         self,
@@ -43,9 +75,14 @@ class OpenVocabSegmenter(nn.Module):
         text_embeddings: torch.Tensor,
         void_rows: Optional[torch.Tensor] = None,
         append_void: bool = False,
+        unseen: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         features = self.backbone(self.normalize(images))
         logits = self.head(features, text_embeddings, void_rows, append_void)
+        if self.ensemble is not None and unseen is not None:
+            if append_void:
+                raise ValueError("the score ensemble scores the vocabulary's classes only, not an appended void class")
+            logits = self.ensemble(logits, features[CLIP_MAP], text_embeddings, unseen)
         return _to_input_size(logits, self.head.stride, images.shape[-2:])
 
 
@@ -65,6 +102,7 @@ class MaskClipModel(nn.Module):
         text_embeddings: torch.Tensor,
         void_rows: Optional[torch.Tensor] = None,
         append_void: bool = False,
+        unseen: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         logits = self.maskclip(self.normalize(images), text_embeddings)
         if append_void:

@@ -54,6 +54,16 @@ class MaskClipConfig:
     temperature: float = 0.01
 
 
+@dataclass
+class SegEnsembleConfig:
+    """Evaluation of `method: head` with the trained head's scores ensembled with the dense
+    readout's (`react_dense.modeling.seg_model.SegScoreEnsemble`; FC-CLIP's weights)."""
+
+    enabled: bool = False
+    seen_weight: float = 0.4
+    unseen_weight: float = 0.8
+
+
 @config_kind("segmentation")
 @dataclass
 class SegmentationConfig:
@@ -68,6 +78,7 @@ class SegmentationConfig:
     backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone", "top_block": False}, supplied=("visual",))
     head: Dict[str, Any] = buildable(HEADS, {"type": "OpenVocabSegHead"}, supplied=("input_shape", "embed_dim"))
     maskclip: MaskClipConfig = field(default_factory=MaskClipConfig)
+    ensemble: SegEnsembleConfig = field(default_factory=SegEnsembleConfig)
     text: TextConfig = field(default_factory=TextConfig)
     train_data: Optional[SegmentationDataSpec] = None
     test_data: List[SegmentationDataSpec] = field(default_factory=list)

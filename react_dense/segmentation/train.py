@@ -35,14 +35,19 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
     """The trained-head segmenter or the MaskCLIP baseline over `bundle`'s image tower."""
     from react_core.registry import BACKBONES, HEADS
     from react_dense.modeling.seg_maskclip import MaskClipSegmenter
-    from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter
+    from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter, SegScoreEnsemble
 
     if cfg.method == "maskclip":
         options = cfg.maskclip
         return MaskClipModel(MaskClipSegmenter(bundle.model.visual, options.residual, options.raw_tokens, options.temperature))
-    backbone = BACKBONES.build({**cfg.backbone, "visual": bundle.model.visual})
+    ensemble = None
+    backbone_args = dict(cfg.backbone)
+    if cfg.ensemble.enabled:
+        ensemble = SegScoreEnsemble(cfg.ensemble.seen_weight, cfg.ensemble.unseen_weight, cfg.maskclip.temperature)
+        backbone_args["emit_clip_map"] = True
+    backbone = BACKBONES.build({**backbone_args, "visual": bundle.model.visual})
     head = HEADS.build({**cfg.head, "input_shape": backbone.output_shape(), "embed_dim": backbone.embed_dim})
-    return OpenVocabSegmenter(backbone, head)
+    return OpenVocabSegmenter(backbone, head, ensemble)
 
 
 def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, resume: bool = False) -> int:
@@ -70,14 +75,14 @@ def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, sou
     """Metrics of one test set over its full vocabulary."""
     classes = encode_classes(bundle, cfg, source, source.background)
     device = next(model.parameters()).device
-    text, void_rows = classes.embeddings.to(device), classes.void_rows.to(device)
+    text, void_rows, unseen = classes.embeddings.to(device), classes.void_rows.to(device), classes.unseen.to(device)
     matrix = ConfusionMatrix(len(classes.names), IGNORE_INDEX)
     loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=cfg.test.batch_size, num_workers=cfg.train.num_workers)
     model.eval()
     test = cfg.test
     for images, labels in tqdm(loader, desc=f"evaluate {source.name}", dynamic_ncols=True):
         logits = predict_logits(
-            lambda x: model(x, text, void_rows), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
+            lambda x: model(x, text, void_rows, unseen=unseen), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
         )
         matrix.update(logits.argmax(1), labels)
     unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
