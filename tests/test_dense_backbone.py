@@ -45,11 +45,12 @@ def test_clip_map_is_the_dense_readout_whatever_block_feeds_the_pyramid(tiny):
             torch.testing.assert_close(tokens, ClipBackbone(visual, features="tokens", feature_block=block).eval().vit_features(images)[0])
 
 
-def test_the_pyramid_reads_the_dense_readout_by_default(tiny):
-    """One dense readout: what the pyramid reads is what the dense objective trains and "clip" is."""
+def test_a_readout_pyramid_reads_the_one_dense_readout(tiny):
+    """features=readout: what the pyramid reads is what the dense objective trains and "clip" is."""
     visual = tiny.model.visual
     images = torch.randn(2, 3, 64, 80)
-    backbone = ClipBackbone(visual, out_channels=32, emit_clip_map=True).eval()
+    assert ClipBackbone(visual).pyramid.stages[0][0].in_channels == visual.conv1.out_channels  # tokens by default
+    backbone = ClipBackbone(visual, out_channels=32, emit_clip_map=True, features="readout").eval()
     with torch.no_grad():
         pyramid_input, clip_map = backbone.vit_features(images)
         torch.testing.assert_close(pyramid_input, dense_readout(visual, images))
@@ -58,7 +59,7 @@ def test_the_pyramid_reads_the_dense_readout_by_default(tiny):
         torch.testing.assert_close(features["p3"], backbone.pyramid(dense_readout(visual, images))["p3"])
     assert backbone.pyramid.stages[0][0].in_channels == visual.proj.shape[1]
     with pytest.raises(ValueError, match="features='tokens' only"):
-        ClipBackbone(visual, feature_block=-2)
+        ClipBackbone(visual, features="readout", feature_block=-2)
     with pytest.raises(ValueError, match="features must be one of"):
         ClipBackbone(visual, features="pixels")
 

@@ -3,11 +3,12 @@
 `ClipBackbone` is a plain `nn.Module`: images [B, 3, H, W] -> {name: feature map}. Engines
 (Detectron2, torchvision) wrap it; they never look inside.
 
-By default (`features: readout`) the pyramid is built on the tower's one dense readout
-(`react_core.modeling.readout`: ViT, the last block's value path through `ln_post` and `proj`;
-ResNet, the attention pool's value and output projections), a CLIP-space embedding per location:
-the same features the dense customization objective trains, the training-free segmenter reads
-and score ensembling pools. `features: tokens` builds it on a block's patch tokens instead.
+The pyramid reads a block's patch tokens (`features: tokens`, the default: they localise and
+separate the seen classes better, README issue 12) or the tower's one dense readout
+(`features: readout`; `react_core.modeling.readout`: ViT, the last block's value path through
+`ln_post` and `proj`; ResNet, the attention pool's value and output projections), the CLIP-space
+embedding per location that the dense customization objective trains, the training-free
+segmenter reads and score ensembling pools.
 
 - ViT towers: the readout (or patch tokens) at stride `patch`, turned into a simple feature
   pyramid (ViTDet: deconvolutions up, max-pooling down), position embeddings resampled to the
@@ -148,8 +149,8 @@ class ClipBackbone(nn.Module):
     scale_factors: ViT pyramid levels relative to the patch stride (ViTDet: 4, 2, 1, 0.5).
     top_block: add a max-pooled level above the coarsest one (for the RPN).
     emit_clip_map: also return `"clip"`, the per-location CLIP embedding (for score ensembling).
-    features: what the pyramid reads: `readout`, the tower's one dense readout (the top level of
-        a ResNet's FPN), or `tokens`, the patch tokens of block `feature_block` (res5 for a ResNet).
+    features: what the pyramid reads: `tokens`, the patch tokens of block `feature_block` (res5
+        for a ResNet), or `readout`, the tower's one dense readout (the top level of a ResNet's FPN).
     feature_block: ViT with `features: tokens` only: the transformer block whose output tokens
         feed the pyramid (-1: the last). Gated REACT blocks run before their host block, so `-2`
         with one gated block before the last layer gives the pyramid the base tower's features.
@@ -163,7 +164,7 @@ class ClipBackbone(nn.Module):
         scale_factors: Union[List[float], Tuple[float, ...]] = (4.0, 2.0, 1.0, 0.5),
         top_block: bool = True,
         emit_clip_map: bool = False,
-        features: str = "readout",
+        features: str = "tokens",
         feature_block: int = -1,
     ):
         super().__init__()
