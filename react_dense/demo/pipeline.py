@@ -11,8 +11,8 @@ the customized and the random-pairs tower -> report, whose `claims` say which ta
 Retrieval queries all 27 detection categories (the 12 target classes and the 15 base classes the
 detector and the segmentation head train on), as REACT retrieves for the whole downstream
 vocabulary: retrieving for the targets only, the tower forgets the base classes (generic top-1 27
-instead of 40.8, README "Retrieving for the dense vocabulary"). The report's retrieval precision
-is over the target classes.
+instead of 40.8; benchmarks/README.md, "Retrieving for the dense vocabulary (first objective)").
+The report's retrieval precision is over the target classes.
 
 The demo drives the same commands and configs a user runs (`react embed/index/retrieve`,
 `configs/demo/*.yaml`, `tools/train_net.py`'s engines), so it is also the end-to-end test of
