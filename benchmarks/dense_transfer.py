@@ -16,10 +16,9 @@ Stages (`--stages`, in this order):
             detection val split is pooled (roi_align) from the tower's dense readout and classified
             against the text embeddings of all the detection categories ('simple' templates);
             mean per-class top-1 on novel and on base boxes, and the readout's drift from the base
-            tower's (mean over locations of |f - f_base| / |f_base|; the readout is what the
-            detector's and the segmentation head's pyramids read, `backbone.features: readout`)
-            and the same drift of the last block's patch tokens (what they read with
-            `backbone.features: tokens`); for reference the class token of each box's crop
+            tower's (mean over locations of |f - f_base| / |f_base|) and the same drift of the last
+            block's patch tokens, which the detector's and the segmentation head's pyramids read
+            (`backbone.features: tokens`, the default; `readout` makes them read the readout); for reference the class token of each box's crop
             resized to the tower's input (what the dense objective's teacher sees). Run in this
             process, about a minute a tower; free of the detector's and head's training noise
   ovd       detector on base classes (torchvision engine), bbox/APr on the rare (novel) classes

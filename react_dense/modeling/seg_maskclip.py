@@ -44,6 +44,12 @@ class MaskClipDense(nn.Module):
         return tokens_to_map(project_tokens(self.visual, x), grid)
 
 
+def readout_logits(readout: torch.Tensor, text_embeddings: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-location class logits of a dense readout [B, D, h, w]: its cosine to each class's text
+    embedding [C, D] / `temperature` -> [B, C, h, w] (MaskCLIP's scores)."""
+    return torch.einsum("bdhw,cd->bchw", F.normalize(readout, dim=1), F.normalize(text_embeddings, dim=-1)) / temperature
+
+
 class MaskClipSegmenter(nn.Module):
     """Dense zero-shot segmentation: cosine similarity of MaskCLIP features with class text
     embeddings, upsampled to the input. `logits(images, text) -> [B, C, H, W]`."""
@@ -54,7 +60,6 @@ class MaskClipSegmenter(nn.Module):
         self.temperature = temperature
 
     def forward(self, images: torch.Tensor, text_embeddings: torch.Tensor) -> torch.Tensor:
-        features = F.normalize(self.dense(images), dim=1)
-        logits = torch.einsum("bdhw,cd->bchw", features, F.normalize(text_embeddings, dim=-1)) / self.temperature
+        logits = readout_logits(self.dense(images), text_embeddings, self.temperature)
         logits = F.interpolate(logits, scale_factor=self.dense.stride, mode="bilinear", align_corners=False)
         return logits[..., : images.shape[-2], : images.shape[-1]]

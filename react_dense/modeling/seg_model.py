@@ -16,6 +16,7 @@ from torch import nn
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from react_dense.modeling.backbone import CLIP_MAP
+from react_dense.modeling.seg_maskclip import readout_logits
 
 
 class ClipNormalize(nn.Module):
@@ -49,8 +50,8 @@ class SegScoreEnsemble(nn.Module):
         self, head_logits: torch.Tensor, clip_map: torch.Tensor, text_embeddings: torch.Tensor,
         unseen: torch.Tensor,
     ) -> torch.Tensor:
-        clip_logits = torch.einsum("bdhw,cd->bchw", F.normalize(clip_map, dim=1), F.normalize(text_embeddings, dim=-1))
-        clip_logits = F.interpolate(clip_logits / self.temperature, size=head_logits.shape[-2:], mode="bilinear", align_corners=False)
+        clip_logits = readout_logits(clip_map, text_embeddings, self.temperature)
+        clip_logits = F.interpolate(clip_logits, size=head_logits.shape[-2:], mode="bilinear", align_corners=False)
         weight = torch.where(unseen.to(head_logits.device), self.unseen_weight, self.seen_weight).to(head_logits.dtype)
         weight = weight.view(1, -1, 1, 1)
         return (1 - weight) * F.log_softmax(head_logits, dim=1) + weight * F.log_softmax(clip_logits, dim=1)

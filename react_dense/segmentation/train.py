@@ -75,14 +75,14 @@ def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, sou
     """Metrics of one test set over its full vocabulary."""
     classes = encode_classes(bundle, cfg, source, source.background)
     device = next(model.parameters()).device
-    text, void_rows, unseen = classes.embeddings.to(device), classes.void_rows.to(device), classes.unseen.to(device)
+    text, void_rows, unseen_rows = classes.embeddings.to(device), classes.void_rows.to(device), classes.unseen.to(device)
     matrix = ConfusionMatrix(len(classes.names), IGNORE_INDEX)
     loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=cfg.test.batch_size, num_workers=cfg.train.num_workers)
     model.eval()
     test = cfg.test
     for images, labels in tqdm(loader, desc=f"evaluate {source.name}", dynamic_ncols=True):
         logits = predict_logits(
-            lambda x: model(x, text, void_rows, unseen=unseen), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
+            lambda x: model(x, text, void_rows, unseen=unseen_rows), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
         )
         matrix.update(logits.argmax(1), labels)
     unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
