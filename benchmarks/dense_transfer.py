@@ -10,7 +10,9 @@ Folder names ending in `-s<seed>` are grouped by variant over seeds (mean ± sam
 Stages (`--stages`, in this order):
   seg       trained segmentation head (method=head), mIoU_unseen / mIoU_seen; then the same head
             evaluated with its scores ensembled with the dense readout's (ensemble.enabled=true,
-            FC-CLIP's weights 0.4 seen / 0.8 unseen; eval-only, no training)
+            FC-CLIP's weights 0.4 seen / 0.8 unseen; eval-only, no training), and again with the
+            readout's temperature chosen by a second head trained without the HELDOUT base classes
+            (`ensemble.heldout`, on training images; no unseen annotation is read)
   maskclip  training-free MaskCLIP readout (method=maskclip), mIoU_unseen
   regions   training-free region classification, no training at all: each ground-truth box of the
             detection val split is pooled (roi_align) from the tower's dense readout and classified
@@ -25,7 +27,8 @@ Stages (`--stages`, in this order):
   control   for the base tower and the best variant by novel APr (or `--best`): the permuted-novel-
             embedding control (`permute_novel_embeddings=true`, same weights) and score ensembling
             (F-VLM weights; + prior correction; + background embedding; weights chosen on held-out
-            base classes by a second detector trained without them), with novel AP, base AP and
+            base classes by a second detector trained without them, before and after the prior
+            correction and the background embedding), with novel AP, base AP and
             the background false-positive rate of benchmarks/ensemble_steps.py
 
     python benchmarks/dense_transfer.py --world runs/demo/world --out runs/dense_transfer \\
@@ -43,13 +46,15 @@ import sys
 import time
 from pathlib import Path
 
+from react_core.synth.concepts import CALIBRATION_HELDOUT
+
 ROOT = Path(__file__).resolve().parents[1]
 SEG = ROOT / "configs" / "demo" / "seg_synthetic.yaml"
 OVD = ROOT / "configs" / "demo" / "ovd_synthetic.yaml"
 BASE = ROOT / "react_core" / "resources" / "demo_base.safetensors"
 STAGES = ("seg", "maskclip", "regions", "ovd", "control")
-# base classes held out to choose the ensemble weights (as in react_dense/README.md's measurement)
-HELDOUT = ("cyan cross", "yellow diamond", "orange circle", "red star", "blue hexagon")
+HELDOUT = CALIBRATION_HELDOUT  # base classes held out to choose the ensembles' settings
+CORRECTIONS = ["ensemble.prior_correction=true", "ensemble.background=true"]
 
 
 def tower_overrides(name: str, towers: dict, base: Path) -> list[str]:
@@ -226,7 +231,10 @@ def main() -> None:
         args.stages = []
 
     gt = json.loads((world / "detection" / "val.json").read_text())
-    seg, seg_ensemble, maskclip, regions, ovd = {}, {}, {}, {}, {}
+    seg_unseen = json.loads((world / "semseg" / "classes.json").read_text())["unseen"]
+    seg_heldout = ["train_data.unseen=[" + ",".join(seg_unseen + list(HELDOUT)) + "]", "ensemble.enabled=true",
+                   "ensemble.heldout=[" + ",".join(HELDOUT) + "]"]
+    seg, seg_ensemble, seg_calibrated, maskclip, regions, ovd = {}, {}, {}, {}, {}, {}
     for stage in STAGES:
         for name in towers:
             over = tower_overrides(name, towers, base)
@@ -239,6 +247,17 @@ def main() -> None:
                     run(mixed, SEG, common + over + args.dense_overrides + ["ensemble.enabled=true"], log_dir, times,
                         ["--eval-only", "--weights", str(folder / "model_final.pth")])
                     if "seg" in args.stages and seg[name] else _read(mixed))
+                # the readout's temperature chosen by a second head trained without HELDOUT's classes
+                heldout_dir = out / "seg_heldout" / name
+                heldout = (run(heldout_dir, SEG, common + over + args.dense_overrides + seg_heldout, log_dir, times)
+                           if "seg" in args.stages else _read(heldout_dir))
+                report = heldout_dir / "ensemble_calibration.json"
+                calibrated = out / "seg_calibrated" / name
+                seg_calibrated[name] = (
+                    run(calibrated, SEG, common + over + args.dense_overrides + [
+                        "ensemble.enabled=true", f"ensemble.temperature={json.loads(report.read_text())['temperature']}"],
+                        log_dir, times, ["--eval-only", "--weights", str(folder / "model_final.pth")])
+                    if "seg" in args.stages and seg[name] and heldout and report.is_file() else _read(calibrated))
             elif stage == "maskclip":
                 folder = out / "seg_maskclip" / name
                 maskclip[name] = (run(folder, SEG, common + over + ["method=maskclip"], log_dir, times)
@@ -261,17 +280,19 @@ def main() -> None:
     rows = {}
     print("\n## Per tower (segmentation head and detector: train.seed 0 of the config; seed = the adapter's)\n")
     print("| tower | variant | adapter seed | trained-head unseen mIoU | trained-head seen mIoU "
-          "| head + readout ensemble unseen / seen mIoU | training-free unseen mIoU "
+          "| head + readout ensemble unseen / seen mIoU | the same, calibrated temperature: unseen / seen mIoU (T) | training-free unseen mIoU "
           "| region top-1 novel | region top-1 base | crop top-1 novel | crop top-1 base | readout drift | token drift "
           "| novel APr | box AP (all) | base AP |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in towers:
         variant, seed = variant_of(name)
         s, m, g = seg.get(name) or {}, maskclip.get(name) or {}, regions.get(name) or {}
-        e = seg_ensemble.get(name) or {}
+        e, c = seg_ensemble.get(name) or {}, seg_calibrated.get(name) or {}
         d = detection_row(ovd[name], out / "ovd" / name, gt) if ovd.get(name) else {}
         rows[name] = {"variant": variant, "seed": seed, "seg_unseen": s.get("mIoU_unseen"), "seg_seen": s.get("mIoU_seen"),
                       "ensemble_unseen": e.get("mIoU_unseen"), "ensemble_seen": e.get("mIoU_seen"),
+                      "calibrated_unseen": c.get("mIoU_unseen"), "calibrated_seen": c.get("mIoU_seen"),
+                      "calibrated_temperature": _temperature(out / "seg_heldout" / name),
                       "maskclip_unseen": m.get("mIoU_unseen"), "region_novel": g.get("region_top1_novel"),
                       "region_base": g.get("region_top1_base"), "drift": g.get("readout_drift"),
                       "crop_novel": g.get("crop_top1_novel"), "crop_base": g.get("crop_top1_base"),
@@ -279,14 +300,15 @@ def main() -> None:
                       "apr": d.get("apr"), "ap": d.get("ap"), "base_ap": d.get("base_ap")}
         r = rows[name]
         print(f"| {name} | {variant} | {seed} | {fmt(r['seg_unseen'])} | {fmt(r['seg_seen'])} "
-              f"| {fmt(r['ensemble_unseen'])} / {fmt(r['ensemble_seen'])} | {fmt(r['maskclip_unseen'])} "
+              f"| {fmt(r['ensemble_unseen'])} / {fmt(r['ensemble_seen'])} "
+              f"| {fmt(r['calibrated_unseen'])} / {fmt(r['calibrated_seen'])} ({r['calibrated_temperature'] or '-'}) | {fmt(r['maskclip_unseen'])} "
               f"| {fmt(r['region_novel'])} | {fmt(r['region_base'])} | {fmt(r['crop_novel'])} | {fmt(r['crop_base'])} "
               f"| {fmt(r['drift'])} | {fmt(r['token_drift'])} "
               f"| {fmt(r['apr'])} | {fmt(r['ap'])} | {fmt(r['base_ap'])} |")
     print("\n## Per variant (mean ± sample std over adapter seeds; n = seeds)\n")
-    print("| variant | n | trained-head unseen mIoU | head + readout ensemble unseen mIoU | training-free unseen mIoU "
+    print("| variant | n | trained-head unseen mIoU | head + readout ensemble unseen mIoU | calibrated ensemble unseen / seen mIoU | training-free unseen mIoU "
           "| region top-1 novel | region top-1 base | novel APr (n) | base AP |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     variants: dict[str, list[dict]] = {}
     for r in rows.values():
         variants.setdefault(r["variant"], []).append(r)
@@ -294,6 +316,8 @@ def main() -> None:
         aprs = [r["apr"] for r in members if r["apr"] is not None]
         print(f"| {variant} | {len(members)} | {mean_std([r['seg_unseen'] for r in members])} "
               f"| {mean_std([r['ensemble_unseen'] for r in members if r['ensemble_unseen'] is not None])} "
+              f"| {mean_std([r['calibrated_unseen'] for r in members if r['calibrated_unseen'] is not None])} "
+              f"/ {mean_std([r['calibrated_seen'] for r in members if r['calibrated_seen'] is not None])} "
               f"| {mean_std([r['maskclip_unseen'] for r in members])} | {mean_std([r['region_novel'] for r in members])} "
               f"| {mean_std([r['region_base'] for r in members])} | {mean_std(aprs)} ({len(aprs)}) "
               f"| {mean_std([r['base_ap'] for r in members if r['base_ap'] is not None])} |")
@@ -324,17 +348,25 @@ def main() -> None:
                                "ensemble.enabled=true", "ensemble.heldout=[" + ",".join(HELDOUT) + "]",
                                f"ensemble.calibration_images={args.calibration_images}"]
         heldout = run(heldout_dir, OVD, heldout_over, log_dir, times) if go else _read(heldout_dir)
-        report_file = heldout_dir / "ensemble_calibration.json"
+        # the same held-out detector, its scores corrected first (prior, background), then the weights chosen
+        corrected_dir = out / "control" / name / "heldout_calibration_corrected"
+        corrected = (run(corrected_dir, OVD, heldout_over + CORRECTIONS, log_dir, times,
+                         ["--eval-only", "--weights", str(heldout_dir / "model_final.pth")])
+                     if go and heldout is not None else _read(corrected_dir))
         settings = {}
-        if heldout is not None and report_file.is_file():
+        for calibration, done, key, label, extra in (
+            (heldout_dir, heldout, "heldout", "weights chosen on held-out base", []),
+            (corrected_dir, corrected, "corrected_heldout", "prior + background, then weights chosen on held-out base", CORRECTIONS),
+        ):
+            report_file = calibration / "ensemble_calibration.json"
+            if done is None or not report_file.is_file():
+                continue
             report = json.loads(report_file.read_text())
-            chosen = [f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"]
-            settings = {
-                "weights chosen on held-out base": ("heldout", on + chosen),
-                "permuted, weights chosen on held-out base": ("heldout_permuted", on + chosen + ["permute_novel_embeddings=true"]),
-                "weights chosen on held-out base + prior + background": (
-                    "heldout_prior_background", on + chosen + ["ensemble.prior_correction=true", "ensemble.background=true"]),
-            }
+            chosen = on + extra + [f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"]
+            settings[label] = (key, chosen)
+            settings[f"permuted, {label}"] = (f"{key}_permuted", chosen + ["permute_novel_embeddings=true"])
+            if not extra:
+                settings[f"{label} + prior + background"] = ("heldout_prior_background", chosen + CORRECTIONS)
         settings.update({
             "geometric mean, F-VLM weights": ("fvlm", on),
             "F-VLM weights + prior correction": ("fvlm_prior", on + ["ensemble.prior_correction=true"]),
@@ -358,6 +390,11 @@ def control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir,
     fp_all = f"{100 * d['fp_all']:.1f} %" if "fp_all" in d else "-"
     fp_novel = f"{100 * d['fp_novel']:.1f} %" if "fp_novel" in d else "-"
     print(f"| {name} | {setting} | {fmt(d['novel_ap'])} | {fmt(d['base_ap'])} | {fp_all} | {fp_novel} | {w} |", flush=True)
+
+
+def _temperature(folder: Path) -> float | None:
+    report = folder / "ensemble_calibration.json"
+    return json.loads(report.read_text())["temperature"] if report.is_file() else None
 
 
 def _read(folder: Path) -> dict | None:

@@ -113,3 +113,28 @@ def test_detectron2_engine_trains_and_evaluates(tiny_world, tmp_path):
     assert curve and all(line["total_loss"] > 0 for line in curve)
     again = train(CONFIG, _quick(tiny_world, "engine=detectron2"), tmp_path / "d2", eval_only=True)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
+
+
+def test_ensemble_temperature_is_chosen_on_heldout_seen_classes_and_applied(tiny_world, tmp_path, capsys):
+    record = json.loads((Path(tiny_world) / "semseg" / "classes.json").read_text())
+    held = next(name for name in record["seen"] if name != record["classes"][record["background_index"]])
+    unseen = "train_data.unseen=[" + ",".join(record["unseen"] + [held]) + "]"
+    out = tmp_path / "heldout"
+    # neither temperature is the default 0.01: evaluating at the default would show it was not applied
+    calibrated = _quick(tiny_world, unseen, "ensemble.enabled=true", f"ensemble.heldout=[{held}]",
+                        "ensemble.calibration_images=4", "ensemble.temperatures=[0.05,0.5]")
+    assert _train_net("--config", CONFIG, "--out", str(out), *calibrated) == 0
+    report = json.loads((out / "ensemble_calibration.json").read_text())
+    curve = report["hIoU_curve"]
+    assert set(curve) == {"0.05", "0.5"} and report["temperature"] == float(max(curve, key=curve.get))
+    for value, part in zip(curve.values(), report["mIoU_curve"].values()):
+        assert value == pytest.approx(2 * part["seen"] * part["heldout"] / max(part["seen"] + part["heldout"], 1e-9))
+    assert held not in report["seen_classes"] and not set(record["unseen"]) & set(report["seen_classes"])
+    again = tmp_path / "again"
+    assert _train_net("--config", CONFIG, "--out", str(again), "--eval-only", "--weights", str(out / "model_final.pth"),
+                      *_quick(tiny_world, unseen, "ensemble.enabled=true", f"ensemble.temperature={report['temperature']}")) == 0
+    assert json.loads((again / "metrics.json").read_text())["mIoU"] == pytest.approx(json.loads((out / "metrics.json").read_text())["mIoU"], abs=1e-3)
+    capsys.readouterr()
+    bad = _quick(tiny_world, "ensemble.enabled=true", f"ensemble.heldout=[{held}]")  # held is trained on here
+    assert _train_net("--config", CONFIG, "--out", str(tmp_path / "bad"), "--eval-only", "--weights", str(out / "model_final.pth"), *bad) == 2
+    assert held in capsys.readouterr().err

@@ -62,6 +62,11 @@ BASE_CATEGORIES: tuple[str, ...] = (
     "purple cross", "orange circle", "cyan square",
 )
 
+# Base categories the calibration runs of the dense heads leave out of training: they stand in for
+# the novel ones when the score ensembles' settings are chosen (weights, temperature), so no
+# novel annotation is read. Frequent and common ones, every target colour but pink among them.
+CALIBRATION_HELDOUT: tuple[str, ...] = ("cyan cross", "yellow diamond", "orange circle", "red star", "blue hexagon")
+
 COLOR_NAMES: tuple[str, ...] = tuple(COLORS)
 CLASSES: tuple[str, ...] = tuple(f"{c} {s}" for c in COLOR_NAMES for s in SHAPES)
 

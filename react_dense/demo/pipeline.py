@@ -27,6 +27,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from react_core.synth.concepts import CALIBRATION_HELDOUT
 from react_dense.demo.stages import StageRunner
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -132,7 +133,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     plan = plan_for(quick, seed)
     n_customize = len(list(plan.customize_runs()))
     stages = out / "stages"
-    runner = StageRunner(stages, total=7 + n_customize + 8)  # 8 dense runs: 2 detection, 3 + 3 segmentation
+    runner = StageRunner(stages, total=7 + n_customize + 14)  # 14 dense runs: 2 detection, 4 x 3 segmentation
     world_dir = out / "world"
 
     def make_world(_: Path) -> dict:
@@ -257,28 +258,47 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         towers[backbone], tower_stages[backbone] = str(stages / stage / "adapter.safetensors"), (stage,)
     from react_dense.train_net import train
 
-    dense = {}
+    heldout = list(CALIBRATION_HELDOUT)
+    calibrated_detection = {  # one detector per tower, trained without `heldout`, on which its ensemble is calibrated
+        "data.novel": [*world_info.novel_categories, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
+        "ensemble.prior_correction": True, "ensemble.background": True,
+    }
+    heldout_segmentation = {  # a second head, trained without `heldout`, chooses the ensemble's temperature
+        "train_data.unseen": [*world_info.semseg_unseen, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
+    }
+    dense, dense_dirs = {}, {}
     for task, config, steps, extra, backbones in (
-        ("detection", "demo/ovd_synthetic.yaml", plan.detection_steps, {}, ("base", "customized")),
+        ("detection", "demo/ovd_synthetic.yaml", plan.detection_steps, calibrated_detection, ("base", "customized")),
         ("segmentation", "demo/seg_synthetic.yaml", plan.segmentation_steps, {}, tuple(towers)),
+        ("segmentation-heldout", "demo/seg_synthetic.yaml", plan.segmentation_steps, heldout_segmentation, tuple(towers)),
+        ("segmentation-ensemble", "demo/seg_synthetic.yaml", 0, {"ensemble.enabled": True}, tuple(towers)),
         ("maskclip", "demo/seg_synthetic.yaml", 0, {"method": "maskclip"}, tuple(towers)),
     ):
         for backbone in backbones:
             overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
-            if steps:
+            after = ("pretrain", *tower_stages[backbone])
+            evaluate = None
+            if task == "segmentation-ensemble":  # the trained head, its scores ensembled at the chosen temperature
+                chosen = json.loads((stages / f"segmentation-heldout-{backbone}" / "ensemble_calibration.json").read_text())
+                overrides["ensemble.temperature"] = chosen["temperature"]
+                evaluate = str(stages / f"segmentation-{backbone}" / "model_final.pth")
+                after += (f"segmentation-{backbone}", f"segmentation-heldout-{backbone}")
+            elif steps:
                 overrides["train.max_iters"] = steps
 
-            def dense_work(folder: Path, config=config, overrides=overrides) -> dict:
-                return {"metrics": train(_config_path(config), _overrides(overrides), folder)}
+            def dense_work(folder: Path, config=config, overrides=overrides, evaluate=evaluate) -> dict:
+                return {"metrics": train(_config_path(config), _overrides(overrides), folder,
+                                         eval_only=evaluate is not None, weights=evaluate)}
 
-            dense[(task, backbone)] = runner.run(
-                f"{task}-{backbone}", dense_work, overrides, after=("pretrain", *tower_stages[backbone])
-            )["metrics"]
+            name = f"{task}-{backbone}"
+            inputs = {"overrides": overrides, "config": _config_path(config).read_text()}
+            dense[(task, backbone)] = runner.run(name, dense_work, inputs, after=after)["metrics"]
+            dense_dirs[(task, backbone)] = stages / name
 
     from react_dense.demo.report import write_report
 
     summary = summarize(plan, world_info, retrieval, customized, dense)
-    write_report(out, summary, world_dir, subset_manifest, dense_dirs={k: stages / f"{k[0]}-{k[1]}" for k in dense})
+    write_report(out, summary, world_dir, subset_manifest, dense_dirs=dense_dirs)
     runner.echo(f"report: {out / 'report.md'} and {out / 'report.html'}; metrics: {out / 'metrics.json'}")
     return summary
 
@@ -333,7 +353,8 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
         _claim(f"generic zero-shot top-1 (retention): {ours} minus the base CLIP", ">= -1 point",
                {"base CLIP": base_generic, ours: generic[ours]}, retention, retention is not None and retention >= -1),
     ]
-    for task, title in (("detection", "novel box AP (APr)"), ("segmentation", "trained-head unseen mIoU"),
+    for task, title in (("detection", "novel box AP (APr), calibrated score ensemble"),
+                        ("segmentation-ensemble", "trained head + readout (calibrated ensemble) unseen mIoU"),
                         ("maskclip", "training-free (MaskCLIP) unseen mIoU")):
         for reference in ("base", "random"):
             if (task, reference) in dense:
@@ -350,6 +371,7 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
         "generic_top1_base": base_generic,
         "generic_top1": generic,
         "dense": {f"{task}/{backbone}": metrics for (task, backbone), metrics in dense.items()},
+        "calibration_heldout": list(CALIBRATION_HELDOUT),
         "claims": claims,
         "plan": dataclasses.asdict(plan),
     }

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
+from mmengine.runner import set_random_seed
 
 from react_core.config import ConfigError
 from react_core.registry import BACKBONES, HEADS
@@ -40,6 +41,9 @@ class DenseParts:
 
 def build_parts(cfg: DetectionConfig) -> DenseParts:
     bundle = cfg.model.load()
+    # the heads start alike whatever the tower (a gated block draws from the generator when it is
+    # made), so two towers' detectors differ by what they read, not by their initialisation
+    set_random_seed(cfg.train.seed)
     backbone_args = {k: v for k, v in cfg.backbone.items()}
     if cfg.ensemble.enabled:
         if backbone_args.get("freeze", "frozen") != "frozen":

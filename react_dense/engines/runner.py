@@ -30,7 +30,7 @@ from react_dense.engines.optim import optim_wrapper
 
 # settings a resumed run may change: they leave the weights as they are
 RESULT_FREE = ("log_interval", "checkpoint_interval", "device", "num_workers")
-EVALUATION_ONLY = ("test", "test_data")
+EVALUATION_ONLY = ("test", "test_data", "ensemble")  # the score ensembles act after training
 
 
 class NonFiniteLossError(ReactError, FloatingPointError):

@@ -62,6 +62,14 @@ class SegEnsembleConfig:
     enabled: bool = False
     seen_weight: float = 0.4
     unseen_weight: float = 0.8
+    temperature: Optional[float] = None  # the readout softmax's temperature (None: maskclip.temperature)
+    # Seen classes that train_data.unseen leaves out of training: the temperature is then chosen
+    # from `temperatures` on the first `calibration_images` training images (the harmonic mean of
+    # the held-out and the trained classes' mIoU; unseen pixels ignored), written to
+    # ensemble_calibration.json.
+    heldout: List[str] = field(default_factory=list)
+    temperatures: List[float] = field(default_factory=lambda: [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0])
+    calibration_images: int = 100
 
 
 @config_kind("segmentation")

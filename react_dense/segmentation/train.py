@@ -20,6 +20,7 @@ from mmengine.runner import set_random_seed
 from tqdm import tqdm
 
 from react_core.config import ConfigError, write_run_config
+from react_core.io import atomic_write_json
 from react_dense.engines import runner
 from react_dense.engines.checkpoint import FINAL, load_checkpoint
 from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
@@ -43,7 +44,8 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
     ensemble = None
     backbone_args = dict(cfg.backbone)
     if cfg.ensemble.enabled:
-        ensemble = SegScoreEnsemble(cfg.ensemble.seen_weight, cfg.ensemble.unseen_weight, cfg.maskclip.temperature)
+        temperature = cfg.ensemble.temperature if cfg.ensemble.temperature is not None else cfg.maskclip.temperature
+        ensemble = SegScoreEnsemble(cfg.ensemble.seen_weight, cfg.ensemble.unseen_weight, temperature)
         backbone_args["emit_clip_map"] = True
     backbone = BACKBONES.build({**backbone_args, "visual": bundle.model.visual})
     head = HEADS.build({**cfg.head, "input_shape": backbone.output_shape(), "embed_dim": backbone.embed_dim})
@@ -71,22 +73,76 @@ def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, re
 
 
 @torch.no_grad()
-def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, source: SegmentationSource) -> dict:
-    """Metrics of one test set over its full vocabulary."""
-    classes = encode_classes(bundle, cfg, source, source.background)
+def confusion(cfg: SegmentationConfig, model: torch.nn.Module, classes, source: SegmentationSource, ignored=(), desc: str = "") -> torch.Tensor:
+    """The confusion matrix of `model`'s labels on `source` over the vocabulary `classes`; pixels
+    of the class indices `ignored` do not count."""
     device = next(model.parameters()).device
     text, void_rows, unseen_rows = classes.embeddings.to(device), classes.void_rows.to(device), classes.unseen.to(device)
     matrix = ConfusionMatrix(len(classes.names), IGNORE_INDEX)
     loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=cfg.test.batch_size, num_workers=cfg.train.num_workers)
     model.eval()
     test = cfg.test
-    for images, labels in tqdm(loader, desc=f"evaluate {source.name}", dynamic_ncols=True):
+    ignored = torch.tensor(list(ignored), dtype=torch.long)
+    for images, labels in tqdm(loader, desc=desc or f"evaluate {source.name}", dynamic_ncols=True):
         logits = predict_logits(
             lambda x: model(x, text, void_rows, unseen=unseen_rows), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
         )
-        matrix.update(logits.argmax(1), labels)
+        matrix.update(logits.argmax(1), torch.where(torch.isin(labels, ignored), IGNORE_INDEX, labels))
+    return matrix.matrix
+
+
+def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, source: SegmentationSource) -> dict:
+    """Metrics of one test set over its full vocabulary."""
+    classes = encode_classes(bundle, cfg, source, source.background)
     unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
-    return segmentation_metrics(matrix.matrix, classes.names, unseen or None)
+    return segmentation_metrics(confusion(cfg, model, classes, source), classes.names, unseen or None)
+
+
+def calibrate_ensemble(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> Optional[float]:
+    """Choose the score ensemble's readout temperature without unseen annotations (FC-CLIP's
+    weights fixed): the one of `ensemble.temperatures` with the best harmonic mean of the mean IoU
+    over the `ensemble.heldout` classes (seen classes left out of training, standing in for the
+    unseen ones) and over the trained seen classes (hIoU, the zero-shot segmentation metric), on
+    the first `ensemble.calibration_images` training images; pixels of the other unseen classes
+    are ignored. Sets it on the model, writes `ensemble_calibration.json`."""
+    options = cfg.ensemble
+    if cfg.method != "head" or not options.enabled or not options.heldout:
+        return None
+    if cfg.train_data is None:
+        raise ConfigError("ensemble.heldout: the temperature is chosen on the training images; set train_data")
+    source = open_spec(cfg.train_data)
+    wrong = [name for name in options.heldout if name not in source.unseen]
+    if wrong:
+        raise ConfigError(f"ensemble.heldout: {', '.join(wrong)} must be classes that train_data.unseen leaves out of training")
+    if not options.temperatures or min(options.temperatures) <= 0:
+        raise ConfigError(f"ensemble.temperatures must be positive numbers, got {list(options.temperatures)}")
+    source.images, source.labels = source.images[: options.calibration_images], source.labels[: options.calibration_images]
+    classes = encode_classes(bundle, cfg, source, source.background)
+    ignored = [i for i, name in enumerate(classes.names) if name in source.unseen and name not in options.heldout]
+    heldout = [i for i, name in enumerate(classes.names) if name in options.heldout]
+    seen = [i for i in range(len(classes.names)) if i not in ignored and i not in heldout]
+    curve, parts = {}, {}
+    for temperature in options.temperatures:
+        model.ensemble.temperature = float(temperature)
+        matrix = confusion(cfg, model, classes, source, ignored, desc=f"calibration T={temperature}").double()
+        truth, hits = matrix.sum(1), matrix.diagonal()
+        iou = hits / (truth + matrix.sum(0) - hits).clamp(min=1)
+
+        def mean_iou(rows):
+            present = [i for i in rows if truth[i] > 0]
+            return 100 * float(iou[present].mean()) if present else 0.0
+
+        seen_iou, heldout_iou = mean_iou(seen), mean_iou(heldout)
+        curve[float(temperature)] = 2 * seen_iou * heldout_iou / (seen_iou + heldout_iou) if seen_iou + heldout_iou else 0.0
+        parts[float(temperature)] = {"seen": seen_iou, "heldout": heldout_iou}
+    chosen = max(curve, key=curve.get)
+    model.ensemble.temperature = chosen
+    atomic_write_json(out / "ensemble_calibration.json", {
+        "temperature": chosen, "hIoU_curve": curve, "mIoU_curve": parts, "heldout": list(options.heldout),
+        "images": len(source.images), "seen_classes": [classes.names[i] for i in seen],
+    })
+    log.info("ensemble temperature %s chosen on %d training images (hIoU %.2f)", chosen, len(source.images), curve[chosen])
+    return chosen
 
 
 def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> dict:
@@ -112,6 +168,7 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
         open_spec(spec)  # fail on a bad dataset before loading any model
     set_random_seed(cfg.train.seed)
     bundle = cfg.model.load()
+    set_random_seed(cfg.train.seed)  # the head starts alike whatever the tower (a gated block draws from the generator)
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         if eval_only:
@@ -119,4 +176,5 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
         elif train(cfg, model, bundle, out, resume) != 0:
             return None
     model.to(cfg.train.device)
+    calibrate_ensemble(cfg, model, bundle, out)
     return evaluate(cfg, model, bundle, out)
