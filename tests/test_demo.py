@@ -41,6 +41,13 @@ def test_every_stage_produced_its_outputs(quick_demo):
     for name in ("detection-base", "detection-customized", *(f"{task}-{tower}" for task in ("segmentation", "maskclip")
                                                              for tower in ("base", "customized", "random"))):
         assert (stages / name / "metrics.json").is_file(), name
+    for tower in ("base", "customized", "random"):  # the ensemble is evaluated at the held-out head's temperature
+        chosen = json.loads((stages / f"segmentation-heldout-{tower}" / "ensemble_calibration.json").read_text())
+        assert chosen["temperature"] == float(max(chosen["hIoU_curve"], key=chosen["hIoU_curve"].get))
+        assert (stages / f"segmentation-ensemble-{tower}" / "metrics.json").is_file(), tower
+    for tower in ("base", "customized"):  # the detector's ensemble is calibrated on its held-out base classes
+        report = json.loads((stages / f"detection-{tower}" / "ensemble_calibration.json").read_text())
+        assert report["prior_correction"] and report["background"] and "novel_weight_curve" in report
 
 
 def test_report_has_tables_plots_and_metrics(quick_demo):
