@@ -7,6 +7,10 @@ random pairs, over several seeds; CLS-only gated-image, locked-text and full fin
 retrieved pairs, on the first seed) -> zero-shot top-1 on the target and the generic classes of every variant ->
 open-vocabulary detection, trained-head and training-free (MaskCLIP) segmentation with the base,
 the customized and the random-pairs tower -> report, whose `claims` say which targets hold.
+The dense heads read below the gated block, so a tower reaches them through its readout in the
+score ensembles, calibrated on the base classes of CALIBRATION_HELDOUT: each detector trains
+without them and chooses its ensemble weights on them; a second segmentation head per tower
+trains without them and chooses the readout's temperature.
 
 Retrieval queries all 27 detection categories (the 12 target classes and the 15 base classes the
 detector and the segmentation head train on), as REACT retrieves for the whole downstream
