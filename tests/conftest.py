@@ -41,3 +41,24 @@ def retrieval_corpus(tiny_world, tmp_path_factory) -> Path:
                         info.size = len(data)
                         tar.addfile(info, io.BytesIO(data))
     return out
+
+
+@pytest.fixture(scope="session")
+def gated_towers(tmp_path_factory) -> Path:
+    """A random-init react-tiny saved as `base.safetensors`, and two gated-image adapters on it with
+    one gated block before the last layer: `closed.safetensors` (gates at 0) and `open.safetensors`
+    (gated block randomized, gates open)."""
+    import torch
+
+    from react_core.modeling import add_gated_blocks, load_clip, save_adapter, save_full
+    from test_gated import _randomize_gated
+
+    folder = tmp_path_factory.mktemp("gated_towers")
+    torch.manual_seed(0)
+    save_full(load_clip("react-tiny").model, folder / "base.safetensors")
+    bundle = load_clip("react-tiny", weights=folder / "base.safetensors")
+    add_gated_blocks(bundle.model, layers=[5])
+    save_adapter(bundle.model, folder / "closed.safetensors", spec=bundle.spec, mode="gated-image")
+    _randomize_gated(bundle.model)
+    save_adapter(bundle.model, folder / "open.safetensors", spec=bundle.spec, mode="gated-image")
+    return folder

@@ -8,26 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from react_core.modeling import add_gated_blocks, load_clip, save_adapter, save_full
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_gated import _randomize_gated  # noqa: E402
 from test_seg_train import CONFIG, _quick, _train_net  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("paired_towers")
-    torch.manual_seed(0)
-    save_full(load_clip("react-tiny").model, folder / "base.safetensors")
-    bundle = load_clip("react-tiny", weights=folder / "base.safetensors")
-    add_gated_blocks(bundle.model, layers=[5])
-    _randomize_gated(bundle.model)
-    save_adapter(bundle.model, folder / "adapter.safetensors", spec=bundle.spec, mode="gated-image")
-    return folder
 
 
 def _head_state(out: Path) -> dict:
@@ -35,11 +19,11 @@ def _head_state(out: Path) -> dict:
     return {k: v for k, v in state.items() if not k.startswith("backbone.trunk.")}
 
 
-def test_heads_below_the_gated_block_are_the_same_for_every_tower(towers, tiny_world, tmp_path):
-    base = towers / "base.safetensors"
+def test_heads_below_the_gated_block_are_the_same_for_every_tower(gated_towers, tiny_world, tmp_path):
+    base = gated_towers / "base.safetensors"
     runs = {}
     for name, weights in (("base", [f"model.weights={base}"]),
-                          ("customized", [f"model.weights={towers / 'adapter.safetensors'}", f"model.base_weights={base}"])):
+                          ("customized", [f"model.weights={gated_towers / 'open.safetensors'}", f"model.base_weights={base}"])):
         out = tmp_path / name
         assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world, *weights, "backbone.feature_block=-2")) == 0
         mixed = tmp_path / f"{name}-ensemble"

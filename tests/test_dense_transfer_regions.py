@@ -6,40 +6,21 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-from react_core.modeling import add_gated_blocks, load_clip, save_adapter, save_full
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from dense_transfer import region_probe  # noqa: E402
-from test_gated import _randomize_gated  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def towers(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("towers")
-    torch.manual_seed(0)
-    save_full(load_clip("react-tiny").model, folder / "base.safetensors")
-    bundle = load_clip("react-tiny", weights=folder / "base.safetensors")
-    add_gated_blocks(bundle.model, layers=[5])
-    save_adapter(bundle.model, folder / "closed.safetensors", spec=bundle.spec, mode="gated-image")
-    _randomize_gated(bundle.model)
-    save_adapter(bundle.model, folder / "open.safetensors", spec=bundle.spec, mode="gated-image")
-    return folder
-
-
-def test_region_probe_counts_every_box_and_closed_gates_do_not_drift(towers, tiny_world):
+def test_region_probe_counts_every_box_and_closed_gates_do_not_drift(gated_towers, tiny_world):
     gt = json.loads((tiny_world / "detection" / "val.json").read_text())
-    base = towers / "base.safetensors"
+    base = gated_towers / "base.safetensors"
     plain = region_probe(str(base), None, base, gt, tiny_world / "detection")
     assert plain["boxes"] == len(gt["annotations"]) and plain["readout_drift"] == 0.0
     for key in ("region_top1_novel", "region_top1_base", "crop_top1_novel", "crop_top1_base"):
         assert 0.0 <= plain[key] <= 100.0
     assert set(plain["per_class_top1"]) <= {c["name"] for c in gt["categories"]}
-    closed = region_probe(str(towers / "closed.safetensors"), str(base), base, gt, tiny_world / "detection")
+    closed = region_probe(str(gated_towers / "closed.safetensors"), str(base), base, gt, tiny_world / "detection")
     assert closed["readout_drift"] == 0.0  # gates at 0: the customized readout is the base's, bit for bit
     assert closed["per_class_top1"] == plain["per_class_top1"] and closed["per_class_crop_top1"] == plain["per_class_crop_top1"]
-    opened = region_probe(str(towers / "open.safetensors"), str(base), base, gt, tiny_world / "detection")
+    opened = region_probe(str(gated_towers / "open.safetensors"), str(base), base, gt, tiny_world / "detection")
     assert opened["readout_drift"] > 0.01
     assert closed["token_drift"] == 0.0 and plain["token_drift"] == 0.0 and opened["token_drift"] > 0.01
