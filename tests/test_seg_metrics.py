@@ -44,8 +44,20 @@ def test_confusion_matrix_accumulates_and_rejects_bad_labels():
     assert segmentation_metrics(matrix.matrix, NAMES)["mIoU"] == pytest.approx((50 + 200 / 3 + 100) / 3)
     with pytest.raises(ValueError, match="outside"):
         matrix.update(torch.tensor([0]), torch.tensor([7]))
-    with pytest.raises(ValueError, match="unseen classes"):
+    with pytest.raises(ValueError, match="unseen or excluded classes"):
         segmentation_metrics(matrix.matrix, NAMES, unseen=["plane"])
+    with pytest.raises(ValueError, match="plane"):
+        segmentation_metrics(matrix.matrix, NAMES, excluded=["plane"])
+
+
+def test_excluded_classes_enter_no_mean_but_keep_their_iou():
+    # the ensemble's calibration excludes the unseen classes it does not score: here road
+    metrics = segmentation_metrics(_hand_case().matrix, NAMES, unseen=["car"], excluded=["road"])
+    assert metrics["IoU-road"] == pytest.approx(200 / 3)
+    assert metrics["mIoU"] == pytest.approx((50 + 100) / 2)
+    assert metrics["mACC"] == pytest.approx((50 + 100) / 2)
+    assert metrics["mIoU_seen"] == pytest.approx(50.0)
+    assert metrics["mIoU_unseen"] == pytest.approx(100.0)
 
 
 def test_window_starts_cover_the_image_and_end_at_the_border():

@@ -4,6 +4,9 @@ mean class accuracy, per-class IoU, and mIoU over the seen and the unseen classe
 Conventions follow Detectron2's `SemSegEvaluator` (and so FC-CLIP and CAT-Seg): pixels labelled
 `ignore_index` do not count; a class enters a mean only if it occurs in the ground truth or
 in the predictions (IoU) / in the ground truth (accuracy). Values are percentages.
+
+The segmentation ensemble's temperature calibration scores its held-out classes with the same
+function, so evaluation and calibration share one definition of IoU and hIoU.
 """
 from __future__ import annotations
 
@@ -41,9 +44,13 @@ class ConfusionMatrix:
 
 
 def segmentation_metrics(
-    matrix: torch.Tensor, class_names: Sequence[str], unseen: Optional[Sequence[str]] = None
+    matrix: torch.Tensor,
+    class_names: Sequence[str],
+    unseen: Optional[Sequence[str]] = None,
+    excluded: Sequence[str] = (),
 ) -> dict:
-    """Metrics of a confusion matrix; `unseen` names the classes held out of training.
+    """Metrics of a confusion matrix; `unseen` names the classes held out of training, and
+    `excluded` classes enter no mean (their IoU is still reported).
 
     Returns `mIoU`, `fwIoU`, `mACC`, `pACC`, `IoU-<class>` for every class (NaN when the class
     neither occurs nor is predicted), and, when `unseen` is given, `mIoU_seen`, `mIoU_unseen`
@@ -58,7 +65,12 @@ def segmentation_metrics(
     union = gt_pixels + predicted_pixels - true_positive
     iou_valid = union > 0
     iou = torch.where(iou_valid, true_positive / union.clamp(min=1), torch.full_like(union, float("nan")))
-    acc_valid = gt_pixels > 0
+    unknown = (set(unseen or ()) | set(excluded)) - set(class_names)
+    if unknown:
+        raise ValueError(f"unseen or excluded classes {sorted(unknown)} are not among the class names")
+    counted = torch.tensor([name not in set(excluded) for name in class_names])
+    iou_valid &= counted
+    acc_valid = (gt_pixels > 0) & counted
     acc = torch.where(acc_valid, true_positive / gt_pixels.clamp(min=1), torch.full_like(gt_pixels, float("nan")))
     total = gt_pixels.sum()
     frequency = gt_pixels / total.clamp(min=1)
@@ -71,9 +83,6 @@ def segmentation_metrics(
     for name, value in zip(class_names, iou.tolist()):
         metrics[f"IoU-{name}"] = 100 * value
     if unseen is not None:
-        unknown = set(unseen) - set(class_names)
-        if unknown:
-            raise ValueError(f"unseen classes {sorted(unknown)} are not among the class names")
         is_unseen = torch.tensor([name in set(unseen) for name in class_names])
         metrics["mIoU_seen"] = _mean(iou, iou_valid & ~is_unseen)
         metrics["mIoU_unseen"] = _mean(iou, iou_valid & is_unseen)

@@ -98,13 +98,14 @@ def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, sou
     return segmentation_metrics(confusion(cfg, model, classes, source), classes.names, unseen or None)
 
 
-def calibrate_ensemble(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> Optional[float]:
+def choose_ensemble_temperature(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> Optional[float]:
     """Choose the score ensemble's readout temperature without unseen annotations (FC-CLIP's
     weights fixed): the one of `ensemble.temperatures` with the best harmonic mean of the mean IoU
     over the `ensemble.heldout` classes (seen classes left out of training, standing in for the
     unseen ones) and over the trained seen classes (hIoU, the zero-shot segmentation metric), on
-    the first `ensemble.calibration_images` training images; pixels of the other unseen classes
-    are ignored. Sets it on the model, writes `ensemble_calibration.json`."""
+    the first `ensemble.calibration_images` training images, scored by `segmentation_metrics` as
+    the evaluation is; pixels of the other unseen classes are ignored. Sets it on the model,
+    writes `ensemble_calibration.json`."""
     options = cfg.ensemble
     if cfg.method != "head" or not options.enabled or not options.heldout:
         return None
@@ -118,28 +119,23 @@ def calibrate_ensemble(cfg: SegmentationConfig, model: torch.nn.Module, bundle, 
         raise ConfigError(f"ensemble.temperatures must be positive numbers, got {list(options.temperatures)}")
     source.images, source.labels = source.images[: options.calibration_images], source.labels[: options.calibration_images]
     classes = encode_classes(bundle, cfg, source, source.background)
-    ignored = [i for i, name in enumerate(classes.names) if name in source.unseen and name not in options.heldout]
-    heldout = [i for i, name in enumerate(classes.names) if name in options.heldout]
-    seen = [i for i in range(len(classes.names)) if i not in ignored and i not in heldout]
+    ignored = [name for name in classes.names if name in source.unseen and name not in options.heldout]
     curve, parts = {}, {}
     for temperature in options.temperatures:
         model.ensemble.temperature = float(temperature)
-        matrix = confusion(cfg, model, classes, source, ignored, desc=f"calibration T={temperature}").double()
-        truth, hits = matrix.sum(1), matrix.diagonal()
-        iou = hits / (truth + matrix.sum(0) - hits).clamp(min=1)
-
-        def mean_iou(rows):
-            present = [i for i in rows if truth[i] > 0]
-            return 100 * float(iou[present].mean()) if present else 0.0
-
-        seen_iou, heldout_iou = mean_iou(seen), mean_iou(heldout)
-        curve[float(temperature)] = 2 * seen_iou * heldout_iou / (seen_iou + heldout_iou) if seen_iou + heldout_iou else 0.0
-        parts[float(temperature)] = {"seen": seen_iou, "heldout": heldout_iou}
+        matrix = confusion(cfg, model, classes, source, [classes.names.index(name) for name in ignored], desc=f"calibration T={temperature}")
+        absent = [name for name in options.heldout if matrix[classes.names.index(name)].sum() == 0]
+        if absent:
+            raise ConfigError(f"ensemble.heldout: {', '.join(absent)} do not occur in the first {len(source.images)} "
+                              "training images (ensemble.calibration_images); the temperature cannot be scored on them")
+        metrics = segmentation_metrics(matrix, classes.names, unseen=list(options.heldout), excluded=ignored)
+        curve[float(temperature)] = metrics["hIoU"]
+        parts[float(temperature)] = {"seen": metrics["mIoU_seen"], "heldout": metrics["mIoU_unseen"]}
     chosen = max(curve, key=curve.get)
     model.ensemble.temperature = chosen
     atomic_write_json(out / "ensemble_calibration.json", {
         "temperature": chosen, "hIoU_curve": curve, "mIoU_curve": parts, "heldout": list(options.heldout),
-        "images": len(source.images), "seen_classes": [classes.names[i] for i in seen],
+        "images": len(source.images), "seen_classes": [name for name in classes.names if name not in source.unseen],
     })
     log.info("ensemble temperature %s chosen on %d training images (hIoU %.2f)", chosen, len(source.images), curve[chosen])
     return chosen
@@ -157,7 +153,10 @@ def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path)
     return write_metrics(out, per_dataset, method=cfg.method, engine="plain")
 
 
-def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> Optional[dict]:
+def run(
+    cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None,
+    tower_from_config: bool = False,
+) -> Optional[dict]:
     """Train (unless `eval_only` or `method: maskclip`) and evaluate; returns the metrics written
     to `out/metrics.json` (None on the other processes of a torchrun launch). `weights` is a
     checkpoint to evaluate with `eval_only`."""
@@ -172,9 +171,9 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
         if eval_only:
-            load_checkpoint(weights or out / FINAL, model)
+            load_checkpoint(weights or out / FINAL, model, tower_from_model=tower_from_config)
         elif train(cfg, model, bundle, out, resume) != 0:
             return None
     model.to(cfg.train.device)
-    calibrate_ensemble(cfg, model, bundle, out)
+    choose_ensemble_temperature(cfg, model, bundle, out)
     return evaluate(cfg, model, bundle, out)
