@@ -34,6 +34,7 @@ def train(
     resume: bool = False,
     eval_only: bool = False,
     weights: Optional[str] = None,
+    tower_from_config: bool = False,
     num_gpus: int = 1,
     num_machines: int = 1,
     machine_rank: int = 0,
@@ -41,10 +42,13 @@ def train(
 ) -> Optional[dict]:
     """Train (unless `eval_only`) and evaluate the config's model with its engine; returns the
     metrics written to `out/metrics.json` (None on the non-main processes of a multi-GPU run).
-    `weights` is a checkpoint for `eval_only`; the GPU and machine settings are Detectron2's (the
+    `weights` is a checkpoint for `eval_only`, `tower_from_config` evaluates it with the config's
+    image tower (`react_dense.engines.checkpoint.with_model_tower`); the GPU and machine settings are Detectron2's (the
     torchvision and plain engines run on several devices under torchrun)."""
     cfg = load_dense_config(config, overrides)
     out = Path(out)
+    if tower_from_config and not eval_only:
+        raise UserError("--tower-from-config is for --eval-only")
     if cfg.engine == "detectron2" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("torchrun launches the torchvision and plain engines; Detectron2's starts its own "
                         "processes: run it without torchrun, with --num-gpus")
@@ -60,21 +64,21 @@ def train(
                                 "(engine=plain); Detectron2's semantic segmentor has no seen/unseen split at inference")
             from react_dense.engines.detectron2.seg_train import run as run_detectron2
 
-            return run_detectron2(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+            return run_detectron2(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)
         from react_dense.segmentation.train import run as run_plain
 
-        return run_plain(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+        return run_plain(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)
     if weights and not eval_only:
         raise UserError("--weights is for --eval-only; to start training from a checkpoint use the config")
     if cfg.engine == "detectron2":
         from react_dense.engines.detectron2.train import launch_run
 
         return launch_run(
-            cfg, out, eval_only=eval_only, resume=resume, weights=weights,
+            cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config,
             num_gpus=num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url,
         )
     if num_gpus > 1:
         raise UserError("--num-gpus > 1 needs engine=detectron2 (the torchvision engine runs on several devices under torchrun)")
     from react_dense.engines.torchvision.train import run as run_torchvision
 
-    return run_torchvision(cfg, out, eval_only=eval_only, resume=resume, weights=weights)
+    return run_torchvision(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)

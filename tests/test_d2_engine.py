@@ -83,6 +83,11 @@ def test_detectron2_trainer_losses_fall_and_files_do_not_clash(scenes, tmp_path)
     assert curve[-1]["loss_rpn_cls"] < curve[0]["loss_rpn_cls"]
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == metrics
     assert "bbox/AP" in metrics and "total_loss" not in metrics
+    from react_dense.engines.detectron2.train import main
+
+    cfg = demo_config(scenes, "engine=detectron2", "train.max_iters=20", "train.lr=0.002", "train.warmup_iters=2")
+    again = main(cfg, tmp_path / "again", eval_only=True, resume=False, weights=str(tmp_path / "a" / "model_final.pth"))
+    assert again["bbox/AP"] == pytest.approx(metrics["bbox/AP"])
 
 
 def test_detectron2_resolved_config_builds_the_same_parts(scenes, tmp_path):  # noqa: F811
@@ -104,3 +109,32 @@ def test_detectron2_runs_of_one_config_are_identical(scenes, tmp_path):  # noqa:
     assert _run(scenes, tmp_path / "a", *settings) == _run(scenes, tmp_path / "b", *settings)
     first, second = _curve(tmp_path / "a"), _curve(tmp_path / "b")
     assert [c["total_loss"] for c in first] == [c["total_loss"] for c in second]
+
+
+class _Payload:
+    """Unpickling this writes a file: proof that a loader ran code from a checkpoint."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_detectron2_engine_never_unpickles_weights(scenes, tmp_path):  # noqa: F811
+    import pickle
+
+    from react_core.errors import ReactError
+    from react_dense.engines.detectron2.train import main
+
+    marker = tmp_path / "code_ran"
+    for suffix in (".pkl", ".pth"):
+        weights = tmp_path / f"weights{suffix}"
+        weights.write_bytes(pickle.dumps({"model": _Payload(marker)}))
+        cfg = demo_config(scenes, "engine=detectron2")
+        with pytest.raises(ReactError, match=str(weights)):
+            main(cfg, tmp_path / f"eval{suffix}", eval_only=True, resume=False, weights=str(weights))
+        trained = demo_config(scenes, "engine=detectron2", "train.max_iters=1", f"detectron2.MODEL.WEIGHTS={weights}")
+        with pytest.raises(ReactError, match="weights"):
+            main(trained, tmp_path / f"train{suffix}", eval_only=False, resume=False, weights=None)
+    assert not marker.exists()

@@ -38,6 +38,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", default=None, help="output folder (default: runs/<config name>)")
     parser.add_argument("--eval-only", action="store_true", help="evaluate --weights (or --out/model_final.pth) without training")
     parser.add_argument("--weights", default=None, help="detector checkpoint to evaluate with --eval-only")
+    parser.add_argument("--tower-from-config", action="store_true",
+                        help="with --eval-only: evaluate the checkpoint's pyramid and heads with the image tower of the "
+                             "config's model.weights (one frozen-trunk detector, many customized towers of its base); "
+                             "refused unless the heads read below every gated block")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in --out (a finished run is only evaluated again)")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (Detectron2 engine: one process each)")
@@ -92,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         refuse_finished_run(args)
         metrics = train(
             args.config, args.overrides, args.out, resume=args.resume, eval_only=args.eval_only, weights=args.weights,
+            tower_from_config=args.tower_from_config,
             num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
         )
     except ReactError as error:

@@ -208,6 +208,14 @@ class ClipBackbone(nn.Module):
         if emit_clip_map:
             self._shapes[CLIP_MAP] = FeatureSpec(self.embed_dim, self._clip_stride)
 
+    def reads_gated_blocks(self, layers: Sequence[int]) -> bool:
+        """Whether the pyramid's input depends on gated blocks in these host blocks (numbered as
+        `react_core.modeling.gated.gated_layers`). If not, heads trained on this tower see the
+        base tower's features, and serve every customized tower of the same base."""
+        if self.reads_readout or self.kind != "vit":
+            return bool(layers)
+        return any(layer < self.feature_blocks for layer in layers)
+
     @property
     def size_divisibility(self) -> int:
         """Input sides must be multiples of this; `forward` pads to it if they are not."""

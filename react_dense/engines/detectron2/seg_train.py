@@ -55,7 +55,10 @@ def _batches(loader, seen):
         yield _inputs(images, seen.relabel(labels))
 
 
-def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> dict:
+def run(
+    cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None,
+    tower_from_config: bool = False,
+) -> dict:
     """Train (unless `eval_only`) and evaluate on every `test_data` set; returns `metrics.json`."""
     import react_dense.engines.detectron2.seg_modeling as seg_modeling
     from detectron2.engine import SimpleTrainer, hooks
@@ -78,7 +81,7 @@ def run(cfg: SegmentationConfig, out: Path, *, eval_only: bool = False, resume: 
     bundle = seg_modeling.segmentation_bundle(str(config_path))
     head = model.sem_seg_head
     if eval_only:
-        load_checkpoint(weights or out / FINAL, model)
+        load_checkpoint(weights or out / FINAL, model, tower_from_model=tower_from_config)
     else:
         source = open_spec(cfg.train_data)
         seen = seen_label_space(encode_classes(bundle, cfg, source, source.background))

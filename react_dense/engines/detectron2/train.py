@@ -12,6 +12,7 @@ import argparse
 import functools
 import json
 import logging
+import weakref
 from pathlib import Path
 
 import torch
@@ -152,12 +153,33 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
     """DefaultTrainer with our optimizer and schedule (the torchvision engine's), the training
     curve in `train_metrics.json` (so `metrics.json` is the evaluation, as in every engine), and
     the evaluation vocabulary swapped in for `test`."""
+    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.utils import comm
 
     from react_dense.engines.optim import build_optimizer, build_scheduler
 
+    class WeightsOnlyCheckpointer(DetectionCheckpointer):
+        """Detectron2's checkpointer, reading with `torch.load(weights_only=True)` only: its own
+        unpickles `.pkl` and `.pyth` files, which can run code."""
+
+        def _load_file(self, filename):
+            if filename.endswith((".pkl", ".pyth")):
+                raise ConfigError(f"{filename}: pickled weights are refused (they can run code); "
+                                  "convert them to a .pth state dict or .safetensors")
+            return super()._load_file(filename)
+
+        def _torch_load(self, f):
+            try:
+                return torch.load(f, map_location="cpu", weights_only=True)
+            except Exception as error:
+                raise ConfigError(f"{f}: cannot be read as a weights-only checkpoint ({type(error).__name__})") from None
+
     class Trainer(DefaultTrainer):
+        def __init__(self, d2):
+            super().__init__(d2)
+            self.checkpointer = WeightsOnlyCheckpointer(self.model, d2.OUTPUT_DIR, trainer=weakref.proxy(self))
+
         @classmethod
         def build_optimizer(cls, d2, model):
             return build_optimizer(model, train_settings(d2))
@@ -277,11 +299,10 @@ def _set_vocabulary(model, vocab) -> None:
     module.roi_heads.box_predictor.set_vocabulary(vocab.embeddings.to(device), vocab.is_base.to(device), vocab.image_counts)
 
 
-def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights):
+def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights, tower_from_config: bool = False):
     """One process's work (Detectron2's `launch` runs this on every GPU). Everything random is
     built after seeding, so two runs of one config are identical; evaluation runs once (the
     trainer's EvalHook after the last step, or `test` for --eval-only)."""
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
@@ -289,7 +310,7 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     from react_dense.engines.detectron2.modeling import register_parts
     from mmengine.runner import set_random_seed
 
-    from react_dense.engines.checkpoint import FINAL
+    from react_dense.engines.checkpoint import FINAL, load_checkpoint
 
     ensemble = cfg.ensemble
     if ensemble.enabled and (ensemble.background or ensemble.prior_correction or ensemble.heldout):
@@ -315,7 +336,7 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     )
     if eval_only:
         model = Trainer.build_model(d2)
-        DetectionCheckpointer(model, save_dir=str(out)).resume_or_load(str(checkpoint), resume=False)
+        load_checkpoint(checkpoint, model, tower_from_model=tower_from_config)
         Trainer.test(d2, model)
     else:
         trainer = Trainer(d2)
@@ -327,7 +348,7 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
 
 def launch_run(
     cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights=None,
-    num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
+    tower_from_config: bool = False, num_gpus: int = 1, num_machines: int = 1, machine_rank: int = 0, dist_url: str = "auto",
 ):
     """`main` in this process, or through Detectron2's `launch` on every GPU of every machine."""
     try:
@@ -337,7 +358,7 @@ def launch_run(
     if num_gpus > 1 and not torch.cuda.is_available():
         raise ConfigError("--num-gpus > 1 needs CUDA GPUs")
     out.mkdir(parents=True, exist_ok=True)
-    main_args = (cfg, out, eval_only, resume, weights)
+    main_args = (cfg, out, eval_only, resume, weights, tower_from_config)
     if num_gpus * num_machines > 1:
         launch(main, num_gpus, num_machines=num_machines, machine_rank=machine_rank, dist_url=dist_url, args=main_args)
         metrics_file = out / "metrics.json"

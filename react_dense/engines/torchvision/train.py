@@ -128,7 +128,10 @@ def calibrate(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: Vocab
     atomic_write_json(out / "ensemble_calibration.json", report)
 
 
-def run(cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None) -> Optional[dict]:
+def run(
+    cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: bool = False, weights: Optional[str] = None,
+    tower_from_config: bool = False,
+) -> Optional[dict]:
     """Train (unless `eval_only`) and evaluate; a training run writes its resolved config first,
     so `react detect` can rebuild the detector from `OUT/config.yaml`. Returns the metrics, or
     None on the other processes of a torchrun launch (the main one evaluates)."""
@@ -138,7 +141,7 @@ def run(cfg: DetectionConfig, out: Path, *, eval_only: bool = False, resume: boo
     if eval_only:
         set_random_seed(cfg.train.seed)
         model, _, eval_vocab, split = build_model(cfg)
-        load_checkpoint(weights or (out / FINAL), model)
+        load_checkpoint(weights or (out / FINAL), model, tower_from_model=tower_from_config)
         model.to(cfg.train.device)
     else:
         model, eval_vocab, split, rank = train(cfg, out, resume)
