@@ -79,6 +79,19 @@ def test_resuming_another_run_is_refused(tmp_path):
         _train(_model(), tmp_path, _losses(), identity={"run": "other"}, resume=True)
 
 
+def test_resume_names_a_checkpoint_it_cannot_continue_and_an_error_closes_the_bar(tmp_path, monkeypatch):
+    (tmp_path / "last_checkpoint.pth").write_bytes(b"")
+    with pytest.raises(ResumeError, match="last_checkpoint.pth is not this engine's checkpoint"):
+        _train(_model(), tmp_path, _losses(), resume=True)
+    from react_core.engine.hooks import ProgressHook
+
+    closed, close = [], ProgressHook.close
+    monkeypatch.setattr(ProgressHook, "close", lambda self: (closed.append(self.bar is not None), close(self)))
+    with pytest.raises(KeyboardInterrupt):
+        _train(_model(), tmp_path / "interrupted", _losses(fail_at=3))
+    assert closed == [True]
+
+
 def test_non_finite_loss_and_foreign_checkpoints_are_named(tmp_path):
     def nan_after_two(net, inputs, targets):
         nan_after_two.calls += 1

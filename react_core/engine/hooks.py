@@ -43,7 +43,13 @@ class ProgressHook(Hook):
             runner.logger.info(f"iter {done}/{runner.max_iters}  {means}")
 
     def after_train(self, runner):
-        self.bar.close()
+        self.close()
+
+    def close(self) -> None:
+        """Close the bar; `SafeRunner.train` calls this on an error too, which `after_train` misses."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 class ThroughputHook(Hook):

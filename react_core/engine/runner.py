@@ -23,7 +23,7 @@ from mmengine.runner import IterBasedTrainLoop, Runner
 from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.visualization import Visualizer
 
-from react_core.engine.hooks import unwrap
+from react_core.engine.hooks import ProgressHook, unwrap
 from react_core.errors import ReactError
 from react_core.io import atomic_path
 
@@ -120,6 +120,15 @@ class SafeRunner(Runner):
 
     def dump_config(self) -> None:
         """The commands write the resolved config as `config.yaml`; mmengine's copy would be empty."""
+
+    def train(self):
+        """mmengine's training, with the progress bar closed however it ends."""
+        try:
+            return super().train()
+        finally:
+            for hook in self.hooks:
+                if isinstance(hook, ProgressHook):
+                    hook.close()
 
     def checkpoint_path(self) -> Path:
         return Path(self.work_dir) / CHECKPOINT_NAME
