@@ -57,6 +57,8 @@ def build_runner(
     bar named `desc`; `hooks` besides it; `export()` after each resumable checkpoint. With
     `resume`, a checkpoint of this `run_identity` in `work_dir` is continued."""
     max_iters = max_iters or train.max_iters
+    if launcher == "pytorch":  # torchrun sets OMP_NUM_THREADS; mmengine would set MKL's to 1 and warn on every rank
+        os.environ.setdefault("MKL_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
     if not hasattr(loader.dataset, "metainfo"):
         loader.dataset.metainfo = {}  # mmengine's loop hands it to its visualizer (which draws nothing here), or warns
     return SafeRunner(
