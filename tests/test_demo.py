@@ -48,6 +48,13 @@ def test_every_stage_produced_its_outputs(quick_demo):
     for tower in ("base", "customized"):  # the detector's ensemble is calibrated on its held-out base classes
         report = json.loads((stages / f"detection-{tower}" / "ensemble_calibration.json").read_text())
         assert report["prior_correction"] and report["background"] and "novel_weight_curve" in report
+    # the heads read below the gated block: trained once, on the base tower, and shared by every tower
+    head_alone = json.loads((stages / "segmentation-base" / "metrics.json").read_text())
+    for task in ("detection", "segmentation", "segmentation-heldout"):
+        assert (stages / f"{task}-base" / "model_final.pth").is_file(), task
+        assert not (stages / f"{task}-customized" / "model_final.pth").exists(), task
+    for tower in ("customized", "random"):
+        assert json.loads((stages / f"segmentation-{tower}" / "metrics.json").read_text())["mIoU"] == head_alone["mIoU"]
 
 
 def test_report_has_tables_plots_and_metrics(quick_demo):

@@ -7,10 +7,12 @@ random pairs, over several seeds; CLS-only gated-image, locked-text and full fin
 retrieved pairs, on the first seed) -> zero-shot top-1 on the target and the generic classes of every variant ->
 open-vocabulary detection, trained-head and training-free (MaskCLIP) segmentation with the base,
 the customized and the random-pairs tower -> report, whose `claims` say which targets hold.
-The dense heads read below the gated block, so a tower reaches them through its readout in the
-score ensembles, calibrated on the base classes of CALIBRATION_HELDOUT: each detector trains
-without them and chooses its ensemble weights on them; a second segmentation head per tower
-trains without them and chooses the readout's temperature.
+The dense heads read below the gated block, so they are the same for every tower of the base:
+each trains once, on the base tower, and every other tower is evaluated on it with its own
+readout (`--tower-from-config`). A tower reaches them through that readout in the score
+ensembles, calibrated on the base classes of CALIBRATION_HELDOUT: the detector trains without
+them and each tower's ensemble weights are chosen on them; a second segmentation head trains
+without them and each tower's readout temperature is chosen on it.
 
 Retrieval queries all 27 detection categories (the 12 target classes and the 15 base classes the
 detector and the segmentation head train on), as REACT retrieves for the whole downstream
@@ -263,11 +265,11 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     from react_dense.train_net import train
 
     heldout = list(CALIBRATION_HELDOUT)
-    calibrated_detection = {  # one detector per tower, trained without `heldout`, on which its ensemble is calibrated
+    calibrated_detection = {  # one detector, trained without `heldout`, on which each tower's ensemble is calibrated
         "data.novel": [*world_info.novel_categories, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
         "ensemble.prior_correction": True, "ensemble.background": True,
     }
-    heldout_segmentation = {  # a second head, trained without `heldout`, chooses the ensemble's temperature
+    heldout_segmentation = {  # a second head, trained without `heldout`, on which each tower's temperature is chosen
         "train_data.unseen": [*world_info.semseg_unseen, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
     }
     dense, dense_dirs = {}, {}
@@ -285,14 +287,18 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             if task == "segmentation-ensemble":  # the trained head, its scores ensembled at the chosen temperature
                 chosen = json.loads((stages / f"segmentation-heldout-{backbone}" / "ensemble_calibration.json").read_text())
                 overrides["ensemble.temperature"] = chosen["temperature"]
-                evaluate = str(stages / f"segmentation-{backbone}" / "model_final.pth")
-                after += (f"segmentation-{backbone}", f"segmentation-heldout-{backbone}")
+                evaluate = str(stages / "segmentation-base" / "model_final.pth")
+                after += ("segmentation-base", f"segmentation-heldout-{backbone}")
+            elif steps and backbone != "base":  # the base tower's heads, this tower's readout
+                evaluate = str(stages / f"{task}-base" / "model_final.pth")
+                after += (f"{task}-base",)
             elif steps:
                 overrides["train.max_iters"] = steps
 
             def dense_work(folder: Path, config=config, overrides=overrides, evaluate=evaluate) -> dict:
                 return {"metrics": train(_config_path(config), _overrides(overrides), folder,
-                                         eval_only=evaluate is not None, weights=evaluate)}
+                                         eval_only=evaluate is not None, weights=evaluate,
+                                         tower_from_config=evaluate is not None)}
 
             name = f"{task}-{backbone}"
             inputs = {"overrides": overrides, "config": _config_path(config).read_text()}
