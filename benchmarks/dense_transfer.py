@@ -30,6 +30,14 @@ Stages (`--stages`, in this order):
             base classes by a second detector trained without them, before and after the prior
             correction and the background embedding), with novel AP, base AP and
             the background false-positive rate of benchmarks/ensemble_steps.py
+  shared    every tower's score ensembles on one detector, the `--best` tower's (its stages ovd and
+            control), evaluated with each tower by `train_net --tower-from-config` (exact: the heads
+            read below the gated block, so the detector is the same for every tower of the base):
+            weights calibrated per tower on the held-out detector after the prior correction and the
+            background embedding; F-VLM's weights + background embedding; F-VLM's novel weight
+            with base classes left to the detector (base weight 0) + background embedding, and, for
+            the detector's own variant, its permuted-novel-embedding control; per tower and per
+            variant (mean ± std over seeds)
 
     python benchmarks/dense_transfer.py --world runs/demo/world --out runs/dense_transfer \\
         --adapters runs/customize-s0 runs/customize_dense-s0 --ovd base customize_dense-s0
@@ -47,12 +55,13 @@ import time
 from pathlib import Path
 
 from react_core.synth.concepts import CALIBRATION_HELDOUT
+from react_dense.detection.config import EnsembleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = ROOT / "configs" / "demo" / "seg_synthetic.yaml"
 OVD = ROOT / "configs" / "demo" / "ovd_synthetic.yaml"
 BASE = ROOT / "react_core" / "resources" / "demo_base.safetensors"
-STAGES = ("seg", "maskclip", "regions", "ovd", "control")
+STAGES = ("seg", "maskclip", "regions", "ovd", "control", "shared")
 HELDOUT = CALIBRATION_HELDOUT  # base classes held out to choose the ensembles' settings
 CORRECTIONS = ["ensemble.prior_correction=true", "ensemble.background=true"]
 
@@ -323,8 +332,20 @@ def main() -> None:
               f"| {mean_std([r['base_ap'] for r in members if r['base_ap'] is not None])} |")
     (out / "summary.json").write_text(json.dumps(rows, indent=1))
 
-    if "control" not in args.stages and not (out / "control").is_dir():
-        return
+    if "control" in args.stages or (out / "control").is_dir():
+        control_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times)
+    if "shared" in args.stages or (out / "shared").is_dir():
+        shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times)
+
+
+def heldout_overrides(gt: dict, calibration_images: int) -> list[str]:
+    """A detector trained without the HELDOUT base classes, its ensemble weights chosen on them."""
+    rare = [c["name"] for c in gt["categories"] if c.get("frequency") == "r"]
+    return ["data.novel=[" + ",".join(rare + list(HELDOUT)) + "]", "ensemble.enabled=true",
+            "ensemble.heldout=[" + ",".join(HELDOUT) + "]", f"ensemble.calibration_images={calibration_images}"]
+
+
+def control_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -> None:
     customized = [n for n in ovd if n != "base" and ovd[n]]
     best = args.best or (max(customized, key=lambda n: ovd[n]["bbox/APr"]) if customized else None)
     print(f"\n## Controls and score ensembling (base tower and the best variant by novel APr: {best})\n")
@@ -343,10 +364,7 @@ def main() -> None:
             control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go)
         # weights chosen on held-out base classes: a second detector trained without them
         heldout_dir = out / "control" / name / "heldout_calibration"
-        rare = [c["name"] for c in gt["categories"] if c.get("frequency") == "r"]
-        heldout_over = over + ["data.novel=[" + ",".join(rare + list(HELDOUT)) + "]",
-                               "ensemble.enabled=true", "ensemble.heldout=[" + ",".join(HELDOUT) + "]",
-                               f"ensemble.calibration_images={args.calibration_images}"]
+        heldout_over = over + heldout_overrides(gt, args.calibration_images)
         heldout = run(heldout_dir, OVD, heldout_over, log_dir, times) if go else _read(heldout_dir)
         # the same held-out detector, its scores corrected first (prior, background), then the weights chosen
         corrected_dir = out / "control" / name / "heldout_calibration_corrected"
@@ -376,6 +394,66 @@ def main() -> None:
             control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go)
 
 
+def shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -> None:
+    source = args.best or next((n for n in ovd if n != "base" and ovd[n]), None)
+    detector = out / "ovd" / str(source) / "model_final.pth"
+    heldout_detector = out / "control" / str(source) / "heldout_calibration" / "model_final.pth"
+    if not (detector.is_file() and heldout_detector.is_file()):
+        print(f"\nshared: needs stages ovd and control of {source} ({detector}, {heldout_detector})")
+        return
+    go = "shared" in args.stages
+    on = ["ensemble.enabled=true", f"ensemble.calibration_images={args.calibration_images}"]
+    novel_only = on + ["ensemble.background=true", "ensemble.base_weight=0.0"]
+    d = detection_row(ovd[source], out / "ovd" / source, gt)
+    print(f"\n## One detector for every tower ({source}'s; detector alone: novel AP {fmt(d['novel_ap'])}, "
+          f"base AP {fmt(d['base_ap'])}), each tower's readout by --tower-from-config\n")
+    print("| tower | setting | novel AP (APr) | base AP | background FP (all) | background FP (novel-labelled) | weights base/novel |")
+    print("|---|---|---:|---:|---:|---:|---|")
+    per_variant: dict[tuple[str, str], list[dict]] = {}
+    for name in towers:
+        over = ovd_common + tower_overrides(name, towers, base)
+        swap = ["--eval-only", "--tower-from-config"]
+        calibration = out / "shared" / name / "heldout_calibration_corrected"
+        if go:
+            run(calibration, OVD, over + heldout_overrides(gt, args.calibration_images) + CORRECTIONS, log_dir, times,
+                swap + ["--weights", str(heldout_detector)])
+        settings = {}
+        report_file = calibration / "ensemble_calibration.json"
+        if report_file.is_file():
+            report = json.loads(report_file.read_text())
+            settings["prior + background, then weights chosen on held-out base"] = ("corrected_heldout", on + CORRECTIONS + [
+                f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"])
+        settings["F-VLM weights + background embedding"] = ("fvlm_background", on + ["ensemble.background=true"])
+        settings["F-VLM novel weight, base classes the detector's + background"] = ("novel_only_background", novel_only)
+        if variant_of(name)[0] == variant_of(source)[0]:  # the transfer control, for the detector's own variant
+            settings["permuted, F-VLM novel weight, base classes the detector's + background"] = (
+                "novel_only_background_permuted", novel_only + ["permute_novel_embeddings=true"])
+        for setting, (key, extra) in settings.items():
+            folder = out / "shared" / name / key
+            metrics = run(folder, OVD, over + extra, log_dir, times, swap + ["--weights", str(detector)]) if go else _read(folder)
+            if metrics:
+                row = detection_row(metrics, folder, gt)
+                per_variant.setdefault((variant_of(name)[0], setting), []).append(row)
+                print_detection_row(name, setting, row, extra)
+    print("\n## One detector for every tower, per variant (mean ± sample std over adapter seeds; n = seeds)\n")
+    print("| variant | setting | n | novel AP (APr) | base AP | background FP (all) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for (variant, setting), members in per_variant.items():
+        fps = [100 * r["fp_all"] for r in members if "fp_all" in r]
+        print(f"| {variant} | {setting} | {len(members)} | {mean_std([r['novel_ap'] for r in members])} "
+              f"| {mean_std([r['base_ap'] for r in members])} | {mean_std(fps)} % |")
+
+
+def print_detection_row(name: str, setting: str, d: dict, extra: list[str]) -> None:
+    chosen = dict(e.removeprefix("ensemble.").split("=", 1) for e in extra if "_weight=" in e)
+    fixed = EnsembleConfig()  # F-VLM's weights where the setting does not choose its own
+    w = (f"{chosen.get('base_weight', fixed.base_weight)}/{chosen.get('novel_weight', fixed.novel_weight)}"
+         if "ensemble.enabled=true" in extra else "-")
+    fp_all = f"{100 * d['fp_all']:.1f} %" if "fp_all" in d else "-"
+    fp_novel = f"{100 * d['fp_novel']:.1f} %" if "fp_novel" in d else "-"
+    print(f"| {name} | {setting} | {fmt(d['novel_ap'])} | {fmt(d['base_ap'])} | {fp_all} | {fp_novel} | {w} |", flush=True)
+
+
 def control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go) -> None:
     """Evaluate one control/ensembling setting of a trained detector (eval-only) and print its row."""
     if key is None:
@@ -385,11 +463,7 @@ def control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir,
         metrics = run(folder, OVD, over + extra, log_dir, times, ["--eval-only", "--weights", weights]) if go else _read(folder)
     if not metrics:
         return
-    d = detection_row(metrics, folder, gt)
-    w = "/".join(e.split("=")[1] for e in extra if "_weight=" in e) or ("0.35/0.65" if "ensemble.enabled=true" in extra else "-")
-    fp_all = f"{100 * d['fp_all']:.1f} %" if "fp_all" in d else "-"
-    fp_novel = f"{100 * d['fp_novel']:.1f} %" if "fp_novel" in d else "-"
-    print(f"| {name} | {setting} | {fmt(d['novel_ap'])} | {fmt(d['base_ap'])} | {fp_all} | {fp_novel} | {w} |", flush=True)
+    print_detection_row(name, setting, detection_row(metrics, folder, gt), extra)
 
 
 def _temperature(folder: Path) -> float | None:
