@@ -55,6 +55,8 @@ def test_every_stage_produced_its_outputs(quick_demo):
         assert not (stages / f"{task}-customized" / "model_final.pth").exists(), task
     for tower in ("customized", "random"):
         assert json.loads((stages / f"segmentation-{tower}" / "metrics.json").read_text())["mIoU"] == head_alone["mIoU"]
+    for tower in ("base", "customized", "random"):  # the detector with each tower's readout on novel classes only
+        assert "bbox/APr" in json.loads((stages / f"detection-novel-{tower}" / "metrics.json").read_text()), tower
 
 
 def test_report_has_tables_plots_and_metrics(quick_demo):
@@ -77,7 +79,12 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
     assert "mIoU_unseen" in metrics["dense"]["segmentation/customized"]
     assert "mIoU_unseen" in metrics["dense"]["maskclip/random"]
     claims = metrics["claims"]
-    assert len(claims) == 8 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
+    assert len(claims) == 10 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
+    novel_only = [c for c in claims if "F-VLM's novel weight" in c["name"]]
+    assert [dict(c["values"]).get("gated-image + dense · random pairs") for c in novel_only][1] == (
+        metrics["dense"]["detection-novel/random"]["bbox/APr"])
+    assert all(dict(c["values"])["gated-image + dense · retrieved"] == metrics["dense"]["detection-novel/customized"]["bbox/APr"]
+               for c in novel_only)
     gain = claims[0]
     (base_label, before), (ours_label, after) = gain["values"]
     assert (base_label, ours_label) == ("base CLIP", "gated-image + dense · retrieved")
