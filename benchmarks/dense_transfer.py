@@ -412,11 +412,10 @@ def shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -
     per_variant: dict[tuple[str, str], list[dict]] = {}
     for name in towers:
         over = ovd_common + tower_overrides(name, towers, base)
-        swap = ["--eval-only", "--tower-from-config"]
         calibration = out / "shared" / name / "heldout_calibration_corrected"
         if go:
             run(calibration, OVD, over + heldout_overrides(gt, args.calibration_images) + CORRECTIONS, log_dir, times,
-                swap + ["--weights", str(heldout_detector)])
+                ["--eval-only", "--tower-from-config", "--weights", str(heldout_detector)])
         settings = {}
         report_file = calibration / "ensemble_calibration.json"
         if report_file.is_file():
@@ -429,12 +428,10 @@ def shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -
             settings["permuted, F-VLM novel weight, base classes the detector's + background"] = (
                 "novel_only_background_permuted", novel_only + ["permute_novel_embeddings=true"])
         for setting, (key, extra) in settings.items():
-            folder = out / "shared" / name / key
-            metrics = run(folder, OVD, over + extra, log_dir, times, swap + ["--weights", str(detector)]) if go else _read(folder)
-            if metrics:
-                row = detection_row(metrics, folder, gt)
+            row = control_row(name, setting, key, extra, out, over, str(detector), ovd, gt, log_dir, times, go,
+                              stage="shared", flags=("--tower-from-config",))
+            if row:
                 per_variant.setdefault((variant_of(name)[0], setting), []).append(row)
-                print_detection_row(name, setting, row, extra)
     print("\n## One detector for every tower, per variant (mean ± sample std over adapter seeds; n = seeds)\n")
     print("| variant | setting | n | novel AP (APr) | base AP | background FP (all) |")
     print("|---|---|---:|---:|---:|---:|")
@@ -454,16 +451,21 @@ def print_detection_row(name: str, setting: str, d: dict, extra: list[str]) -> N
     print(f"| {name} | {setting} | {fmt(d['novel_ap'])} | {fmt(d['base_ap'])} | {fp_all} | {fp_novel} | {w} |", flush=True)
 
 
-def control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go) -> None:
-    """Evaluate one control/ensembling setting of a trained detector (eval-only) and print its row."""
+def control_row(name, setting, key, extra, out, over, weights, ovd, gt, log_dir, times, go,
+                stage: str = "control", flags: tuple[str, ...] = ()) -> dict | None:
+    """Evaluate one control/ensembling setting of a trained detector (eval-only, with `flags`)
+    into `out/stage/name/key`, print its row and return it."""
     if key is None:
         folder, metrics = out / "ovd" / name, ovd[name]
     else:
-        folder = out / "control" / name / key
-        metrics = run(folder, OVD, over + extra, log_dir, times, ["--eval-only", "--weights", weights]) if go else _read(folder)
+        folder = out / stage / name / key
+        metrics = (run(folder, OVD, over + extra, log_dir, times, ["--eval-only", *flags, "--weights", weights])
+                   if go else _read(folder))
     if not metrics:
-        return
-    print_detection_row(name, setting, detection_row(metrics, folder, gt), extra)
+        return None
+    row = detection_row(metrics, folder, gt)
+    print_detection_row(name, setting, row, extra)
+    return row
 
 
 def _temperature(folder: Path) -> float | None:

@@ -16,6 +16,7 @@ from react_core.io import atomic_path
 from react_core.modeling.checkpoints import CheckpointError
 
 FINAL = "model_final.pth"
+LAST = "last_checkpoint.pth"  # the Detectron2 segmentation engine's resumable file; the older dense loop's too
 
 
 def save_checkpoint(path: Path, model, optimizer=None, scheduler=None, step: int = 0) -> None:

@@ -26,13 +26,12 @@ from react_core.data import ResumableSampler
 from react_core.engine.runner import CHECKPOINT_NAME, ResumeError
 from react_core.engine.train import build_runner, distributed_context
 from react_core.errors import ReactError
-from react_dense.engines.checkpoint import FINAL, save_checkpoint
+from react_dense.engines.checkpoint import FINAL, LAST, save_checkpoint
 from react_dense.engines.optim import optim_wrapper
 
 # settings a resumed run may change: they leave the weights as they are
 RESULT_FREE = ("log_interval", "checkpoint_interval", "device", "num_workers")
 EVALUATION_ONLY = ("test", "test_data", "ensemble")  # the score ensembles act after training
-OLD_LOOP_CHECKPOINT = "last_checkpoint.pth"  # what --resume read before these engines ran on mmengine
 
 
 class NonFiniteLossError(ReactError, FloatingPointError):
@@ -92,8 +91,8 @@ def train(
     `train.seed`; `train.batch_size` per process) with the named `losses(net, *batch)`; with
     `resume`, continue the checkpoint in `out` of this run `identity`. `train` is a `DenseTrain`.
     Writes `out/model_final.pth` on the main process; returns this process's rank."""
-    if resume and (out / OLD_LOOP_CHECKPOINT).is_file() and not (out / CHECKPOINT_NAME).is_file():
-        raise ResumeError(f"{out / OLD_LOOP_CHECKPOINT} is not this engine's checkpoint (the older dense training loop's, or "
+    if resume and (out / LAST).is_file() and not (out / CHECKPOINT_NAME).is_file():
+        raise ResumeError(f"{out / LAST} is not this engine's checkpoint (the older dense training loop's, or "
                           f"the Detectron2 segmentation engine's); --resume continues {CHECKPOINT_NAME} only: remove it "
                           "to start over, or use another --out")
     launcher, rank, world_size = distributed_context()

@@ -120,10 +120,11 @@ def choose_ensemble_temperature(cfg: SegmentationConfig, model: torch.nn.Module,
     source.images, source.labels = source.images[: options.calibration_images], source.labels[: options.calibration_images]
     classes = encode_classes(bundle, cfg, source, source.background)
     ignored = [name for name in classes.names if name in source.unseen and name not in options.heldout]
+    ignored_rows = [classes.names.index(name) for name in ignored]
     curve, parts = {}, {}
     for temperature in options.temperatures:
         model.ensemble.temperature = float(temperature)
-        matrix = confusion(cfg, model, classes, source, [classes.names.index(name) for name in ignored], desc=f"calibration T={temperature}")
+        matrix = confusion(cfg, model, classes, source, ignored_rows, desc=f"calibration T={temperature}")
         absent = [name for name in options.heldout if matrix[classes.names.index(name)].sum() == 0]
         if absent:
             raise ConfigError(f"ensemble.heldout: {', '.join(absent)} do not occur in the first {len(source.images)} "

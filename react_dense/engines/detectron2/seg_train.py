@@ -20,7 +20,6 @@ from react_core.config import write_run_config
 from react_dense.segmentation.config import SegmentationConfig
 
 log = logging.getLogger(__name__)
-LAST = "last_checkpoint.pth"
 
 
 def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
@@ -68,7 +67,7 @@ def run(
     from react_dense.engines.detectron2.train import training_writers
     from mmengine.runner import set_random_seed
 
-    from react_dense.engines.checkpoint import FINAL, load_checkpoint, save_checkpoint
+    from react_dense.engines.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
     from react_dense.engines.optim import build_optimizer, build_scheduler
     from react_dense.segmentation.data import RandomScaleCropFlip, SegmentationDataset
     from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
