@@ -129,18 +129,52 @@ class RegionTextROIHeads(StandardROIHeads):
     def _forward_box(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
         if self.training:
             return super()._forward_box(features, proposals)
-        box_features = self.box_head(self.box_pooler([features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]))
-        predictions = self.box_predictor(box_features)
-        clip_scores = None
+        predictions, regions = self.classify(features, proposals)
         predictor = self.box_predictor
-        if predictor.ensemble is not None:
-            clip_map = features.get(CLIP_MAP)
-            stride = predictor_stride(features, self) if clip_map is not None else 1
-            boxes = [p.proposal_boxes.tensor for p in proposals]
-            regions = predictor.ensemble.region_embeddings(boxes, features[INPUT_IMAGES], clip_map, stride)
-            clip_scores = predictor.ensemble.clip_scores(regions, predictor.classifier.class_embeddings)
+        clip_scores = None if regions is None else predictor.ensemble.clip_scores(regions, predictor.classifier.class_embeddings)
         instances, _ = predictor.inference(predictions, proposals, clip_scores)
         return instances
+
+    def classify(self, features: Dict[str, torch.Tensor], proposals: List[Instances]):
+        """The box head's (logits, deltas) of every proposal, and its CLIP region embeddings [R, D]
+        when the score ensemble is on (else None)."""
+        box_features = self.box_head(self.box_pooler([features[f] for f in self.box_in_features], [p.proposal_boxes for p in proposals]))
+        predictions = self.box_predictor(box_features)
+        ensemble = self.box_predictor.ensemble
+        if ensemble is None:
+            return predictions, None
+        clip_map = features.get(CLIP_MAP)
+        stride = predictor_stride(features, self) if clip_map is not None else 1
+        boxes = [p.proposal_boxes.tensor for p in proposals]
+        return predictions, ensemble.region_embeddings(boxes, features[INPUT_IMAGES], clip_map, stride)
+
+
+@torch.no_grad()
+def calibration_records(model, augmentations, images: List[torch.Tensor], targets: List[dict]):
+    """`react_dense.detection.calibrate`'s records for a Detectron2 detector (in eval mode): the
+    images resized by the test-time `augmentations`, as its test loader does, and each proposal's
+    detector scores [R, C], CLIP region embedding [R, D] and label."""
+    import numpy as np
+    from detectron2.data import transforms as T
+
+    from react_dense.modeling.calibration import label_regions
+
+    inputs, gt_boxes = [], []
+    for image, target in zip(images, targets):
+        pixels = (image * 255).round().byte().permute(1, 2, 0).numpy()  # the uint8 RGB file the test loader reads
+        resized = T.AugInput(pixels, boxes=target["boxes"].numpy().astype(np.float64))
+        T.AugmentationList(augmentations)(resized)
+        inputs.append({"image": torch.as_tensor(np.ascontiguousarray(resized.image.transpose(2, 0, 1)))})
+        gt_boxes.append(torch.as_tensor(resized.boxes, dtype=torch.float32))
+    batch = model.preprocess_image(inputs)
+    features = model.backbone(batch.tensor)
+    proposals, _ = model.proposal_generator(batch, features, None)
+    heads = model.roi_heads
+    (logits, _), regions = heads.classify({**features, INPUT_IMAGES: batch.tensor}, proposals)
+    labels = torch.cat([
+        label_regions(p.proposal_boxes.tensor.cpu(), boxes, target["labels"]) for p, boxes, target in zip(proposals, gt_boxes, targets)
+    ])
+    return heads.box_predictor.classifier.scores(logits).cpu(), regions.cpu(), labels
 
 
 def predictor_stride(features, heads) -> int:

@@ -176,10 +176,6 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
                 raise ConfigError(f"{f}: cannot be read as a weights-only checkpoint ({type(error).__name__})") from None
 
     class Trainer(DefaultTrainer):
-        def __init__(self, d2):
-            super().__init__(d2)
-            self.checkpointer = WeightsOnlyCheckpointer(self.model, d2.OUTPUT_DIR, trainer=weakref.proxy(self))
-
         @classmethod
         def build_optimizer(cls, d2, model):
             return build_optimizer(model, train_settings(d2))
@@ -192,6 +188,9 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
             return training_writers(Path(self.cfg.OUTPUT_DIR), self.max_iter)
 
         def build_hooks(self):
+            # DefaultTrainer has just made its own checkpointer: replaced before the periodic-save
+            # hook takes it, so loading and saving go through one, weights-only, checkpointer.
+            self.checkpointer = WeightsOnlyCheckpointer(self._trainer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
             kept = [h for h in super().build_hooks() if not isinstance(h, hooks.PeriodicWriter)]
             if comm.is_main_process():
                 kept.append(hooks.PeriodicWriter(self.build_writers(), period=self.cfg.REACT.LOG_PERIOD))
@@ -291,18 +290,42 @@ def build_evaluator_class():
     return OpenVocabularyEvaluator
 
 
-def _set_vocabulary(model, vocab) -> None:
+def _unwrapped(model):
     from torch.nn.parallel import DistributedDataParallel
 
-    module = model.module if isinstance(model, DistributedDataParallel) else model
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def _set_vocabulary(model, vocab) -> None:
+    module = _unwrapped(model)
     device = next(module.parameters()).device
     module.roi_heads.box_predictor.set_vocabulary(vocab.embeddings.to(device), vocab.is_base.to(device), vocab.image_counts)
+
+
+def _calibrate(cfg: DetectionConfig, model, augmentations, eval_vocab, split, out) -> None:
+    """The score ensemble's calibration (`react_dense.detection.calibrate`) with this detector's
+    proposals, on every process (each holds its own ensemble); `out` None writes no report."""
+    from react_dense.detection.calibrate import calibrate_detector
+    from react_dense.engines.detectron2.modeling import calibration_records
+
+    module = _unwrapped(model)
+    predictor = module.roi_heads.box_predictor
+    training = module.training
+    module.eval()
+    try:
+        calibrate_detector(
+            cfg, predictor.ensemble, predictor.classifier.class_embeddings, eval_vocab.vocabulary.category_ids, split,
+            functools.partial(calibration_records, module, augmentations), out,
+        )
+    finally:
+        module.train(training)
 
 
 def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights, tower_from_config: bool = False):
     """One process's work (Detectron2's `launch` runs this on every GPU). Everything random is
     built after seeding, so two runs of one config are identical; evaluation runs once (the
     trainer's EvalHook after the last step, or `test` for --eval-only)."""
+    from detectron2.data import detection_utils
     from detectron2.engine import default_setup
     from detectron2.utils import comm
 
@@ -312,10 +335,6 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
 
     from react_dense.engines.checkpoint import FINAL, load_checkpoint
 
-    ensemble = cfg.ensemble
-    if ensemble.enabled and (ensemble.background or ensemble.prior_correction or ensemble.heldout):
-        raise ConfigError("ensemble.background, ensemble.prior_correction and ensemble.heldout are calibrated by "
-                          "engine=torchvision only; turn them off, or use engine=torchvision")
     checkpoint = Path(weights) if weights else out / FINAL
     if eval_only and not checkpoint.is_file():
         raise ConfigError(f"--eval-only: checkpoint not found: {checkpoint} (train first, or pass --weights FILE)")
@@ -329,9 +348,15 @@ def main(cfg: DetectionConfig, out: Path, eval_only: bool, resume: bool, weights
     default_setup(d2, argparse.Namespace(config_file="", eval_only=eval_only, resume=resume))
     train_vocab, eval_vocab, _ = dataset_vocabularies(parts.bundle, cfg, cfg.data.train or cfg.data.val)
     evaluator_class = build_evaluator_class()
+    augmentations = detection_utils.build_augmentation(d2, is_train=False)
+
+    def before_test(model):
+        _set_vocabulary(model, eval_vocab)
+        _calibrate(cfg, model, augmentations, eval_vocab, split, out if comm.is_main_process() else None)
+
     Trainer = build_trainer_class(
         lambda: evaluator_class(cfg, eval_vocab.vocabulary.category_ids, split.novel_ids, out),
-        lambda model: _set_vocabulary(model, eval_vocab),
+        before_test,
         lambda model: _set_vocabulary(model, train_vocab),
     )
     if eval_only:

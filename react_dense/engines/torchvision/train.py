@@ -16,13 +16,13 @@ from tqdm import tqdm
 from react_core.config import ConfigError, write_run_config
 from react_core.io import atomic_write_json
 from react_dense.detection.build import VocabularyTensors, build_parts, dataset_vocabularies
+from react_dense.detection.calibrate import calibrate_detector
 from react_dense.detection.config import DetectionConfig
 from react_dense.detection.data import DetectionDataset, collate
 from react_dense.engines import runner
 from react_dense.engines.checkpoint import FINAL, load_checkpoint
 from react_dense.engines.torchvision.model import OpenVocabularyRCNN, build_torchvision_detector
 from react_dense.detection.evaluation import evaluate, to_coco_results
-from react_dense.modeling.calibration import calibrate_ensemble
 
 log = logging.getLogger(__name__)
 
@@ -91,41 +91,17 @@ def evaluate_model(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: 
     return metrics
 
 
-@torch.no_grad()
 def calibrate(cfg: DetectionConfig, model: OpenVocabularyRCNN, eval_vocab: VocabularyTensors, split, out: Path) -> None:
-    """Calibrate the score ensemble (`ensemble.background`, `prior_correction`, `heldout`) on the
-    first `ensemble.calibration_images` training images, from their base (and held-out base)
-    annotations only; writes `ensemble_calibration.json`."""
-    options, ensemble = cfg.ensemble, model.roi_heads.ensemble
-    if ensemble is None or not (options.background or options.prior_correction or options.heldout):
-        return
-    if not cfg.data.train:
-        raise ConfigError("ensemble calibration reads the training images: set data.train")
-    ids = eval_vocab.vocabulary.category_ids
-    dataset = DetectionDataset(cfg.data.train, cfg.data.train_images, ids, with_masks=False)
-    id_of_name = {c["name"]: c["id"] for c in dataset.coco.dataset["categories"]}
-    wrong = [name for name in options.heldout if id_of_name.get(name) not in split.novel_ids]
-    if wrong:
-        raise ConfigError(f"ensemble.heldout: {', '.join(wrong)} must be categories that data.novel leaves out of training")
-    heldout = [ids.index(id_of_name[name]) for name in options.heldout]
-    allowed = torch.tensor(sorted({ids.index(c) for c in split.base_ids} | set(heldout)))
-    subset = torch.utils.data.Subset(dataset, range(min(options.calibration_images, len(dataset))))
+    """The score ensemble's calibration (`react_dense.detection.calibrate`) with this detector's proposals."""
     device = next(model.parameters()).device
     model.eval()
-    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.train.batch_size, collate_fn=collate)
-    records = []
-    for images, targets in tqdm(loader, desc="calibration", dynamic_ncols=True):
-        # novel annotations never reach the calibration: their objects count as background
-        kept = [torch.isin(t["labels"], allowed) for t in targets]
-        targets = [{"boxes": t["boxes"][k].to(device), "labels": t["labels"][k]} for t, k in zip(targets, kept)]
-        records.append(model.calibration_records([i.to(device) for i in images], targets))
-    scores, embeddings, labels = (torch.cat(parts) for parts in zip(*records))
-    base = [ids.index(c) for c in split.base_ids]
-    report = calibrate_ensemble(
-        ensemble, scores, embeddings, labels, model.roi_heads.box_predictor.class_embeddings.cpu(), base, heldout,
-        background=options.background, prior_correction=options.prior_correction,
-    )
-    atomic_write_json(out / "ensemble_calibration.json", report)
+
+    def records(images, targets):
+        return model.calibration_records([i.to(device) for i in images], [{**t, "boxes": t["boxes"].to(device)} for t in targets])
+
+    heads = model.roi_heads
+    calibrate_detector(cfg, heads.ensemble, heads.box_predictor.class_embeddings, eval_vocab.vocabulary.category_ids,
+                       split, records, out)
 
 
 def run(
