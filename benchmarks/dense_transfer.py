@@ -55,7 +55,8 @@ import time
 from pathlib import Path
 
 from react_core.synth.concepts import CALIBRATION_HELDOUT
-from react_dense.detection.config import EnsembleConfig
+from react_core.config import format_overrides
+from react_dense.detection.config import NOVEL_ONLY_ENSEMBLE, EnsembleConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SEG = ROOT / "configs" / "demo" / "seg_synthetic.yaml"
@@ -403,7 +404,7 @@ def shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -
         return
     go = "shared" in args.stages
     on = ["ensemble.enabled=true", f"ensemble.calibration_images={args.calibration_images}"]
-    novel_only = on + ["ensemble.background=true", "ensemble.base_weight=0.0"]
+    novel_only = on + format_overrides(NOVEL_ONLY_ENSEMBLE)
     d = detection_row(ovd[source], out / "ovd" / source, gt)
     print(f"\n## One detector for every tower ({source}'s; detector alone: novel AP {fmt(d['novel_ap'])}, "
           f"base AP {fmt(d['base_ap'])}), each tower's readout by --tower-from-config\n")

@@ -9,7 +9,7 @@ from typing import List, Literal, Optional
 import pytest
 
 from react_core.cli import main
-from react_core.config import ConfigError, buildable, config_kind, load, load_config
+from react_core.config import ConfigError, buildable, config_kind, format_overrides, load, load_config, parse_override
 from react_core.registry import HEADS
 
 
@@ -63,6 +63,11 @@ def test_command_line_overrides_win_and_are_typed(configs):
     cfg = load(child, ["steps=3", "optim.lr=2e-4", "mode=full", "head.num_classes=5"])
     assert (cfg.steps, cfg.optim.lr, cfg.mode) == (3, 2e-4, "full")
     assert cfg.head == {"type": "TestLinearHead", "in_dim": 8, "num_classes": 5}
+
+
+def test_formatted_overrides_read_back_as_the_values_they_came_from():
+    mapping = {"a.flag": True, "a.weight": 0.0, "names": ["purple star", "cyan ring"], "path": "runs/x y", "none": None}
+    assert dict(parse_override(text) for text in format_overrides(mapping)) == mapping
 
 
 def test_sources_name_the_file_that_set_each_key(configs):

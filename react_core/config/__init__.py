@@ -1,6 +1,6 @@
 """Configs: YAML with `_base_`, interpolation and overrides, validated into typed schemas."""
 from react_core.config.loader import (
-    COMMAND_LINE, RUN_CONFIG, ConfigError, Sources, load_config, parse_override, to_yaml, write_run_config,
+    COMMAND_LINE, RUN_CONFIG, ConfigError, Sources, format_overrides, load_config, parse_override, to_yaml, write_run_config,
 )
 from react_core.config.schema import buildable, config_kind, load, schema_for, validate
 
@@ -11,6 +11,7 @@ __all__ = [
     "Sources",
     "buildable",
     "config_kind",
+    "format_overrides",
     "load",
     "load_config",
     "parse_override",

@@ -6,6 +6,7 @@ validation error can name where the bad value came from.
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -115,6 +116,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
+
+
+def format_overrides(mapping: dict) -> list[str]:
+    """{"a.b": 3, "c": [1, 2]} -> ["a.b=3", "c=[1, 2]"]: what `parse_override` reads back."""
+    return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in mapping.items()]
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, Sources]:

@@ -33,7 +33,9 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from react_core.config import format_overrides
 from react_core.synth.concepts import CALIBRATION_HELDOUT
+from react_dense.detection.config import NOVEL_ONLY_ENSEMBLE
 from react_dense.demo.stages import StageRunner
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -122,10 +124,6 @@ def _config_path(name: str) -> Path:
     return path
 
 
-def _overrides(mapping: dict) -> list[str]:
-    return [f"{key}={json.dumps(value) if not isinstance(value, str) else value}" for key, value in mapping.items()]
-
-
 def _cli(argv: list[str]) -> None:
     from react_core.cli import main
 
@@ -161,7 +159,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         from react_core.config import load
         from react_core.engine.pretrain import pretrain
 
-        cfg = load(_config_path("demo/pretrain.yaml"), _overrides(pretrain_overrides))
+        cfg = load(_config_path("demo/pretrain.yaml"), format_overrides(pretrain_overrides))
         weights = pretrain(cfg, cfg.out)
         return {"weights": str(weights)}
 
@@ -251,7 +249,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
             from react_core.config import load
             from react_core.engine.customize import customize
 
-            cfg = load(_config_path(config), _overrides(overrides))
+            cfg = load(_config_path(config), format_overrides(overrides))
             metrics = customize(cfg, folder)
             return {"metrics": metrics, "folder": str(folder)}
 
@@ -269,16 +267,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         "data.novel": [*world_info.novel_categories, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
         "ensemble.prior_correction": True, "ensemble.background": True,
     }
-    novel_only_detection = {  # F-VLM's novel weight; base classes keep the detector's scores, as calibrated
-        "ensemble.enabled": True, "ensemble.base_weight": 0.0, "ensemble.background": True,
-    }
     heldout_segmentation = {  # a second head, trained without `heldout`, on which each tower's temperature is chosen
         "train_data.unseen": [*world_info.semseg_unseen, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
     }
     dense, dense_dirs = {}, {}
     for task, config, steps, extra, backbones in (
         ("detection", "demo/ovd_synthetic.yaml", plan.detection_steps, calibrated_detection, ("base", "customized")),
-        ("detection-novel", "demo/ovd_synthetic.yaml", 0, novel_only_detection, tuple(towers)),
+        ("detection-novel", "demo/ovd_synthetic.yaml", 0, NOVEL_ONLY_ENSEMBLE, tuple(towers)),
         ("segmentation", "demo/seg_synthetic.yaml", plan.segmentation_steps, {}, tuple(towers)),
         ("segmentation-heldout", "demo/seg_synthetic.yaml", plan.segmentation_steps, heldout_segmentation, tuple(towers)),
         ("segmentation-ensemble", "demo/seg_synthetic.yaml", 0, {"ensemble.enabled": True}, tuple(towers)),
@@ -304,7 +299,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                 overrides["train.max_iters"] = steps
 
             def dense_work(folder: Path, config=config, overrides=overrides, evaluate=evaluate) -> dict:
-                return {"metrics": train(_config_path(config), _overrides(overrides), folder,
+                return {"metrics": train(_config_path(config), format_overrides(overrides), folder,
                                          eval_only=evaluate is not None, weights=evaluate,
                                          tower_from_config=evaluate is not None)}
 
