@@ -52,8 +52,9 @@ def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path, capsys):
                       *_quick(tiny_world, "ensemble.enabled=true")) == 0
     assert json.loads((mixed / "metrics.json").read_text())["mIoU"] != pytest.approx(metrics["mIoU"], abs=1e-3)
     capsys.readouterr()
-    assert _train_net("--config", CONFIG, "--out", str(tmp_path / "d2"), *_quick(tiny_world, "engine=detectron2", "ensemble.enabled=true")) == 2
-    assert "ensemble.enabled" in capsys.readouterr().err
+    heldout = ("engine=detectron2", "ensemble.enabled=true", "ensemble.heldout=[x]")
+    assert _train_net("--config", CONFIG, "--out", str(tmp_path / "d2"), *_quick(tiny_world, *heldout)) == 2
+    assert "ensemble.heldout" in capsys.readouterr().err
 
 
 def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, tmp_path):
@@ -113,6 +114,27 @@ def test_detectron2_engine_trains_and_evaluates(tiny_world, tmp_path):
     assert curve and all(line["total_loss"] > 0 for line in curve)
     again = train(CONFIG, _quick(tiny_world, "engine=detectron2"), tmp_path / "d2", eval_only=True)
     assert again["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
+
+
+def test_detectron2_engine_ensembles_the_head_with_the_readout_as_the_plain_engine(tiny_world, tmp_path):
+    pytest.importorskip("detectron2")
+    from react_dense.train_net import train
+
+    trained = tmp_path / "d2"
+    head_alone = train(CONFIG, _quick(tiny_world, "engine=detectron2"), trained)
+
+    def ensembled(engine, seen, unseen):
+        name = f"{engine}-{seen}-{unseen}"
+        weights = trained / "model_final.pth" if engine == "detectron2" else None
+        overrides = _quick(tiny_world, f"engine={engine}", "ensemble.enabled=true", f"ensemble.seen_weight={seen}",
+                           f"ensemble.unseen_weight={unseen}", *(("train.max_iters=1",) if weights is None else ()))
+        return train(CONFIG, overrides, tmp_path / name, eval_only=weights is not None, weights=weights)
+
+    # weight 0: the head's labels; weight 1: the readout's alone, which the plain engine computes alike
+    assert ensembled("detectron2", 0, 0)["mIoU"] == pytest.approx(head_alone["mIoU"], abs=1e-6)
+    readout = ensembled("detectron2", 1, 1)
+    assert readout["mIoU"] != pytest.approx(head_alone["mIoU"], abs=1e-3)
+    assert readout["mIoU"] == pytest.approx(ensembled("plain", 1, 1)["mIoU"], abs=1e-3)
 
 
 def test_ensemble_temperature_is_chosen_on_heldout_seen_classes_and_applied(tiny_world, tmp_path, capsys):

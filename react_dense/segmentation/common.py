@@ -1,5 +1,5 @@
 """What the plain and the Detectron2 segmentation engines share: the data sources, the class
-embeddings of a label space, and `metrics.json`."""
+embeddings of a label space, the score ensemble, and `metrics.json`."""
 from __future__ import annotations
 
 import math
@@ -42,6 +42,23 @@ class SeenLabelSpace:
     def relabel(self, labels: torch.Tensor) -> torch.Tensor:
         """Full-space label maps -> seen-space ones; unseen pixels become IGNORE_INDEX."""
         return torch.where(labels == IGNORE_INDEX, labels, self.to_seen[labels.clamp(min=0)])
+
+
+def score_ensemble(cfg: SegmentationConfig):
+    """The head's score ensemble with the dense readout (`SegScoreEnsemble`, FC-CLIP's weights), or
+    None with `ensemble.enabled: false`; the temperature defaults to the MaskCLIP readout's."""
+    if not cfg.ensemble.enabled:
+        return None
+    from react_dense.modeling.seg_model import SegScoreEnsemble
+
+    options = cfg.ensemble
+    temperature = options.temperature if options.temperature is not None else cfg.maskclip.temperature
+    return SegScoreEnsemble(options.seen_weight, options.unseen_weight, temperature)
+
+
+def backbone_spec(cfg: SegmentationConfig, visual) -> dict:
+    """The backbone's registry spec over `visual`: with the ensemble on it also emits the readout map."""
+    return {**cfg.backbone, **({"emit_clip_map": True} if cfg.ensemble.enabled else {}), "visual": visual}
 
 
 def seen_label_space(classes: ClassEmbeddings) -> SeenLabelSpace:

@@ -23,7 +23,9 @@ from react_core.config import ConfigError, write_run_config
 from react_core.io import atomic_write_json
 from react_dense.engines import runner
 from react_dense.engines.checkpoint import FINAL, load_checkpoint
-from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
+from react_dense.segmentation.common import (
+    backbone_spec, encode_classes, open_spec, score_ensemble, seen_label_space, write_metrics,
+)
 from react_dense.segmentation.config import SegmentationConfig
 from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset, SegmentationSource
 from react_dense.segmentation.inference import predict_logits
@@ -36,19 +38,14 @@ def build_segmenter(cfg: SegmentationConfig, bundle) -> torch.nn.Module:
     """The trained-head segmenter or the MaskCLIP baseline over `bundle`'s image tower."""
     from react_core.registry import BACKBONES, HEADS
     from react_dense.modeling.seg_maskclip import MaskClipSegmenter
-    from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter, SegScoreEnsemble
+    from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter
 
     if cfg.method == "maskclip":
         options = cfg.maskclip
         return MaskClipModel(MaskClipSegmenter(bundle.model.visual, options.residual, options.raw_tokens, options.temperature))
-    ensemble = None
-    backbone_args = dict(cfg.backbone)
-    if cfg.ensemble.enabled:
-        temperature = cfg.ensemble.temperature if cfg.ensemble.temperature is not None else cfg.maskclip.temperature
-        ensemble = SegScoreEnsemble(cfg.ensemble.seen_weight, cfg.ensemble.unseen_weight, temperature)
-        backbone_args["emit_clip_map"] = True
-    backbone = BACKBONES.build({**backbone_args, "visual": bundle.model.visual})
+    backbone = BACKBONES.build(backbone_spec(cfg, bundle.model.visual))
     head = HEADS.build({**cfg.head, "input_shape": backbone.output_shape(), "embed_dim": backbone.embed_dim})
+    ensemble = score_ensemble(cfg)
     return OpenVocabSegmenter(backbone, head, ensemble)
 
 

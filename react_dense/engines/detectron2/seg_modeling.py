@@ -21,7 +21,8 @@ from torch import nn
 from react_core.config import load
 from react_core.registry import BACKBONES, HEADS
 from react_dense.engines.detectron2.modeling import Detectron2ClipBackbone
-from react_dense.modeling.backbone import FeatureSpec
+from react_dense.modeling.backbone import CLIP_MAP, FeatureSpec
+from react_dense.segmentation.common import backbone_spec, score_ensemble
 from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
 
 
@@ -45,41 +46,50 @@ def _ours(cfg):
 @BACKBONE_REGISTRY.register()
 def build_react_seg_backbone(cfg, input_shape):
     ours, bundle = _ours(cfg)
-    return Detectron2ClipBackbone(BACKBONES.build({**ours.backbone, "visual": bundle.model.visual}))
+    return Detectron2ClipBackbone(BACKBONES.build(backbone_spec(ours, bundle.model.visual)))
 
 
 @SEM_SEG_HEADS_REGISTRY.register()
 class ReactOpenVocabSemSegHead(nn.Module):
     """`SemanticSegmentor`'s head interface over `OpenVocabSegHead`: `(logits, losses)`.
 
-    The vocabulary (text embeddings and void rows) is set with `set_vocabulary`; training uses
-    the seen classes, evaluation any vocabulary.
+    The vocabulary (text embeddings, void rows and, for the score ensemble, unseen rows) is set
+    with `set_vocabulary`; training uses the seen classes, evaluation any vocabulary. With
+    `ensemble.enabled` the evaluation's scores are the head's ensembled with the dense readout's
+    (`SegScoreEnsemble`, the plain engine's).
     """
 
     @configurable
-    def __init__(self, head: nn.Module, ignore_value: int):
+    def __init__(self, head: nn.Module, ignore_value: int, ensemble: Optional[nn.Module] = None):
         super().__init__()
         self.head = head
         self.ignore_value = ignore_value
+        self.ensemble = ensemble
         self.register_buffer("text_embeddings", torch.zeros(0), persistent=False)
         self.register_buffer("void_rows", torch.zeros(0, dtype=torch.bool), persistent=False)
+        self.register_buffer("unseen_rows", torch.zeros(0, dtype=torch.bool), persistent=False)
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ours, bundle = _ours(cfg)
         shapes = {name: FeatureSpec(spec.channels, spec.stride) for name, spec in input_shape.items()}
         embed_dim = bundle.model.visual.output_dim
-        return {"head": HEADS.build({**ours.head, "input_shape": shapes, "embed_dim": embed_dim}), "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE}
+        return {"head": HEADS.build({**ours.head, "input_shape": shapes, "embed_dim": embed_dim}),
+                "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, "ensemble": score_ensemble(ours)}
 
-    def set_vocabulary(self, embeddings: torch.Tensor, void_rows: Optional[torch.Tensor] = None) -> None:
+    def set_vocabulary(self, embeddings: torch.Tensor, void_rows: Optional[torch.Tensor] = None,
+                       unseen_rows: Optional[torch.Tensor] = None) -> None:
         device = self.head.void_embedding.device
         self.text_embeddings = embeddings.to(device)
         self.void_rows = (void_rows if void_rows is not None else torch.zeros(len(embeddings), dtype=torch.bool)).to(device)
+        self.unseen_rows = (unseen_rows if unseen_rows is not None else torch.zeros(len(embeddings), dtype=torch.bool)).to(device)
 
     def forward(self, features, targets=None):
         if not len(self.text_embeddings):
             raise RuntimeError("set_vocabulary() must be called before the segmentation head runs")
         logits = self.head(features, self.text_embeddings, self.void_rows)
+        if self.ensemble is not None and not self.training:
+            logits = self.ensemble(logits, features[CLIP_MAP], self.text_embeddings, self.unseen_rows)
         logits = F.interpolate(logits, scale_factor=self.head.stride, mode="bilinear", align_corners=False)
         if self.training:
             logits = logits[..., : targets.shape[-2], : targets.shape[-1]]

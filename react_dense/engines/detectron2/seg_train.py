@@ -109,7 +109,7 @@ def run(
     for spec in cfg.test_data:
         source = open_spec(spec)
         classes = encode_classes(bundle, cfg, source, source.background)
-        head.set_vocabulary(classes.embeddings, classes.void_rows)
+        head.set_vocabulary(classes.embeddings, classes.void_rows, classes.unseen)
         unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
         evaluator = seg_modeling.ReactSemSegEvaluator(classes.names, unseen or None)
         loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=1, collate_fn=lambda b: _inputs(*map(torch.stack, zip(*b))))
