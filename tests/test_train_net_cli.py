@@ -87,10 +87,3 @@ def test_detect_reads_the_run_config_beside_the_checkpoint(scenes, tmp_path):  #
     assert (tmp_path / "detect" / "detections.json").is_file()
     assert react(["detect", str(image), "--config", str(CONFIG), "--weights", str(out / "model_final.pth"),
                   "--vocabulary", "red square", "--out", str(tmp_path / "other")]) == 2
-
-
-def test_detectron2_refuses_calibration_it_does_not_run(scenes, tmp_path, capsys):  # noqa: F811
-    pytest.importorskip("detectron2")
-    assert main(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"world={scenes}", "engine=detectron2",
-                 "ensemble.enabled=true", "ensemble.prior_correction=true"]) == 2
-    assert "ensemble.prior_correction" in _error_line(capsys)
