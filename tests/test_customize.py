@@ -117,3 +117,22 @@ def test_embedding_folder_reused_only_for_the_same_text_tower(tmp_path):
         embeddings_from_folder(tmp_path, ["a"], {**identity, "weights_sha256": "other"})
     with pytest.raises(EmbeddingFolderError, match="no embedding for 1 training captions .e.g. id 'zz'"):
         embeddings_from_folder(tmp_path, ["a", "zz"], identity)
+
+
+def test_replay_pairs_train_alongside_and_change_the_run_key(tiny_runs, tmp_path):
+    from react_core.data import build_pairs
+    from react_core.engine.common import run_key
+    from react_core.engine.customize import customize
+
+    _, _, customize_yaml = tiny_runs
+    replay = ["data.replay.type=PairManifest", "data.replay.manifest=${world}/corpus/manifest.parquet",
+              "data.replay.sample=20", "data.replay.sample_seed=1"]
+    plain = load(customize_yaml, schema=CustomizeConfig)
+    mixed = load(customize_yaml, replay, schema=CustomizeConfig)
+    plain_pairs, mixed_pairs = build_pairs(plain.data.train), build_pairs(mixed.data.train, replay=mixed.data.replay)
+    assert mixed_pairs.captions[: len(plain_pairs)] == plain_pairs.captions
+    assert run_key(mixed, mixed_pairs) != run_key(plain, plain_pairs)
+    metrics = customize(mixed, tmp_path / "replay")
+    assert metrics["replay_pairs"] == 20 and metrics["pairs"] == len(plain_pairs) + 20
+    with pytest.raises(Exception, match="sample=100000"):
+        customize(load(customize_yaml, [*replay, "data.replay.sample=100000"], schema=CustomizeConfig), tmp_path / "bad")

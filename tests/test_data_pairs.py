@@ -174,3 +174,25 @@ def test_shard_index_is_reused_until_the_file_changes(shard):
     with tarfile.open(shard, "a") as tar:
         add_member(tar, "late.txt", b"a sample added later")
     assert "late" in index_shard(shard) and "late" not in first
+
+
+def test_replay_pairs_follow_the_training_pairs_as_one_dataset(tmp_path, shard):
+    for name, color in COLORS.items():
+        (tmp_path / f"{name}.jpg").write_bytes(jpeg(color))
+    pd.DataFrame({"caption": [f"a {n} disc" for n in COLORS], "path": [f"{n}.jpg" for n in COLORS]}).to_parquet(
+        tmp_path / "m.parquet")
+    train = {"type": "PairManifest", "manifest": str(tmp_path / "m.parquet"), "classes": ["red", "blue"],
+             "class_match": "caption"}
+    replay = {"type": "WebDatasetPairs", "shards": str(shard)}
+    pairs = build_pairs(train, to_tensor, replay=replay)
+    alone = build_pairs(replay, to_tensor)
+    assert pairs.captions == ["a red disc", "a blue disc", *alone.captions]
+    assert pairs.ids[2:] == alone.ids and len(pairs) == 2 + len(alone)
+    assert pairs.image_locations()[2:] == alone.image_locations()
+    assert pairs[1]["index"] == 1 and pairs[1]["image"].tolist()[2] > 150  # blue, from the manifest
+    for local in range(len(alone)):
+        sample, expected = pairs[2 + local], alone[local]
+        if expected is None:
+            assert sample is None  # the corrupt image is skipped in the replay part too
+        else:
+            assert sample["index"] == 2 + local and torch.equal(sample["image"], expected["image"])

@@ -19,11 +19,13 @@ from react_core.registry import CONFIG_KINDS
 _MISSING_REQUIRED = object()
 
 
-def buildable(registry, default: dict | None = None, supplied: tuple[str, ...] = ()):
+def buildable(registry, default: dict | None = None, supplied: tuple[str, ...] = (), optional: bool = False):
     """A dataclass field holding `{type: Name, **kwargs}` for `registry`. `supplied` names the
     arguments the task's builder passes at build time (the CLIP tower, its widths): a config may
-    not set them, and they are not missing when it does not."""
+    not set them, and they are not missing when it does not. An `optional` field defaults to None."""
     metadata = {"registry": registry, "supplied": tuple(supplied)}
+    if optional:
+        return dataclasses.field(default=None, metadata=metadata)
     if default is None:
         return dataclasses.field(metadata=metadata)
     return dataclasses.field(default_factory=lambda: dict(default), metadata=metadata)

@@ -274,9 +274,36 @@ class CaptionedFolderPairs(PairDataset):
         return load_image(self._paths[index])
 
 
-def build_pairs(spec: dict, transform: Callable | None = None) -> PairDataset:
-    """Build a pair dataset from `{type: PairManifest|WebDatasetPairs|CaptionedFolder, ...}`."""
-    return DATASETS.build({**spec, "transform": transform})
+class ConcatPairs(PairDataset):
+    """Several pair datasets read as one, in order: the training pairs, then the replay pairs."""
+
+    def __init__(self, parts: Sequence[PairDataset]):
+        super().__init__(None)
+        self.parts = list(parts)
+        self.captions = [caption for part in self.parts for caption in part.captions]
+        self.ids = [sample_id for part in self.parts for sample_id in part.ids]
+        self.offsets = np.cumsum([0] + [len(part) for part in self.parts])
+
+    def _part(self, index: int) -> tuple[PairDataset, int]:
+        which = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[which], index - int(self.offsets[which])
+
+    def image_locations(self) -> list[str]:
+        return [location for part in self.parts for location in part.image_locations()]
+
+    def __getitem__(self, index: int) -> dict | None:
+        part, local = self._part(index)
+        sample = part[local]
+        return None if sample is None else {**sample, "index": index}
+
+
+def build_pairs(spec: dict, transform: Callable | None = None, replay: dict | None = None) -> PairDataset:
+    """Build a pair dataset from `{type: PairManifest|WebDatasetPairs|CaptionedFolder, ...}`;
+    with a `replay` spec of the same form, its pairs follow the training pairs as one dataset."""
+    pairs = DATASETS.build({**spec, "transform": transform})
+    if replay is None:
+        return pairs
+    return ConcatPairs([pairs, DATASETS.build({**replay, "transform": transform})])
 
 
 class PairCollate:

@@ -34,13 +34,13 @@ def run_key(cfg, dataset) -> str:
     """What decides a run's result: the config (less where outputs go, where the world lies and
     how it is evaluated, where a shipped result lies, where an adapter's base lies (its content is
     checked by hash when it loads), a disabled dense objective) and the content of the training
-    pairs (not their paths)."""
+    pairs, replay pairs included (not their paths)."""
     skip = ("out", "world", "eval", "generic_eval", "data", "shipped")
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     data["model"] = {k: v for k, v in data["model"].items() if k != "base_weights"}
     if "dense" in data and not data["dense"]["enabled"]:
         del data["dense"]
-    data["data"] = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("train", "workers")}
+    data["data"] = {k: v for k, v in dataclasses.asdict(cfg.data).items() if k not in ("train", "replay", "workers")}
     digest = hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode())
     for sample_id, caption in zip(dataset.ids, dataset.captions):
         digest.update(f"{sample_id}\t{caption}\n".encode())

@@ -21,9 +21,13 @@ class GatedConfig:
 
 @dataclass
 class DataConfig:
-    """Training pairs: a PairManifest, WebDatasetPairs or CaptionedFolder."""
+    """Training pairs: a PairManifest, WebDatasetPairs or CaptionedFolder. `replay`, a second such
+    spec (e.g. random pairs of the same corpus, `sample: N`), is trained on alongside `train` as
+    one shuffled set, so a tower customized on a narrow vocabulary keeps the rest (retention);
+    none by default, as in the official recipe."""
 
     train: dict = buildable(DATASETS)
+    replay: Optional[dict] = buildable(DATASETS, optional=True)
     augmentation: Literal["none", "open_clip", "official"] = "open_clip"
     batch_size: int = 64
     workers: int = 0

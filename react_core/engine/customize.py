@@ -77,7 +77,7 @@ def customize(cfg, out: str | Path) -> dict:
     model_cfg = base_model_config(cfg)
     bundle = model_cfg.load()
     base_identity = bundle.spec.identity()
-    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
+    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation), cfg.data.replay)
     out.mkdir(parents=True, exist_ok=True)
     cache = out / "cache"
     device = training_device()
@@ -123,6 +123,8 @@ def customize(cfg, out: str | Path) -> dict:
     after = zeroshot(bundle, cfg.eval, None if mode == "full" else cache, device)
     generic_after = zeroshot(bundle, cfg.generic_eval, None if mode == "full" else cache / "generic", device)
     metrics = {"mode": mode, "pairs": len(dataset), "gated_layers": layers, **counts, **summary}
+    if cfg.data.replay is not None:
+        metrics["replay_pairs"] = len(dataset.parts[-1])
     metrics.update(before_after("zeroshot", before, after))
     metrics.update(before_after("generic", generic_before, generic_after))
     if cfg.dense.enabled:

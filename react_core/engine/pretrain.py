@@ -85,7 +85,7 @@ def pretrain(cfg, out: str | Path) -> Path:
         logger.warning("pretrain starts from %s, not from scratch", cfg.model.weights or cfg.model.pretrained)
     torch.manual_seed(cfg.train.seed)  # the random initial weights
     bundle = cfg.model.load()
-    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation))
+    dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation), cfg.data.replay)
     key = run_key(cfg, dataset)
     cached = cached_pretrain(out, key)
     if cached is not None:
