@@ -59,9 +59,6 @@ def train(
             raise UserError("--num-gpus and --num-machines are Detectron2 detection's; segmentation's plain engine "
                             "runs on several devices under torchrun")
         if cfg.engine == "detectron2" and cfg.method == "head":
-            if cfg.ensemble.heldout:
-                raise UserError("ensemble.heldout: the readout temperature is chosen by the plain engine (engine=plain); "
-                                "pass the temperature its ensemble_calibration.json holds as ensemble.temperature")
             from react_dense.engines.detectron2.seg_train import run as run_detectron2
 
             return run_detectron2(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)

@@ -37,6 +37,7 @@ from react_core.config import format_overrides
 from react_core.synth.concepts import CALIBRATION_HELDOUT
 from react_dense.detection.config import NOVEL_ONLY_ENSEMBLE
 from react_dense.demo.stages import StageRunner
+from react_dense.modeling.calibration import CALIBRATION_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 OBJECTIVE_CONFIGS = {"dense": "demo/customize_dense.yaml", "cls": "demo/customize.yaml"}
@@ -288,7 +289,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                 overrides["data.novel"] = calibrated_detection["data.novel"]
                 after += ("detection-base",)
             elif task == "segmentation-ensemble":  # the trained head, its scores ensembled at the chosen temperature
-                chosen = json.loads((stages / f"segmentation-heldout-{backbone}" / "ensemble_calibration.json").read_text())
+                chosen = json.loads((stages / f"segmentation-heldout-{backbone}" / CALIBRATION_FILE).read_text())
                 overrides["ensemble.temperature"] = chosen["temperature"]
                 evaluate = str(stages / "segmentation-base" / "model_final.pth")
                 after += ("segmentation-base", f"segmentation-heldout-{backbone}")

@@ -19,9 +19,8 @@ from react_core.config import ConfigError
 from react_core.io import atomic_write_json
 from react_dense.detection.config import DetectionConfig
 from react_dense.detection.data import DetectionDataset, collate
-from react_dense.modeling.calibration import calibrate_ensemble
+from react_dense.modeling.calibration import CALIBRATION_FILE, calibrate_ensemble
 
-CALIBRATION_FILE = "ensemble_calibration.json"
 Records = Callable[[list, list], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 BACKGROUND = -1
 IGNORE = -2
+CALIBRATION_FILE = "ensemble_calibration.json"  # what a calibration chose, in the run's folder (either task)
 WEIGHT_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 

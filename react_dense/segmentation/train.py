@@ -11,6 +11,7 @@ GPU); `model_final.pth` holds the weights. The main process evaluates.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -20,9 +21,9 @@ from mmengine.runner import set_random_seed
 from tqdm import tqdm
 
 from react_core.config import ConfigError, write_run_config
-from react_core.io import atomic_write_json
 from react_dense.engines import runner
 from react_dense.engines.checkpoint import FINAL, load_checkpoint
+from react_dense.segmentation.calibrate import choose_ensemble_temperature
 from react_dense.segmentation.common import (
     backbone_spec, encode_classes, open_spec, score_ensemble, seen_label_space, write_metrics,
 )
@@ -95,50 +96,6 @@ def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, sou
     return segmentation_metrics(confusion(cfg, model, classes, source), classes.names, unseen or None)
 
 
-def choose_ensemble_temperature(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> Optional[float]:
-    """Choose the score ensemble's readout temperature without unseen annotations (FC-CLIP's
-    weights fixed): the one of `ensemble.temperatures` with the best harmonic mean of the mean IoU
-    over the `ensemble.heldout` classes (seen classes left out of training, standing in for the
-    unseen ones) and over the trained seen classes (hIoU, the zero-shot segmentation metric), on
-    the first `ensemble.calibration_images` training images, scored by `segmentation_metrics` as
-    the evaluation is; pixels of the other unseen classes are ignored. Sets it on the model,
-    writes `ensemble_calibration.json`."""
-    options = cfg.ensemble
-    if cfg.method != "head" or not options.enabled or not options.heldout:
-        return None
-    if cfg.train_data is None:
-        raise ConfigError("ensemble.heldout: the temperature is chosen on the training images; set train_data")
-    source = open_spec(cfg.train_data)
-    wrong = [name for name in options.heldout if name not in source.unseen]
-    if wrong:
-        raise ConfigError(f"ensemble.heldout: {', '.join(wrong)} must be classes that train_data.unseen leaves out of training")
-    if not options.temperatures or min(options.temperatures) <= 0:
-        raise ConfigError(f"ensemble.temperatures must be positive numbers, got {list(options.temperatures)}")
-    source.images, source.labels = source.images[: options.calibration_images], source.labels[: options.calibration_images]
-    classes = encode_classes(bundle, cfg, source, source.background)
-    ignored = [name for name in classes.names if name in source.unseen and name not in options.heldout]
-    ignored_rows = [classes.names.index(name) for name in ignored]
-    curve, parts = {}, {}
-    for temperature in options.temperatures:
-        model.ensemble.temperature = float(temperature)
-        matrix = confusion(cfg, model, classes, source, ignored_rows, desc=f"calibration T={temperature}")
-        absent = [name for name in options.heldout if matrix[classes.names.index(name)].sum() == 0]
-        if absent:
-            raise ConfigError(f"ensemble.heldout: {', '.join(absent)} do not occur in the first {len(source.images)} "
-                              "training images (ensemble.calibration_images); the temperature cannot be scored on them")
-        metrics = segmentation_metrics(matrix, classes.names, unseen=list(options.heldout), excluded=ignored)
-        curve[float(temperature)] = metrics["hIoU"]
-        parts[float(temperature)] = {"seen": metrics["mIoU_seen"], "heldout": metrics["mIoU_unseen"]}
-    chosen = max(curve, key=curve.get)
-    model.ensemble.temperature = chosen
-    atomic_write_json(out / "ensemble_calibration.json", {
-        "temperature": chosen, "hIoU_curve": curve, "mIoU_curve": parts, "heldout": list(options.heldout),
-        "images": len(source.images), "seen_classes": [name for name in classes.names if name not in source.unseen],
-    })
-    log.info("ensemble temperature %s chosen on %d training images (hIoU %.2f)", chosen, len(source.images), curve[chosen])
-    return chosen
-
-
 def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> dict:
     """Every `test_data` set over its full vocabulary; writes metrics.json."""
     if not cfg.test_data:
@@ -173,5 +130,7 @@ def run(
         elif train(cfg, model, bundle, out, resume) != 0:
             return None
     model.to(cfg.train.device)
-    choose_ensemble_temperature(cfg, model, bundle, out)
+    ensemble = getattr(model, "ensemble", None)  # the MaskCLIP baseline has none
+    if ensemble is not None:
+        choose_ensemble_temperature(cfg, ensemble, bundle, out, partial(confusion, cfg, model))
     return evaluate(cfg, model, bundle, out)

@@ -113,6 +113,9 @@ class ReactSemSegEvaluator(DatasetEvaluator):
         for item, output in zip(inputs, outputs):
             self.matrix.update(output["sem_seg"].argmax(0).cpu(), item["sem_seg"])
 
+    def confusion(self) -> torch.Tensor:
+        """The confusion matrix summed over the processes."""
+        return sum(comm.all_gather(self.matrix.matrix))
+
     def evaluate(self):
-        matrices = comm.all_gather(self.matrix.matrix)
-        return {"sem_seg": segmentation_metrics(sum(matrices), self.class_names, self.unseen)}
+        return {"sem_seg": segmentation_metrics(self.confusion(), self.class_names, self.unseen)}

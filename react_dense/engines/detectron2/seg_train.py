@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -48,6 +49,28 @@ def _inputs(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
     ]
 
 
+def _confusion(model, classes, source, ignored_rows=(), desc: str = "") -> torch.Tensor:
+    """The confusion matrix of the Detectron2 segmenter's labels on `source` over the vocabulary
+    `classes`, pixels of the `ignored_rows` classes left out (the evaluation and the calibration)."""
+    from detectron2.evaluation import inference_on_dataset
+
+    from react_dense.engines.detectron2.seg_modeling import ReactSemSegEvaluator
+    from react_dense.segmentation.data import IGNORE_INDEX, SegmentationDataset
+
+    ignored = torch.tensor(list(ignored_rows), dtype=torch.long)
+
+    def collate(batch):
+        images, labels = map(torch.stack, zip(*batch))
+        return _inputs(images, torch.where(torch.isin(labels, ignored), IGNORE_INDEX, labels))
+
+    model.sem_seg_head.set_vocabulary(classes.embeddings, classes.void_rows, classes.unseen)
+    evaluator = ReactSemSegEvaluator(classes.names, ignore_index=IGNORE_INDEX)
+    if desc:
+        log.info("%s: %d images", desc, len(source.images))
+    inference_on_dataset(model, torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=1, collate_fn=collate), evaluator)
+    return evaluator.confusion()
+
+
 def _batches(loader, seen):
     """Endless training inputs with labels in the seen label space (`SeenLabelSpace`)."""
     for images, labels in itertools.chain.from_iterable(itertools.repeat(loader)):
@@ -61,7 +84,6 @@ def run(
     """Train (unless `eval_only`) and evaluate on every `test_data` set; returns `metrics.json`."""
     import react_dense.engines.detectron2.seg_modeling as seg_modeling
     from detectron2.engine import SimpleTrainer, hooks
-    from detectron2.evaluation import inference_on_dataset
     from detectron2.modeling import build_model
 
     from react_dense.engines.detectron2.train import training_writers
@@ -70,7 +92,9 @@ def run(
     from react_dense.engines.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
     from react_dense.engines.optim import build_optimizer, build_scheduler
     from react_dense.segmentation.data import RandomScaleCropFlip, SegmentationDataset
+    from react_dense.segmentation.calibrate import choose_ensemble_temperature
     from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
+    from react_dense.segmentation.metrics import segmentation_metrics
 
     out.mkdir(parents=True, exist_ok=True)
     config_path = write_run_config(cfg, out)
@@ -105,13 +129,12 @@ def run(
         trainer.train(start, cfg.train.max_iters)
         save_checkpoint(out / LAST, model, optimizer, scheduler, cfg.train.max_iters)
         save_checkpoint(out / FINAL, model)
+    if head.ensemble is not None:
+        choose_ensemble_temperature(cfg, head.ensemble, bundle, out, partial(_confusion, model))
     per_dataset = {}
     for spec in cfg.test_data:
         source = open_spec(spec)
         classes = encode_classes(bundle, cfg, source, source.background)
-        head.set_vocabulary(classes.embeddings, classes.void_rows, classes.unseen)
         unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
-        evaluator = seg_modeling.ReactSemSegEvaluator(classes.names, unseen or None)
-        loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=1, collate_fn=lambda b: _inputs(*map(torch.stack, zip(*b))))
-        per_dataset[source.name] = inference_on_dataset(model, loader, evaluator)["sem_seg"]
+        per_dataset[source.name] = segmentation_metrics(_confusion(model, classes, source), classes.names, unseen or None)
     return write_metrics(out, per_dataset, method=cfg.method, engine="detectron2")
