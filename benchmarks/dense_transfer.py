@@ -30,14 +30,15 @@ Stages (`--stages`, in this order):
             base classes by a second detector trained without them, before and after the prior
             correction and the background embedding), with novel AP, base AP and
             the background false-positive rate of benchmarks/ensemble_steps.py
-  shared    every tower's score ensembles on one detector, the `--best` tower's (its stages ovd and
-            control), evaluated with each tower by `train_net --tower-from-config` (exact: the heads
+  shared    every tower's score ensembles on one detector, the `--best` tower's (its stage ovd, and
+            for the calibrated weights the held-out detector of its stage control, trained here if
+            missing), evaluated with each tower by `train_net --tower-from-config` (exact: the heads
             read below the gated block, so the detector is the same for every tower of the base):
             weights calibrated per tower on the held-out detector after the prior correction and the
             background embedding; F-VLM's weights + background embedding; F-VLM's novel weight
             with base classes left to the detector (base weight 0) + background embedding, and, for
-            the detector's own variant, its permuted-novel-embedding control; per tower and per
-            variant (mean ± std over seeds)
+            the detector's own variant, its permuted-novel-embedding control (`--shared-settings`
+            keeps some of these); per tower and per variant (mean ± std over seeds)
 
     python benchmarks/dense_transfer.py --world runs/demo/world --out runs/dense_transfer \\
         --adapters runs/customize-s0 runs/customize_dense-s0 --ovd base customize_dense-s0
@@ -63,6 +64,7 @@ SEG = ROOT / "configs" / "demo" / "seg_synthetic.yaml"
 OVD = ROOT / "configs" / "demo" / "ovd_synthetic.yaml"
 BASE = ROOT / "react_core" / "resources" / "demo_base.safetensors"
 STAGES = ("seg", "maskclip", "regions", "ovd", "control", "shared")
+SHARED_SETTINGS = ("calibrated", "fvlm", "novel_only")
 HELDOUT = CALIBRATION_HELDOUT  # base classes held out to choose the ensembles' settings
 CORRECTIONS = ["ensemble.prior_correction=true", "ensemble.background=true"]
 
@@ -213,6 +215,10 @@ def main() -> None:
     parser.add_argument("--ovd", nargs="*", default=None, help="tower names for detection (default: all)")
     parser.add_argument("--best", default=None, help="tower for the controls (default: best novel APr among the customized)")
     parser.add_argument("--calibration-images", type=int, default=100)
+    parser.add_argument("--shared-settings", nargs="*", default=list(SHARED_SETTINGS), choices=SHARED_SETTINGS,
+                        help="the ensembles stage shared evaluates on every tower: weights calibrated on held-out "
+                             "base classes, F-VLM's weights, F-VLM's novel weight on novel classes only "
+                             "(default: all three)")
     parser.add_argument("--dense-overrides", nargs="*", default=[], metavar="KEY=VALUE",
                         help="config overrides for every trained segmentation head and detector, e.g. "
                              "backbone.features=tokens (use another --out: finished runs are not redone)")
@@ -398,11 +404,17 @@ def control_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) 
 def shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -> None:
     source = args.best or next((n for n in ovd if n != "base" and ovd[n]), None)
     detector = out / "ovd" / str(source) / "model_final.pth"
-    heldout_detector = out / "control" / str(source) / "heldout_calibration" / "model_final.pth"
-    if not (detector.is_file() and heldout_detector.is_file()):
-        print(f"\nshared: needs stages ovd and control of {source} ({detector}, {heldout_detector})")
-        return
+    heldout_dir = out / "control" / str(source) / "heldout_calibration"  # stage control's, trained here if missing
+    heldout_detector = heldout_dir / "model_final.pth"
     go = "shared" in args.stages
+    calibrated = "calibrated" in args.shared_settings  # the only setting that needs the held-out detector
+    if go and calibrated and detector.is_file() and not heldout_detector.is_file():
+        run(heldout_dir, OVD, ovd_common + tower_overrides(source, towers, base)
+            + heldout_overrides(gt, args.calibration_images), log_dir, times)
+    if not detector.is_file() or (calibrated and not heldout_detector.is_file()):
+        print(f"\nshared: needs stage ovd of {source} and, for the calibrated weights, its held-out detector "
+              f"({detector}, {heldout_detector})")
+        return
     on = ["ensemble.enabled=true", f"ensemble.calibration_images={args.calibration_images}"]
     novel_only = on + format_overrides(NOVEL_ONLY_ENSEMBLE)
     d = detection_row(ovd[source], out / "ovd" / source, gt)
@@ -414,18 +426,21 @@ def shared_stage(args, towers, base, out, ovd, ovd_common, gt, log_dir, times) -
     for name in towers:
         over = ovd_common + tower_overrides(name, towers, base)
         calibration = out / "shared" / name / "heldout_calibration_corrected"
-        if go:
+        if go and calibrated:
             run(calibration, OVD, over + heldout_overrides(gt, args.calibration_images) + CORRECTIONS, log_dir, times,
                 ["--eval-only", "--tower-from-config", "--weights", str(heldout_detector)])
         settings = {}
         report_file = calibration / "ensemble_calibration.json"
-        if report_file.is_file():
+        if report_file.is_file() and calibrated:
             report = json.loads(report_file.read_text())
             settings["prior + background, then weights chosen on held-out base"] = ("corrected_heldout", on + CORRECTIONS + [
                 f"ensemble.base_weight={report['base_weight']}", f"ensemble.novel_weight={report['novel_weight']}"])
-        settings["F-VLM weights + background embedding"] = ("fvlm_background", on + ["ensemble.background=true"])
-        settings["F-VLM novel weight, base classes the detector's + background"] = ("novel_only_background", novel_only)
-        if variant_of(name)[0] == variant_of(source)[0]:  # the transfer control, for the detector's own variant
+        if "fvlm" in args.shared_settings:
+            settings["F-VLM weights + background embedding"] = ("fvlm_background", on + ["ensemble.background=true"])
+        if "novel_only" in args.shared_settings:
+            settings["F-VLM novel weight, base classes the detector's + background"] = ("novel_only_background", novel_only)
+        if "novel_only" in args.shared_settings and variant_of(name)[0] == variant_of(source)[0]:
+            # the transfer control, for the detector's own variant
             settings["permuted, F-VLM novel weight, base classes the detector's + background"] = (
                 "novel_only_background_permuted", novel_only + ["permute_novel_embeddings=true"])
         for setting, (key, extra) in settings.items():
