@@ -1,4 +1,4 @@
-"""`react demo [--quick] [--out DIR] [--seed N]`: the whole pipeline on the synthetic world."""
+"""`react demo [--quick] [--out DIR] [--seed N] [--jobs N]`: the whole pipeline on the synthetic world."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,12 +20,22 @@ def register(subparsers):
     parser.add_argument("--quick", action="store_true", help="smoke test of every stage on the tiny preset, one seed")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="first training seed (the full demo uses three)")
+    parser.add_argument(
+        "--jobs", type=int, default=None,
+        help="customization and dense runs side by side, the cores shared among them; each writes its "
+        "output to its stage folder's stage.log (default: 2 where there are 2 cores or more; on two "
+        "cores two single-threaded runs do 1.5x the work of one run on both)",
+    )
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
-    from react_dense.demo.pipeline import configure_logging, run_demo
+    from react_core.errors import UserError
+    from react_dense.demo.pipeline import available_cores, configure_logging, run_demo
 
+    jobs = min(2, available_cores()) if args.jobs is None else args.jobs
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
     configure_logging()
-    run_demo(Path(args.out), quick=args.quick, seed=args.seed)
+    run_demo(Path(args.out), quick=args.quick, seed=args.seed, jobs=jobs)
     return 0

@@ -29,14 +29,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import statistics
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from react_core.config import format_overrides
 from react_core.synth.concepts import CALIBRATION_HELDOUT
 from react_dense.detection.config import NOVEL_ONLY_ENSEMBLE
-from react_dense.demo.stages import StageRunner
+from react_dense.demo.stages import Stage, StageRunner
 from react_dense.modeling.calibration import CALIBRATION_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -133,12 +135,51 @@ def _cli(argv: list[str]) -> None:
         raise RuntimeError(f"`react {' '.join(argv)}` failed with status {status}")
 
 
-def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _customize(config: str, overrides: dict, folder: Path) -> dict:
+    from react_core.config import load
+    from react_core.engine.customize import customize
+
+    cfg = load(_config_path(config), format_overrides(overrides))
+    return {"metrics": customize(cfg, folder), "folder": str(folder)}
+
+
+def _dense(config: str, overrides: dict, evaluate: str | None, temperature_from: str | None, folder: Path) -> dict:
+    """Train or evaluate a detector or segmenter; `evaluate`: the trained heads to read through this
+    tower, `temperature_from`: the calibration whose readout temperature the ensemble uses."""
+    from react_dense.train_net import train
+
+    if temperature_from is not None:
+        overrides = {**overrides, "ensemble.temperature": json.loads(Path(temperature_from).read_text())["temperature"]}
+    metrics = train(_config_path(config), format_overrides(overrides), folder, eval_only=evaluate is not None,
+                    weights=evaluate, tower_from_config=evaluate is not None)
+    return {"metrics": metrics}
+
+
+def _dependencies_first(work: list[Stage]) -> list[Stage]:
+    """The stages others wait for (the towers of the first seed, the heads trained on the base tower)
+    first, then those no stage waits for, then those that wait: with several jobs the waiting ones
+    find their inputs ready, and the order stays one where each stage follows those it reads."""
+    names = {stage.name for stage in work}
+    awaited = {name for stage in work for name in stage.after}
+
+    def rank(stage: Stage) -> int:
+        return 0 if stage.name in awaited else 1 if not names.intersection(stage.after) else 2
+
+    return sorted(work, key=rank)
+
+
+def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1) -> dict:
+    """`jobs`: how many customization and dense runs go side by side, the cores shared among them."""
     out = Path(out).resolve()
     plan = plan_for(quick, seed)
     n_customize = len(list(plan.customize_runs()))
     stages = out / "stages"
-    runner = StageRunner(stages, total=7 + n_customize + 17)  # 17 dense runs: 2 + 3 detection, 4 x 3 segmentation
+    runner = StageRunner(stages, total=7 + n_customize + 17,  # 17 dense runs: 2 + 3 detection, 4 x 3 segmentation
+                         jobs=jobs, threads=max(1, available_cores() // jobs))
     world_dir = out / "world"
 
     def make_world(_: Path) -> dict:
@@ -229,7 +270,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     random_subset = runner.run("random-pairs", random_pairs, seed, after=("retrieve",))
     manifests = {"retrieved": str(subset_manifest), "random": random_subset["manifest"]}
 
-    customized: dict[str, list[dict]] = {}
+    work: list[Stage] = []
+    labels: dict[str, str] = {}
     for label, objective, mode, source, run_seed in plan.customize_runs():
         overrides = {
             "world": str(world_dir),
@@ -245,23 +287,14 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         if mode != "gated-image":  # the config's lr opens fresh gates fast; a whole tower needs less
             overrides["train.lr"] = WHOLE_TOWER_LR
         name = customize_stage(objective, mode, source, run_seed)
-
-        def work(folder: Path, overrides=overrides, config=OBJECTIVE_CONFIGS[objective]) -> dict:
-            from react_core.config import load
-            from react_core.engine.customize import customize
-
-            cfg = load(_config_path(config), format_overrides(overrides))
-            metrics = customize(cfg, folder)
-            return {"metrics": metrics, "folder": str(folder)}
-
-        result = runner.run(name, work, overrides, after=("retrieve", "random-pairs", "pretrain"))
-        customized.setdefault(label, []).append(result)
+        labels[name] = label
+        work.append(Stage(name, partial(_customize, OBJECTIVE_CONFIGS[objective], overrides), overrides,
+                          after=("retrieve", "random-pairs", "pretrain")))
 
     towers, tower_stages = {"base": base_weights}, {"base": ()}
     for backbone, (_, objective, mode, source, _) in zip(("customized", "random"), plan.variants[:2]):
         stage = customize_stage(objective, mode, source, plan.seeds[0])
         towers[backbone], tower_stages[backbone] = str(stages / stage / "adapter.safetensors"), (stage,)
-    from react_dense.train_net import train
 
     heldout = list(CALIBRATION_HELDOUT)
     calibrated_detection = {  # one detector, trained without `heldout`, on which each tower's ensemble is calibrated
@@ -271,7 +304,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
     heldout_segmentation = {  # a second head, trained without `heldout`, on which each tower's temperature is chosen
         "train_data.unseen": [*world_info.semseg_unseen, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
     }
-    dense, dense_dirs = {}, {}
+    dense_stages: dict[str, tuple[str, str]] = {}
     for task, config, steps, extra, backbones in (
         ("detection", "demo/ovd_synthetic.yaml", plan.detection_steps, calibrated_detection, ("base", "customized")),
         ("detection-novel", "demo/ovd_synthetic.yaml", 0, NOVEL_ONLY_ENSEMBLE, tuple(towers)),
@@ -283,14 +316,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
         for backbone in backbones:
             overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
             after = ("pretrain", *tower_stages[backbone])
-            evaluate = None
+            evaluate = temperature_from = None
             if task == "detection-novel":  # the detector trained without the held-out classes, this tower's readout
                 evaluate = str(stages / "detection-base" / "model_final.pth")
                 overrides["data.novel"] = calibrated_detection["data.novel"]
                 after += ("detection-base",)
             elif task == "segmentation-ensemble":  # the trained head, its scores ensembled at the chosen temperature
-                chosen = json.loads((stages / f"segmentation-heldout-{backbone}" / CALIBRATION_FILE).read_text())
-                overrides["ensemble.temperature"] = chosen["temperature"]
+                temperature_from = str(stages / f"segmentation-heldout-{backbone}" / CALIBRATION_FILE)
                 evaluate = str(stages / "segmentation-base" / "model_final.pth")
                 after += ("segmentation-base", f"segmentation-heldout-{backbone}")
             elif steps and backbone != "base":  # the base tower's heads, this tower's readout
@@ -298,16 +330,17 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0) -> dict:
                 after += (f"{task}-base",)
             elif steps:
                 overrides["train.max_iters"] = steps
-
-            def dense_work(folder: Path, config=config, overrides=overrides, evaluate=evaluate) -> dict:
-                return {"metrics": train(_config_path(config), format_overrides(overrides), folder,
-                                         eval_only=evaluate is not None, weights=evaluate,
-                                         tower_from_config=evaluate is not None)}
-
             name = f"{task}-{backbone}"
+            dense_stages[name] = (task, backbone)
             inputs = {"overrides": overrides, "config": _config_path(config).read_text()}
-            dense[(task, backbone)] = runner.run(name, dense_work, inputs, after=after)["metrics"]
-            dense_dirs[(task, backbone)] = stages / name
+            work.append(Stage(name, partial(_dense, config, overrides, evaluate, temperature_from), inputs, after))
+
+    results = runner.run_all(_dependencies_first(work))
+    customized: dict[str, list[dict]] = {}
+    for name, label in labels.items():
+        customized.setdefault(label, []).append(results[name])
+    dense = {key: results[name]["metrics"] for name, key in dense_stages.items()}
+    dense_dirs = {key: stages / name for name, key in dense_stages.items()}
 
     from react_dense.demo.report import write_report
 
