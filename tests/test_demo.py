@@ -14,7 +14,7 @@ from react_core.synth import load_world
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--out", str(out), "--jobs", "2"]) == 0  # the stages must survive pickling
     return out
 
 

@@ -21,21 +21,20 @@ def register(subparsers):
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0, help="first training seed (the full demo uses three)")
     parser.add_argument(
-        "--jobs", type=int, default=None,
-        help="customization and dense runs side by side, the cores shared among them; each writes its "
-        "output to its stage folder's stage.log (default: 2 where there are 2 cores or more; on two "
-        "cores two single-threaded runs do 1.5x the work of one run on both)",
+        "--jobs", type=int, default=1,
+        help="customization and dense runs side by side in worker processes, the cores shared among "
+        "them; each writes its output to its stage folder's stage.log (default: 1; on two cores two "
+        "single-threaded runs did 1.02-1.10x the work of one run on both, benchmarks/demo_jobs.py)",
     )
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
     from react_core.errors import UserError
-    from react_dense.demo.pipeline import available_cores, configure_logging, run_demo
+    from react_dense.demo.pipeline import configure_logging, run_demo
 
-    jobs = min(2, available_cores()) if args.jobs is None else args.jobs
-    if jobs < 1:
-        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     configure_logging()
-    run_demo(Path(args.out), quick=args.quick, seed=args.seed, jobs=jobs)
+    run_demo(Path(args.out), quick=args.quick, seed=args.seed, jobs=args.jobs)
     return 0

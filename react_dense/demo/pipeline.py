@@ -29,13 +29,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import statistics
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from react_core.config import format_overrides
+from react_core.machine import usable_cpus
 from react_core.synth.concepts import CALIBRATION_HELDOUT
 from react_dense.detection.config import NOVEL_ONLY_ENSEMBLE
 from react_dense.demo.stages import Stage, StageRunner
@@ -135,10 +135,6 @@ def _cli(argv: list[str]) -> None:
         raise RuntimeError(f"`react {' '.join(argv)}` failed with status {status}")
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def _customize(config: str, overrides: dict, folder: Path) -> dict:
     from react_core.config import load
     from react_core.engine.customize import customize
@@ -179,7 +175,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1) -> di
     n_customize = len(list(plan.customize_runs()))
     stages = out / "stages"
     runner = StageRunner(stages, total=7 + n_customize + 17,  # 17 dense runs: 2 + 3 detection, 4 x 3 segmentation
-                         jobs=jobs, threads=max(1, available_cores() // jobs))
+                         jobs=jobs, threads=max(1, usable_cpus() // jobs))
     world_dir = out / "world"
 
     def make_world(_: Path) -> dict:

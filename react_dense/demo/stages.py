@@ -2,10 +2,9 @@
 
 A stage is redone only when its key (a hash of its inputs and of the stages it reads from)
 changes, so a second `react demo` only redoes what changed, and an interrupted one resumes at
-the first unfinished stage. Independent stages can run side by side in worker processes: on a
-small CPU two single-threaded runs do more work per second than one run on both cores (measured
-on two cores: 1.5x the throughput of customization), because a small model's step does not
-split well across threads.
+the first unfinished stage. Independent stages can run side by side in worker processes
+(`react demo --jobs N`), for machines whose cores one small run cannot keep busy; on two cores it
+gained little (1.02-1.10x the throughput of one run on both cores, `benchmarks/demo_jobs.py`).
 """
 from __future__ import annotations
 
