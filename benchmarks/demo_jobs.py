@@ -23,18 +23,18 @@ from pathlib import Path
 
 from react_core.machine import usable_cpus
 from react_dense.demo.pipeline import _customize
-from react_dense.demo.stages import Stage, StageRunner
+from react_dense.demo.stages import Stage, StageRunner, threads_per_job
 
 BASE = Path(__file__).resolve().parents[1] / "react_core" / "resources" / "demo_base.safetensors"
 
 
-def timed(root: Path, world: Path, configs: list[str], iters: int, jobs: int, cores: int) -> float:
+def timed(root: Path, world: Path, configs: list[str], iters: int, jobs: int) -> float:
     stages = []
     for number, config in enumerate(configs):
         overrides = {"world": str(world), "base_pretrain": "null", "model.weights": str(BASE),
                      "train.max_iters": iters, "train.checkpoint_interval": 10 * iters}
         stages.append(Stage(f"customize-{number}", partial(_customize, config, overrides), overrides))
-    runner = StageRunner(root, total=len(stages), echo=lambda _: None, jobs=jobs, threads=max(1, cores // jobs))
+    runner = StageRunner(root, total=len(stages), echo=lambda _: None, jobs=jobs)
     start = time.perf_counter()
     runner.run_all(stages)
     return time.perf_counter() - start
@@ -54,7 +54,7 @@ def main() -> None:
     cores = usable_cpus()
     torch.set_num_threads(cores)
     print(f"{cores} cores; {' and '.join(args.configs)}, {args.iters} iterations each; 1 job x {cores} threads "
-          f"against {args.jobs} jobs x {max(1, cores // args.jobs)} threads")
+          f"against {args.jobs} jobs x {threads_per_job(args.jobs)} threads")
     ratios = []
     with tempfile.TemporaryDirectory() as scratch:
         for round_index in range(args.rounds):
@@ -62,7 +62,7 @@ def main() -> None:
             seconds = {}
             for jobs in order:
                 root = Path(scratch) / f"round{round_index}-jobs{jobs}"
-                seconds[jobs] = timed(root, args.world.resolve(), args.configs, args.iters, jobs, cores)
+                seconds[jobs] = timed(root, args.world.resolve(), args.configs, args.iters, jobs)
                 shutil.rmtree(root)
             ratios.append(seconds[1] / seconds[args.jobs])
             print(f"round {round_index}: one job {seconds[1]:.0f} s, {args.jobs} jobs {seconds[args.jobs]:.0f} s, "

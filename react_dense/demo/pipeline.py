@@ -35,7 +35,6 @@ from functools import partial
 from pathlib import Path
 
 from react_core.config import format_overrides
-from react_core.machine import usable_cpus
 from react_core.synth.concepts import CALIBRATION_HELDOUT
 from react_dense.detection.config import NOVEL_ONLY_ENSEMBLE
 from react_dense.demo.stages import Stage, StageRunner
@@ -174,8 +173,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1) -> di
     plan = plan_for(quick, seed)
     n_customize = len(list(plan.customize_runs()))
     stages = out / "stages"
-    runner = StageRunner(stages, total=7 + n_customize + 17,  # 17 dense runs: 2 + 3 detection, 4 x 3 segmentation
-                         jobs=jobs, threads=max(1, usable_cpus() // jobs))
+    runner = StageRunner(stages, total=7 + n_customize + 17, jobs=jobs)  # 17 dense runs: 2 + 3 detection, 4 x 3 segmentation
     world_dir = out / "world"
 
     def make_world(_: Path) -> dict:

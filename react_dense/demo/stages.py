@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 from react_core.errors import ReactError
 from react_core.io import atomic_write_json
+from react_core.machine import usable_cpus
 
 STAGE_FILE = "stage.json"
 STARTED_FILE = "stage.key"
@@ -66,6 +67,11 @@ def _execute(folder: Path, key: str, work: Callable[[Path], dict], log: bool) ->
     return result, seconds
 
 
+def threads_per_job(jobs: int) -> int:
+    """The usable cores shared among `jobs` side-by-side stages."""
+    return max(1, usable_cpus() // jobs)
+
+
 def _start_worker(threads: int) -> None:
     import torch
 
@@ -74,17 +80,16 @@ def _start_worker(threads: int) -> None:
 
 class StageRunner:
     """Runs named stages in dependency order, printing progress, skipping those already done for
-    their key; with `jobs > 1`, up to `jobs` ready stages at once, each on `threads` threads."""
+    their key; with `jobs > 1`, up to `jobs` ready stages at once, the cores shared among them."""
 
-    def __init__(self, root: Path, total: int, echo: Callable[[str], None] = print, jobs: int = 1, threads: int = 1):
-        if jobs < 1 or threads < 1:
-            raise ValueError(f"jobs and threads must be at least 1 (got jobs={jobs}, threads={threads})")
+    def __init__(self, root: Path, total: int, echo: Callable[[str], None] = print, jobs: int = 1):
+        if jobs < 1:
+            raise ValueError(f"jobs must be at least 1, got {jobs}")
         self.root = Path(root)
         self.total = total
         self.done = 0
         self.echo = echo
         self.jobs = jobs
-        self.threads = threads
         self.keys: dict[str, str] = {}
 
     def run(self, name: str, work: Callable[[Path], dict], inputs: Any = None, after: tuple[str, ...] = ()) -> dict:
@@ -135,7 +140,8 @@ class StageRunner:
         running: dict[Future, tuple[Stage, str]] = {}
         failure: Exception | None = None
         context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker, initargs=(self.threads,)) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_start_worker,
+                                 initargs=(threads_per_job(jobs),)) as pool:
             while waiting or running:
                 ready = [item for item in waiting if not pending.intersection(item[0].after)]
                 for item in ready[: max(jobs - len(running), 0)] if failure is None else ():
