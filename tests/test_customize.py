@@ -136,3 +136,30 @@ def test_replay_pairs_train_alongside_and_change_the_run_key(tiny_runs, tmp_path
     assert metrics["replay_pairs"] == 20 and metrics["pairs"] == len(plain_pairs) + 20
     with pytest.raises(Exception, match="sample=100000"):
         customize(load(customize_yaml, [*replay, "data.replay.sample=100000"], schema=CustomizeConfig), tmp_path / "bad")
+
+
+def test_runs_of_one_base_share_its_zero_shot_results(tiny_runs, tmp_path, monkeypatch):
+    """With a shared `cache`, the base's zero-shot results are computed by the first run and read back
+    by the next (another seed); the evaluations after training are always computed."""
+    import react_core.eval
+    from react_core.data import build_pairs
+    from react_core.engine.common import run_key
+    from react_core.engine.customize import customize
+
+    evaluated = []
+    evaluate = react_core.eval.evaluate_zeroshot
+    monkeypatch.setattr(react_core.eval, "evaluate_zeroshot", lambda *a, **k: evaluated.append(a[2]) or evaluate(*a, **k))
+    _, _, customize_yaml = tiny_runs
+    shared = [f"cache={tmp_path / 'shared'}"]
+    first = customize(load(customize_yaml, shared, schema=CustomizeConfig), tmp_path / "seed0")
+    assert len(evaluated) == 4  # target and generic, before and after
+    second_cfg = load(customize_yaml, [*shared, "train.seed=1"], schema=CustomizeConfig)
+    second = customize(second_cfg, tmp_path / "seed1")
+    assert len(evaluated) == 6  # only the two evaluations after training
+    for key in ("zeroshot_before", "generic_before"):
+        assert second[key] == first[key]
+    assert len(list((tmp_path / "shared").rglob("zeroshot_*.json"))) == 2
+    assert not (tmp_path / "seed1" / "cache").exists()
+    elsewhere = load(customize_yaml, ["train.seed=1"], schema=CustomizeConfig)
+    pairs = build_pairs(elsewhere.data.train)
+    assert run_key(elsewhere, pairs) == run_key(second_cfg, pairs)  # where the cache lies decides nothing

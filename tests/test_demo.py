@@ -14,7 +14,7 @@ from react_core.synth import load_world
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    assert main(["demo", "--quick", "--out", str(out), "--jobs", "2"]) == 0  # the stages must survive pickling
+    assert main(["demo", "--quick", "--out", str(out), "--jobs", "2", "--ablations"]) == 0  # the stages must survive pickling
     return out
 
 
@@ -27,12 +27,17 @@ def test_every_stage_produced_its_outputs(quick_demo):
     for mode in ("t2i", "t2t", "both"):
         stats = json.loads((stages / "retrieve" / f"subset_{mode}" / "stats.json").read_text())
         assert mode in stats["evaluation"]
-    customized = sorted(p.name for p in stages.glob("customize-*"))
+    customized = sorted(p.name for p in stages.glob("customize-*-seed*"))
     assert len(customized) == 5
+    befores = set()
     for name in customized:
         metrics = json.loads((stages / name / "metrics.json").read_text())
         for key in ("zeroshot_top1_before", "zeroshot_top1_after", "generic_top1_before", "generic_top1_after"):
             assert 0 <= metrics[key] <= 100, (name, key)
+        befores.add(json.dumps([metrics["zeroshot_before"], metrics["generic_before"]], sort_keys=True))
+    # every run starts from the same base: its zero-shot results are made once, in the shared cache, and read back
+    assert len(befores) == 1
+    assert len(list((stages / "customize-cache").rglob("zeroshot_*.json"))) == 2
     for objective, enabled in (("dense", True), ("cls", False)):
         written = yaml.safe_load((stages / f"customize-{objective}-gated-image-retrieved-seed0" / "config.yaml").read_text())
         assert written["dense"]["enabled"] is enabled, objective

@@ -120,11 +120,14 @@ class _RunConfig:
 @dataclass
 class CustomizeConfig(_RunConfig):
     """Customize a CLIP on image-text pairs; `base_pretrain` names a pretrain config whose (cached)
-    result is the base model, in place of `model.weights`."""
+    result is the base model, in place of `model.weights`. `cache` (default OUT/cache) keeps what
+    depends only on the base model: its caption and class embeddings and its zero-shot results
+    before customization, so runs of one base (seeds, variants) may share it."""
 
     gated: GatedConfig = field(default_factory=GatedConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
     base_pretrain: Optional[str] = None
+    cache: Optional[str] = None
 
 
 @config_kind("pretrain")

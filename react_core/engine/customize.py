@@ -79,11 +79,11 @@ def customize(cfg, out: str | Path) -> dict:
     base_identity = bundle.spec.identity()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation), cfg.data.replay)
     out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cache"
+    cache = Path(cfg.cache) if cfg.cache else out / "cache"
     device = training_device()
     bundle.model.to(device)
-    before = zeroshot(bundle, cfg.eval, cache, device)
-    generic_before = zeroshot(bundle, cfg.generic_eval, cache / "generic", device)
+    before = zeroshot(bundle, cfg.eval, cache, device, keep_result=True)
+    generic_before = zeroshot(bundle, cfg.generic_eval, cache / "generic", device, keep_result=True)
 
     layers = []
     torch.manual_seed(cfg.train.seed)  # the gated blocks' random initial weights
