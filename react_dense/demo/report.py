@@ -156,8 +156,9 @@ def render_markdown(summary: dict) -> str:
     lines = [
         "# REACT on the synthetic world",
         "",
-        f"Preset `{summary['preset']}`; the first two variants are means over {seeds} seed(s) "
-        "(± half the range), the ablations run on the first seed. Target classes: " + ", ".join(summary["world"]["target_classes"]) + ".",
+        f"Preset `{summary['preset']}`; the first two variants are means over {seeds} seed(s) (± half the range), "
+        + ("the ablations run on the first seed" if len(summary["zeroshot_top1"]) > 2 else "the ablations were not run (`react demo --ablations`)")
+        + ". Target classes: " + ", ".join(summary["world"]["target_classes"]) + ".",
         "",
         "## Retrieval: precision@k against the world's ground truth",
         "",
