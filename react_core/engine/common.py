@@ -65,7 +65,7 @@ def zeroshot(bundle, eval_cfg, cache_dir: Path | None, device, keep_result: bool
 
     classnames = read_classnames(eval_cfg.classes)
     kept = None
-    if keep_result and cache_dir is not None and (bundle.spec.pretrained or bundle.spec.weights_sha256):
+    if keep_result and cache_dir is not None and bundle.spec.named:
         kept = Path(cache_dir) / f"zeroshot_{_zeroshot_key(bundle, classnames, eval_cfg)}.json"
         if kept.is_file():
             return json.loads(kept.read_text(encoding="utf-8"))

@@ -56,6 +56,12 @@ class ModelSpec:
     adapter: str | None = None
     adapter_sha256: str | None = None
 
+    @property
+    def named(self) -> bool:
+        """Whether the weights have a name (a pretrained tag or a file hash): only then do results
+        computed from them outlive the process (a randomly initialised model has none)."""
+        return bool(self.pretrained or self.weights_sha256)
+
     def identity(self) -> dict:
         identity = {
             "model": self.name,

@@ -107,7 +107,7 @@ def cached_class_embeddings(
     do, since weights are named by file hash or tag. A randomly initialised model has no such
     name, so its embeddings are never cached.
     """
-    if cache_dir is None or not (bundle.spec.pretrained or bundle.spec.weights_sha256):
+    if cache_dir is None or not bundle.spec.named:
         return class_embeddings(bundle.model, bundle.tokenizer, classnames, templates, average)
     from safetensors.torch import load_file, save_file
 
