@@ -1,16 +1,17 @@
 """The demo's stage runner: side-by-side stages really overlap, wait for what they read, keep what
-finished when one fails, and name the failed stage."""
+finished when one fails, and name the failed stage; the demo's dense stages train each head once."""
 from __future__ import annotations
 
 import json
 import time
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from react_core.errors import ReactError
-from react_dense.demo.pipeline import _dependencies_first
+from react_dense.demo.pipeline import _dependencies_first, dense_stage_plan, plan_for
 from react_dense.demo.stages import LOG_FILE, Stage, StageFailed, StageRunner
 
 
@@ -83,3 +84,22 @@ def test_awaited_stages_go_first_and_each_follows_what_it_reads():
             Stage("head", None, after=("pretrain",)), Stage("probe", None, after=("head",))]
     order = [stage.name for stage in _dependencies_first(work)]
     assert order == ["tower-0", "head", "tower-1", "eval-0", "probe"]
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_each_head_trains_once_on_the_base_tower(tmp_path, quick):
+    """The heads read below the gated block, so every other tower is evaluated on the base tower's
+    (the full plan keeps the configs' step counts, which once made every tower train its own)."""
+    world = SimpleNamespace(novel_categories=["purple star"], semseg_unseen=["purple star"])
+    towers = {"base": "base.safetensors", "customized": "customized.safetensors", "random": "random.safetensors"}
+    work, names = dense_stage_plan(plan_for(quick, 0), world, tmp_path / "world", tmp_path / "stages", towers,
+                                   {tower: () for tower in towers})
+    trained = set()
+    for stage in work:
+        _, overrides, evaluate, _ = stage.work.args
+        if evaluate is None and overrides.get("method") != "maskclip":
+            trained.add(stage.name)
+        elif evaluate is not None:
+            assert Path(evaluate).parent.name.endswith("-base") and Path(evaluate).parent.name in stage.after, stage.name
+    assert trained == {"detection-base", "segmentation-base", "segmentation-heldout-base"}
+    assert set(names) == {stage.name for stage in work}

@@ -52,7 +52,7 @@ class DemoPlan:
 
     preset: str
     seeds: tuple[int, ...]
-    pretrain_iters: int
+    pretrain_iters: int  # this and every count below: 0 keeps the config's
     customize_iters: int
     retrieve_k: int
     retrieval_mode: str
@@ -171,6 +171,54 @@ def _dependencies_first(work: list[Stage]) -> list[Stage]:
         return 0 if stage.name in awaited else 1 if not names.intersection(stage.after) else 2
 
     return sorted(work, key=rank)
+
+
+def dense_stage_plan(plan: DemoPlan, world_info, world_dir: Path, stages: Path, towers: dict[str, str],
+                     tower_stages: dict[str, tuple[str, ...]]) -> tuple[list[Stage], dict[str, tuple[str, str]]]:
+    """The detection and segmentation stages of every tower (`towers`: name -> weights, `tower_stages`:
+    the stages that make them) and `{stage name: (task, tower)}`. The detector, the segmentation head
+    and the held-out head train once, on the base tower (for `steps` iterations; 0: the config's);
+    every other tower is evaluated on those heads through its own readout."""
+    heldout = list(CALIBRATION_HELDOUT)
+    calibrated_detection = {  # one detector, trained without `heldout`, on which each tower's ensemble is calibrated
+        "data.novel": [*world_info.novel_categories, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
+        "ensemble.prior_correction": True, "ensemble.background": True,
+    }
+    heldout_segmentation = {  # a second head, trained without `heldout`, on which each tower's temperature is chosen
+        "train_data.unseen": [*world_info.semseg_unseen, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
+    }
+    work: list[Stage] = []
+    dense_stages: dict[str, tuple[str, str]] = {}
+    for task, config, trains, steps, extra, backbones in (
+        ("detection", "demo/ovd_synthetic.yaml", True, plan.detection_steps, calibrated_detection, ("base", "customized")),
+        ("detection-novel", "demo/ovd_synthetic.yaml", False, 0, NOVEL_ONLY_ENSEMBLE, tuple(towers)),
+        ("segmentation", "demo/seg_synthetic.yaml", True, plan.segmentation_steps, {}, tuple(towers)),
+        ("segmentation-heldout", "demo/seg_synthetic.yaml", True, plan.segmentation_steps, heldout_segmentation, tuple(towers)),
+        ("segmentation-ensemble", "demo/seg_synthetic.yaml", False, 0, {"ensemble.enabled": True}, tuple(towers)),
+        ("maskclip", "demo/seg_synthetic.yaml", False, 0, {"method": "maskclip"}, tuple(towers)),
+    ):
+        for backbone in backbones:
+            overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
+            after = ("pretrain", *tower_stages[backbone])
+            evaluate = temperature_from = None
+            if task == "detection-novel":  # the detector trained without the held-out classes, this tower's readout
+                evaluate = str(stages / "detection-base" / "model_final.pth")
+                overrides["data.novel"] = calibrated_detection["data.novel"]
+                after += ("detection-base",)
+            elif task == "segmentation-ensemble":  # the trained head, its scores ensembled at the chosen temperature
+                temperature_from = str(stages / f"segmentation-heldout-{backbone}" / CALIBRATION_FILE)
+                evaluate = str(stages / "segmentation-base" / "model_final.pth")
+                after += ("segmentation-base", f"segmentation-heldout-{backbone}")
+            elif trains and backbone != "base":  # the base tower's heads, this tower's readout
+                evaluate = str(stages / f"{task}-base" / "model_final.pth")
+                after += (f"{task}-base",)
+            elif trains and steps:
+                overrides["train.max_iters"] = steps
+            name = f"{task}-{backbone}"
+            dense_stages[name] = (task, backbone)
+            inputs = {"overrides": overrides, "config": _config_path(config).read_text()}
+            work.append(Stage(name, partial(_dense, config, overrides, evaluate, temperature_from), inputs, after))
+    return work, dense_stages
 
 
 def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablations: bool = False) -> dict:
@@ -298,44 +346,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablat
         stage = customize_stage(objective, mode, source, plan.seeds[0])
         towers[backbone], tower_stages[backbone] = str(stages / stage / "adapter.safetensors"), (stage,)
 
-    heldout = list(CALIBRATION_HELDOUT)
-    calibrated_detection = {  # one detector, trained without `heldout`, on which each tower's ensemble is calibrated
-        "data.novel": [*world_info.novel_categories, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
-        "ensemble.prior_correction": True, "ensemble.background": True,
-    }
-    heldout_segmentation = {  # a second head, trained without `heldout`, on which each tower's temperature is chosen
-        "train_data.unseen": [*world_info.semseg_unseen, *heldout], "ensemble.enabled": True, "ensemble.heldout": heldout,
-    }
-    dense_stages: dict[str, tuple[str, str]] = {}
-    for task, config, steps, extra, backbones in (
-        ("detection", "demo/ovd_synthetic.yaml", plan.detection_steps, calibrated_detection, ("base", "customized")),
-        ("detection-novel", "demo/ovd_synthetic.yaml", 0, NOVEL_ONLY_ENSEMBLE, tuple(towers)),
-        ("segmentation", "demo/seg_synthetic.yaml", plan.segmentation_steps, {}, tuple(towers)),
-        ("segmentation-heldout", "demo/seg_synthetic.yaml", plan.segmentation_steps, heldout_segmentation, tuple(towers)),
-        ("segmentation-ensemble", "demo/seg_synthetic.yaml", 0, {"ensemble.enabled": True}, tuple(towers)),
-        ("maskclip", "demo/seg_synthetic.yaml", 0, {"method": "maskclip"}, tuple(towers)),
-    ):
-        for backbone in backbones:
-            overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
-            after = ("pretrain", *tower_stages[backbone])
-            evaluate = temperature_from = None
-            if task == "detection-novel":  # the detector trained without the held-out classes, this tower's readout
-                evaluate = str(stages / "detection-base" / "model_final.pth")
-                overrides["data.novel"] = calibrated_detection["data.novel"]
-                after += ("detection-base",)
-            elif task == "segmentation-ensemble":  # the trained head, its scores ensembled at the chosen temperature
-                temperature_from = str(stages / f"segmentation-heldout-{backbone}" / CALIBRATION_FILE)
-                evaluate = str(stages / "segmentation-base" / "model_final.pth")
-                after += ("segmentation-base", f"segmentation-heldout-{backbone}")
-            elif steps and backbone != "base":  # the base tower's heads, this tower's readout
-                evaluate = str(stages / f"{task}-base" / "model_final.pth")
-                after += (f"{task}-base",)
-            elif steps:
-                overrides["train.max_iters"] = steps
-            name = f"{task}-{backbone}"
-            dense_stages[name] = (task, backbone)
-            inputs = {"overrides": overrides, "config": _config_path(config).read_text()}
-            work.append(Stage(name, partial(_dense, config, overrides, evaluate, temperature_from), inputs, after))
+    dense_work, dense_stages = dense_stage_plan(plan, world_info, world_dir, stages, towers, tower_stages)
+    work.extend(dense_work)
 
     results = runner.run_all(_dependencies_first(work))
     customized: dict[str, list[dict]] = {}
