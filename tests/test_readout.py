@@ -81,3 +81,24 @@ def test_pool_boxes_means_over_boxes_and_masks():
     mask[:, :, :4] = 1.0
     assert pool_boxes(feature_map, whole, stride=8)[0, 0].item() == pytest.approx(0.5, abs=0.05)
     assert pool_boxes(feature_map, whole, stride=8, masks=mask)[0, 0].item() > 0.95
+
+
+def test_pool_boxes_equals_the_mean_of_roi_align_values_and_gradients():
+    """The separable box mean is roi_align's (aligned, 7 x 7 bins of 2 x 2 samples) averaged, for boxes
+    inside, across and beyond the map's edges and images without boxes, and so is its gradient."""
+    from torchvision.ops import roi_align
+
+    generator = torch.Generator().manual_seed(0)
+    feature_map = torch.randn(3, 5, 16, 20, dtype=torch.float64, generator=generator, requires_grad=True)
+    corners = torch.rand(3, 40, 2, dtype=torch.float64, generator=generator) * 200 - 20
+    sizes = torch.rand(3, 40, 2, dtype=torch.float64, generator=generator) * 120
+    boxes = list(torch.cat([corners, corners + sizes], dim=2))
+    edges = torch.tensor([[0, 0, 160, 128], [150, 120, 160, 128], [-30, -30, -10, -10], [159.9, 127.9, 170, 140], [8, 8, 8.5, 8.5]])
+    boxes[1], boxes[2] = boxes[1][:0], torch.cat([boxes[2], edges.to(torch.float64)])
+    expected = roi_align(feature_map, boxes, output_size=(7, 7), spatial_scale=1 / 8, sampling_ratio=2, aligned=True).flatten(2).mean(-1)
+    pooled = pool_boxes(feature_map, boxes, stride=8)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=1e-12)
+    weights = torch.randn(expected.shape, dtype=torch.float64, generator=generator)
+    (expected_grad,) = torch.autograd.grad((expected * weights).sum(), feature_map)
+    (grad,) = torch.autograd.grad((pooled * weights).sum(), feature_map)
+    torch.testing.assert_close(grad, expected_grad, rtol=0, atol=1e-12)
