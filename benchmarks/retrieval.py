@@ -3,6 +3,7 @@
     python benchmarks/retrieval.py                       # 1M x 512, as the issue asks
     python benchmarks/retrieval.py --n 200000 --eval-queries 200 --classes 200   # a small machine
     python benchmarks/retrieval.py --embed WORLD_DIR --model react-tiny   # embedding throughput only
+    python benchmarks/retrieval.py --embed WORLD_DIR --embed-batch-sizes 256 64   # react embed at each batch size
 
 Generator (fixed, seed 0): CLIP embeddings are anisotropic (a few directions carry most of the
 variance) and clustered by concept, and text queries sit apart from the images they match (the
@@ -216,6 +217,37 @@ def embed_throughput(world: Path, model: str, shards: int, batch_size: int, work
             "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios)}
 
 
+def embed_batch_sizes(world: Path, model: str, shards: int, sizes: list[int], workers: int, repeats: int) -> dict:
+    """Images/s of `embed_corpus` at each batch size on the same shards, interleaved repeats; ratios
+    are the medians of per-repeat ratios against the first size."""
+    import shutil
+
+    import torch
+
+    from react_core.modeling import load_clip
+    from react_core.retrieval.embed import embed_corpus
+
+    torch.manual_seed(0)
+    bundle = load_clip(model)
+    source = Path(tempfile.mkdtemp(prefix="react-embed-src-"))
+    for file in sorted((world / "corpus" / "shards").glob("*.tar"))[:shards]:
+        (source / file.name).symlink_to(file)
+    rates: dict[int, list[float]] = {size: [] for size in sizes}
+    for repeat in range(repeats):
+        for size in sizes if repeat % 2 == 0 else sizes[::-1]:
+            out = Path(tempfile.mkdtemp(prefix="react-embed-bench-"))
+            started = time.perf_counter()
+            summary = embed_corpus(bundle, source, out, batch_size=size, workers=workers, progress=False)
+            rates[size].append((summary["rows"] + len(summary["failed"])) / (time.perf_counter() - started))
+            shutil.rmtree(out)
+        print(f"repeat {repeat}: " + ", ".join(f"batch {size} {rates[size][-1]:.1f} img/s" for size in sizes), flush=True)
+    first = rates[sizes[0]]
+    return {"model": model, "workers": workers, "threads": torch.get_num_threads(),
+            **{f"batch_{size}": {"img_per_s_median": statistics.median(rate),
+                                 "ratio_median": statistics.median([r / f for r, f in zip(rate, first)])}
+               for size, rate in rates.items()}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -236,6 +268,8 @@ def main() -> None:
     parser.add_argument("--model", default="react-tiny", help="model for --embed (random init)")
     parser.add_argument("--shards", type=int, default=1, help="corpus shards for --embed")
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--embed-batch-sizes", type=int, nargs="+", metavar="N",
+                        help="with --embed: time react embed at each of these batch sizes instead")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--child", choices=("exact", "ours", "per-class"), help=argparse.SUPPRESS)
     parser.add_argument("--emb", help=argparse.SUPPRESS)
@@ -246,6 +280,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         _child(args)
+        return
+    if args.embed and args.embed_batch_sizes:
+        print(json.dumps(embed_batch_sizes(Path(args.embed), args.model, args.shards, args.embed_batch_sizes, args.workers,
+                                           args.repeats), indent=2))
         return
     if args.embed:
         print(json.dumps(embed_throughput(Path(args.embed), args.model, args.shards, args.batch_size, args.workers,

@@ -26,7 +26,8 @@ def register(subparsers):
     parser.add_argument("--weights", help="weights file: full state dict, official REACT file, or adapter")
     parser.add_argument("--data", required=True, metavar="SRC", help="webdataset shards, parquet manifest or captioned folder")
     parser.add_argument("--out", required=True, metavar="EMBDIR", help="embedding folder to write (or resume)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: 256 on a GPU, 64 on a CPU, where small batches run faster)")
     parser.add_argument("--workers", type=int, default=None,
                         help="DataLoader processes decoding images (default: 4, or the CPUs available if fewer)")
     parser.add_argument(
@@ -44,7 +45,7 @@ def run(args) -> int:
     from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
     from react_core.retrieval.embed import EmbeddingError, embed_corpus, rank_and_world
 
-    if args.batch_size < 1 or (args.workers or 0) < 0 or args.shard_size < 1:
+    if (args.batch_size is not None and args.batch_size < 1) or (args.workers or 0) < 0 or args.shard_size < 1:
         raise UserError("--batch-size and --shard-size must be >= 1, --workers >= 0")
     rank, world_size = rank_and_world()
     device = args.device

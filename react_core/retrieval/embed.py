@@ -51,6 +51,12 @@ class EmbeddingError(ReactError):
     """An embedding folder or corpus that cannot be used; the message names the file."""
 
 
+# Images per forward pass: large on an accelerator; on a CPU small batches keep a block's
+# activations in cache (`react embed` on two cores: 64 gave react-tiny 1.40x and ViT-B-32 1.28x the
+# images/s of 256; benchmarks/README.md, "Embedding batch size on a CPU").
+DEFAULT_BATCH_SIZE = {"cuda": 256, "cpu": 64}
+
+
 def shard_files(root: str | Path, number: int) -> dict[str, Path]:
     root = Path(root)
     return {
@@ -442,7 +448,7 @@ def embed_corpus(
     source: str | Path,
     out: str | Path,
     *,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     workers: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
     rank: int | None = None,
@@ -452,7 +458,8 @@ def embed_corpus(
     """Embed every not-yet-done shard of `source` that belongs to this rank; returns a summary.
 
     The summary has `shards` (done by this call), `skipped_shards` (already done), `rows`, and
-    `failed` (list of (shard, id, reason)) for the images that could not be read.
+    `failed` (list of (shard, id, reason)) for the images that could not be read. `batch_size`
+    defaults to `DEFAULT_BATCH_SIZE` of the model's device type.
     """
     import pandas as pd
     import torch
@@ -466,6 +473,7 @@ def embed_corpus(
     shards = discover_shards(source, shard_size)
     model = bundle.model.eval()
     device = next(model.parameters()).device
+    batch_size = batch_size or DEFAULT_BATCH_SIZE.get(device.type, DEFAULT_BATCH_SIZE["cuda"])
     dim = _text_dim(bundle)
     _check_or_write_info(out, embedding_info(bundle, dim, str(source), [s.name for s in shards]), rank)
 
