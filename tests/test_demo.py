@@ -30,10 +30,16 @@ def test_every_stage_produced_its_outputs(quick_demo):
     customized = sorted(p.name for p in stages.glob("customize-*-seed*"))
     assert len(customized) == 5
     befores = set()
+    training_pairs = json.loads((stages / "random-pairs" / "stage.json").read_text())["result"]["pairs"]
     for name in customized:
         metrics = json.loads((stages / name / "metrics.json").read_text())
         for key in ("zeroshot_top1_before", "zeroshot_top1_after", "generic_top1_before", "generic_top1_after"):
             assert 0 <= metrics[key] <= 100, (name, key)
+        if "-dense-" in name:  # random corpus pairs replayed beside the training pairs, a third as many
+            assert metrics["replay_pairs"] == max(1, round(training_pairs / 3)), name
+            assert metrics["pairs"] == training_pairs + metrics["replay_pairs"], name
+        else:
+            assert "replay_pairs" not in metrics, name
         befores.add(json.dumps([metrics["zeroshot_before"], metrics["generic_before"]], sort_keys=True))
     # every run starts from the same base: its zero-shot results are made once, in the shared cache, and read back
     assert len(befores) == 1
@@ -74,8 +80,8 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
     assert "<table>" in (quick_demo / "report.html").read_text()
     metrics = json.loads((quick_demo / "metrics.json").read_text())
     assert set(metrics["zeroshot_top1"]) == {
-        "gated-image + dense · retrieved",
-        "gated-image + dense · random pairs",
+        "gated-image + dense + replay · retrieved",
+        "gated-image + dense + replay · random pairs",
         "gated-image, CLS only · retrieved",
         "locked-text · retrieved",
         "full fine-tuning · retrieved",
@@ -86,13 +92,13 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
     claims = metrics["claims"]
     assert len(claims) == 10 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
     novel_only = [c for c in claims if "F-VLM's novel weight" in c["name"]]
-    assert [dict(c["values"]).get("gated-image + dense · random pairs") for c in novel_only][1] == (
+    assert [dict(c["values"]).get("gated-image + dense + replay · random pairs") for c in novel_only][1] == (
         metrics["dense"]["detection-novel/random"]["bbox/APr"])
-    assert all(dict(c["values"])["gated-image + dense · retrieved"] == metrics["dense"]["detection-novel/customized"]["bbox/APr"]
+    assert all(dict(c["values"])["gated-image + dense + replay · retrieved"] == metrics["dense"]["detection-novel/customized"]["bbox/APr"]
                for c in novel_only)
     gain = claims[0]
     (base_label, before), (ours_label, after) = gain["values"]
-    assert (base_label, ours_label) == ("base CLIP", "gated-image + dense · retrieved")
+    assert (base_label, ours_label) == ("base CLIP", "gated-image + dense + replay · retrieved")
     assert gain["measured"] == pytest.approx(after - before) and gain["holds"] == (gain["measured"] >= 5)
     for claim in claims[3:]:
         (_, first), (_, second) = claim["values"]

@@ -3,7 +3,7 @@
 Stages, each cached (see `stages.py`):
 world -> base CLIP (pretrain) -> embed the corpus -> index -> retrieve for the world's dense
 vocabulary (t2i, t2t, both) -> customize (dense-aware gated-image on retrieved and on as many
-random pairs, over several seeds; with `ablations`, CLS-only gated-image, locked-text and full
+random pairs, each with random corpus pairs replayed, over several seeds; with `ablations`, CLS-only gated-image, locked-text and full
 fine-tuning on retrieved pairs, on the first seed) -> zero-shot top-1 on the target and the generic classes of every variant ->
 open-vocabulary detection, trained-head and training-free (MaskCLIP) segmentation with the base,
 the customized and the random-pairs tower -> report, whose `claims` say which targets hold.
@@ -18,7 +18,9 @@ Retrieval queries all 27 detection categories (the 12 target classes and the 15 
 detector and the segmentation head train on), as REACT retrieves for the whole downstream
 vocabulary: retrieving for the targets only, the tower forgets the base classes (generic top-1 27
 instead of 40.8; benchmarks/README.md, "Retrieving for the dense vocabulary (first objective)").
-The report's retrieval precision is over the target classes.
+The report's retrieval precision is over the target classes. Retrieved captions name only those
+27 classes, so without replay the tower forgets the rest (generic top-1 46.9 -> 37.3 in the
+session-13 demo); replaying random corpus pairs keeps them (README, "Retention").
 
 The demo drives the same commands and configs a user runs (`react embed/index/retrieve`,
 `configs/demo/*.yaml`, `tools/train_net.py`'s engines), so it is also the end-to-end test of
@@ -41,7 +43,10 @@ from react_dense.demo.stages import Stage, StageRunner
 from react_dense.modeling.calibration import CALIBRATION_FILE
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-OBJECTIVE_CONFIGS = {"dense": "demo/customize_dense.yaml", "cls": "demo/customize.yaml"}
+OBJECTIVE_CONFIGS = {"dense": "demo/customize_dense_vocab_replay.yaml", "cls": "demo/customize.yaml"}
+# The dense objective's runs replay random corpus pairs, a third as many as their training pairs (a
+# quarter of each batch), so the tower keeps the classes outside the dense vocabulary (retention).
+REPLAY_PER_TRAINING_PAIR = 1 / 3
 RETRIEVAL_MODES = ("t2i", "t2t", "both")
 WHOLE_TOWER_LR = 5e-4
 
@@ -62,8 +67,8 @@ class DemoPlan:
     # tower and its random-pairs control, on every seed; `--ablations` adds ABLATIONS.
     variants: tuple[tuple[str, str, str, str, bool], ...] = field(
         default=(
-            ("gated-image + dense · retrieved", "dense", "gated-image", "retrieved", True),
-            ("gated-image + dense · random pairs", "dense", "gated-image", "random", True),
+            ("gated-image + dense + replay · retrieved", "dense", "gated-image", "retrieved", True),
+            ("gated-image + dense + replay · random pairs", "dense", "gated-image", "random", True),
         )
     )
 
@@ -336,6 +341,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablat
             overrides.update({"train.max_iters": plan.customize_iters, "train.warmup_iters": 2})
         if mode != "gated-image":  # the config's lr opens fresh gates fast; a whole tower needs less
             overrides["train.lr"] = WHOLE_TOWER_LR
+        if objective == "dense":
+            overrides["data.replay.sample"] = max(1, round(random_subset["pairs"] * REPLAY_PER_TRAINING_PAIR))
         name = customize_stage(objective, mode, source, run_seed)
         labels[name] = label
         work.append(Stage(name, partial(_customize, OBJECTIVE_CONFIGS[objective], overrides), overrides,
