@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import textwrap
 from pathlib import Path
 
 from react_core.io import atomic_path, atomic_write_json, atomic_write_text
@@ -31,8 +32,8 @@ def plot_accuracy(summary: dict, path: Path) -> None:
     palette = ["#1f77b4", "#7fb3d5", "#2ca02c", "#e07b39", "#8c8c8c"]
     colors = ["#999999", *(palette[i % len(palette)] for i in range(len(labels) - 1))]
     axis.barh(labels[::-1], means[::-1], xerr=spreads[::-1], color=colors[::-1], capsize=3)
-    for y, value in enumerate(means[::-1]):
-        axis.text(value + 0.5, y, f"{value:.1f}", va="center")
+    for y, (value, spread) in enumerate(zip(means[::-1], spreads[::-1])):
+        axis.text(value + spread + 1.0, y, f"{value:.1f}", va="center")
     axis.set_xlabel("zero-shot top-1 on the target classes (%), mean over seeds (± half the range)")
     axis.set_xlim(0, 100)
     _save_figure(figure, path)
@@ -132,8 +133,8 @@ def plot_claims(claims: list[dict], path: Path) -> None:
         for x, value in enumerate(values):
             axis.text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
         axis.set_xticks(range(len(values)), labels, fontsize=6)
-        axis.set_title(f"{claim['name'].split(':')[0]}\ntarget {claim['target']}: {'holds' if claim['holds'] else 'not met'}",
-                       fontsize=7)
+        title = textwrap.fill(claim["name"].split(":")[0], 52)
+        axis.set_title(f"{title}\ntarget {claim['target']}: {'holds' if claim['holds'] else 'not met'}", fontsize=7)
         axis.tick_params(axis="y", labelsize=6)
     for axis in list(axes.flat)[len(claims):]:
         axis.axis("off")
