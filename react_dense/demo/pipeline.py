@@ -3,8 +3,9 @@
 Stages, each cached (see `stages.py`):
 world -> base CLIP (pretrain) -> embed the corpus -> index -> retrieve for the world's dense
 vocabulary (t2i, t2t, both) -> customize (dense-aware gated-image on retrieved and on as many
-random pairs, each with random corpus pairs replayed, over several seeds; with `ablations`, CLS-only gated-image, locked-text and full
-fine-tuning on retrieved pairs, on the first seed) -> zero-shot top-1 on the target and the generic classes of every variant ->
+random pairs, each with random corpus pairs replayed, over several seeds; with `ablations`,
+CLS-only gated-image, locked-text and full fine-tuning on retrieved pairs, on the first seed) ->
+zero-shot top-1 on the target and the generic classes of every variant ->
 open-vocabulary detection, trained-head and training-free (MaskCLIP) segmentation with the base,
 the customized and the random-pairs tower -> report, whose `claims` say which targets hold.
 The dense heads read below the gated block, so they are the same for every tower of the base:
@@ -441,6 +442,7 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
         "generic_top1": generic,
         "dense": {f"{task}/{backbone}": metrics for (task, backbone), metrics in dense.items()},
         "calibration_heldout": list(CALIBRATION_HELDOUT),
+        "dense_config": f"configs/{OBJECTIVE_CONFIGS['dense']}",
         "claims": claims,
         "plan": dataclasses.asdict(plan),
     }

@@ -182,9 +182,9 @@ def render_markdown(summary: dict) -> str:
         "",
         "## Customization: zero-shot top-1 on held-out images of the target and the generic classes",
         "",
-        "The dense-aware runs (`configs/demo/customize_dense_vocab_replay.yaml`) train on their pairs with random "
-        "corpus pairs replayed beside them, a third as many (a quarter of each batch); generic top-1 measures "
-        "what they keep of the classes retrieval did not ask for.",
+        f"The dense-aware runs (`{summary['dense_config']}`) train on their pairs with random corpus pairs "
+        "replayed beside them, a third as many (a quarter of each batch); generic top-1 measures what they "
+        "keep of the classes retrieval did not ask for.",
         "",
         "| variant | target top-1 (%) | ± | per seed | generic top-1 (%) |",
         "|---|---|---|---|---|",
