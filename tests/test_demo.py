@@ -28,14 +28,14 @@ def test_every_stage_produced_its_outputs(quick_demo):
         stats = json.loads((stages / "retrieve" / f"subset_{mode}" / "stats.json").read_text())
         assert mode in stats["evaluation"]
     customized = sorted(p.name for p in stages.glob("customize-*-seed*"))
-    assert len(customized) == 5
+    assert len(customized) == 6
     befores = set()
     training_pairs = json.loads((stages / "random-pairs" / "stage.json").read_text())["result"]["pairs"]
     for name in customized:
         metrics = json.loads((stages / name / "metrics.json").read_text())
         for key in ("zeroshot_top1_before", "zeroshot_top1_after", "generic_top1_before", "generic_top1_after"):
             assert 0 <= metrics[key] <= 100, (name, key)
-        if "-dense-" in name:  # random corpus pairs replayed beside the training pairs, a third as many
+        if "-cls-" not in name:  # the dense objective's runs replay random corpus pairs, a third as many
             assert metrics["replay_pairs"] == max(1, round(training_pairs / 3)), name
             assert metrics["pairs"] == training_pairs + metrics["replay_pairs"], name
         else:
@@ -47,6 +47,8 @@ def test_every_stage_produced_its_outputs(quick_demo):
     for objective, enabled in (("dense", True), ("cls", False)):
         written = yaml.safe_load((stages / f"customize-{objective}-gated-image-retrieved-seed0" / "config.yaml").read_text())
         assert written["dense"]["enabled"] is enabled, objective
+    clipself = yaml.safe_load((stages / "customize-clipself-gated-image-retrieved-seed0" / "config.yaml").read_text())
+    assert (clipself["dense"]["teacher"], clipself["dense"]["contrastive"]) == ("base", False)  # plain CLIPSelf
     for name in ("customize-dense-gated-image-retrieved-seed0", "customize-dense-gated-image-random-seed0"):
         assert (stages / name / "adapter.safetensors").is_file(), name
     for name in ("detection-base", "detection-customized", *(f"{task}-{tower}" for task in ("segmentation", "maskclip")
@@ -66,13 +68,14 @@ def test_every_stage_produced_its_outputs(quick_demo):
         assert not (stages / f"{task}-customized" / "model_final.pth").exists(), task
     for tower in ("customized", "random"):
         assert json.loads((stages / f"segmentation-{tower}" / "metrics.json").read_text())["mIoU"] == head_alone["mIoU"]
-    for tower in ("base", "customized", "random"):  # the detector with each tower's readout on novel classes only
+    for tower in ("base", "customized", "random", "clipself", "cls-only"):  # the detector with each tower's readout on novel classes only
         assert "bbox/APr" in json.loads((stages / f"detection-novel-{tower}" / "metrics.json").read_text()), tower
+    assert "bbox/APr" in json.loads((stages / "detection-novel-permuted-customized" / "metrics.json").read_text())
 
 
 def test_report_has_tables_plots_and_metrics(quick_demo):
     report = (quick_demo / "report.md").read_text()
-    for heading in ("## Retrieval", "## Customization", "## Dense transfer", "## Do the claims hold here?"):
+    for heading in ("## Retrieval", "## Customization", "## Dense transfer", "## Every variant over its seeds", "## Do the claims hold here?"):
         assert heading in report
     for picture in ("accuracy.png", "retrieval_gallery.png", "detections.png", "claims.png"):
         assert (quick_demo / picture).stat().st_size > 1000
@@ -83,6 +86,7 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
         "gated-image + dense + replay · retrieved",
         "gated-image + dense + replay · random pairs",
         "gated-image, CLS only · retrieved",
+        "plain CLIPSelf + replay · retrieved",
         "locked-text · retrieved",
         "full fine-tuning · retrieved",
     }
@@ -90,7 +94,7 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
     assert "mIoU_unseen" in metrics["dense"]["segmentation/customized"]
     assert "mIoU_unseen" in metrics["dense"]["maskclip/random"]
     claims = metrics["claims"]
-    assert len(claims) == 10 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
+    assert len(claims) == 13 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
     novel_only = [c for c in claims if "F-VLM's novel weight" in c["name"]]
     assert [dict(c["values"]).get("gated-image + dense + replay · random pairs") for c in novel_only][1] == (
         metrics["dense"]["detection-novel/random"]["bbox/APr"])

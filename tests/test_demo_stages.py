@@ -1,5 +1,6 @@
 """The demo's stage runner: side-by-side stages really overlap, wait for what they read, keep what
-finished when one fails, and name the failed stage; the demo's dense stages train each head once."""
+finished when one fails, and name the failed stage; the demo's dense stages train each head once;
+its dense claims weigh a gain against the seed std."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from react_core.errors import ReactError
-from react_dense.demo.pipeline import _dependencies_first, dense_stage_plan, plan_for
+from react_dense.demo.pipeline import _dependencies_first, _ratio_claim, _stats, dense_over_seeds, dense_stage_plan, plan_for
 from react_dense.demo.stages import LOG_FILE, Stage, StageFailed, StageRunner
 
 
@@ -86,13 +87,14 @@ def test_awaited_stages_go_first_and_each_follows_what_it_reads():
     assert order == ["tower-0", "head", "tower-1", "eval-0", "probe"]
 
 
-@pytest.mark.parametrize("quick", [True, False])
-def test_each_head_trains_once_on_the_base_tower(tmp_path, quick):
+@pytest.mark.parametrize("quick, ablations", [(True, False), (False, False), (False, True)])
+def test_each_head_trains_once_on_the_base_tower(tmp_path, quick, ablations):
     """The heads read below the gated block, so every other tower is evaluated on the base tower's
     (the full plan keeps the configs' step counts, which once made every tower train its own)."""
     world = SimpleNamespace(novel_categories=["purple star"], semseg_unseen=["purple star"])
-    towers = {"base": "base.safetensors", "customized": "customized.safetensors", "random": "random.safetensors"}
-    work, names = dense_stage_plan(plan_for(quick, 0), world, tmp_path / "world", tmp_path / "stages", towers,
+    plan = plan_for(quick, 0, ablations)
+    towers = {"base": "base.safetensors", **{name: f"{name}.safetensors" for name in plan.dense_towers()}}
+    work, names = dense_stage_plan(plan, world, tmp_path / "world", tmp_path / "stages", towers,
                                    {tower: () for tower in towers})
     trained = set()
     for stage in work:
@@ -103,3 +105,35 @@ def test_each_head_trains_once_on_the_base_tower(tmp_path, quick):
             assert Path(evaluate).parent.name.endswith("-base") and Path(evaluate).parent.name in stage.after, stage.name
     assert trained == {"detection-base", "segmentation-base", "segmentation-heldout-base"}
     assert set(names) == {stage.name for stage in work}
+    read = {(task, tower) for task, tower in names.values()}
+    expected_towers = {"base", "customized", "random"} | ({"customized-seed1", "random-seed2", "clipself-seed2", "cls-only"} if ablations else set())
+    for task in ("detection-novel", "segmentation-ensemble", "maskclip"):  # what every tower adds, on every seed read
+        assert {tower for t, tower in read if t == task} >= expected_towers, task
+    assert {tower for t, tower in read if t == "detection-novel-permuted"} == ({"customized"} if ablations else set())
+    permuted = [stage for stage in work if stage.name.startswith("detection-novel-permuted")]
+    assert all(stage.work.args[1]["permute_novel_embeddings"] is True for stage in permuted)
+    assert not any(tower.endswith(("seed1", "seed2")) for t, tower in read if t == "segmentation")  # the same head on every tower
+
+
+def test_dense_claims_weigh_the_gain_against_twice_the_seed_std():
+    """Issue 12's criterion, on the adapter-seed figures of session 14: novel APr 4.01 +- 0.53 against
+    2.93 +- 0.11 holds (x1.37, gain 1.09 > 1.05); MaskCLIP 4.03 +- 0.75 against 2.61 +- 0.36 does not
+    (x1.54, but gain 1.42 < 1.51); one seed each is judged on the ratio alone."""
+    plan = plan_for(False, 0, ablations=True)
+    novel = {"customized": [4.60, 3.86, 3.58], "random": [2.88, 3.05, 2.84]}
+    maskclip = {"customized": [4.82, 3.93, 3.32], "random": [2.38, 2.43, 3.02]}
+    dense = {("maskclip", "base"): {"mIoU_unseen": 0.41}}
+    for task, figures, metric in (("detection-novel", novel, "bbox/APr"), ("maskclip", maskclip, "mIoU_unseen")):
+        for tower, values in figures.items():
+            for seed, value in zip(plan.seeds, values):
+                dense[(task, tower if seed == 0 else f"{tower}-seed{seed}")] = {metric: value}
+    table = dense_over_seeds(plan, dense)
+    assert table["customized"]["maskclip"]["values"] == maskclip["customized"]
+    assert table["base"] == {"maskclip": _stats([0.41])}
+    held = _ratio_claim("novel", {"ours": table["customized"]["detection-novel"], "random": table["random"]["detection-novel"]})
+    assert held["holds"] and held["measured"] == pytest.approx(4.0133 / 2.9233, rel=1e-3)
+    assert held["std"] == pytest.approx(0.527, abs=1e-3) and held["target"].endswith("seed std")
+    missed = _ratio_claim("maskclip", {"ours": table["customized"]["maskclip"], "random": table["random"]["maskclip"]})
+    assert missed["measured"] > 1.3 and not missed["holds"]
+    assert _ratio_claim("one seed", {"ours": _stats([1.4]), "base": _stats([1.0])})["holds"]
+    assert _ratio_claim("over base", {"ours": table["customized"]["maskclip"], "base": table["base"]["maskclip"]})["holds"]

@@ -1,6 +1,6 @@
 """The demo's report: `report.md`, `report.html`, PNG plots and `metrics.json`.
 
-Plots: zero-shot top-1 per variant (mean and spread over seeds), a gallery of retrieved pairs
+Plots: zero-shot top-1 per variant (mean and std over seeds), a gallery of retrieved pairs
 per target class, novel-class detections of the base and the customized backbone, and one panel
 per claim with the two values it compares.
 """
@@ -27,14 +27,14 @@ def plot_accuracy(summary: dict, path: Path) -> None:
 
     labels = ["base CLIP", *summary["zeroshot_top1"]]
     means = [summary["zeroshot_top1_base"], *(v["mean"] for v in summary["zeroshot_top1"].values())]
-    spreads = [0.0, *(v["spread"] for v in summary["zeroshot_top1"].values())]
+    spreads = [0.0, *(v["std"] for v in summary["zeroshot_top1"].values())]
     figure, axis = plt.subplots(figsize=(8, 3.6))
     palette = ["#1f77b4", "#7fb3d5", "#2ca02c", "#e07b39", "#8c8c8c"]
     colors = ["#999999", *(palette[i % len(palette)] for i in range(len(labels) - 1))]
     axis.barh(labels[::-1], means[::-1], xerr=spreads[::-1], color=colors[::-1], capsize=3)
     for y, (value, spread) in enumerate(zip(means[::-1], spreads[::-1])):
         axis.text(value + spread + 1.0, y, f"{value:.1f}", va="center")
-    axis.set_xlabel("zero-shot top-1 on the target classes (%), mean over seeds (± half the range)")
+    axis.set_xlabel("zero-shot top-1 on the target classes (%), mean over seeds (± std)")
     axis.set_xlim(0, 100)
     _save_figure(figure, path)
     plt.close(figure)
@@ -130,6 +130,9 @@ def plot_claims(claims: list[dict], path: Path) -> None:
         labels = [label.replace(" · ", "\n") for label, _ in claim["values"]]
         values = [0.0 if v is None else v for _, v in claim["values"]]
         axis.bar(range(len(values)), values, color="#2ca02c" if claim["holds"] else "#d62728", width=0.6)
+        for x, (_, per_seed) in enumerate(claim.get("per_seed", [])):  # each seed's value over its mean
+            if len(per_seed) > 1:
+                axis.plot([x] * len(per_seed), per_seed, "k.", markersize=3)
         for x, value in enumerate(values):
             axis.text(x, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
         axis.set_xticks(range(len(values)), labels, fontsize=6)
@@ -149,6 +152,41 @@ def _fmt(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else str(value)
 
 
+def _fmt_stats(stats: dict | None) -> str:
+    """mean ± std (n) over seeds, the mean alone for one seed."""
+    if stats is None:
+        return "–"
+    n = len(stats["values"])
+    return f"{stats['mean']:.2f}" if n == 1 else f"{stats['mean']:.2f} ± {stats['std']:.2f} (n={n})"
+
+
+def variant_table(summary: dict) -> list[str]:
+    """Issue 12's table: every variant's zero-shot and dense figures over the seeds measured."""
+    dense, labels = summary["dense_over_seeds"], summary["towers"]
+    by_label = {label: tower for tower, label in labels.items()}
+    rows = [("base CLIP", "base", None, summary["zeroshot_top1_base"], summary["generic_top1_base"])]
+    for label, stats in summary["zeroshot_top1"].items():
+        rows.append((label, by_label.get(label), stats, stats["mean"], summary["generic_top1"][label]))
+    lines = [
+        "## Every variant over its seeds",
+        "",
+        "Mean ± sample std over the adapter seeds measured (n); the heads are the base tower's (seed 0) for "
+        "every tower. Locked-text and full fine-tuning retrain the trunk the heads read, so they are not "
+        "evaluated on them (–). The permuted column is the detector with the novel classes' text "
+        "embeddings shuffled among them (the control of the best variant).",
+        "",
+        "| variant | target top-1 | generic top-1 | training-free (MaskCLIP) unseen mIoU | head + readout unseen mIoU "
+        "| novel APr, F-VLM's novel weight | the same, permuted novel embeddings |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, tower, top1, top1_mean, generic in rows:
+        figures = dense.get(tower, {}) if tower else {}
+        target = _fmt(top1_mean) if top1 is None or len(top1["values"]) == 1 else f"{top1['mean']:.1f} ± {top1['std']:.1f}"
+        cells = [_fmt_stats(figures.get(task)) for task in ("maskclip", "segmentation-ensemble", "detection-novel", "detection-novel-permuted")]
+        lines.append(f"| {label} | {target} | {_fmt(generic)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def render_markdown(summary: dict) -> str:
     seeds = len(summary["seeds"])
     retrieval, targets = summary["retrieval"], summary["world"]["target_classes"]
@@ -157,8 +195,9 @@ def render_markdown(summary: dict) -> str:
     lines = [
         "# REACT on the synthetic world",
         "",
-        f"Preset `{summary['preset']}`; the first two variants are means over {seeds} seed(s) (± half the range), "
-        + ("the ablations run on the first seed" if len(summary["zeroshot_top1"]) > 2 else "the ablations were not run (`react demo --ablations`)")
+        f"Preset `{summary['preset']}`; the first two variants are means over {seeds} seed(s) (± sample std), "
+        + ("plain CLIPSelf too, the other ablations run on the first seed" if len(summary["zeroshot_top1"]) > 2
+           else "the ablations were not run (`react demo --ablations`)")
         + ". Target classes: " + ", ".join(summary["world"]["target_classes"]) + ".",
         "",
         "## Retrieval: precision@k against the world's ground truth",
@@ -192,14 +231,14 @@ def render_markdown(summary: dict) -> str:
     ]
     for label, stats in summary["zeroshot_top1"].items():
         per_seed = ", ".join(f"{v:.1f}" for v in stats["values"])
-        lines.append(f"| {label} | {_fmt(stats['mean'])} | {_fmt(stats['spread'])} | {per_seed} | {_fmt(summary['generic_top1'][label])} |")
+        lines.append(f"| {label} | {_fmt(stats['mean'])} | {_fmt(stats['std'])} | {per_seed} | {_fmt(summary['generic_top1'][label])} |")
     dense = summary["dense"]
-    towers = [name for name in ("base", "customized", "random") if f"segmentation/{name}" in dense]
+    towers = [name for name in summary["towers"] if f"segmentation/{name}" in dense]
     lines += [
         "",
         "![zero-shot top-1 per variant](accuracy.png)",
         "",
-        "## Dense transfer: the base, the customized and the random-pairs tower (first seed)",
+        "## Dense transfer: the base tower and the first seed's customized towers",
         "",
         "The detector and the segmentation head read the tokens of the block below the gated one "
         "(`backbone.feature_block: -2`), which customization leaves as the base tower's; the customized "
@@ -209,6 +248,8 @@ def render_markdown(summary: dict) -> str:
         "segmentation readout's temperature. `detection-novel` evaluates the same detector with F-VLM's "
         "fixed novel weight (0.65) and the background embedding, the base classes left to the detector "
         "(base weight 0, which every calibration chose). No novel annotation chooses anything.",
+        "",
+        "Towers: " + "; ".join(f"`{name}`: {summary['towers'][name]}" for name in towers) + ".",
         "",
         "| task | metric | " + " | ".join(towers) + " |",
         "|---|---|" + "---|" * len(towers),
@@ -224,6 +265,7 @@ def render_markdown(summary: dict) -> str:
                               ("maskclip", "training-free mIoU, unseen classes", "mIoU_unseen")):
         cells = [_fmt(dense.get(f"{task}/{name}", {}).get(key)) for name in towers]
         lines.append(f"| {task} | {metric} | " + " | ".join(cells) + " |")
+    lines += ["", *variant_table(summary)]
     lines += [
         "",
         "![novel-class detections](detections.png)",
@@ -235,7 +277,8 @@ def render_markdown(summary: dict) -> str:
     ]
     for claim in summary["claims"]:
         measured = "–" if claim["measured"] is None else f"{claim['measured']:+.2f}" if "point" in claim["target"] else f"{claim['measured']:.2f}x"
-        lines.append(f"- {claim['name']}: {measured} (target {claim['target']}: {'holds' if claim['holds'] else 'NOT met'})")
+        spread = f", seed std {claim['std']:.2f}" if "seed std" in claim["target"] else ""
+        lines.append(f"- {claim['name']}: {measured}{spread} (target {claim['target']}: {'holds' if claim['holds'] else 'NOT met'})")
     lines.append("")
     return "\n".join(lines)
 
