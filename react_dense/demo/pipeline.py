@@ -219,8 +219,6 @@ def _dependencies_first(work: list[Stage]) -> list[Stage]:
     return sorted(work, key=rank)
 
 
-# The dense tasks, in the order they run: (task, config, trains a head, extra overrides); the heads
-# train on the base tower only, `*-novel` and `segmentation-ensemble` evaluate them.
 def dense_task_towers(plan: DemoPlan, towers) -> dict[str, tuple[str, ...]]:
     """{task: the towers it reads}, of `towers` (names: "base" and `plan.dense_towers()`'s). Every
     tower is read by the tasks that measure what it adds: the detector with its readout on novel
