@@ -74,6 +74,8 @@ class Variant:
 
 CUSTOMIZED = Variant("gated-image + dense + replay · retrieved", "dense", "gated-image", "retrieved", True, "customized")
 RANDOM_PAIRS = Variant("gated-image + dense + replay · random pairs", "dense", "gated-image", "random", True, "random")
+# the control that separates the retrieved knowledge from the dense objective (ABLATIONS)
+PLAIN_CLIPSELF = Variant("plain CLIPSelf + replay · retrieved", "clipself", "gated-image", "retrieved", True, "clipself")
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ def tower_name(tower: str, seed: int, first_seed: int) -> str:
 # seed: the claims weigh the customized tower against it.
 ABLATIONS = (
     Variant("gated-image, CLS only · retrieved", "cls", "gated-image", "retrieved", False, "cls-only"),
-    Variant("plain CLIPSelf + replay · retrieved", "clipself", "gated-image", "retrieved", True, "clipself"),
+    PLAIN_CLIPSELF,
     Variant("locked-text · retrieved", "cls", "locked-text", "retrieved", False, None),
     Variant("full fine-tuning · retrieved", "cls", "full", "retrieved", False, None),
 )
@@ -518,7 +520,7 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
                         ("segmentation-ensemble", "trained head + readout (calibrated ensemble) unseen mIoU"),
                         ("maskclip", "training-free (MaskCLIP) unseen mIoU")):
         ours_stats = seeds_table.get(CUSTOMIZED.tower, {}).get(task)
-        for reference in ("base", RANDOM_PAIRS.tower, "clipself"):
+        for reference in ("base", RANDOM_PAIRS.tower, PLAIN_CLIPSELF.tower):
             reference_stats = seeds_table.get(reference, {}).get(task)
             if ours_stats and reference_stats:
                 compared = {ours: ours_stats, tower_labels[reference]: reference_stats}

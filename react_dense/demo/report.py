@@ -164,9 +164,10 @@ def variant_table(summary: dict) -> list[str]:
     """Issue 12's table: every variant's zero-shot and dense figures over the seeds measured."""
     dense, labels = summary["dense_over_seeds"], summary["towers"]
     by_label = {label: tower for tower, label in labels.items()}
-    rows = [("base CLIP", "base", None, summary["zeroshot_top1_base"], summary["generic_top1_base"])]
+    base_top1 = {"mean": summary["zeroshot_top1_base"], "std": 0.0, "values": [summary["zeroshot_top1_base"]]}
+    rows = [("base CLIP", "base", base_top1, summary["generic_top1_base"])]
     for label, stats in summary["zeroshot_top1"].items():
-        rows.append((label, by_label.get(label), stats, stats["mean"], summary["generic_top1"][label]))
+        rows.append((label, by_label.get(label), stats, summary["generic_top1"][label]))
     lines = [
         "## Every variant over its seeds",
         "",
@@ -179,9 +180,9 @@ def variant_table(summary: dict) -> list[str]:
         "| novel APr, F-VLM's novel weight | the same, permuted novel embeddings |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, tower, top1, top1_mean, generic in rows:
+    for label, tower, top1, generic in rows:
         figures = dense.get(tower, {}) if tower else {}
-        target = _fmt(top1_mean) if top1 is None or len(top1["values"]) == 1 else f"{top1['mean']:.1f} ± {top1['std']:.1f}"
+        target = _fmt(top1["mean"]) if len(top1["values"]) == 1 else f"{top1['mean']:.1f} ± {top1['std']:.1f}"
         cells = [_fmt_stats(figures.get(task)) for task in ("maskclip", "segmentation-ensemble", "detection-novel", "detection-novel-permuted")]
         lines.append(f"| {label} | {target} | {_fmt(generic)} | " + " | ".join(cells) + " |")
     return lines
