@@ -116,3 +116,41 @@ def test_score_ensemble_mixes_head_and_readout_by_seen_and_unseen_weights(tiny_c
                 assert not torch.allclose(scores, head_log, atol=1e-3)
     with pytest.raises(ValueError, match="emit_clip_map"):
         OpenVocabSegmenter(ClipBackbone(visual, out_channels=32, top_block=False), head, SegScoreEnsemble())
+
+
+def test_a_temperature_sweep_labels_each_group_as_that_temperature_alone(tiny_clip):
+    """The calibration runs the model once for every temperature: each group of scores, through the
+    sliding window and the confusion matrices, is what a run at that temperature alone gives (up to
+    float rounding: wider tensors vectorise differently)."""
+    from react_dense.modeling.seg_model import SegScoreEnsemble
+    from react_dense.segmentation.inference import predict_logits
+    from react_dense.segmentation.metrics import ConfusionMatrix, ScoreConfusion
+
+    torch.manual_seed(1)
+    visual = copy.deepcopy(tiny_clip.model.visual)
+    backbone = ClipBackbone(visual, out_channels=32, scale_factors=(2.0, 1.0, 0.5), top_block=False, emit_clip_map=True)
+    head = OpenVocabSegHead(backbone.output_shape(), backbone.embed_dim, decoder_channels=32)
+    model = OpenVocabSegmenter(backbone, head, SegScoreEnsemble(0.4, 0.8)).eval()
+    images, text, targets = torch.rand(2, 3, 80, 72), torch.randn(5, 128), torch.randint(-1, 5, (2, 80, 72))
+    unseen = torch.tensor([False, False, False, True, True])
+    temperatures = [0.01, 0.1, 1.0]
+
+    def scores():
+        with torch.no_grad():
+            return predict_logits(lambda x: model(x, text, unseen=unseen), images, "slide", 64, 40)
+
+    sweep = ScoreConfusion(5)
+    model.ensemble.temperature = temperatures
+    swept = scores()
+    sweep.update(swept, targets)
+    assert swept.shape == (2, 15, 80, 72) and sweep.matrices.shape == (3, 5, 5)
+    for group, temperature in enumerate(temperatures):
+        model.ensemble.temperature = temperature
+        alone = scores()
+        torch.testing.assert_close(swept[:, 5 * group : 5 * group + 5], alone, rtol=1e-5, atol=1e-5)
+        matrix = ConfusionMatrix(5)
+        matrix.update(alone.argmax(1), targets)
+        assert (sweep.matrices[group] - matrix.matrix).abs().sum() <= 2, temperature  # a near-tie may flip
+    assert not torch.equal(sweep.matrices[0], sweep.matrices[2])  # the temperatures do label differently
+    with pytest.raises(ValueError, match="groups"):
+        sweep.update(swept[:, :10], targets)

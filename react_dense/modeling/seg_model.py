@@ -8,7 +8,7 @@ trained head's class probabilities are ensembled with those of the tower's dense
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,9 +40,11 @@ class SegScoreEnsemble(nn.Module):
     texts / `temperature` (the MaskCLIP segmenter's scores, "background" included, as a seen
     class). A trained head learns only its seen classes; the readout, which dense-aware
     customization trains, carries the unseen ones. Returns log-probabilities (their argmax is the
-    label)."""
+    label). With a sequence of temperatures (the calibration's sweep) the log-probabilities of each
+    are returned one group of C channels after another, from one pass of the model: the labels of
+    each group are those that temperature alone gives (`ScoreConfusion` reads them)."""
 
-    def __init__(self, seen_weight: float = 0.4, unseen_weight: float = 0.8, temperature: float = 0.01):
+    def __init__(self, seen_weight: float = 0.4, unseen_weight: float = 0.8, temperature: float | Sequence[float] = 0.01):
         super().__init__()
         self.seen_weight, self.unseen_weight, self.temperature = seen_weight, unseen_weight, temperature
 
@@ -50,11 +52,16 @@ class SegScoreEnsemble(nn.Module):
         self, head_logits: torch.Tensor, clip_map: torch.Tensor, text_embeddings: torch.Tensor,
         unseen: torch.Tensor,
     ) -> torch.Tensor:
-        clip_logits = readout_logits(clip_map, text_embeddings, self.temperature)
-        clip_logits = F.interpolate(clip_logits, size=head_logits.shape[-2:], mode="bilinear", align_corners=False)
         weight = torch.where(unseen.to(head_logits.device), self.unseen_weight, self.seen_weight).to(head_logits.dtype)
         weight = weight.view(1, -1, 1, 1)
-        return (1 - weight) * F.log_softmax(head_logits, dim=1) + weight * F.log_softmax(clip_logits, dim=1)
+        head = (1 - weight) * F.log_softmax(head_logits, dim=1)
+        sweep = not isinstance(self.temperature, (int, float))
+        scores = []
+        for temperature in self.temperature if sweep else (self.temperature,):
+            clip_logits = readout_logits(clip_map, text_embeddings, temperature)
+            clip_logits = F.interpolate(clip_logits, size=head_logits.shape[-2:], mode="bilinear", align_corners=False)
+            scores.append(head + weight * F.log_softmax(clip_logits, dim=1))
+        return torch.cat(scores, dim=1) if sweep else scores[0]
 
 
 class OpenVocabSegmenter(nn.Module):

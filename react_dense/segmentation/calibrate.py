@@ -2,8 +2,10 @@
 
 An engine hands over one callable, `confusion(classes, source, ignored_rows, desc)`, that labels
 `source`'s images with its segmenter over the vocabulary `classes` (`ClassEmbeddings`) and returns
-the confusion matrix, pixels of the `ignored_rows` classes left out. Which images are read, which
-classes stand in for the unseen ones and how a temperature is scored are here, once.
+the confusion matrices [groups, C, C] (`ScoreConfusion`), pixels of the `ignored_rows` classes left
+out. The ensemble is given every temperature at once, so the model runs once over the images and
+each temperature's labels come from its own group of scores. Which images are read, which classes
+stand in for the unseen ones and how a temperature is scored are here, once.
 """
 from __future__ import annotations
 
@@ -48,17 +50,18 @@ def choose_ensemble_temperature(cfg: SegmentationConfig, ensemble, bundle, out: 
     classes = encode_classes(bundle, cfg, source, source.background)
     ignored = [name for name in classes.names if name in source.unseen and name not in options.heldout]
     ignored_rows = [classes.names.index(name) for name in ignored]
+    temperatures = [float(temperature) for temperature in options.temperatures]
+    ensemble.temperature = temperatures
+    matrices = confusion(classes, source, ignored_rows, f"calibration, {len(temperatures)} temperatures")
+    absent = [name for name in options.heldout if matrices[0][classes.names.index(name)].sum() == 0]
+    if absent:
+        raise ConfigError(f"ensemble.heldout: {', '.join(absent)} do not occur in the first {len(source.images)} "
+                          "training images (ensemble.calibration_images); the temperature cannot be scored on them")
     curve, parts = {}, {}
-    for temperature in options.temperatures:
-        ensemble.temperature = float(temperature)
-        matrix = confusion(classes, source, ignored_rows, f"calibration T={temperature}")
-        absent = [name for name in options.heldout if matrix[classes.names.index(name)].sum() == 0]
-        if absent:
-            raise ConfigError(f"ensemble.heldout: {', '.join(absent)} do not occur in the first {len(source.images)} "
-                              "training images (ensemble.calibration_images); the temperature cannot be scored on them")
+    for temperature, matrix in zip(temperatures, matrices, strict=True):
         metrics = segmentation_metrics(matrix, classes.names, unseen=list(options.heldout), excluded=ignored)
-        curve[float(temperature)] = metrics["hIoU"]
-        parts[float(temperature)] = {"seen": metrics["mIoU_seen"], "heldout": metrics["mIoU_unseen"]}
+        curve[temperature] = metrics["hIoU"]
+        parts[temperature] = {"seen": metrics["mIoU_seen"], "heldout": metrics["mIoU_unseen"]}
     chosen = max(curve, key=curve.get)
     ensemble.temperature = chosen
     atomic_write_json(out / CALIBRATION_FILE, {

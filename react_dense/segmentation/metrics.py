@@ -43,6 +43,32 @@ class ConfusionMatrix:
         self.matrix += other.matrix
 
 
+class ScoreConfusion:
+    """Confusion matrices from class scores: one matrix per group of `num_classes` score channels
+    (one group per temperature of the segmentation ensemble's calibration sweep, one otherwise),
+    each group's label its own argmax. `matrices` is [groups, C, C]."""
+
+    def __init__(self, num_classes: int, ignore_index: int = -1):
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.groups: list[ConfusionMatrix] = []
+
+    def update(self, scores: torch.Tensor, target: torch.Tensor, dim: int = 1) -> None:
+        """Add the scores [..., G * C (at `dim`), H, W] of label maps `target` [..., H, W]."""
+        labels = scores.unflatten(dim, (-1, self.num_classes)).argmax(dim + 1)
+        if not self.groups:
+            self.groups = [ConfusionMatrix(self.num_classes, self.ignore_index) for _ in range(labels.shape[dim])]
+        if labels.shape[dim] != len(self.groups):
+            raise ValueError(f"{labels.shape[dim]} groups of class scores after {len(self.groups)}")
+        for group, matrix in enumerate(self.groups):
+            matrix.update(labels.select(dim, group), target)
+
+    @property
+    def matrices(self) -> torch.Tensor:
+        if not self.groups:
+            return torch.zeros(1, self.num_classes, self.num_classes, dtype=torch.int64)
+        return torch.stack([matrix.matrix for matrix in self.groups])
+
+
 def segmentation_metrics(
     matrix: torch.Tensor,
     class_names: Sequence[str],

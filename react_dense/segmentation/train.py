@@ -30,7 +30,7 @@ from react_dense.segmentation.common import (
 from react_dense.segmentation.config import SegmentationConfig
 from react_dense.segmentation.data import IGNORE_INDEX, RandomScaleCropFlip, SegmentationDataset, SegmentationSource
 from react_dense.segmentation.inference import predict_logits
-from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
+from react_dense.segmentation.metrics import ScoreConfusion, segmentation_metrics
 
 log = logging.getLogger(__name__)
 
@@ -72,11 +72,12 @@ def train(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path, re
 
 @torch.no_grad()
 def confusion(cfg: SegmentationConfig, model: torch.nn.Module, classes, source: SegmentationSource, ignored=(), desc: str = "") -> torch.Tensor:
-    """The confusion matrix of `model`'s labels on `source` over the vocabulary `classes`; pixels
-    of the class indices `ignored` do not count."""
+    """The confusion matrices [groups, C, C] of `model`'s labels on `source` over the vocabulary
+    `classes` (one group unless the score ensemble sweeps temperatures); pixels of the class
+    indices `ignored` do not count."""
     device = next(model.parameters()).device
     text, void_rows, unseen_rows = classes.embeddings.to(device), classes.void_rows.to(device), classes.unseen.to(device)
-    matrix = ConfusionMatrix(len(classes.names), IGNORE_INDEX)
+    matrix = ScoreConfusion(len(classes.names), IGNORE_INDEX)
     loader = torch.utils.data.DataLoader(SegmentationDataset(source), batch_size=cfg.test.batch_size, num_workers=cfg.train.num_workers)
     model.eval()
     test = cfg.test
@@ -85,15 +86,15 @@ def confusion(cfg: SegmentationConfig, model: torch.nn.Module, classes, source: 
         logits = predict_logits(
             lambda x: model(x, text, void_rows, unseen=unseen_rows), images.to(device), test.mode, test.crop_size, test.stride, test.test_size
         )
-        matrix.update(logits.argmax(1), torch.where(torch.isin(labels, ignored), IGNORE_INDEX, labels))
-    return matrix.matrix
+        matrix.update(logits, torch.where(torch.isin(labels, ignored), IGNORE_INDEX, labels))
+    return matrix.matrices
 
 
 def evaluate_source(cfg: SegmentationConfig, model: torch.nn.Module, bundle, source: SegmentationSource) -> dict:
     """Metrics of one test set over its full vocabulary."""
     classes = encode_classes(bundle, cfg, source, source.background)
     unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
-    return segmentation_metrics(confusion(cfg, model, classes, source), classes.names, unseen or None)
+    return segmentation_metrics(confusion(cfg, model, classes, source)[0], classes.names, unseen or None)
 
 
 def evaluate(cfg: SegmentationConfig, model: torch.nn.Module, bundle, out: Path) -> dict:

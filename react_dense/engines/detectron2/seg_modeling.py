@@ -23,7 +23,7 @@ from react_core.registry import BACKBONES, HEADS
 from react_dense.engines.detectron2.modeling import Detectron2ClipBackbone
 from react_dense.modeling.backbone import CLIP_MAP, FeatureSpec
 from react_dense.segmentation.common import backbone_spec, score_ensemble
-from react_dense.segmentation.metrics import ConfusionMatrix, segmentation_metrics
+from react_dense.segmentation.metrics import ScoreConfusion, segmentation_metrics
 
 
 @functools.lru_cache(maxsize=4)
@@ -99,7 +99,8 @@ class ReactOpenVocabSemSegHead(nn.Module):
 
 class ReactSemSegEvaluator(DatasetEvaluator):
     """mIoU, fwIoU, accuracies, per-class IoU and seen/unseen mIoU (react_dense.segmentation.metrics)
-    from each input's `sem_seg` label map, gathered over GPUs."""
+    from each output's `sem_seg` scores, gathered over GPUs (`confusion()`: one matrix per group of
+    scores, as the calibration's temperature sweep gives)."""
 
     def __init__(self, class_names, unseen=None, ignore_index: int = -1):
         self.class_names = list(class_names)
@@ -107,15 +108,15 @@ class ReactSemSegEvaluator(DatasetEvaluator):
         self.ignore_index = ignore_index
 
     def reset(self):
-        self.matrix = ConfusionMatrix(len(self.class_names), self.ignore_index)
+        self.matrix = ScoreConfusion(len(self.class_names), self.ignore_index)
 
     def process(self, inputs, outputs):
         for item, output in zip(inputs, outputs):
-            self.matrix.update(output["sem_seg"].argmax(0).cpu(), item["sem_seg"])
+            self.matrix.update(output["sem_seg"].cpu(), item["sem_seg"], dim=0)
 
     def confusion(self) -> torch.Tensor:
-        """The confusion matrix summed over the processes."""
-        return sum(comm.all_gather(self.matrix.matrix))
+        """The confusion matrices [groups, C, C] summed over the processes."""
+        return sum(comm.all_gather(self.matrix.matrices))
 
     def evaluate(self):
-        return {"sem_seg": segmentation_metrics(self.confusion(), self.class_names, self.unseen)}
+        return {"sem_seg": segmentation_metrics(self.confusion()[0], self.class_names, self.unseen)}
