@@ -50,8 +50,9 @@ def _inputs(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
 
 
 def _confusion(model, classes, source, ignored_rows=(), desc: str = "") -> torch.Tensor:
-    """The confusion matrix of the Detectron2 segmenter's labels on `source` over the vocabulary
-    `classes`, pixels of the `ignored_rows` classes left out (the evaluation and the calibration)."""
+    """The confusion matrices [groups, C, C] of the Detectron2 segmenter's labels on `source` over the
+    vocabulary `classes`, pixels of the `ignored_rows` classes left out (the evaluation and the
+    calibration, whose temperature sweep gives one group per temperature)."""
     from detectron2.evaluation import inference_on_dataset
 
     from react_dense.engines.detectron2.seg_modeling import ReactSemSegEvaluator
@@ -136,5 +137,5 @@ def run(
         source = open_spec(spec)
         classes = encode_classes(bundle, cfg, source, source.background)
         unseen = [name for name, hidden in zip(classes.names, classes.unseen.tolist()) if hidden]
-        per_dataset[source.name] = segmentation_metrics(_confusion(model, classes, source), classes.names, unseen or None)
+        per_dataset[source.name] = segmentation_metrics(_confusion(model, classes, source)[0], classes.names, unseen or None)
     return write_metrics(out, per_dataset, method=cfg.method, engine="detectron2")
