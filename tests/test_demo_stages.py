@@ -137,3 +137,29 @@ def test_dense_claims_weigh_the_gain_against_twice_the_seed_std():
     assert missed["measured"] > 1.3 and not missed["holds"]
     assert _ratio_claim("one seed", {"ours": _stats([1.4]), "base": _stats([1.0])})["holds"]
     assert _ratio_claim("over base", {"ours": table["customized"]["maskclip"], "base": table["base"]["maskclip"]})["holds"]
+
+
+def test_the_variant_table_gives_every_variant_its_seed_spread():
+    """Issue 12's table: target and generic top-1 as mean ± std over the seeds run, the dense columns
+    of the towers the heads read, "–" where a variant is not read by them."""
+    from react_dense.demo.pipeline import ABLATIONS, CUSTOMIZED, RANDOM_PAIRS, summarize
+    from react_dense.demo.report import variant_table
+
+    plan = plan_for(False, 0, ablations=True)
+    locked_text = next(v for v in ABLATIONS if v.mode == "locked-text")
+
+    def runs(pairs):
+        return [{"metrics": {"zeroshot_top1_before": 64.5, "generic_top1_before": 46.9, "zeroshot_top1_after": target,
+                             "generic_top1_after": generic}} for target, generic in pairs]
+
+    customized = {CUSTOMIZED.label: runs([(83.0, 46.5), (83.7, 46.4), (81.7, 47.4)]),
+                  RANDOM_PAIRS.label: runs([(79.0, 46.0), (79.2, 46.2), (78.0, 46.4)]),
+                  locked_text.label: runs([(80.0, 40.0)])}
+    dense = {("maskclip", "base"): {"mIoU_unseen": 0.41}, ("maskclip", "customized"): {"mIoU_unseen": 4.82},
+             ("maskclip", "customized-seed1"): {"mIoU_unseen": 3.93}, ("maskclip", "customized-seed2"): {"mIoU_unseen": 3.32}}
+    summary = summarize(plan, SimpleNamespace(target_classes=["a"], content_sha256="0"), {}, customized, dense)
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ")[1:] for line in variant_table(summary) if line.startswith("| ")}
+    assert rows["base CLIP"][:3] == ["64.5", "46.9", "0.41"]
+    assert rows[CUSTOMIZED.label][:3] == ["82.8 ± 1.0 (n=3)", "46.8 ± 0.6 (n=3)", "4.02 ± 0.75 (n=3)"]
+    assert rows[RANDOM_PAIRS.label][1] == "46.2 ± 0.2 (n=3)" and rows[RANDOM_PAIRS.label][2] == "–"
+    assert rows[locked_text.label] == ["80.0", "40.0", "–", "–", "–", "–"]

@@ -499,6 +499,9 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
     runs = [r for label_runs in customized.values() for r in label_runs]
     variants = {label: _stats([r["metrics"]["zeroshot_top1_after"] for r in label_runs]) for label, label_runs in customized.items()}
     generic = {label: mean_of(label, "generic_top1_after") for label in customized}
+    generic_over_seeds = {label: _stats(found) for label, label_runs in customized.items()
+                          if (found := [r["metrics"]["generic_top1_after"] for r in label_runs
+                                        if r["metrics"].get("generic_top1_after") is not None])}
     base_top1 = statistics.fmean(r["metrics"]["zeroshot_top1_before"] for r in runs)
     generic_before = [r["metrics"]["generic_top1_before"] for r in runs if r["metrics"].get("generic_top1_before") is not None]
     base_generic = statistics.fmean(generic_before) if generic_before else None
@@ -534,6 +537,7 @@ def summarize(plan, world, retrieval, customized, dense) -> dict:
         "zeroshot_top1": variants,
         "generic_top1_base": base_generic,
         "generic_top1": generic,
+        "generic_top1_over_seeds": generic_over_seeds,
         "dense": {f"{task}/{backbone}": metrics for (task, backbone), metrics in dense.items()},
         "dense_over_seeds": seeds_table,
         "towers": tower_labels,

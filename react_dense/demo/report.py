@@ -152,22 +152,26 @@ def _fmt(value) -> str:
     return f"{value:.1f}" if isinstance(value, (int, float)) else str(value)
 
 
-def _fmt_stats(stats: dict | None) -> str:
+def _fmt_stats(stats: dict | None, digits: int = 2) -> str:
     """mean ± std (n) over seeds, the mean alone for one seed."""
     if stats is None:
         return "–"
     n = len(stats["values"])
-    return f"{stats['mean']:.2f}" if n == 1 else f"{stats['mean']:.2f} ± {stats['std']:.2f} (n={n})"
+    mean, std = f"{stats['mean']:.{digits}f}", f"{stats['std']:.{digits}f}"
+    return mean if n == 1 else f"{mean} ± {std} (n={n})"
 
 
 def variant_table(summary: dict) -> list[str]:
     """Issue 12's table: every variant's zero-shot and dense figures over the seeds measured."""
     dense, labels = summary["dense_over_seeds"], summary["towers"]
     by_label = {label: tower for tower, label in labels.items()}
-    base_top1 = {"mean": summary["zeroshot_top1_base"], "std": 0.0, "values": [summary["zeroshot_top1_base"]]}
-    rows = [("base CLIP", "base", base_top1, summary["generic_top1_base"])]
+    def one(value):
+        return None if value is None else {"mean": value, "std": 0.0, "values": [value]}
+
+    generic = summary.get("generic_top1_over_seeds", {})
+    rows = [("base CLIP", "base", one(summary["zeroshot_top1_base"]), one(summary["generic_top1_base"]))]
     for label, stats in summary["zeroshot_top1"].items():
-        rows.append((label, by_label.get(label), stats, summary["generic_top1"][label]))
+        rows.append((label, by_label.get(label), stats, generic.get(label)))
     lines = [
         "## Every variant over its seeds",
         "",
@@ -180,11 +184,11 @@ def variant_table(summary: dict) -> list[str]:
         "| novel APr, F-VLM's novel weight | the same, permuted novel embeddings |",
         "|---|---|---|---|---|---|---|",
     ]
-    for label, tower, top1, generic in rows:
+    for label, tower, top1, generic_top1 in rows:
         figures = dense.get(tower, {}) if tower else {}
-        target = _fmt(top1["mean"]) if len(top1["values"]) == 1 else f"{top1['mean']:.1f} ± {top1['std']:.1f}"
-        cells = [_fmt_stats(figures.get(task)) for task in ("maskclip", "segmentation-ensemble", "detection-novel", "detection-novel-permuted")]
-        lines.append(f"| {label} | {target} | {_fmt(generic)} | " + " | ".join(cells) + " |")
+        cells = [_fmt_stats(top1, digits=1), _fmt_stats(generic_top1, digits=1)]
+        cells += [_fmt_stats(figures.get(task)) for task in ("maskclip", "segmentation-ensemble", "detection-novel", "detection-novel-permuted")]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return lines
 
 
