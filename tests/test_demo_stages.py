@@ -113,6 +113,10 @@ def test_each_head_trains_once_on_the_base_tower(tmp_path, quick, ablations):
     permuted = [stage for stage in work if stage.name.startswith("detection-novel-permuted")]
     assert all(stage.work.args[1]["permute_novel_embeddings"] is True for stage in permuted)
     assert not any(tower.endswith(("seed1", "seed2")) for t, tower in read if t == "segmentation")  # the same head on every tower
+    # the quick plan's detector proposes and calibrates on fewer boxes and images; the full plan keeps the config's
+    proposals = {stage.work.args[1].get("detector.rpn_post_nms_test") for stage in work if stage.name.startswith("detection")}
+    assert proposals == ({100} if quick else {None})
+    assert not any("detector.rpn_post_nms_test" in stage.work.args[1] for stage in work if not stage.name.startswith("detection"))
 
 
 def test_dense_claims_weigh_the_gain_against_twice_the_seed_std():

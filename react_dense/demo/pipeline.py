@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import statistics
+from typing import Any
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -96,6 +97,8 @@ class DemoPlan:
     # the dense tasks read every seed's towers (the claims then weigh gains against the seed spread);
     # otherwise the first seed's only
     dense_every_seed: bool = False
+    # overrides of every detection stage (the quick plan's fewer proposals and calibration images)
+    detection_overrides: tuple[tuple[str, Any], ...] = ()
 
     def customize_runs(self):
         """(variant, seed) of every customization run, in order."""
@@ -163,9 +166,15 @@ def target_retrieval(stats: dict, targets) -> dict:
     }
 
 
+QUICK_DETECTION = (
+    ("detector.rpn_pre_nms_train", 300), ("detector.rpn_post_nms_train", 100),
+    ("detector.rpn_pre_nms_test", 300), ("detector.rpn_post_nms_test", 100), ("ensemble.calibration_images", 40),
+)
+
+
 def plan_for(quick: bool, seed: int, ablations: bool = False) -> DemoPlan:
-    if quick:
-        plan = DemoPlan("tiny", (seed,), 30, 10, 40, "both", 10, 10)
+    if quick:  # the detector's proposal and calibration-image counts, not its training, are most of its stages' time
+        plan = DemoPlan("tiny", (seed,), 30, 10, 40, "both", 10, 10, detection_overrides=QUICK_DETECTION)
     else:  # detection trains 250 steps (its config: 300), to keep the demo near its 40-minute budget
         plan = DemoPlan("demo", (seed, seed + 1, seed + 2), 0, 0, 600, "both", 250, 0)
     return dataclasses.replace(plan, variants=plan.variants + ABLATIONS, dense_every_seed=True) if ablations else plan
@@ -269,6 +278,8 @@ def dense_stage_plan(plan: DemoPlan, world_info, world_dir: Path, stages: Path, 
     ):
         for backbone in reads[task]:
             overrides = {"world": str(world_dir), "model.weights": towers[backbone], **extra}
+            if task.startswith("detection"):
+                overrides.update(plan.detection_overrides)
             after = ("pretrain", *tower_stages[backbone])
             evaluate = temperature_from = None
             if task.startswith("detection-novel"):  # the detector trained without the held-out classes, this tower's readout
