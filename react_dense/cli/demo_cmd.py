@@ -15,7 +15,7 @@ def register(subparsers):
         "replayed) over three seeds, evaluate "
         "zero-shot classification and open-vocabulary detection and segmentation, and write "
         "DIR/report.md, DIR/report.html, PNG plots and DIR/metrics.json. Every stage is cached: a "
-        "second run only redoes what changed. The full demo took 37 minutes on two CPU "
+        "second run only redoes what changed. The full demo took 38 minutes on two CPU "
         "cores; --quick runs every stage on the tiny preset in a few minutes.",
     )
     parser.add_argument("--quick", action="store_true", help="smoke test of every stage on the tiny preset, one seed")
