@@ -35,10 +35,10 @@ import dataclasses
 import json
 import logging
 import statistics
-from typing import Any
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from react_core.config import format_overrides
 from react_core.synth.concepts import CALIBRATION_HELDOUT
@@ -503,16 +503,12 @@ def _ratio_claim(name: str, compared: dict[str, dict]) -> dict:
 
 
 def summarize(plan, world, retrieval, customized, dense) -> dict:
-    def mean_of(label: str, key: str):
-        found = [r["metrics"][key] for r in customized[label] if r["metrics"].get(key) is not None]
-        return statistics.fmean(found) if found else None
-
     runs = [r for label_runs in customized.values() for r in label_runs]
     variants = {label: _stats([r["metrics"]["zeroshot_top1_after"] for r in label_runs]) for label, label_runs in customized.items()}
-    generic = {label: mean_of(label, "generic_top1_after") for label in customized}
     generic_over_seeds = {label: _stats(found) for label, label_runs in customized.items()
                           if (found := [r["metrics"]["generic_top1_after"] for r in label_runs
                                         if r["metrics"].get("generic_top1_after") is not None])}
+    generic = {label: generic_over_seeds[label]["mean"] if label in generic_over_seeds else None for label in customized}
     base_top1 = statistics.fmean(r["metrics"]["zeroshot_top1_before"] for r in runs)
     generic_before = [r["metrics"]["generic_top1_before"] for r in runs if r["metrics"].get("generic_top1_before") is not None]
     base_generic = statistics.fmean(generic_before) if generic_before else None

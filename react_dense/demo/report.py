@@ -165,6 +165,7 @@ def variant_table(summary: dict) -> list[str]:
     """Issue 12's table: every variant's zero-shot and dense figures over the seeds measured."""
     dense, labels = summary["dense_over_seeds"], summary["towers"]
     by_label = {label: tower for tower, label in labels.items()}
+
     def one(value):
         return None if value is None else {"mean": value, "std": 0.0, "values": [value]}
 
