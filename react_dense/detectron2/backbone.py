@@ -1,0 +1,385 @@
+"""The REACT tower as Detectron2 backbones, under Detectron2's own pyramids.
+
+- `ReactViT`: a (customized) CLIP ViT as a single-scale `Backbone`, the `net` of Detectron2's
+  `SimpleFeaturePyramid` (ViTDet): `L(ReactViT)(weights=..., out_feature="last_feat")` in a
+  LazyConfig, where ViTDet has `L(ViT)(...)`.
+- `ReactResNet`: a CLIP ModifiedResNet's stage outputs res2..res5, the `bottom_up` of
+  Detectron2's `FPN`, or the `res4` of a C4 config.
+- `build_react_backbone` (in `BACKBONE_REGISTRY`): `MODEL.BACKBONE.NAME: build_react_backbone`
+  builds either from `MODEL.REACT.*` with the pyramid of the tower's kind.
+
+Both read the tower through `react_dense.modeling.backbone.ClipTower`, the reading every engine
+shares. Either can also emit `"clip"`, the tower's dense readout, for score ensembling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY, FPN, Backbone, SimpleFeaturePyramid
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool
+from torch import nn
+
+from react_core.config import ConfigError
+from react_core.modeling.readout import pad_to_stride
+from react_dense.modeling.backbone import CLIP_MAP, ClipTower
+
+RESNET_NAMES = ("res2", "res3", "res4", "res5")
+FORMATS = ("RGB", "BGR")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """How a user names each setting, in the messages of bad input: yacs keys or LazyConfig arguments."""
+
+    model: str
+    pretrained: str
+    weights: str
+    base_weights: str
+    freeze: str
+    features: str
+    block: str
+    stride: str
+
+    @classmethod
+    def yacs(cls) -> "Keys":
+        return cls(*(f"MODEL.REACT.{name}" for name in ("MODEL", "PRETRAINED", "WEIGHTS", "BASE_WEIGHTS", "FREEZE",
+                                                        "FEATURES", "BLOCK", "STRIDE")))
+
+    @classmethod
+    def arguments(cls, owner: str) -> "Keys":
+        return cls(*(f"{owner}({name}=...)" for name in ("model", "pretrained", "weights", "base_weights", "freeze",
+                                                         "features", "block", "stride")))
+
+
+def load_react_clip(model: Optional[str], pretrained: Optional[str], weights: Optional[str], base_weights: Optional[str],
+                    keys: Keys):
+    """The CLIP (`react_core.modeling.load_clip`) a REACT setting names; a file that does not fit
+    it, or an adapter whose base is missing or changed, is one line naming the key and the file.
+    `model` may be empty when `weights` is an adapter: the adapter names its architecture."""
+    from react_core.modeling import CheckpointError, load_clip
+    from react_core.modeling.adapters import read_adapter_metadata
+
+    adapter = read_adapter_metadata(weights) if weights else None
+    if not model:
+        if adapter is None:
+            raise ConfigError(f"{keys.model} is empty: name the tower's architecture (e.g. ViT-B-16), or set "
+                              f"{keys.weights} to an adapter file, which names its own")
+        model = adapter["model"]
+    try:
+        return load_clip(model, pretrained or None, weights or None, base_weights=base_weights or None)
+    except CheckpointError as error:
+        key = keys.base_weights if base_weights and "base weights" in str(error) else keys.weights
+        hint = f" (its new location goes in {keys.base_weights})" if "are not there" in str(error) else ""
+        raise ConfigError(f"{key}: {error}{hint}; the tower is {keys.model}={model!r}") from None
+    except ValueError as error:
+        raise ConfigError(f"{keys.model}={model!r}: {error}") from None
+
+
+def build_clip_tower(visual: nn.Module, weights: Optional[str], freeze: str, features: str, block: int, clip_map: bool,
+                     keys: Keys) -> ClipTower:
+    """`ClipTower` over `visual`, with bad settings named by their keys."""
+    try:
+        return ClipTower(visual, freeze=freeze, features=features, feature_block=block, emit_clip_map=clip_map)
+    except ValueError as error:
+        message = str(error)
+        if "gated blocks" in message:
+            source = weights or "the tower (no weights file)"
+            raise ConfigError(f"{keys.freeze}='gated' needs gated REACT blocks, and {source} has none "
+                              f"(set {keys.weights} to a customized tower, or freeze 'frozen' or 'full')") from None
+        key = keys.block if "feature_block" in message else keys.features if "features" in message else keys.freeze
+        raise ConfigError(f"{key}: {message}") from None
+
+
+class ClipInput(nn.Module):
+    """Images as Detectron2 normalised them (`input_format`, `pixel_mean`, `pixel_std` on 0..255)
+    -> as the CLIP tower expects them (RGB, its own mean and std on 0..1): one per-channel affine
+    map, exact, and the identity under `add_react_config`'s statistics."""
+
+    def __init__(self, visual: nn.Module, input_format: str = "RGB", pixel_mean: Optional[Sequence[float]] = None,
+                 pixel_std: Optional[Sequence[float]] = None, key: str = "INPUT.FORMAT"):
+        super().__init__()
+        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+        if input_format not in FORMATS:
+            raise ConfigError(f"{key}={input_format!r}: the REACT tower reads colour images, RGB or BGR")
+        clip_mean = torch.tensor(getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN) * 255
+        clip_std = torch.tensor(getattr(visual, "image_std", None) or OPENAI_DATASET_STD) * 255
+        order = [2, 1, 0] if input_format == "BGR" else [0, 1, 2]
+        mean = torch.tensor(pixel_mean if pixel_mean is not None else clip_mean.tolist(), dtype=torch.float32)
+        std = torch.tensor(pixel_std if pixel_std is not None else clip_std.tolist(), dtype=torch.float32)
+        if mean.numel() != 3 or std.numel() != 3:
+            raise ConfigError(f"MODEL.PIXEL_MEAN and MODEL.PIXEL_STD need three values each for the REACT tower, "
+                              f"got {mean.tolist()} and {std.tolist()}")
+        mean, std = mean.flatten()[order], std.flatten()[order]
+        self.order = order
+        self.identity = order == [0, 1, 2] and torch.allclose(mean, clip_mean) and torch.allclose(std, clip_std)
+        self.register_buffer("scale", (std / clip_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean - clip_mean) / clip_std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return images
+        return images[:, self.order] * self.scale + self.shift
+
+
+class ReactViT(Backbone):
+    """A (customized) CLIP ViT as Detectron2's single-scale backbone: `{out_feature: map}`.
+
+    The map is the patch tokens of `block` (or the dense readout) at `stride`, resampled from the
+    patch grid when the patch size differs (ViTDet's pyramids expect 16). It stands where ViTDet's
+    `ViT` stands, under `SimpleFeaturePyramid`:
+
+        model.backbone.net = L(ReactViT)(weights="adapter.safetensors", out_feature="last_feat")
+
+    Args:
+        model: open_clip name of the tower (ViT-B-16, react-tiny); None when `weights` is an adapter.
+        pretrained: open_clip pretrained tag.
+        weights: any file `load_clip` reads: base, official REACT, full customized, or an adapter.
+        base_weights: where an adapter's base file is now, if it moved.
+        freeze: frozen | gated | full.
+        features: tokens | readout.
+        block: with `features="tokens"`, the block whose output tokens are read (-1: the last).
+        out_feature: the name of the output map.
+        stride: the output map's stride, a power of two (None: the patch size).
+        clip_map: also output `"clip"`, the dense readout at the patch stride (score ensembling).
+        input_format, pixel_mean, pixel_std: how Detectron2 normalised the images (default: CLIP's).
+        tower: a `ClipTower` already built (then the loading arguments are unused).
+    """
+
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        pretrained: Optional[str] = None,
+        weights: Optional[str] = None,
+        base_weights: Optional[str] = None,
+        *,
+        freeze: str = "frozen",
+        features: str = "tokens",
+        block: int = -1,
+        out_feature: str = "last_feat",
+        stride: Optional[int] = 16,
+        clip_map: bool = False,
+        input_format: str = "RGB",
+        pixel_mean: Optional[Sequence[float]] = None,
+        pixel_std: Optional[Sequence[float]] = None,
+        tower: Optional[ClipTower] = None,
+        keys: Optional[Keys] = None,
+    ):
+        super().__init__()
+        keys = keys or Keys.arguments(type(self).__name__)
+        if tower is None:
+            visual = load_react_clip(model, pretrained, weights, base_weights, keys).model.visual
+            tower = build_clip_tower(visual, weights, freeze, features, block, clip_map, keys)
+        if tower.kind != "vit":
+            raise ConfigError(f"{keys.model}: ReactViT needs a ViT tower; {type(tower.trunk).__name__} is read by ReactResNet")
+        stride = stride or tower.patch_size
+        if stride & (stride - 1):
+            raise ConfigError(f"{keys.stride}={stride}: Detectron2's pyramids need a power of two")
+        self.tower = tower
+        self.input = ClipInput(tower.trunk, input_format, pixel_mean, pixel_std)
+        self.out_feature = out_feature
+        self._out_features = [out_feature]
+        self._out_feature_channels = {out_feature: tower.feature_channels[0]}
+        self._out_feature_strides = {out_feature: stride}
+        if tower.emit_clip_map:
+            self._out_features.append(CLIP_MAP)
+            self._out_feature_channels[CLIP_MAP] = tower.embed_dim
+            self._out_feature_strides[CLIP_MAP] = tower.clip_stride
+
+    @property
+    def size_divisibility(self) -> int:
+        return max(self._out_feature_strides[self.out_feature], self.tower.patch_size)
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        height, width = images.shape[-2:]
+        images = pad_to_stride(self.input(images), self.tower.patch_size)
+        tokens, clip_map = self.tower.vit_features(images)
+        stride = self._out_feature_strides[self.out_feature]
+        grid = (math.ceil(height / stride), math.ceil(width / stride))
+        if tuple(tokens.shape[-2:]) != grid:
+            tokens = F.interpolate(tokens, size=grid, mode="bilinear", align_corners=False, antialias=stride > self.tower.patch_size)
+        outputs = {self.out_feature: tokens}
+        if clip_map is not None:
+            outputs[CLIP_MAP] = clip_map
+        return outputs
+
+
+class ReactResNet(Backbone):
+    """A (customized) CLIP ModifiedResNet as Detectron2's bottom-up backbone: res2..res5 (res5
+    replaced by the dense readout with `features="readout"`), the `bottom_up` of `FPN`.
+
+    Args: as `ReactViT`'s loading and reading arguments (no `block`, no `stride`), and
+        out_features: the stages returned (Detectron2's MODEL.RESNETS.OUT_FEATURES).
+    """
+
+    def __init__(
+        self,
+        model: Optional[str] = None,
+        pretrained: Optional[str] = None,
+        weights: Optional[str] = None,
+        base_weights: Optional[str] = None,
+        *,
+        freeze: str = "frozen",
+        features: str = "tokens",
+        out_features: Sequence[str] = RESNET_NAMES,
+        clip_map: bool = False,
+        input_format: str = "RGB",
+        pixel_mean: Optional[Sequence[float]] = None,
+        pixel_std: Optional[Sequence[float]] = None,
+        tower: Optional[ClipTower] = None,
+        keys: Optional[Keys] = None,
+    ):
+        super().__init__()
+        keys = keys or Keys.arguments(type(self).__name__)
+        if tower is None:
+            visual = load_react_clip(model, pretrained, weights, base_weights, keys).model.visual
+            tower = build_clip_tower(visual, weights, freeze, features, -1, clip_map, keys)
+        if tower.kind != "resnet":
+            raise ConfigError(f"{keys.model}: ReactResNet needs a ModifiedResNet tower; a ViT is read by ReactViT")
+        unknown = [name for name in out_features if name not in RESNET_NAMES]
+        if unknown:
+            raise ConfigError(f"MODEL.RESNETS.OUT_FEATURES: {unknown} are not stages of a CLIP ResNet ({', '.join(RESNET_NAMES)})")
+        self.tower = tower
+        self.input = ClipInput(tower.trunk, input_format, pixel_mean, pixel_std)
+        self._out_features = list(out_features)
+        channels = dict(zip(RESNET_NAMES, tower.feature_channels))
+        self._out_feature_channels = {name: channels[name] for name in out_features}
+        self._out_feature_strides = {name: 2 ** (2 + RESNET_NAMES.index(name)) for name in out_features}
+        if tower.emit_clip_map:
+            self._out_features.append(CLIP_MAP)
+            self._out_feature_channels[CLIP_MAP] = tower.embed_dim
+            self._out_feature_strides[CLIP_MAP] = tower.clip_stride
+
+    @property
+    def size_divisibility(self) -> int:
+        return 32
+
+    def forward(self, images: torch.Tensor) -> Dict[str, torch.Tensor]:
+        stages, clip_map = self.tower.resnet_features(pad_to_stride(self.input(images), 32))
+        outputs = {name: stage for name, stage in zip(RESNET_NAMES, stages) if name in self._out_features}
+        if clip_map is not None:
+            outputs[CLIP_MAP] = clip_map
+        return outputs
+
+
+class _PassesClipMap:
+    """For Detectron2's pyramids over a REACT tower: the tower's `"clip"` map joins their outputs,
+    from the one pass they make through it (a forward hook on the tower reads it)."""
+
+    def _tower_net(self) -> Backbone:
+        raise NotImplementedError
+
+    def output_shape(self):
+        shapes = super().output_shape()
+        net_shapes = self._tower_net().output_shape()
+        if CLIP_MAP in net_shapes:
+            shapes[CLIP_MAP] = net_shapes[CLIP_MAP]
+        return shapes
+
+    def forward(self, x):
+        seen = {}
+        handle = self._tower_net().register_forward_hook(lambda module, args, output: seen.update(output))
+        try:
+            features = super().forward(x)
+        finally:
+            handle.remove()
+        if CLIP_MAP in seen:
+            features[CLIP_MAP] = seen[CLIP_MAP]
+        return features
+
+
+class ReactSimpleFeaturePyramid(_PassesClipMap, SimpleFeaturePyramid):
+    """Detectron2's `SimpleFeaturePyramid` over `ReactViT`, passing the CLIP map through and
+    padding inputs to its coarsest stride (the stock class names the constraint
+    `size_divisiblity`, which `ImageList` does not read)."""
+
+    def _tower_net(self) -> Backbone:
+        return self.net
+
+    @property
+    def size_divisibility(self) -> int:
+        return self._size_divisibility
+
+    @property
+    def padding_constraints(self) -> Dict[str, int]:
+        return {"size_divisibility": self._size_divisibility, "square_size": self._square_pad}
+
+
+class ReactFPN(_PassesClipMap, FPN):
+    """Detectron2's `FPN` over `ReactResNet`, passing the CLIP map through."""
+
+    def _tower_net(self) -> Backbone:
+        return self.bottom_up
+
+
+def top_block_on(level: str) -> LastLevelMaxPool:
+    """Detectron2's max-pooled top level, above `level` (the stock one assumes p5)."""
+    block = LastLevelMaxPool()
+    block.in_feature = level
+    return block
+
+
+def vit_pyramid(net: ReactViT, scale_factors: Sequence[float], out_channels: int, norm: str = "LN", top_block: bool = True,
+                square_pad: int = 0) -> ReactSimpleFeaturePyramid:
+    """Detectron2's SimpleFeaturePyramid over `net`, levels named p<log2 stride>."""
+    stride = net.output_shape()[net.out_feature].stride
+    for scale in scale_factors:
+        if scale not in (4.0, 2.0, 1.0, 0.5):
+            raise ConfigError(f"MODEL.REACT.SCALE_FACTORS: {scale} is not one of SimpleFeaturePyramid's (4, 2, 1, 0.5)")
+    coarsest = int(math.log2(stride / min(scale_factors)))
+    return ReactSimpleFeaturePyramid(
+        net, net.out_feature, out_channels, tuple(scale_factors), top_block=top_block_on(f"p{coarsest}") if top_block else None,
+        norm=norm, square_pad=square_pad,
+    )
+
+
+@BACKBONE_REGISTRY.register()
+def build_react_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
+    """`MODEL.BACKBONE.NAME: build_react_backbone`: the tower `MODEL.REACT.*` names, under
+    Detectron2's own pyramid for its kind. ViT: `SimpleFeaturePyramid` (`MODEL.REACT.SCALE_FACTORS`,
+    `PYRAMID_NORM`, `MODEL.FPN.OUT_CHANNELS`). ModifiedResNet: `FPN` over the stages
+    `MODEL.FPN.IN_FEATURES` names (`MODEL.FPN.*`), or, with no FPN features (a C4 config), the
+    stages `MODEL.RESNETS.OUT_FEATURES` names. The CLIP map is added with `MODEL.REACT.ENSEMBLE`'s
+    `map` regions.
+
+    Args:
+        cfg: a Detectron2 config with `MODEL.REACT.*` (see `add_react_config`).
+        input_shape: unused (Detectron2's builder signature).
+
+    Returns:
+        A Detectron2 `Backbone`.
+    """
+    react = cfg.MODEL.REACT
+    keys = Keys.yacs()
+    ensemble = react.ENSEMBLE
+    if ensemble.ENABLED and react.FREEZE != "frozen":
+        raise ConfigError(f"MODEL.REACT.ENSEMBLE.ENABLED needs MODEL.REACT.FREEZE frozen (it is {react.FREEZE!r}): "
+                          "the region scores come from the frozen CLIP tower (F-VLM)")
+    clip_map = bool(ensemble.ENABLED and ensemble.REGIONS == "map")
+    bundle = load_react_clip(react.MODEL, react.PRETRAINED, react.WEIGHTS, react.BASE_WEIGHTS, keys)
+    tower = build_clip_tower(bundle.model.visual, react.WEIGHTS, react.FREEZE, react.FEATURES, react.BLOCK, clip_map, keys)
+    return backbone_on_tower(tower, cfg)
+
+
+def backbone_on_tower(tower: ClipTower, cfg) -> Backbone:
+    """Detectron2's pyramid for `tower`'s kind, set up from `cfg` (see `build_react_backbone`)."""
+    react = cfg.MODEL.REACT
+    normalisation = {"input_format": cfg.INPUT.FORMAT, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
+    if tower.kind == "vit":
+        net = ReactViT(tower=tower, stride=react.STRIDE, keys=Keys.yacs(), **normalisation)
+        return vit_pyramid(net, react.SCALE_FACTORS, cfg.MODEL.FPN.OUT_CHANNELS, react.PYRAMID_NORM, react.TOP_BLOCK)
+    fpn_features = list(cfg.MODEL.FPN.IN_FEATURES)
+    net = ReactResNet(tower=tower, out_features=fpn_features or list(cfg.MODEL.RESNETS.OUT_FEATURES), keys=Keys.yacs(),
+                      **normalisation)
+    if not fpn_features:
+        return net
+    coarsest = max(fpn_features, key=RESNET_NAMES.index)
+    return ReactFPN(
+        net, fpn_features, cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM,
+        top_block=top_block_on(f"p{2 + RESNET_NAMES.index(coarsest)}") if react.TOP_BLOCK else None, fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    )
