@@ -71,7 +71,8 @@ def load_react_clip(model: Optional[str], pretrained: Optional[str], weights: Op
                               f"{keys.weights} to an adapter file, which names its own")
         model = adapter["model"]
     try:
-        return load_clip(model, pretrained or None, weights or None, base_weights=base_weights or None)
+        with torch.random.fork_rng(devices=[]):  # the heads built next start alike whatever the tower
+            return load_clip(model, pretrained or None, weights or None, base_weights=base_weights or None)
     except CheckpointError as error:
         key = keys.base_weights if base_weights and "base weights" in str(error) else keys.weights
         hint = f" (its new location goes in {keys.base_weights})" if "are not there" in str(error) else ""
@@ -324,28 +325,63 @@ def top_block_on(level: str) -> LastLevelMaxPool:
     return block
 
 
-def vit_pyramid(net: ReactViT, scale_factors: Sequence[float], out_channels: int, norm: str = "LN", top_block: bool = True,
-                square_pad: int = 0) -> ReactSimpleFeaturePyramid:
-    """Detectron2's SimpleFeaturePyramid over `net`, levels named p<log2 stride>."""
-    stride = net.output_shape()[net.out_feature].stride
-    for scale in scale_factors:
-        if scale not in (4.0, 2.0, 1.0, 0.5):
-            raise ConfigError(f"MODEL.REACT.SCALE_FACTORS: {scale} is not one of SimpleFeaturePyramid's (4, 2, 1, 0.5)")
-    coarsest = int(math.log2(stride / min(scale_factors)))
-    return ReactSimpleFeaturePyramid(
-        net, net.out_feature, out_channels, tuple(scale_factors), top_block=top_block_on(f"p{coarsest}") if top_block else None,
-        norm=norm, square_pad=square_pad,
+def react_pyramid(
+    tower: ClipTower,
+    *,
+    out_channels: int = 256,
+    scale_factors: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
+    stride: Optional[int] = 16,
+    norm: str = "LN",
+    top_block: bool = True,
+    fpn_features: Sequence[str] = RESNET_NAMES,
+    fpn_norm: str = "",
+    fuse_type: str = "sum",
+    stage_features: Sequence[str] = (),
+    input_format: str = "RGB",
+    pixel_mean: Optional[Sequence[float]] = None,
+    pixel_std: Optional[Sequence[float]] = None,
+    keys: Optional[Keys] = None,
+) -> Backbone:
+    """Detectron2's own pyramid on a REACT tower, by its kind.
+
+    ViT: `SimpleFeaturePyramid` over `ReactViT` (the map at `stride`, levels `scale_factors`,
+    `norm`), levels named p<log2 stride>. ModifiedResNet: `FPN` over `ReactResNet`'s
+    `fpn_features` (`fpn_norm`, `fuse_type`), or with `stage_features` (a C4 detector) those stages
+    alone. `top_block` adds a max-pooled level above the coarsest; the CLIP map passes through.
+
+    Returns:
+        A Detectron2 `Backbone`.
+    """
+    keys = keys or Keys.yacs()
+    normalisation = {"input_format": input_format, "pixel_mean": pixel_mean, "pixel_std": pixel_std}
+    if tower.kind == "vit":
+        net = ReactViT(tower=tower, stride=stride, keys=keys, **normalisation)
+        for scale in scale_factors:
+            if scale not in (4.0, 2.0, 1.0, 0.5):
+                raise ConfigError(f"MODEL.REACT.SCALE_FACTORS: {scale} is not one of SimpleFeaturePyramid's (4, 2, 1, 0.5)")
+        coarsest = int(math.log2(net.output_shape()[net.out_feature].stride / min(scale_factors)))
+        return ReactSimpleFeaturePyramid(
+            net, net.out_feature, out_channels, tuple(scale_factors), norm=norm,
+            top_block=top_block_on(f"p{coarsest}") if top_block else None,
+        )
+    if stage_features:
+        return ReactResNet(tower=tower, out_features=stage_features, keys=keys, **normalisation)
+    net = ReactResNet(tower=tower, out_features=fpn_features, keys=keys, **normalisation)
+    coarsest = max(fpn_features, key=RESNET_NAMES.index)
+    return ReactFPN(
+        net, list(fpn_features), out_channels, norm=fpn_norm, fuse_type=fuse_type,
+        top_block=top_block_on(f"p{2 + RESNET_NAMES.index(coarsest)}") if top_block else None,
     )
 
 
 @BACKBONE_REGISTRY.register()
 def build_react_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbone:
     """`MODEL.BACKBONE.NAME: build_react_backbone`: the tower `MODEL.REACT.*` names, under
-    Detectron2's own pyramid for its kind. ViT: `SimpleFeaturePyramid` (`MODEL.REACT.SCALE_FACTORS`,
-    `PYRAMID_NORM`, `MODEL.FPN.OUT_CHANNELS`). ModifiedResNet: `FPN` over the stages
-    `MODEL.FPN.IN_FEATURES` names (`MODEL.FPN.*`), or, with no FPN features (a C4 config), the
-    stages `MODEL.RESNETS.OUT_FEATURES` names. The CLIP map is added with `MODEL.REACT.ENSEMBLE`'s
-    `map` regions.
+    Detectron2's own pyramid for its kind (`react_pyramid`). ViT: `SimpleFeaturePyramid`
+    (`MODEL.REACT.STRIDE`, `SCALE_FACTORS`, `PYRAMID_NORM`, `TOP_BLOCK`, `MODEL.FPN.OUT_CHANNELS`).
+    ModifiedResNet: `FPN` over the stages `MODEL.FPN.IN_FEATURES` names (`MODEL.FPN.*`), or, with
+    none (a C4 config), the stages of `MODEL.RESNETS.OUT_FEATURES`. The CLIP map is added for
+    `MODEL.REACT.ENSEMBLE`'s `map` regions. Input normalisation: `INPUT.FORMAT`, `MODEL.PIXEL_*`.
 
     Args:
         cfg: a Detectron2 config with `MODEL.REACT.*` (see `add_react_config`).
@@ -363,23 +399,10 @@ def build_react_backbone(cfg, input_shape: Optional[ShapeSpec] = None) -> Backbo
     clip_map = bool(ensemble.ENABLED and ensemble.REGIONS == "map")
     bundle = load_react_clip(react.MODEL, react.PRETRAINED, react.WEIGHTS, react.BASE_WEIGHTS, keys)
     tower = build_clip_tower(bundle.model.visual, react.WEIGHTS, react.FREEZE, react.FEATURES, react.BLOCK, clip_map, keys)
-    return backbone_on_tower(tower, cfg)
-
-
-def backbone_on_tower(tower: ClipTower, cfg) -> Backbone:
-    """Detectron2's pyramid for `tower`'s kind, set up from `cfg` (see `build_react_backbone`)."""
-    react = cfg.MODEL.REACT
-    normalisation = {"input_format": cfg.INPUT.FORMAT, "pixel_mean": cfg.MODEL.PIXEL_MEAN, "pixel_std": cfg.MODEL.PIXEL_STD}
-    if tower.kind == "vit":
-        net = ReactViT(tower=tower, stride=react.STRIDE, keys=Keys.yacs(), **normalisation)
-        return vit_pyramid(net, react.SCALE_FACTORS, cfg.MODEL.FPN.OUT_CHANNELS, react.PYRAMID_NORM, react.TOP_BLOCK)
-    fpn_features = list(cfg.MODEL.FPN.IN_FEATURES)
-    net = ReactResNet(tower=tower, out_features=fpn_features or list(cfg.MODEL.RESNETS.OUT_FEATURES), keys=Keys.yacs(),
-                      **normalisation)
-    if not fpn_features:
-        return net
-    coarsest = max(fpn_features, key=RESNET_NAMES.index)
-    return ReactFPN(
-        net, fpn_features, cfg.MODEL.FPN.OUT_CHANNELS, norm=cfg.MODEL.FPN.NORM,
-        top_block=top_block_on(f"p{2 + RESNET_NAMES.index(coarsest)}") if react.TOP_BLOCK else None, fuse_type=cfg.MODEL.FPN.FUSE_TYPE,
+    fpn = cfg.MODEL.FPN
+    return react_pyramid(
+        tower, out_channels=fpn.OUT_CHANNELS, scale_factors=react.SCALE_FACTORS, stride=react.STRIDE, norm=react.PYRAMID_NORM,
+        top_block=react.TOP_BLOCK, fpn_features=fpn.IN_FEATURES, fpn_norm=fpn.NORM, fuse_type=fpn.FUSE_TYPE,
+        stage_features=() if fpn.IN_FEATURES else cfg.MODEL.RESNETS.OUT_FEATURES,
+        input_format=cfg.INPUT.FORMAT, pixel_mean=cfg.MODEL.PIXEL_MEAN, pixel_std=cfg.MODEL.PIXEL_STD, keys=keys,
     )

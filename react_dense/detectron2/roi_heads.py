@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -41,7 +40,8 @@ TEST_WEIGHT_PATH = "MODEL.REACT.ZEROSHOT.TEST_WEIGHT_PATH"
 
 
 def read_classifier_file(path: str, key: str, width: Optional[int] = None, tower: str = "the tower") -> torch.Tensor:
-    """A classifier file in Detic's format: a C x D float `.npy` (read without pickle), as float32.
+    """A classifier file in Detic's format (`react_core.modeling.text.load_classifier_file`), its
+    problems named by the setting `key`.
 
     Args:
         path: the `.npy` file.
@@ -52,17 +52,15 @@ def read_classifier_file(path: str, key: str, width: Optional[int] = None, tower
     Returns:
         The [C, D] float32 tensor, rows as written.
     """
-    if not Path(path).is_file():
-        raise ConfigError(f"{key}: {path} not found")
+    from react_core.modeling.text import VocabularyError, load_classifier_file
+
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
-        raise ConfigError(f"{key}: {path} is not a .npy array ({error})") from None
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
-        raise ConfigError(f"{key}: {path} holds a {array.dtype} array of shape {array.shape}; expected C x D floats (Detic's format)")
-    if width is not None and array.shape[1] != width:
-        raise ConfigError(f"{key}: {path} holds {array.shape[1]}-wide class embeddings, but {tower} embeds into {width}")
-    return torch.from_numpy(array.astype(np.float32))
+        embeddings = load_classifier_file(path)
+    except VocabularyError as error:
+        raise ConfigError(f"{key}: {error}") from None
+    if width is not None and embeddings.shape[1] != width:
+        raise ConfigError(f"{key}: {path} holds {embeddings.shape[1]}-wide class embeddings, but {tower} embeds into {width}")
+    return embeddings
 
 
 def tower_embed_dim(react) -> int:
