@@ -200,3 +200,33 @@ def test_detectron2_engine_calibrates_the_ensemble_it_evaluates_with(scenes, tmp
     report = json.loads((tmp_path / "corrected" / "ensemble_calibration.json").read_text())
     assert len(report["prior"]) == 6 and 0 < report["background_proposals"] < report["proposals"]
     assert corrected["bbox/AP"] != pytest.approx(chosen["bbox/AP"])
+
+
+def test_the_lvis_recipe_becomes_a_native_detectron2_config_that_builds(scenes, tmp_path):  # noqa: F811
+    """configs/lvis_react.yaml (ViT-B/16, sigmoid scores with the federated loss, 1024 pixels) as
+    Detectron2 reads it, on the test's scenes in place of LVIS and a random-init tower offline."""
+    from pathlib import Path
+
+    from detectron2.modeling import build_model
+
+    from react_dense.detection.config import load_detection_config
+    from react_dense.engines.detectron2.train import native_config, register_datasets, write_classifiers
+
+    lvis = Path(__file__).resolve().parents[1] / "configs" / "lvis_react.yaml"
+    cfg = load_detection_config(str(lvis), [
+        "model.pretrained=null", "backbone.freeze=frozen", "text.cache_dir=null", "train.device=cpu", "data.num_workers=0",
+        f"data.train={scenes / 'detection' / 'train.json'}", f"data.train_images={scenes / 'detection'}",
+        f"data.val={scenes / 'detection' / 'val.json'}", f"data.val_images={scenes / 'detection'}",
+    ])
+    split = register_datasets(cfg)
+    bundle, _ = write_classifiers(cfg, tmp_path)
+    d2 = native_config(cfg, tmp_path, bundle.model.visual, len(split.base_ids))
+    assert (d2.MODEL.REACT.MODEL, d2.MODEL.REACT.STRIDE, d2.INPUT.MIN_SIZE_TEST) == ("ViT-B-16", 16, 1024)
+    assert d2.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and d2.MODEL.ROI_BOX_HEAD.USE_FED_LOSS
+    assert d2.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES == 50 and d2.SOLVER.AMP.ENABLED
+    model = build_model(d2)
+    assert list(model.backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
+    predictor = model.roi_heads.box_predictor
+    assert predictor.classifier.federated_classes == 50
+    counts = {c["id"]: c["image_count"] for c in json.loads((scenes / "detection" / "train.json").read_text())["categories"]}
+    assert predictor.image_counts.tolist() == [float(counts[i]) for i in split.base_ids]

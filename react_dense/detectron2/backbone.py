@@ -14,7 +14,6 @@ shares. Either can also emit `"clip"`, the tower's dense readout, for score ense
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Dict, Optional, Sequence
 
 import torch
@@ -26,74 +25,10 @@ from torch import nn
 
 from react_core.config import ConfigError
 from react_core.modeling.readout import pad_to_stride
-from react_dense.modeling.backbone import CLIP_MAP, ClipTower
+from react_dense.modeling.backbone import CLIP_MAP, ClipTower, Keys, build_clip_tower, load_react_clip
 
 RESNET_NAMES = ("res2", "res3", "res4", "res5")
 FORMATS = ("RGB", "BGR")
-
-
-@dataclass(frozen=True)
-class Keys:
-    """How a user names each setting, in the messages of bad input: yacs keys or LazyConfig arguments."""
-
-    model: str
-    pretrained: str
-    weights: str
-    base_weights: str
-    freeze: str
-    features: str
-    block: str
-    stride: str
-
-    @classmethod
-    def yacs(cls) -> "Keys":
-        return cls(*(f"MODEL.REACT.{name}" for name in ("MODEL", "PRETRAINED", "WEIGHTS", "BASE_WEIGHTS", "FREEZE",
-                                                        "FEATURES", "BLOCK", "STRIDE")))
-
-    @classmethod
-    def arguments(cls, owner: str) -> "Keys":
-        return cls(*(f"{owner}({name}=...)" for name in ("model", "pretrained", "weights", "base_weights", "freeze",
-                                                         "features", "block", "stride")))
-
-
-def load_react_clip(model: Optional[str], pretrained: Optional[str], weights: Optional[str], base_weights: Optional[str],
-                    keys: Keys):
-    """The CLIP (`react_core.modeling.load_clip`) a REACT setting names; a file that does not fit
-    it, or an adapter whose base is missing or changed, is one line naming the key and the file.
-    `model` may be empty when `weights` is an adapter: the adapter names its architecture."""
-    from react_core.modeling import CheckpointError, load_clip
-    from react_core.modeling.adapters import read_adapter_metadata
-
-    adapter = read_adapter_metadata(weights) if weights else None
-    if not model:
-        if adapter is None:
-            raise ConfigError(f"{keys.model} is empty: name the tower's architecture (e.g. ViT-B-16), or set "
-                              f"{keys.weights} to an adapter file, which names its own")
-        model = adapter["model"]
-    try:
-        with torch.random.fork_rng(devices=[]):  # the heads built next start alike whatever the tower
-            return load_clip(model, pretrained or None, weights or None, base_weights=base_weights or None)
-    except CheckpointError as error:
-        key = keys.base_weights if base_weights and "base weights" in str(error) else keys.weights
-        hint = f" (its new location goes in {keys.base_weights})" if "are not there" in str(error) else ""
-        raise ConfigError(f"{key}: {error}{hint}; the tower is {keys.model}={model!r}") from None
-    except ValueError as error:
-        raise ConfigError(f"{keys.model}={model!r}: {error}") from None
-
-
-def build_clip_tower(visual: nn.Module, weights: Optional[str], freeze: str, features: str, block: int, clip_map: bool,
-                     keys: Keys) -> ClipTower:
-    """`ClipTower` over `visual`, with bad settings named by their keys."""
-    try:
-        return ClipTower(visual, freeze=freeze, features=features, feature_block=block, emit_clip_map=clip_map)
-    except ValueError as error:
-        message = str(error)
-        if "gated blocks" in message:
-            source = weights or "the tower (no weights file)"
-            raise ConfigError(f"{keys.freeze}='gated' needs gated REACT blocks, and {source} has none "
-                              f"(set {keys.weights} to a customized tower, or freeze 'frozen' or 'full')") from None
-        key = keys.block if "feature_block" in message else keys.features if "features" in message else keys.freeze
-        raise ConfigError(f"{key}: {message}") from None
 
 
 class ClipInput(nn.Module):

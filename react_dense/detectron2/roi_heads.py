@@ -30,7 +30,7 @@ from detectron2.structures import Instances
 from torch import nn
 
 from react_core.config import ConfigError
-from react_dense.detectron2.backbone import Keys, load_react_clip
+from react_dense.modeling.backbone import Keys, load_react_clip
 from react_dense.modeling.backbone import CLIP_MAP
 from react_dense.modeling.region_text import ClipScoreEnsemble, RegionTextClassifier
 
