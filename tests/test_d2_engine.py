@@ -202,6 +202,7 @@ def test_detectron2_engine_calibrates_the_ensemble_it_evaluates_with(scenes, tmp
     assert corrected["bbox/AP"] != pytest.approx(chosen["bbox/AP"])
 
 
+@pytest.mark.slow
 def test_the_lvis_recipe_becomes_a_native_detectron2_config_that_builds(scenes, tmp_path):  # noqa: F811
     """configs/lvis_react.yaml (ViT-B/16, sigmoid scores with the federated loss, 1024 pixels) as
     Detectron2 reads it, on the test's scenes in place of LVIS and a random-init tower offline."""
@@ -214,7 +215,8 @@ def test_the_lvis_recipe_becomes_a_native_detectron2_config_that_builds(scenes, 
 
     lvis = Path(__file__).resolve().parents[1] / "configs" / "lvis_react.yaml"
     cfg = load_detection_config(str(lvis), [
-        "model.pretrained=null", "backbone.freeze=frozen", "text.cache_dir=null", "train.device=cpu", "data.num_workers=0",
+        "model.pretrained=null", "backbone.freeze=frozen", "text.cache_dir=null", "text.templates=none", "train.device=cpu",
+        "data.num_workers=0",
         f"data.train={scenes / 'detection' / 'train.json'}", f"data.train_images={scenes / 'detection'}",
         f"data.val={scenes / 'detection' / 'val.json'}", f"data.val_images={scenes / 'detection'}",
     ])

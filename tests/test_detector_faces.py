@@ -276,6 +276,23 @@ def test_text_embed_output_is_the_zero_shot_predictors_vocabulary_and_swapping_i
     assert torch.equal(by_config.pred_classes, swapped.pred_classes)
 
 
+def test_text_embed_explains_itself_and_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from react_core.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["text-embed", "--help"])
+    assert "Detic's" in capsys.readouterr().out
+    assert _text_embed("--classes", "no_such_list", "--out", tmp_path / "a.npy") == 2
+    assert "no_such_list" in capsys.readouterr().err
+    (tmp_path / "bad.txt").write_text("cat\n{}\n")
+    (tmp_path / "templates.txt").write_text("a photo of a cat\n")
+    assert _text_embed("--classes", tmp_path / "bad.txt", "--templates", tmp_path / "templates.txt", "--out", tmp_path / "b.npy") == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "templates.txt, line 1" in error[0]
+    assert _text_embed("--classes", tmp_path / "bad.txt", "--out", tmp_path / "c.json") == 2
+    assert not list(tmp_path.glob("*.npy"))
+
+
 def test_the_lvis_class_list_ships_with_the_package():
     from react_core.retrieval.classes import load_classes
 

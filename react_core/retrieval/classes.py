@@ -75,7 +75,7 @@ def load_classes(spec: str) -> list[ClassSpec]:
         return _from_json(LVIS_CATEGORIES.read_text(encoding="utf-8"), "lvis")
     path = Path(spec)
     if not path.is_file():
-        raise ClassListError(f"class list {spec!r} is neither one of {', '.join(BUILTIN_LISTS)} nor a file")
+        raise ClassListError(f"class list {spec!r} is neither {' nor '.join(map(repr, BUILTIN_LISTS))} nor a file")
     text = path.read_text(encoding="utf-8")
     if path.suffix.lower() == ".json":
         return _from_json(text, str(path))
