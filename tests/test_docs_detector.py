@@ -111,7 +111,7 @@ def test_the_yacs_recipe_trains_a_stock_config_with_detectron2s_own_script(works
     out = workspace / "runs" / "react_mask_rcnn"
     assert (out / "model_final.pth").is_file()
     assert "build_react_backbone" in (out / "config.yaml").read_text()
-    assert "Evaluation results for bbox" in done.stdout + done.stderr  # the script's own COCO evaluation ran
+    assert "Evaluation results for coco_2017_val" in done.stdout + done.stderr  # the script's own evaluation ran
 
 
 def test_the_lazyconfig_recipe_builds_vitdet_on_the_tower(workspace):
@@ -140,4 +140,4 @@ def test_the_classifier_file_recipe_writes_detics_format_and_trains_the_zero_sho
     out = workspace / "runs" / "react_zeroshot"
     assert (out / "model_final.pth").is_file()
     assert "ZeroShotROIHeads" in (out / "config.yaml").read_text()
-    assert "Evaluation results for bbox" in done.stdout + done.stderr
+    assert "Evaluation results for coco_2017_val" in done.stdout + done.stderr
