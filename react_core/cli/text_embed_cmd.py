@@ -72,10 +72,11 @@ def run(args) -> int:
         raise UserError(f"--model {model}: {error}") from error
     names = [spec.synonyms[:1] if args.names_only else spec.synonyms for spec in classes]
     chunk = max(1, args.batch_size // max(1, len(templates)))
-    parts = [
-        synonym_class_embeddings(bundle, names[start : start + chunk], templates)
-        for start in tqdm(range(0, len(names), chunk), desc="text-embed", unit_scale=chunk, dynamic_ncols=True)
-    ]
+    parts = []
+    with tqdm(total=len(names), desc="text-embed", unit="class", dynamic_ncols=True) as progress:
+        for start in range(0, len(names), chunk):
+            parts.append(synonym_class_embeddings(bundle, names[start : start + chunk], templates))
+            progress.update(len(parts[-1]))
     embeddings = torch.cat(parts)
     save_classifier_file(out, embeddings)
     print(f"{len(classes)} classes x {embeddings.shape[1]} ({len(templates)} templates) -> {out}")
