@@ -14,7 +14,9 @@ overrides anywhere on the line.
 
 A `kind: segmentation` config trains an open-vocabulary segmenter instead (react_dense.segmentation);
 `react_dense.train_net.train` is the same run from Python.
-The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
+The config's `engine:` picks Detectron2 or torchvision; with Detectron2 the run also writes
+OUT/detectron2_config.yaml, the detector as Detectron2's own tools read it (docs/detector.md).
+Training sees base categories only;
 evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
 --out. `--resume` continues from the last checkpoint in --out.
 """
