@@ -37,12 +37,12 @@ class ClipInput(nn.Module):
     map, exact, and the identity under `add_react_config`'s statistics."""
 
     def __init__(self, visual: nn.Module, input_format: str = "RGB", pixel_mean: Optional[Sequence[float]] = None,
-                 pixel_std: Optional[Sequence[float]] = None, key: str = "INPUT.FORMAT"):
+                 pixel_std: Optional[Sequence[float]] = None):
         super().__init__()
         from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
         if input_format not in FORMATS:
-            raise ConfigError(f"{key}={input_format!r}: the REACT tower reads colour images, RGB or BGR")
+            raise ConfigError(f"INPUT.FORMAT={input_format!r}: the REACT tower reads colour images, RGB or BGR")
         clip_mean = torch.tensor(getattr(visual, "image_mean", None) or OPENAI_DATASET_MEAN) * 255
         clip_std = torch.tensor(getattr(visual, "image_std", None) or OPENAI_DATASET_STD) * 255
         order = [2, 1, 0] if input_format == "BGR" else [0, 1, 2]
@@ -85,6 +85,8 @@ class ReactViT(Backbone):
         clip_map: also output `"clip"`, the dense readout at the patch stride (score ensembling).
         input_format, pixel_mean, pixel_std: how Detectron2 normalised the images (default: CLIP's).
         tower: a `ClipTower` already built (then the loading arguments are unused).
+        keys: how one-line errors name the settings (default: these arguments; the yacs builder
+            passes `MODEL.REACT.*`'s).
     """
 
     def __init__(
@@ -149,7 +151,8 @@ class ReactResNet(Backbone):
     """A (customized) CLIP ModifiedResNet as Detectron2's bottom-up backbone: res2..res5 (res5
     replaced by the dense readout with `features="readout"`), the `bottom_up` of `FPN`.
 
-    Args: as `ReactViT`'s loading and reading arguments (no `block`, no `stride`), and
+    Args: as `ReactViT`'s loading, reading and normalisation arguments (no `block`, no
+        `stride`, no `out_feature`), and
         out_features: the stages returned (Detectron2's MODEL.RESNETS.OUT_FEATURES).
     """
 
