@@ -10,7 +10,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["react_core", "react_core.*", "react_dense", "react_dense.*"]),
-    package_data={"react_core": ["modeling/model_configs/*.json", "resources/*"]},
+    package_data={
+        "react_core": ["modeling/model_configs/*.json"],
+        "react_dense": ["lab/configs/*.yaml", "lab/resources/*"],
+    },
     install_requires=[
         "torch>=2.6",  # torch.load defaults to weights_only=True
         "torchvision>=0.21",
@@ -36,7 +39,8 @@ setup(
         "console_scripts": ["react=react_core.cli:main"],
         "react.commands": [
             "detect = react_dense.cli.detect_cmd",
-            "demo = react_dense.cli.demo_cmd",
+            "synth = react_dense.lab.synth_cmd",
+            "demo = react_dense.lab.demo_cmd",
             "segment = react_dense.cli.segment_cmd",
         ],
         "react.plugins": ["dense = react_dense.plugin"],

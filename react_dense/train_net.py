@@ -62,7 +62,7 @@ def train(
             from react_dense.engines.detectron2.seg_train import run as run_detectron2
 
             return run_detectron2(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)
-        from react_dense.segmentation.train import run as run_plain
+        from react_dense.engines.plain.train import run as run_plain
 
         return run_plain(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)
     if weights and not eval_only:

@@ -150,9 +150,9 @@ def test_a_customized_tower_is_named_one_way_model_weights():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     assert not [p for p in root.rglob("*.yaml") if re.search(r"^adapter:", p.read_text(), re.M)]
-    for loader, name in ((load_detection_config, "ovd_synthetic.yaml"), (load_segmentation_config, "seg_synthetic.yaml")):
+    for loader, name in ((load_detection_config, "lvis_react.yaml"), (load_segmentation_config, "ade20k_react_seg.yaml")):
         with pytest.raises(ConfigError, match="adapter"):
-            loader(str(root / "demo" / name), ["adapter=runs/customize/adapter.safetensors"])
+            loader(str(root / name), ["adapter=runs/customize/adapter.safetensors"])
 
 
 def test_every_stage_trains_with_one_vocabulary():
@@ -173,10 +173,10 @@ def test_every_stage_trains_with_one_vocabulary():
     assert {f.type for f in fields(SegmentationConfig) if f.name == "train"} == {"SegmentationTrain"}
     assert names(SegmentationTrain) - names(DenseTrain) == {"crop_size", "scale_range", "hflip", "num_workers"}
     root = Path(__file__).resolve().parents[1] / "configs"
-    assert load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), ["train.max_iters=7"]).train.max_iters == 7
+    assert load_detection_config(str(root / "lvis_react.yaml"), ["train.max_iters=7"]).train.max_iters == 7
     for old in ("steps", "warmup_steps", "clip_grad_norm", "log_period", "checkpoint_period"):
         with pytest.raises(ConfigError, match=old):
-            load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), [f"train.{old}=1"])
+            load_detection_config(str(root / "lvis_react.yaml"), [f"train.{old}=1"])
 
 
 def test_arguments_the_builder_supplies_are_neither_required_nor_settable():
@@ -185,12 +185,12 @@ def test_arguments_the_builder_supplies_are_neither_required_nor_settable():
     from react_dense.detection.config import load_detection_config
     from react_dense.segmentation.config import load_segmentation_config
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "demo"
-    assert load_detection_config(str(root / "ovd_synthetic.yaml")).head["type"] == "RegionTextClassifier"
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_detection_config(str(root / "lvis_react.yaml")).head["type"] == "RegionTextClassifier"
     for loader, name, key in (
-        (load_detection_config, "ovd_synthetic.yaml", "backbone.visual"),
-        (load_detection_config, "ovd_synthetic.yaml", "head.embed_dim"),
-        (load_segmentation_config, "seg_synthetic.yaml", "head.input_shape"),
+        (load_detection_config, "lvis_react.yaml", "backbone.visual"),
+        (load_detection_config, "lvis_react.yaml", "head.embed_dim"),
+        (load_segmentation_config, "ade20k_react_seg.yaml", "head.input_shape"),
     ):
         with pytest.raises(ConfigError, match="set by the builder.*" + re.escape(f"'{key}'")):
             loader(str(root / name), [f"{key}=3"])

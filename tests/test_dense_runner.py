@@ -141,7 +141,7 @@ def test_torchvision_engine_trains_under_torchrun_on_cpu(scenes, tmp_path):  # n
     from react_dense.train_net import load_dense_config
 
     out = tmp_path / "ddp"
-    overrides = [f"world={scenes}", "data.num_workers=0", "train.max_iters=3", "train.batch_size=2",
+    overrides = [f"vars.world={scenes}", "model.weights=null", "data.num_workers=0", "train.max_iters=3", "train.batch_size=2",
                  "train.checkpoint_interval=3", "train.warmup_iters=1"]
     env = {**{k: v for k, v in os.environ.items() if k != "MKL_NUM_THREADS"}, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}

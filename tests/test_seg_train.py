@@ -10,12 +10,12 @@ import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "demo" / "seg_synthetic.yaml")
+CONFIG = str(ROOT / "react_dense" / "lab" / "configs" / "seg_synthetic.yaml")
 
 
 def _quick(world, *extra):
     return [
-        f"world={world}", "train.max_iters=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_interval=2",
+        f"vars.world={world}", "model.weights=null", "train.max_iters=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_interval=2",
         "train.warmup_iters=1", "test.batch_size=4", "test_data.0.max_images=4", "backbone.out_channels=32",
         "head.decoder_channels=32", *extra,
     ]
@@ -67,7 +67,7 @@ def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, 
 
 
 def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
-    assert _train_net("--config", CONFIG, f"world={tmp_path}") == 2
+    assert _train_net("--config", CONFIG, f"vars.world={tmp_path}", "model.weights=null") == 2
     assert f"train_net: error: {tmp_path}/classes.json not found" in capsys.readouterr().err
 
 

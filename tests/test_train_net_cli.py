@@ -45,28 +45,28 @@ def test_a_finished_run_is_not_retrained_over(scenes, tmp_path, capsys):  # noqa
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.json").write_text(json.dumps({"bbox/AP": 1.0}))
-    assert main(["--config", str(CONFIG), "--out", str(out), f"world={scenes}"]) == 2
+    assert main(["--config", str(CONFIG), "--out", str(out), f"vars.world={scenes}", "model.weights=null"]) == 2
     assert "--resume" in _error_line(capsys)
     assert json.loads((out / "metrics.json").read_text()) == {"bbox/AP": 1.0}
 
 
 def test_a_bad_detectron2_override_is_named(scenes, tmp_path, capsys):  # noqa: F811
     pytest.importorskip("detectron2")
-    assert main(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"world={scenes}", "engine=detectron2",
+    assert main(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"vars.world={scenes}", "model.weights=null", "engine=detectron2",
                  "train.max_iters=1", "SOLVER.NO_SUCH_KEY", "3"]) == 2
     assert "detectron2.SOLVER.NO_SUCH_KEY=3" in _error_line(capsys)
 
 
 def test_eval_only_without_a_checkpoint_is_one_line(scenes, tmp_path, capsys):  # noqa: F811
     pytest.importorskip("detectron2")
-    assert main(["--config-file", str(CONFIG), "--out", str(tmp_path / "none"), f"world={scenes}", "engine=detectron2", "--eval-only"]) == 2
+    assert main(["--config-file", str(CONFIG), "--out", str(tmp_path / "none"), f"vars.world={scenes}", "model.weights=null", "engine=detectron2", "--eval-only"]) == 2
     assert "checkpoint not found" in _error_line(capsys)
 
 
 def test_torchvision_runs_of_one_config_are_identical(scenes, tmp_path, capsys):  # noqa: F811
     runs, weights = [], []
     for name in ("a", "b"):
-        assert main(["--config", str(CONFIG), "--out", str(tmp_path / name), f"world={scenes}", "data.num_workers=0", "train.max_iters=3"]) == 0
+        assert main(["--config", str(CONFIG), "--out", str(tmp_path / name), f"vars.world={scenes}", "model.weights=null", "data.num_workers=0", "train.max_iters=3"]) == 0
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
         weights.append(torch.load(tmp_path / name / "model_final.pth", weights_only=True)["model"])
     assert runs[0] == runs[1]
@@ -79,7 +79,7 @@ def test_detect_reads_the_run_config_beside_the_checkpoint(scenes, tmp_path):  #
     from react_core.cli import main as react
 
     out = tmp_path / "run"
-    assert main(["--config", str(CONFIG), "--out", str(out), f"world={scenes}", "data.num_workers=0",
+    assert main(["--config", str(CONFIG), "--out", str(out), f"vars.world={scenes}", "model.weights=null", "data.num_workers=0",
                  "train.max_iters=2", "backbone.out_channels=32"]) == 0
     image = next((scenes / "detection" / "images" / "val").glob("*.png"))
     assert react(["detect", str(image), "--weights", str(out / "model_final.pth"), "--vocabulary", "red square,blue circle",

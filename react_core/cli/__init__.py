@@ -16,7 +16,6 @@ from react_core.errors import ReactError, UserError  # noqa: F401  (UserError: t
 
 CORE_COMMANDS = [
     "react_core.cli.config_cmd",
-    "react_core.cli.synth_cmd",
     "react_core.cli.pretrain_cmd",
     "react_core.cli.customize_cmd",
     "react_core.cli.eval_cmd",
@@ -28,8 +27,6 @@ CORE_COMMANDS = [
     "react_core.cli.export_cmd",
     "react_core.cli.report_cmd",
 ]
-
-
 
 
 def _command_modules():

@@ -33,12 +33,10 @@ def user_errors():
     from react_core.engine.runner import ResumeError
     from react_core.modeling import CheckpointError
     from react_core.modeling.text import VocabularyError
-    from react_core.synth import WorldError
 
     try:
         yield
-    except (PairDataError, ShardError, EmbeddingFolderError, ResumeError, CheckpointError, VocabularyError,
-            WorldError) as error:
+    except (PairDataError, ShardError, EmbeddingFolderError, ResumeError, CheckpointError, VocabularyError) as error:
         raise UserError(str(error)) from None
 
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 def register(subparsers):
     parser = subparsers.add_parser(
         "pretrain",
-        help="train a small CLIP from scratch: the base model of the synthetic world",
-        description="Train a CLIP (both towers, contrastive loss) from scratch on a generic pair set, such as "
-        "the synthetic world's pretrain/ slice, in which the target classes are rare: a base model that knows "
-        "the world a little, as CLIP knows the web. The result (DIR/model.safetensors) is cached by the hash "
-        "of the config and of the training pairs: running again returns it at once; an interrupted run "
-        "resumes from DIR/checkpoint_last.pt.",
+        help="train a CLIP from scratch on image-text pairs",
+        description="Train a CLIP (both towers, contrastive loss) from scratch on a pair set: a base model "
+        "to customize when no pretrained one fits. The result (DIR/model.safetensors, DIR/pretrain.json) is "
+        "cached by the hash of the config and of the training pairs: running again returns it at once; an "
+        "interrupted run resumes from DIR/checkpoint_last.pt.",
     )
     parser.add_argument("--config", required=True, help="a YAML config of kind: pretrain")
     parser.add_argument("--out", help="output folder (default: the config's `out`)")
@@ -25,14 +24,14 @@ def run(args) -> int:
     from react_core.config import load
     from react_core.console import configure_logging
     from react_core.engine.config import PretrainConfig
-    from react_core.engine.pretrain import pretrain, summary_file
+    from react_core.engine.pretrain import SUMMARY_FILE, pretrain
 
     configure_logging()
     cfg = load(args.config, args.overrides, schema=PretrainConfig)
     out = output_folder(args, cfg, "pretrain")
     with user_errors():
         weights = pretrain(cfg, out)
-    summary = json.loads(summary_file(weights).read_text())
+    summary = json.loads((weights.parent / SUMMARY_FILE).read_text())
     if summary.get("zeroshot"):
         print(f"zero-shot top-1 of the pretrained model: {summary['zeroshot']['top1']:.1f}%")
     print(weights)

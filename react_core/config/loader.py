@@ -1,7 +1,10 @@
 """Read YAML configs: `_base_` inheritance, `${...}` interpolation, `key=value` overrides.
 
 Every leaf key remembers the file (or the command line) that set it last, so that a
-validation error can name where the bad value came from.
+validation error can name where the bad value came from. A top-level `vars:` mapping holds the
+config's own variables (a data root, say): other keys read them as `${vars.NAME}`, overrides set
+them as `vars.NAME=VALUE`, and they are dropped once interpolation is resolved, so no schema
+declares them.
 """
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -19,6 +22,7 @@ from react_core.errors import ReactError
 from react_core.io import atomic_write_text
 
 COMMAND_LINE = "the command line"
+VARIABLES = "vars"
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -123,18 +127,25 @@ def format_overrides(mapping: dict) -> list[str]:
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in mapping.items()]
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, Sources]:
+def load_config(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> tuple[dict, Sources]:
     """Merge `path` with its `_base_` files and the overrides; resolve interpolations.
 
-    Returns the plain merged dict and where each key came from.
+    Args:
+        path: the YAML file.
+        overrides: `key=value` strings as typed on a command line, or a mapping of dotted keys to
+            values (from code: the values are taken as they are, not parsed), applied in order
+            after the files.
+
+    Returns:
+        The plain merged dict, less its `vars:` section, and where each key came from.
     """
     cfg, sources = _load_tree(Path(path), ())
-    for text in overrides:
-        key, value = parse_override(text)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in pairs:
         try:
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         except OmegaConfBaseException as error:
-            raise ConfigError(f"override {text!r} on {COMMAND_LINE}: {error}".replace("\n", " ")) from None
+            raise ConfigError(f"override {key}={value!r} on {COMMAND_LINE}: {error}".replace("\n", " ")) from None
         sources.update({k: COMMAND_LINE for k in _flat_keys(value, key)} or {key: COMMAND_LINE})
         sources[key] = COMMAND_LINE
     try:
@@ -144,6 +155,9 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, 
         raise ConfigError(
             f"cannot resolve interpolation at key '{key}' (from {sources.of(key)}): {error.msg if hasattr(error, 'msg') else error}".replace("\n", " ")
         ) from None
+    variables = resolved.pop(VARIABLES, {})
+    if not isinstance(variables, dict):
+        raise ConfigError(f"'{VARIABLES}' (from {sources.of(VARIABLES)}) must be a mapping of names to values, got {variables!r}")
     return resolved, sources
 
 

@@ -112,28 +112,22 @@ class _RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: Optional[ZeroShotConfig] = None
     generic_eval: Optional[ZeroShotConfig] = None
-    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths; made if missing
     out: Optional[str] = None
 
 
 @config_kind("customize")
 @dataclass
 class CustomizeConfig(_RunConfig):
-    """Customize a CLIP on image-text pairs; `base_pretrain` names a pretrain config whose (cached)
-    result is the base model, in place of `model.weights`. `cache` (default OUT/cache) keeps what
-    depends only on the base model: its caption and class embeddings and its zero-shot results
-    before customization, so runs of one base (seeds, variants) may share it."""
+    """Customize a CLIP on image-text pairs. `cache` (default OUT/cache) keeps what depends only on
+    the base model: its caption and class embeddings and its zero-shot results before
+    customization, so runs of one base (seeds, variants) may share it."""
 
     gated: GatedConfig = field(default_factory=GatedConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
-    base_pretrain: Optional[str] = None
     cache: Optional[str] = None
 
 
 @config_kind("pretrain")
 @dataclass
 class PretrainConfig(_RunConfig):
-    """Train a CLIP from scratch (both towers, mode full) on a generic pair set; `shipped` names a
-    package resource holding the result for this config and data (see `react_core.engine.pretrain`)."""
-
-    shipped: Optional[str] = None
+    """Train a CLIP from scratch (both towers, mode full) on a generic pair set."""

@@ -52,7 +52,7 @@ def run(args) -> int:
     from react_dense.segmentation.config import load_segmentation_config
     from react_dense.segmentation.data import read_image
     from react_dense.segmentation.inference import predict_logits
-    from react_dense.segmentation.train import build_segmenter
+    from react_dense.engines.plain.train import build_segmenter
     from react_dense.segmentation.visualize import overlay_with_legend, palette
 
     if args.config is None and args.weights is None:

@@ -3,7 +3,7 @@
 Every layout becomes a `SegmentationSource`: image and label files in pairs, class names, which
 classes are unseen, and a lookup table from the raw values stored in the label files to class
 indices 0..C-1 (anything else becomes `IGNORE_INDEX`). The layouts are documented in
-react_dense/segmentation/README.md.
+docs/detection-segmentation.md.
 """
 from __future__ import annotations
 
@@ -95,19 +95,6 @@ def _ade150_names(root: Path) -> list[str]:
     return [row[-1].strip().replace(";", "|") for row in rows]
 
 
-def synthetic(root: Path, split: str, classes: Optional[list[str]]) -> SegmentationSource:
-    """The synthetic world's `semseg/` (root may be the world or its semseg folder)."""
-    folder = root / "semseg" if (root / "semseg").is_dir() else root
-    record_path = folder / "classes.json"
-    if not record_path.is_file():
-        raise SegmentationDataError(f"{record_path} not found (make a world with `react synth --preset tiny --out DIR`)")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    names = classes or record["classes"]
-    images, labels = _pairs(folder / split / "images", folder / split / "labels", ".jpg", ".png")
-    background = record["classes"][record["background_index"]]
-    return SegmentationSource(f"synthetic_{split}", images, labels, names, shift_lookup(len(names), 0), record["unseen"], background)
-
-
 def coco_stuff_171(root: Path, split: str, classes: Optional[list[str]]) -> SegmentationSource:
     """COCO-Stuff-164k: `coco/{train,val}2017/*.jpg`; labels either converted to 0..170
     (`coco/stuffthingmaps_detectron2/`, MaskFormer's preparation script) or the released
@@ -174,15 +161,28 @@ def voc_20(root: Path, split: str, classes: Optional[list[str]]) -> Segmentation
 
 
 def image_folder(root: Path, split: str, classes: Optional[list[str]]) -> SegmentationSource:
-    """Any `ROOT/{split}/images/*.jpg` + `ROOT/{split}/labels/*.png` whose label values are class indices."""
-    if not classes:
-        raise SegmentationDataError("layout `folder` needs `classes: FILE` (one name per line, in label order)")
+    """Any `ROOT/{split}/images/*.jpg` + `ROOT/{split}/labels/*.png` whose label values are class
+    indices. The class names come from `classes: FILE`, or from `ROOT/classes.json`:
+    `{"classes": [...], "unseen": [...], "background_index": i}` (the last two optional)."""
+    record = {}
+    record_path = root / "classes.json"
+    if record_path.is_file():
+        try:
+            record = json.loads(record_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise SegmentationDataError(f"{record_path}: not a JSON file ({error})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("classes"), list):
+            raise SegmentationDataError(f"{record_path}: expected {{\"classes\": [...], \"unseen\": [...], \"background_index\": i}}")
+    names = classes or record.get("classes")
+    if not names:
+        raise SegmentationDataError(f"layout `folder` needs `classes: FILE` (one name per line, in label order) or {record_path}")
+    background = record["classes"][record["background_index"]] if record.get("background_index") is not None else None
     images, labels = _pairs(root / split / "images", root / split / "labels", ".jpg", ".png")
-    return SegmentationSource(f"{root.name}_{split}", images, labels, classes, shift_lookup(len(classes), 0))
+    return SegmentationSource(f"{root.name}_{split}", images, labels, names, shift_lookup(len(names), 0),
+                              list(record.get("unseen", [])), background)
 
 
 LAYOUTS: dict[str, Callable[[Path, str, Optional[list[str]]], SegmentationSource]] = {
-    "synthetic": synthetic,
     "coco-stuff-171": coco_stuff_171,
     "ade20k-150": ade20k_150,
     "ade20k-847": ade20k_847,

@@ -379,7 +379,7 @@ def launch_run(
     try:
         from detectron2.engine import launch
     except ImportError:
-        raise ConfigError("engine: detectron2 needs Detectron2 installed (see the README); or use engine=torchvision") from None
+        raise ConfigError("engine: detectron2 needs Detectron2 installed (docs/installation.md); or use engine=torchvision") from None
     if num_gpus > 1 and not torch.cuda.is_available():
         raise ConfigError("--num-gpus > 1 needs CUDA GPUs")
     out.mkdir(parents=True, exist_ok=True)
