@@ -50,6 +50,27 @@ def configs(tmp_path):
     return tmp_path, child
 
 
+def test_vars_are_the_configs_own_variables_and_are_dropped_after_interpolation(tmp_path):
+    base = write(tmp_path / "base.yaml", "kind: test-kind\nvars: {root: /data}\nname: ${vars.root}/a\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nnote: ${vars.root}/b\n")
+    cfg = load(child)
+    assert (cfg.name, cfg.note) == ("/data/a", "/data/b") and not hasattr(cfg, "vars")
+    moved = load(child, ["vars.root=/mnt"])
+    assert (moved.name, moved.note) == ("/mnt/a", "/mnt/b")
+    assert load(base, {"vars.root": "/x", "steps": 3}).name == "/x/a"  # from code: typed values, no strings to parse
+    with pytest.raises(ConfigError, match="'vars'.*mapping"):
+        load(write(tmp_path / "bad.yaml", "kind: test-kind\nname: a\nvars: 3\n"))
+    with pytest.raises(ConfigError, match="vars.missing"):
+        load(write(tmp_path / "unset.yaml", "kind: test-kind\nname: ${vars.missing}\n"))
+
+
+def test_a_mapping_override_keeps_its_value_as_it_is(configs):
+    _, child = configs
+    assert load(child, {"note": "1e-3", "steps": 4}).note == "1e-3"  # a string stays a string
+    with pytest.raises(ConfigError, match="steps"):
+        load(child, {"steps": "four"})
+
+
 def test_bases_merge_in_order_and_interpolation_sees_final_values(configs):
     _, child = configs
     cfg = load(child)

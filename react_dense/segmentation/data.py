@@ -164,6 +164,8 @@ def image_folder(root: Path, split: str, classes: Optional[list[str]]) -> Segmen
     """Any `ROOT/{split}/images/*.jpg` + `ROOT/{split}/labels/*.png` whose label values are class
     indices. The class names come from `classes: FILE`, or from `ROOT/classes.json`:
     `{"classes": [...], "unseen": [...], "background_index": i}` (the last two optional)."""
+    if not root.is_dir():
+        raise SegmentationDataError(f"segmentation data folder not found: {root}")
     record = {}
     record_path = root / "classes.json"
     if record_path.is_file():

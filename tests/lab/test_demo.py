@@ -95,6 +95,10 @@ def test_report_has_tables_plots_and_metrics(quick_demo):
     assert "mIoU_unseen" in metrics["dense"]["maskclip/random"]
     claims = metrics["claims"]
     assert len(claims) == 13 and all(set(c) >= {"name", "target", "measured", "holds"} for c in claims)
+    # quick-scale figures only exercise the stages: the report opens saying so and judges no claim
+    assert report.startswith("# REACT on the synthetic world\n\n**A quick-scale run") and "show nothing about the method" in report
+    assert not any(c["evaluated"] for c in claims)
+    assert report.count("not evaluated at quick scale") == len(claims) and "NOT met" not in report
     novel_only = [c for c in claims if "F-VLM's novel weight" in c["name"]]
     assert [dict(c["values"]).get("gated-image + dense + replay · random pairs") for c in novel_only][1] == (
         metrics["dense"]["detection-novel/random"]["bbox/APr"])
