@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from react_core.config import ConfigError, load
 from react_core.errors import UserError
@@ -14,11 +14,12 @@ from react_dense.segmentation.config import SegmentationConfig
 DenseConfig = Union[DetectionConfig, SegmentationConfig]
 
 
-def load_dense_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> DenseConfig:
-    """`path` with `overrides`, refused unless it is a detection or segmentation config."""
+def load_dense_config(path: Union[str, Path], overrides: Union[Sequence[str], Mapping[str, Any]] = ()) -> DenseConfig:
+    """`path` with `overrides` (`key=value` strings or a mapping, as `react_core.config.load` takes
+    them), refused unless it is a detection or segmentation config."""
     import react_dense.plugin  # noqa: F401  (registers both kinds and their parts)
 
-    cfg = load(str(path), list(overrides))
+    cfg = load(str(path), overrides)
     if not isinstance(cfg, (DetectionConfig, SegmentationConfig)):
         raise ConfigError(
             f"{path}: expected `kind: detection` or `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}"
@@ -28,7 +29,7 @@ def load_dense_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> 
 
 def train(
     config: Union[str, Path],
-    overrides: Sequence[str],
+    overrides: Union[Sequence[str], Mapping[str, Any]],
     out: Union[str, Path],
     *,
     resume: bool = False,
