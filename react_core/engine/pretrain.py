@@ -6,12 +6,11 @@ resumes from its last checkpoint.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from react_core.engine.common import run_key, training_device, zeroshot
-from react_core.io import atomic_write_json, file_sha256
+from react_core.io import atomic_write_json, file_sha256, read_json
 
 MODEL_FILE = "model.safetensors"
 SUMMARY_FILE = "pretrain.json"
@@ -22,7 +21,7 @@ logger = logging.getLogger("react")
 def cached_pretrain(out: str | Path, key: str) -> Path | None:
     summary = Path(out) / SUMMARY_FILE
     weights = Path(out) / MODEL_FILE
-    if summary.is_file() and weights.is_file() and json.loads(summary.read_text()).get("cache_key") == key:
+    if summary.is_file() and weights.is_file() and read_json(summary).get("cache_key") == key:
         return weights
     return None
 
@@ -45,16 +44,16 @@ def pretrain(cfg, out: str | Path) -> Path:
     from react_core.modeling import save_full, set_trainable
 
     out = Path(out)
+    key = pretrain_key(cfg)  # before any model is made: a cached result needs none (nor its random-init notice)
+    cached = cached_pretrain(out, key)
+    if cached is not None:
+        logger.info("pretrained model for this config is cached: %s", cached)
+        return cached
     if cfg.model.weights or cfg.model.pretrained:
         logger.warning("pretrain starts from %s, not from scratch", cfg.model.weights or cfg.model.pretrained)
     torch.manual_seed(cfg.train.seed)  # the random initial weights
     bundle = cfg.model.load()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation), cfg.data.replay)
-    key = run_key(cfg, dataset)
-    cached = cached_pretrain(out, key)
-    if cached is not None:
-        logger.info("pretrained model for this config is cached: %s", cached)
-        return cached
     out.mkdir(parents=True, exist_ok=True)
     write_run_config(cfg, out)
     counts = set_trainable(bundle.model, "full")
