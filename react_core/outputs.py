@@ -58,21 +58,21 @@ def _main_process() -> bool:
 
 @contextlib.contextmanager
 def _locked(lock: Path, holder: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking `flock` on `lock` (pid inside); `OutputRefusedError` naming the
-    holder's pid when another process has it."""
+    """Hold an exclusive, non-blocking `flock` on `lock` (pid inside) for the output `holder`;
+    `OutputRefusedError` naming the holder's pid when another process has it."""
     import fcntl
 
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
-            raise (write_error(lock, error) or error) from None
+            raise (write_error(holder, error) or error) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise (write_error(lock, error) or error) from None
+                raise (write_error(holder, error) or error) from None
             raise OutputRefusedError(f"{holder} is in use by another run ({_holder(lock)}, lock {lock}); wait for it "
                               "to finish or choose another output") from None
         with contextlib.suppress(OSError):
@@ -84,7 +84,7 @@ def _locked(lock: Path, holder: str) -> Iterator[None]:
         os.write(fd, f"{os.getpid()}\n".encode())
     except OSError as error:
         os.close(fd)
-        raise (write_error(lock, error) or error) from None
+        raise (write_error(holder, error) or error) from None
     try:
         yield
     finally:
@@ -192,7 +192,7 @@ def claim_file(path: str | Path, command: str, identity: str, overwrite: bool = 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise (write_error(path.parent, error) or error) from None
+        raise (write_error(path, error) or error) from None
     with _locked(path.parent / f".{path.name}{LOCK_FILE}", str(path)):
         record_file = path.parent / f".{path.name}{RUN_RECORD}"
         record = _read_record(record_file) if record_file.is_file() else None
