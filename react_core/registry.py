@@ -53,6 +53,10 @@ class PartRegistry:
         """Say that `module` registers the part `name`, without importing it."""
         self._declared[name] = module
 
+    def declarations(self) -> dict[str, str]:
+        """Part name -> the module declared to register it."""
+        return dict(self._declared)
+
     def names(self) -> list[str]:
         registered = self._registry.module_dict if self._registry is not None else {}
         return sorted(set(registered) | set(self._declared))
