@@ -6,12 +6,12 @@ a command whose output is one file):
 - a lock file (`.react.lock`, holding the pid) stops a second process from writing into the same
   output while the first runs; the lock is an `flock`, which the system drops when its holder
   dies, so the lock file of a killed run is simply taken over;
-- the folder records which run wrote it (`.react-run.json`: the command and a hash of what decides
-  its results, `run_identity`). The same run may come back to it (resume, or run again); another
-  command, or the same command with other settings, is refused while the folder holds anything,
-  unless `overwrite` (the commands' `--overwrite`), which deletes what the earlier run left first.
-  A non-empty folder that no run recorded is never written into without `--overwrite`, and never
-  deleted from.
+- the folder records which run wrote it (`.react-run.json`: the command and a hash of each of the
+  settings that decide its results, `settings_hashes`). The same run may come back to it (resume,
+  or run again); another command, or the same command with other settings (the refusal names
+  them), is refused while the folder holds anything, unless `overwrite` (the commands'
+  `--overwrite`), which deletes what the earlier run left first. A non-empty folder that no run
+  recorded is never written into without `--overwrite`, and never deleted from.
 
 Under torchrun only the main process (RANK 0) claims: the others write into the folder it holds.
 """
@@ -44,12 +44,13 @@ def add_overwrite_argument(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
-def run_identity(settings: Mapping[str, Any]) -> str:
-    """A short hash of what decides a run's results (a resolved config, the arguments that
-    matter), with relative paths made absolute, so the same run typed from another folder is the
-    same run."""
-    payload = json.dumps(absolute_paths(dict(settings)), sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+def settings_hashes(settings: Mapping[str, Any]) -> dict[str, str]:
+    """A short hash of each entry of `settings` (what decides a run's results: the sections of a
+    resolved config, the arguments that matter), relative paths made absolute first, so the same
+    run typed from another folder is the same run."""
+    resolved = absolute_paths(dict(settings))
+    return {str(key): hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+            for key, value in resolved.items()}
 
 
 def _main_process() -> bool:
@@ -100,18 +101,21 @@ def _holder(lock: Path) -> str:
     return "pid unknown"
 
 
-def _describe(record: dict) -> str:
-    return f"`react {record.get('command', '?')}`" + (f" (started {record['started']})" if record.get("started") else "")
-
-
-def _held(command: str, record: dict | None) -> str:
+def _held(command: str, hashes: dict[str, str], record: dict | None) -> str:
     """What an output holds, for a refusal: another command's results, this one's with other
-    settings, or files that no run recorded."""
+    settings (naming them), or files that no run recorded."""
     if record is None:
         return "files that no react run recorded"
+    started = f", started {record['started']}" if record.get("started") else ""
     if record.get("command") != command:
-        return f"the results of a different run, {_describe(record)}"
-    return f"the results of a different run, {_describe(record)} with other settings"
+        return f"the results of a different run, `{record.get('command', '?')}`{started}"
+    theirs = record.get("settings") or {}
+    differs = sorted(key for key in hashes.keys() | theirs.keys() if hashes.get(key) != theirs.get(key))
+    return f"the results of a different run (differs in: {', '.join(differs)}), `{command}`{started}"
+
+
+def _record(command: str, hashes: dict[str, str]) -> dict:
+    return {"command": command, "settings": hashes, "started": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def _read_record(path: Path) -> dict | None:
@@ -137,20 +141,22 @@ def _clear(out: Path) -> None:
 
 
 @contextlib.contextmanager
-def claim_output(out: str | Path, command: str, identity: str, overwrite: bool = False) -> Iterator[Path]:
-    """Hold the output folder `out` for one run of `command` (e.g. "customize", "eval zeroshot")
-    whose results `identity` (`run_identity`) decides; yields `out` as a Path.
+def claim_output(out: str | Path, command: str, settings: Mapping[str, Any], overwrite: bool = False) -> Iterator[Path]:
+    """Hold the output folder `out` for one run of `command` whose results `settings` decide;
+    yields `out` as a Path.
 
     Args:
         out: the output folder; made if missing.
-        command: the command's name, as a user types it after `react`.
-        identity: what decides the results; the same command with the same identity is the same
-            run, which may resume or run again in `out`.
+        command: the command as a user types it ("react customize", "tools/train_net.py").
+        settings: what decides the results, by name (config sections, arguments; JSON-able, paths
+            relative to the working directory or absolute). The same command with the same
+            settings is the same run, which may resume or run again in `out`.
         overwrite: replace another run's results (deleted first) instead of refusing.
 
     Returns:
-        A context manager; `OutputRefusedError` (one line) when another process holds `out`, or when it
-        holds another run's results and `overwrite` is false.
+        A context manager. `OutputRefusedError` (one line) when another process holds `out`, or
+        when `out` holds another run's results and `overwrite` is false. A run that fails before it
+        wrote anything leaves no trace (nor the folder, if it made it).
     """
     out = Path(out)
     if not _main_process():
@@ -158,29 +164,41 @@ def claim_output(out: str | Path, command: str, identity: str, overwrite: bool =
         return
     if out.exists() and not out.is_dir():
         raise OutputRefusedError(f"{out} is a file, not a folder: choose another output")
+    made = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise (write_error(out, error) or error) from None
-    with _locked(out / LOCK_FILE, str(out)):
-        record_file = out / RUN_RECORD
-        record = _read_record(record_file) if record_file.is_file() else None
-        same_run = record is not None and (record.get("command"), record.get("identity")) == (command, identity)
-        leftovers = [entry for entry in out.iterdir() if entry.name not in (LOCK_FILE, RUN_RECORD)]
-        if not same_run and leftovers:
-            if not overwrite:
-                raise OutputRefusedError(f"{out} holds {_held(command, record)}: pass --overwrite to replace them, "
-                                  "or choose another output")
-            if record is not None:
+    hashes = settings_hashes(settings)
+    record_file = out / RUN_RECORD
+    try:
+        with _locked(out / LOCK_FILE, str(out)):
+            record = _read_record(record_file) if record_file.is_file() else None
+            same_run = record is not None and (record.get("command"), record.get("settings")) == (command, hashes)
+            leftovers = [entry for entry in out.iterdir() if entry.name not in (LOCK_FILE, RUN_RECORD)]
+            if not same_run and leftovers and not overwrite:
+                remedy = "replace them" if record is not None else "write there anyway (nothing in it is deleted)"
+                raise OutputRefusedError(f"{out} holds {_held(command, hashes, record)}: pass --overwrite to {remedy}, "
+                                         "or choose another output")
+            if not same_run and leftovers and record is not None:
                 _clear(out)
-        if not same_run:
-            started = datetime.datetime.now().isoformat(timespec="seconds")
-            atomic_write_json(record_file, {"command": command, "identity": identity, "started": started})
-        yield out
+            if not same_run:
+                atomic_write_json(record_file, _record(command, hashes))
+            try:
+                yield out
+            except BaseException:
+                if not any(entry.name not in (LOCK_FILE, RUN_RECORD) for entry in out.iterdir()):
+                    record_file.unlink(missing_ok=True)  # nothing written: the folder is as free as before
+                raise
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                out.rmdir()  # only if the failed run left it empty
+        raise
 
 
 @contextlib.contextmanager
-def claim_file(path: str | Path, command: str, identity: str, overwrite: bool = False) -> Iterator[Path]:
+def claim_file(path: str | Path, command: str, settings: Mapping[str, Any], overwrite: bool = False) -> Iterator[Path]:
     """`claim_output` for a command whose result is the one file `path` (a metrics JSON, a
     converted checkpoint): a lock beside it (`.NAME.react.lock`) while the run writes it, and an
     existing `path` is replaced only by the same run (its record, `.NAME.react-run.json`) or with
@@ -193,14 +211,19 @@ def claim_file(path: str | Path, command: str, identity: str, overwrite: bool = 
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise (write_error(path, error) or error) from None
+    hashes = settings_hashes(settings)
+    record_file = path.parent / f".{path.name}{RUN_RECORD}"
     with _locked(path.parent / f".{path.name}{LOCK_FILE}", str(path)):
-        record_file = path.parent / f".{path.name}{RUN_RECORD}"
         record = _read_record(record_file) if record_file.is_file() else None
-        same_run = record is not None and (record.get("command"), record.get("identity")) == (command, identity)
+        same_run = record is not None and (record.get("command"), record.get("settings")) == (command, hashes)
         if path.exists() and not same_run and not overwrite:
-            raise OutputRefusedError(f"{path} exists and holds {_held(command, record)}: pass --overwrite to "
-                              "replace it, or choose another output")
+            raise OutputRefusedError(f"{path} exists and holds {_held(command, hashes, record)}: pass --overwrite "
+                                     "to replace it, or choose another output")
         if not same_run:
-            started = datetime.datetime.now().isoformat(timespec="seconds")
-            atomic_write_json(record_file, {"command": command, "identity": identity, "started": started})
-        yield path
+            atomic_write_json(record_file, _record(command, hashes))
+        try:
+            yield path
+        except BaseException:
+            if not path.exists():
+                record_file.unlink(missing_ok=True)
+            raise

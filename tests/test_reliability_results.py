@@ -51,7 +51,7 @@ def test_segment_writes_one_output_per_input_when_basenames_collide(tiny_world, 
         Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(tmp_path / folder / "x.png")
         inputs.append(str(tmp_path / folder / "x.png"))
     out = tmp_path / "segment"
-    argv = ["segment", "--config", str(CONFIGS / "seg_synthetic.yaml"), "--set", f"vars.world={tiny_world}", "model.weights=null",
+    argv = ["segment", "--config", str(CONFIGS / "seg_synthetic.yaml"), "--set", f"vars.world={tiny_world}", "--set", "model.weights=null",
             "--set", "method=maskclip", "--vocabulary", "red circle,blue square", "--out", str(out), *inputs]
     assert main(argv) == 0
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00001_x.png", "00002_x.png"]

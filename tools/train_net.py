@@ -92,7 +92,7 @@ def claimed_output(args):
     import contextlib
     import dataclasses
 
-    from react_core.outputs import claim_output, run_identity
+    from react_core.outputs import claim_output
     from react_dense.engines.runner import EVALUATION_ONLY, RESULT_FREE
     from react_dense.train_net import load_dense_config
 
@@ -103,7 +103,7 @@ def claimed_output(args):
                 for name, section in config.items() if name not in EVALUATION_ONLY}
     if args.weights:
         settings.update(weights=args.weights, tower_from_config=args.tower_from_config)
-    return claim_output(args.out, "train_net", run_identity(settings), args.overwrite)
+    return claim_output(args.out, "tools/train_net.py", settings, args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:

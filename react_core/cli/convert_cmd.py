@@ -42,12 +42,12 @@ def run(args) -> int:
 
     from react_core.cli import UserError
     from react_core.modeling.gated import gated_layers
-    from react_core.outputs import claim_file, run_identity
+    from react_core.outputs import claim_file
 
     if Path(args.input).resolve() == Path(args.output).resolve():
         raise UserError(f"IN and OUT are the same file: {args.input}")
-    identity = run_identity({k: v for k, v in vars(args).items() if k not in ("handler", "overwrite")})
-    with claim_file(args.output, "convert", identity, args.overwrite):
+    settings = {k: v for k, v in vars(args).items() if k not in ("handler", "overwrite")}
+    with claim_file(args.output, "react convert", settings, args.overwrite):
         bundle = _convert(args)
     print(f"wrote {args.output} ({args.to}, gated layers {gated_layers(bundle.model) or 'none'})")
     return 0

@@ -79,7 +79,7 @@ def run(args) -> int:
     from react_core.engine.config import CustomizeConfig
     from react_core.engine.customize import METRICS_FILE, customize
     from react_core.modeling.text import describe_templates
-    from react_core.outputs import claim_output, run_identity
+    from react_core.outputs import claim_output
 
     configure_logging()
     cfg = load(args.config, args.overrides, schema=CustomizeConfig)
@@ -88,7 +88,7 @@ def run(args) -> int:
         with user_errors():
             used = {describe_templates(e.templates) for e in (cfg.eval, cfg.generic_eval) if e is not None}
         print(f"zero-shot before and after with templates {', '.join(sorted(used))}")
-    with user_errors(), claim_output(out, "customize", run_identity(run_settings(cfg)), args.overwrite):
+    with user_errors(), claim_output(out, "react customize", run_settings(cfg), args.overwrite):
         metrics = customize(cfg, out)
     shown = {k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}
     print(json.dumps(shown, indent=2))

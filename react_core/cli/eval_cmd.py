@@ -93,13 +93,12 @@ def _load(args):
 def _claimed(args) -> Iterator[Path]:
     """The metrics file of this run, held for it (`react_core.outputs`): the folder when --out is
     one, the file itself when --out names a .json."""
-    from react_core.outputs import claim_file, claim_output, run_identity
+    from react_core.outputs import claim_file, claim_output
 
-    identity = run_identity({k: v for k, v in vars(args).items() if k not in ("handler", "out", "overwrite", "workers")})
-    command = f"eval {args.action}"
+    settings = {k: v for k, v in vars(args).items() if k not in ("handler", "out", "overwrite", "workers")}
     path = _metrics_path(args.out)
     claim = claim_file if path == Path(args.out) else claim_output
-    with claim(args.out, command, identity, args.overwrite):
+    with claim(args.out, f"react eval {args.action}", settings, args.overwrite):
         yield path
 
 

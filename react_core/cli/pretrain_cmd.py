@@ -27,12 +27,12 @@ def run(args) -> int:
     from react_core.engine.config import PretrainConfig
     from react_core.engine.pretrain import SUMMARY_FILE, pretrain
     from react_core.io import read_json
-    from react_core.outputs import claim_output, run_identity
+    from react_core.outputs import claim_output
 
     configure_logging()
     cfg = load(args.config, args.overrides, schema=PretrainConfig)
     out = output_folder(args, cfg, "pretrain")
-    with user_errors(), claim_output(out, "pretrain", run_identity(run_settings(cfg)), args.overwrite):
+    with user_errors(), claim_output(out, "react pretrain", run_settings(cfg), args.overwrite):
         weights = pretrain(cfg, out)
     summary = read_json(weights.parent / SUMMARY_FILE)
     if summary.get("zeroshot"):

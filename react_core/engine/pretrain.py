@@ -41,6 +41,8 @@ def pretrain(cfg, out: str | Path) -> Path:
     from react_core.config import write_run_config
     from react_core.data import build_pairs, train_transform
     from react_core.engine.train import train_contrastive
+    from mmengine.dist import barrier, is_main_process
+
     from react_core.modeling import save_full, set_trainable
 
     out = Path(out)
@@ -67,8 +69,10 @@ def pretrain(cfg, out: str | Path) -> Path:
         work_dir=out,
         run_identity={"cache_key": key},
         tokenizer=bundle.tokenizer,
-        export=lambda: save_full(bundle.model, out / MODEL_FILE),
     )
+    if is_main_process():  # the weights file once training is over: never an intermediate one under its name
+        save_full(bundle.model, out / MODEL_FILE)
+    barrier()
     metrics = zeroshot(bundle, cfg.eval, None, training_device())
     generic = zeroshot(bundle, cfg.generic_eval, None, training_device())
     record = {"cache_key": key, "sha256": file_sha256(out / MODEL_FILE), "pairs": len(dataset), "zeroshot": metrics,

@@ -44,7 +44,7 @@ def run(args) -> int:
 
     from react_core.errors import UserError
     from react_core.io import atomic_write_json
-    from react_core.outputs import claim_output, run_identity
+    from react_core.outputs import claim_output
     from react_dense.modeling.vocabulary import parse_vocabulary
 
     cfg = load_detector_config(args)
@@ -52,11 +52,11 @@ def run(args) -> int:
     missing = next((path for path in args.images if not Path(path).is_file()), None)
     if missing is not None:
         raise UserError(f"image not found: {missing}")
-    identity = run_identity({
+    settings = {
         "images": args.images, "weights": args.weights, "config": args.config, "vocabulary": args.vocabulary,
         "base_weights": args.base_weights, "score_threshold": args.score_threshold, "set": args.set,
-    })
-    with claim_output(args.out, "detect", identity, args.overwrite) as out:
+    }
+    with claim_output(args.out, "react detect", settings, args.overwrite) as out:
         results, listing = detect(args, cfg, vocabulary, out)
         categories = [{"id": cid, "name": name} for cid, name in zip(vocabulary.category_ids, vocabulary.names)]
         atomic_write_json(out / "images.json", {"images": listing, "categories": categories})

@@ -48,7 +48,7 @@ def run(args) -> int:
 
     from react_core.errors import UserError
     from react_core.io import atomic_write_json
-    from react_core.outputs import claim_output, run_identity
+    from react_core.outputs import claim_output
     from react_dense.modeling.vocabulary import parse_vocabulary
     from react_dense.segmentation.visualize import palette
 
@@ -57,11 +57,11 @@ def run(args) -> int:
     missing = next((path for path in args.images if not Path(path).is_file()), None)
     if missing is not None:
         raise UserError(f"image not found: {missing}")
-    identity = run_identity({
+    settings = {
         "images": args.images, "weights": args.weights, "config": args.config, "vocabulary": args.vocabulary,
         "base_weights": args.base_weights, "no_void": args.no_void, "set": args.set,
-    })
-    with claim_output(args.out, "segment", identity, args.overwrite) as out:
+    }
+    with claim_output(args.out, "react segment", settings, args.overwrite) as out:
         fill = segment(args, cfg, vocabulary, out)
         colors = palette(len(vocabulary)).tolist()
         atomic_write_json(

@@ -43,13 +43,13 @@ def register(subparsers):
 
 def run(args) -> int:
     from react_core.errors import UserError
-    from react_core.outputs import claim_output, run_identity
+    from react_core.outputs import claim_output
     from react_dense.lab.demo.pipeline import configure_logging, run_demo
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     configure_logging()
     # every demo is the same run: its stages are cached by their own inputs, a changed one is redone
-    with claim_output(args.out, "demo", run_identity({}), args.overwrite):
+    with claim_output(args.out, "react demo", {}, args.overwrite):
         run_demo(Path(args.out), quick=args.quick, seed=args.seed, jobs=args.jobs, ablations=args.ablations)
     return 0
