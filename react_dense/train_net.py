@@ -45,9 +45,23 @@ def train(
     metrics written to `out/metrics.json` (None on the non-main processes of a multi-GPU run).
     `weights` is a checkpoint for `eval_only`, `tower_from_config` evaluates it with the config's
     image tower (`react_dense.engines.checkpoint.with_model_tower`); the GPU and machine settings are Detectron2's (the
-    torchvision and plain engines run on several devices under torchrun)."""
+    torchvision and plain engines run on several devices under torchrun). An evaluation into a folder
+    without a config.yaml writes one, recording the checkpoint it read."""
+    from react_core.config import RUN_CONFIG, write_run_config
+    from react_dense.engines.checkpoint import FINAL
+
     cfg = load_dense_config(config, overrides)
     out = Path(out)
+    record = eval_only and not (out / RUN_CONFIG).is_file()
+    metrics = _run_engine(cfg, out, resume, eval_only, weights, tower_from_config, num_gpus, num_machines, machine_rank, dist_url)
+    if record and metrics is not None:
+        write_run_config(cfg, out, read=[weights or out / FINAL])
+    return metrics
+
+
+def _run_engine(cfg: DenseConfig, out: Path, resume: bool, eval_only: bool, weights: Optional[str], tower_from_config: bool,
+                num_gpus: int, num_machines: int, machine_rank: int, dist_url: str) -> Optional[dict]:
+    """`train` on the config's engine."""
     if tower_from_config and not eval_only:
         raise UserError("--tower-from-config is for --eval-only")
     if cfg.engine == "detectron2" and int(os.environ.get("WORLD_SIZE", "1")) > 1:

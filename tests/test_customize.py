@@ -66,7 +66,7 @@ def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tiny_base, t
     assert "mmengine - INFO" not in console and "Failed to search registry" not in console
     assert "Parsing model identifier" not in console  # open_clip's INFO lines
     assert sorted(p.name for p in out.iterdir()) == [
-        "adapter.safetensors", "cache", "checkpoint_last.pt", "config.yaml", "metrics.json", "train.log"]
+        ".react-run.json", "adapter.safetensors", "cache", "checkpoint_last.pt", "config.yaml", "metrics.json", "train.log"]
     assert "iter 3/3" in (out / "train.log").read_text()  # the scalars still reach the log file
     umask = os.umask(0)
     os.umask(umask)
@@ -93,13 +93,13 @@ def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tiny_base, t
     assert again["zeroshot_top1_after"] == pytest.approx(metrics["zeroshot_top1_after"])
 
 
-def test_customize_config_errors_name_the_key(tiny_runs, capsys):
+def test_customize_config_errors_name_the_key(tiny_runs, tmp_path, capsys):
     from react_core.cli import main
 
     _, _, customize_yaml = tiny_runs
     assert main(["customize", "--config", str(customize_yaml), "train.mode=half"]) == 2
     assert "train.mode" in capsys.readouterr().err
-    assert main(["customize", "--config", str(customize_yaml), "data.train.manifest=/nowhere.parquet", "--out", "/tmp/x"]) == 2
+    assert main(["customize", "--config", str(customize_yaml), "data.train.manifest=/nowhere.parquet", "--out", str(tmp_path / "x")]) == 2
     assert "/nowhere.parquet" in capsys.readouterr().err
 
 

@@ -14,7 +14,7 @@ from test_dense_detector import CONFIG, scenes  # noqa: F401  (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 try:
-    from train_net import build_parser, main, normalize_overrides
+    from train_net import build_parser, claimed_output, main, normalize_overrides
 finally:
     sys.path.pop(0)
 
@@ -43,11 +43,14 @@ def _error_line(capsys) -> str:
 
 def test_a_finished_run_is_not_retrained_over(scenes, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.json").write_text(json.dumps({"bbox/AP": 1.0}))
-    assert main(["--config", str(CONFIG), "--out", str(out), f"vars.world={scenes}", "model.weights=null"]) == 2
+    argv = ["--config", str(CONFIG), "--out", str(out), f"vars.world={scenes}", "model.weights=null"]
+    with claimed_output(build_parser().parse_intermixed_args(argv)):  # the run that finished here
+        (out / "metrics.json").write_text(json.dumps({"bbox/AP": 1.0}))
+    assert main(argv) == 2
     assert "--resume" in _error_line(capsys)
     assert json.loads((out / "metrics.json").read_text()) == {"bbox/AP": 1.0}
+    assert main([*argv, "train.lr=0.5"]) == 2  # another config: another run, not this one to resume
+    assert "holds the results of a different run (differs in: train), `tools/train_net.py`" in _error_line(capsys)
 
 
 def test_a_bad_detectron2_override_is_named(scenes, tmp_path, capsys):  # noqa: F811

@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ReactError as error:
-        print(f"react {args.command}: error: {error}", file=sys.stderr)
+        from react_core.console import print_error
+
+        print_error(f"react {args.command}", error)
         return 2
 
 

@@ -6,7 +6,6 @@ that same identity.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -14,6 +13,7 @@ import numpy as np
 import torch
 
 from react_core.errors import ReactError
+from react_core.io import read_json
 from react_core.modeling.text import cached_class_embeddings
 
 CAPTION_TEMPLATE = ["{}"]
@@ -41,7 +41,9 @@ def embeddings_from_folder(folder: str | Path, ids: Sequence[str], identity: dic
     manifest = folder / "embeddings.json"
     if not manifest.is_file():
         raise EmbeddingFolderError(f"{manifest} not found: cannot tell which model made these embeddings")
-    described = json.loads(manifest.read_text(encoding="utf-8"))
+    described = read_json(manifest, EmbeddingFolderError)
+    if not isinstance(described, dict):
+        raise EmbeddingFolderError(f"{manifest}: expected a JSON object naming the model")
     stored = described.get("identity", described.get("model"))
     if stored != identity:
         raise EmbeddingFolderError(

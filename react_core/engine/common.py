@@ -1,6 +1,7 @@
 """What pretrain and customize share: config hashes, zero-shot checks, devices."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -41,14 +42,15 @@ def zeroshot(bundle, eval_cfg, cache_dir: Path | None, device, keep_result: bool
         return None
     from react_core.data import read_classnames
     from react_core.eval import evaluate_zeroshot
-    from react_core.io import atomic_write_json
+    from react_core.io import TextFileError, atomic_write_json, read_json
 
     classnames = read_classnames(eval_cfg.classes)
     kept = None
     if keep_result and cache_dir is not None and bundle.spec.named:
         kept = Path(cache_dir) / f"zeroshot_{_zeroshot_key(bundle, classnames, eval_cfg)}.json"
         if kept.is_file():
-            return json.loads(kept.read_text(encoding="utf-8"))
+            with contextlib.suppress(TextFileError):  # a damaged cache entry is computed again
+                return read_json(kept)
     metrics = evaluate_zeroshot(
         bundle,
         classnames,

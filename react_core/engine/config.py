@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
-import react_core.data  # noqa: F401  (registers the pair dataset types named in `data.train`)
 from react_core.config import ConfigError, buildable, config_kind
-from react_core.config.common import ModelConfig, TrainSchedule
+from react_core.config.common import DEFAULT_TEMPLATES, ModelConfig, TrainSchedule
 from react_core.registry import DATASETS
+
+for _name in ("PairManifest", "WebDatasetPairs", "CaptionedFolder"):  # the pair sets `data.train` may name
+    DATASETS.declare(_name, "react_core.data.pairs")
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ZeroShotConfig:
 
     classes: str
     images: str
-    templates: str = "simple"
+    templates: str = DEFAULT_TEMPLATES
     batch_size: int = 256
 
 

@@ -5,9 +5,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from react_core.config import ConfigError, buildable, config_kind, load
-from react_core.config.common import ModelConfig
+from react_core.config.common import ModelConfig, TextConfig
 from react_core.registry import BACKBONES, HEADS
-from react_dense.modeling.vocabulary import TextConfig
 from react_dense.schedule import DenseTrain
 
 

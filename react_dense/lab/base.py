@@ -8,14 +8,13 @@ sha256 is checked, and `react_core.engine.pretrain.pretrain` returns them withou
 """
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 from react_core.engine.pretrain import MODEL_FILE, SUMMARY_FILE, cached_pretrain, pretrain, pretrain_key
-from react_core.io import atomic_path, atomic_write_text, file_sha256
+from react_core.io import atomic_path, atomic_write_text, file_sha256, read_json
 from react_core.modeling import CheckpointError
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -32,7 +31,7 @@ def shipped_base(key: str, weights: Path = SHIPPED_WEIGHTS) -> Path | None:
     record_file = weights.with_suffix(".json")
     if not (weights.is_file() and record_file.is_file()):
         raise CheckpointError(f"shipped base not found: {weights} and {record_file}")
-    record = json.loads(record_file.read_text(encoding="utf-8"))
+    record = read_json(record_file, CheckpointError)
     if record.get("cache_key") != key:
         return None
     digest = file_sha256(weights)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from react_core.outputs import add_overwrite_argument
+
 
 def register(subparsers):
     parser = subparsers.add_parser(
@@ -20,6 +22,7 @@ def register(subparsers):
     )
     parser.add_argument("--quick", action="store_true", help="smoke test of every stage on the tiny preset, one seed")
     parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    add_overwrite_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="first training seed (the full demo uses three)")
     parser.add_argument(
         "--jobs", type=int, default=1,
@@ -40,10 +43,13 @@ def register(subparsers):
 
 def run(args) -> int:
     from react_core.errors import UserError
+    from react_core.outputs import claim_output
     from react_dense.lab.demo.pipeline import configure_logging, run_demo
 
     if args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
     configure_logging()
-    run_demo(Path(args.out), quick=args.quick, seed=args.seed, jobs=args.jobs, ablations=args.ablations)
+    # every demo is the same run: its stages are cached by their own inputs, a changed one is redone
+    with claim_output(args.out, "react demo", {}, args.overwrite):
+        run_demo(Path(args.out), quick=args.quick, seed=args.seed, jobs=args.jobs, ablations=args.ablations)
     return 0

@@ -37,6 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from react_core.io import read_json
 from react_dense.lab.world.concepts import CALIBRATION_HELDOUT
 from react_dense.lab.base import CONFIGS, prepare_base
 from react_dense.lab.demo.stages import Stage, StageRunner
@@ -202,7 +203,7 @@ def _dense(config: str, overrides: dict, evaluate: str | None, temperature_from:
     from react_dense.train_net import train
 
     if temperature_from is not None:
-        overrides = {**overrides, "ensemble.temperature": json.loads(Path(temperature_from).read_text())["temperature"]}
+        overrides = {**overrides, "ensemble.temperature": read_json(temperature_from)["temperature"]}
     metrics = train(CONFIGS / config, overrides, folder, eval_only=evaluate is not None,
                     weights=evaluate, tower_from_config=evaluate is not None)
     return {"metrics": metrics}

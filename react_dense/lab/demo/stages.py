@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from react_core.errors import ReactError
-from react_core.io import atomic_write_json
+from react_core.io import TextFileError, atomic_write_json, read_json
 from react_core.machine import usable_cpus
 
 STAGE_FILE = "stage.json"
@@ -112,7 +112,9 @@ class StageRunner:
             self.done += 1
             prefix = f"[{self.done}/{self.total}] {stage.name}"
             record = self.root / stage.name / STAGE_FILE
-            saved = json.loads(record.read_text()) if record.is_file() else {}
+            saved = {}
+            with contextlib.suppress(TextFileError):  # a damaged record: the stage runs again
+                saved = read_json(record) if record.is_file() else {}
             if saved.get("key") == key:
                 self.echo(f"{prefix}: cached")
                 results[stage.name] = saved["result"]

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -28,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from react_core.errors import ReactError
-from react_core.io import atomic_write_json
+from react_core.io import atomic_write_json, read_json
 from react_core.machine import usable_cpus
 from react_dense.lab.world import concepts, corpus, scenes, semseg, tasks
 from react_dense.lab.world.presets import PRESETS, Preset
@@ -76,7 +75,7 @@ def load_world(out: str | Path) -> World:
     path = root / "world.json"
     if not path.is_file():
         raise WorldError(f"{root}: no world.json (make one with `react synth --preset tiny --out {root}`)")
-    info = json.loads(path.read_text(encoding="utf-8"))
+    info = read_json(path, WorldError)
     return World(
         root=root,
         preset=info["preset"],
@@ -210,7 +209,7 @@ def generate_world(
     with _locked(root):
         existing = root / "world.json"
         if existing.is_file():
-            info = json.loads(existing.read_text(encoding="utf-8"))
+            info = read_json(existing, WorldError)
             if (info.get("preset"), info.get("seed"), info.get("generator_version")) == (
                     preset, seed, GENERATOR_VERSION):
                 tasks.ensure_generic_eval(root, seed=seed)
