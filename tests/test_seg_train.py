@@ -73,7 +73,7 @@ def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, 
 
 
 def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
-    assert _train_net("--config", CONFIG, f"vars.world={tmp_path}", "model.weights=null") == 2
+    assert _train_net("--config", CONFIG, "--out", str(tmp_path / "run"), f"vars.world={tmp_path}", "model.weights=null") == 2
     assert f"train_net: error: segmentation data folder not found: {tmp_path}/semseg" in capsys.readouterr().err
 
 
