@@ -15,6 +15,16 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from react_core.errors import ReactError
+
+
+class TextFileError(ReactError):
+    """A text file that cannot be read as UTF-8; names the file and the line."""
+
+
+class OutputError(ReactError):
+    """An output that cannot be written (a read-only folder, a full disk); names the file."""
+
 
 def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it back at once
@@ -63,3 +73,25 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: handle.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_text(path: str | Path) -> str:
+    """The UTF-8 text of a file the user gave; a file that is not UTF-8 is a `TextFileError`
+    naming the line and column of the first bad byte (a one-line error, not a traceback)."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise TextFileError(f"{path}, line {line}: not UTF-8 text (byte 0x{data[error.start]:02x} at column {column})") from None
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turn an `OSError` raised while writing under `path` (read-only folder, full disk) into an
+    `OutputError` naming the file; atomic writes have already removed their temporary file."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(f"{path}: cannot write ({error.strerror or error})") from None
