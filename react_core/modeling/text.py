@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from react_core.errors import ReactError
-from react_core.io import atomic_path
+from react_core.io import atomic_path, read_text
 
 _BUILTIN_TEMPLATES = ("imagenet", "simple", "none")
 
@@ -48,7 +48,7 @@ def load_templates(spec: str | Sequence[str]) -> list[str]:
         path = Path(spec)
         if not path.is_file():
             raise VocabularyError(f"templates '{spec}' is neither a built-in set ({', '.join(_BUILTIN_TEMPLATES)}) nor a file")
-        templates = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        templates = [line.rstrip("\n") for line in read_text(path).splitlines()]
         source = str(path)
     kept = []
     for number, template in enumerate(templates, 1):
