@@ -375,6 +375,7 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablat
             _cli([
                 "retrieve", *index_args, "--emb", str(emb_dir),
                 "--classes", str(classes_file), "--templates", "simple",
+                "--ground-truth", str(world_dir / "corpus" / "manifest.parquet"),
                 *retrieval_args, "--mode", mode, "--out", str(subset),
             ])
             results[mode] = json.loads((subset / "stats.json").read_text())
