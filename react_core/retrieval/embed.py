@@ -499,8 +499,6 @@ def embed_corpus(
     `failed` (list of (shard, id, reason)) for the images that could not be read. `batch_size`
     defaults to `DEFAULT_BATCH_SIZE` of the model's device type.
     """
-    import pandas as pd
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -520,7 +518,6 @@ def embed_corpus(
     mine = shards[rank::world_size]
     pending = [s for s in mine if not shard_done(out, s.number)]
     summary = {"shards": 0, "already_done": len(mine) - len(pending), "rows": 0, "failed": []}
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
     bar = tqdm(total=None, desc=f"embed (rank {rank})" if world_size > 1 else "embed", unit="img",
                disable=not progress, smoothing=0.1)
     for shard in pending:
@@ -529,36 +526,70 @@ def embed_corpus(
         dataset = _ShardImages(locations, bundle.preprocess_val)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
                             pin_memory=device.type == "cuda", persistent_workers=False)
-        image_chunks, text_chunks, kept, digests, failed = [], [], [], [], []
         captions = rows["caption"].tolist()
-        with torch.no_grad(), autocast:
-            for images, batch_rows, batch_digests, batch_failed in loader:
-                failed.extend(batch_failed)
-                if batch_rows:
-                    image = model.encode_image(images.to(device, non_blocking=True))
-                    tokens = bundle.tokenizer([captions[r] for r in batch_rows]).to(device)
-                    text = model.encode_text(tokens)
-                    image_chunks.append(torch.nn.functional.normalize(image.float(), dim=-1).half().cpu())
-                    text_chunks.append(torch.nn.functional.normalize(text.float(), dim=-1).half().cpu())
-                    kept.extend(batch_rows)
-                    digests.extend(batch_digests)
-                bar.update(len(batch_rows) + len(batch_failed))
-        files = shard_files(out, shard.number)
-        skipped = rows.iloc[[r for r, _ in failed]].copy()
-        skipped["reason"] = [reason for _, reason in failed]
-        skipped["input_shard"] = shard.name
-        _write_parquet(files["skipped"], skipped)
-        empty = torch.empty(0, dim, dtype=torch.float16)
-        _write_npy(files["image"], torch.cat(image_chunks).numpy() if image_chunks else empty.numpy())
-        _write_npy(files["text"], torch.cat(text_chunks).numpy() if text_chunks else empty.numpy())
-        metadata = rows.iloc[kept].reset_index(drop=True)
-        metadata["sha256"] = pd.array(digests, dtype="string")
-        _write_parquet(files["metadata"], metadata)
+        batches = []
+        for images, batch_rows, batch_digests, batch_failed in loader:
+            batches.append(EmbeddedBatch(*embed_batch(bundle, images, [captions[r] for r in batch_rows]),
+                                         batch_rows, batch_digests, batch_failed))
+            bar.update(len(batch_rows) + len(batch_failed))
+        failed = write_shard(out, shard, rows, batches, dim)
         summary["shards"] += 1
-        summary["rows"] += len(kept)
-        summary["failed"].extend((shard.number, str(rows["id"].iloc[r]), reason) for r, reason in failed)
+        summary["rows"] += sum(len(b.rows) for b in batches)
+        summary["failed"].extend(failed)
     bar.close()
     return summary
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch's float16 image and caption embeddings, the shard rows they belong to, the image
+    digests, and the (row, reason) of the batch's samples that could not be read."""
+
+    image: np.ndarray
+    text: np.ndarray
+    rows: list[int]
+    digests: list[str | None]
+    failed: list[tuple[int, str]]
+
+
+def embed_batch(bundle, images, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float16 L2-normalised image and caption embeddings of one batch: the one forward pass of
+    every runner (one process, torchrun ranks, Ray actors), so that a batch gives the same bytes
+    wherever it runs on the same kind of device."""
+    import torch
+
+    if not captions:  # every image of the batch unreadable
+        return np.empty((0, 0), dtype=np.float16), np.empty((0, 0), dtype=np.float16)
+    model = bundle.model
+    device = next(model.parameters()).device
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), autocast:
+        image = model.encode_image(images.to(device, non_blocking=True))
+        text = model.encode_text(bundle.tokenizer(captions).to(device))
+        image = torch.nn.functional.normalize(image.float(), dim=-1).half().cpu()
+        text = torch.nn.functional.normalize(text.float(), dim=-1).half().cpu()
+    return image.numpy(), text.numpy()
+
+
+def write_shard(out: Path, shard: InputShard, rows, batches: list[EmbeddedBatch], dim: int) -> list[tuple[int, str, str]]:
+    """Write output shard `shard.number` from its batches in order: skipped/, img_emb/, text_emb/
+    and metadata/ last (so a shard is done exactly when its metadata exists). Returns the
+    (shard, id, reason) of the samples skipped."""
+    import pandas as pd
+
+    failed = [item for batch in batches for item in batch.failed]
+    files = shard_files(out, shard.number)
+    skipped = rows.iloc[[r for r, _ in failed]].copy()
+    skipped["reason"] = [reason for _, reason in failed]
+    skipped["input_shard"] = shard.name
+    _write_parquet(files["skipped"], skipped)
+    for kind in ("image", "text"):
+        arrays = [getattr(batch, kind) for batch in batches if len(batch.rows)]
+        _write_npy(files[kind], np.concatenate(arrays) if arrays else np.empty((0, dim), dtype=np.float16))
+    metadata = rows.iloc[[r for batch in batches for r in batch.rows]].reset_index(drop=True)
+    metadata["sha256"] = pd.array([d for batch in batches for d in batch.digests], dtype="string")
+    _write_parquet(files["metadata"], metadata)
+    return [(shard.number, str(rows["id"].iloc[r]), reason) for r, reason in failed]
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
