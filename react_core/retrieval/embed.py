@@ -518,25 +518,24 @@ def embed_corpus(
     mine = shards[rank::world_size]
     pending = [s for s in mine if not shard_done(out, s.number)]
     summary = {"shards": 0, "already_done": len(mine) - len(pending), "rows": 0, "failed": []}
-    bar = tqdm(total=None, desc=f"embed (rank {rank})" if world_size > 1 else "embed", unit="img",
-               disable=not progress, smoothing=0.1)
-    for shard in pending:
-        bar.set_postfix_str(f"shard {shard.number + 1}/{len(shards)}")
-        rows, locations = shard.load()
-        dataset = _ShardImages(locations, bundle.preprocess_val)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        captions = rows["caption"].tolist()
-        batches = []
-        for images, batch_rows, batch_digests, batch_failed in loader:
-            batches.append(EmbeddedBatch(*embed_batch(bundle, images, [captions[r] for r in batch_rows]),
-                                         batch_rows, batch_digests, batch_failed))
-            bar.update(len(batch_rows) + len(batch_failed))
-        failed = write_shard(out, shard, rows, batches, dim)
-        summary["shards"] += 1
-        summary["rows"] += sum(len(b.rows) for b in batches)
-        summary["failed"].extend(failed)
-    bar.close()
+    with tqdm(total=None, desc=f"embed (rank {rank})" if world_size > 1 else "embed", unit="img",
+              disable=not progress, smoothing=0.1) as bar:
+        for shard in pending:
+            bar.set_postfix_str(f"shard {shard.number + 1}/{len(shards)}")
+            rows, locations = shard.load()
+            dataset = _ShardImages(locations, bundle.preprocess_val)
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                pin_memory=device.type == "cuda", persistent_workers=False)
+            captions = rows["caption"].tolist()
+            batches = []
+            for images, batch_rows, batch_digests, batch_failed in loader:
+                batches.append(EmbeddedBatch(*embed_batch(bundle, images, [captions[r] for r in batch_rows]),
+                                             batch_rows, batch_digests, batch_failed))
+                bar.update(len(batch_rows) + len(batch_failed))
+            failed = write_shard(out, shard, rows, batches, dim)
+            summary["shards"] += 1
+            summary["rows"] += sum(len(b.rows) for b in batches)
+            summary["failed"].extend(failed)
     return summary
 
 

@@ -209,29 +209,27 @@ def embed_corpus_ray(
 
     by_number = {s.number: s for s in pending}
     gathered: dict[int, dict[int, EmbeddedBatch]] = {}
-    bar = tqdm(total=None, desc="embed (ray)", unit="img", disable=not progress, smoothing=0.1)
     try:
-        for row in dataset.iter_rows():
-            number, index, count = int(row["shard"]), int(row["batch"]), int(row["batches"])
-            listing = json.loads(row["listing"])
-            batch = EmbeddedBatch(_from_bytes(row["image"]), _from_bytes(row["text"]), listing["rows"], listing["digests"],
-                                  [(row_, reason) for row_, reason in listing["failed"]])
-            parts = gathered.setdefault(number, {})
-            parts[index] = batch
-            bar.update(len(batch.rows) + len(batch.failed))
-            if len(parts) == count:
-                shard = by_number[number]
-                rows, _ = shard.load()
-                summary["failed"].extend(write_shard(out, shard, rows, [parts[i] for i in range(count)], dim))
-                summary["shards"] += 1
-                summary["rows"] += sum(len(parts[i].rows) for i in range(count))
-                del gathered[number]
-                bar.set_postfix_str(f"{summary['already_done'] + summary['shards']}/{len(shards)} shards")
+        with tqdm(total=None, desc="embed (ray)", unit="img", disable=not progress, smoothing=0.1) as bar:
+            for row in dataset.iter_rows():
+                number, index, count = int(row["shard"]), int(row["batch"]), int(row["batches"])
+                listing = json.loads(row["listing"])
+                batch = EmbeddedBatch(_from_bytes(row["image"]), _from_bytes(row["text"]), listing["rows"],
+                                      listing["digests"], [(position, reason) for position, reason in listing["failed"]])
+                parts = gathered.setdefault(number, {})
+                parts[index] = batch
+                bar.update(len(batch.rows) + len(batch.failed))
+                if len(parts) == count:
+                    shard = by_number[number]
+                    rows, _ = shard.load()
+                    summary["failed"].extend(write_shard(out, shard, rows, [parts[i] for i in range(count)], dim))
+                    summary["shards"] += 1
+                    summary["rows"] += sum(len(parts[i].rows) for i in range(count))
+                    del gathered[number]
+                    bar.set_postfix_str(f"{summary['already_done'] + summary['shards']}/{len(shards)} shards")
     except Exception as error:  # a worker's ShardError arrives wrapped in Ray's exceptions
         cause = _react_error(error)
         if cause is None:
             raise
         raise type(cause)(str(cause).splitlines()[0]) from None  # Ray Data appends its retry advice to the message
-    finally:
-        bar.close()
     return summary

@@ -140,18 +140,17 @@ def export_subset(subset_dir: str | Path, to: str, out: str | Path, shard_size: 
     local_samples = samples[local].reset_index(drop=True)
     source = _ImageSource()
     manifest = []
-    bar = tqdm(total=len(local_samples), desc=f"export {to}", unit="img", disable=not progress)
-    for number, start in enumerate(range(0, len(local_samples), shard_size)):
-        chunk = local_samples.iloc[start:start + shard_size]
-        rows = _written_rows(out, number)
-        if rows is None:
-            try:
-                rows = _write_shard(chunk, number, to, out, source, counts)
-            except ImageHashError as error:
-                raise ExportError(str(error)) from None
-        manifest.extend(rows)
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(local_samples), desc=f"export {to}", unit="img", disable=not progress) as bar:
+        for number, start in enumerate(range(0, len(local_samples), shard_size)):
+            chunk = local_samples.iloc[start:start + shard_size]
+            rows = _written_rows(out, number)
+            if rows is None:
+                try:
+                    rows = _write_shard(chunk, number, to, out, source, counts)
+                except ImageHashError as error:
+                    raise ExportError(str(error)) from None
+            manifest.extend(rows)
+            bar.update(len(chunk))
     counts["written"] = len(manifest)
     with output_errors(out / "manifest.parquet"), atomic_path(out / "manifest.parquet") as tmp:
         pd.DataFrame(manifest, columns=["id", "caption", "class", "classes", "score", "shard", "key", "path"]).dropna(
