@@ -32,8 +32,8 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per forward pass (default: 256 on a GPU, 64 on a CPU, where small batches run faster)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader processes decoding images (default: 4, or the CPUs available if fewer; with --ray, "
-                        "Ray runs as many decode tasks as the cluster's CPUs allow)")
+                        help="processes decoding images: DataLoader workers (default: 4, or the CPUs available if fewer); "
+                        "with --ray, decode tasks at a time (default: as many as the cluster's free CPUs allow)")
     parser.add_argument(
         "--shard-size", type=int, default=10_000,
         help="rows per output shard for a manifest or folder source (webdataset shards keep theirs)",
@@ -73,8 +73,9 @@ def run(args) -> int:
             from react_core.retrieval.embed_ray import embed_corpus_ray
 
             bundle = load_clip(args.model, args.pretrained, args.weights, device="cpu")
-            summary = embed_corpus_ray(bundle, args.data, args.out, address=args.ray, actors=args.actors, device=device,
-                                       batch_size=args.batch_size, shard_size=args.shard_size)
+            summary = embed_corpus_ray(bundle, args.data, args.out, address=args.ray, actors=args.actors,
+                                       decoders=args.workers or None, device=device, batch_size=args.batch_size,
+                                       shard_size=args.shard_size)
         else:
             bundle = load_clip(args.model, args.pretrained, args.weights, device=device)
             summary = embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,

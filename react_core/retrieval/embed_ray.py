@@ -145,6 +145,7 @@ def embed_corpus_ray(
     *,
     address: str = "auto",
     actors: int | None = None,
+    decoders: int | None = None,
     device: str | None = None,
     batch_size: int | None = None,
     shard_size: int = DEFAULT_SHARD_SIZE,
@@ -158,6 +159,7 @@ def embed_corpus_ray(
         out: the embedding folder to write or resume.
         address: the Ray cluster (`auto`, or `HOST:PORT` / `ray://HOST:PORT`).
         actors: embedding actors (default: one per GPU of the cluster, else 1).
+        decoders: decode tasks at a time (default: as many as the cluster's free CPUs allow).
         device: the actors' device, `cuda` or `cpu` (default: `cuda` when the cluster has GPUs).
         batch_size: images per forward pass (default: `DEFAULT_BATCH_SIZE` of the device).
         shard_size: rows per output shard of a manifest or folder source.
@@ -177,6 +179,10 @@ def embed_corpus_ray(
     if device == "cuda" and not gpus:
         raise EmbeddingError("--device cuda: the Ray cluster has no GPU")
     actors = actors or max(1, gpus if device == "cuda" else 1)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    if device == "cpu" and cpus < actors + 1:  # else the actors hold every CPU and no image is ever decoded
+        raise EmbeddingError(f"{actors} CPU embedding actors need a Ray cluster of at least {actors + 1} CPUs "
+                             f"(one per actor and one to decode); it has {cpus}")
     batch_size = batch_size or DEFAULT_BATCH_SIZE[device]
     model = bundle.model.eval().cpu()
     dim = _text_dim(bundle)
@@ -200,6 +206,7 @@ def embed_corpus_ray(
     dataset = ray.data.from_items([{"shard": s.number} for s in pending], override_num_blocks=len(pending))
     dataset = dataset.map_batches(
         _decode_shard, batch_size=1, batch_format="numpy", num_cpus=1,
+        compute=ray.data.TaskPoolStrategy(size=decoders) if decoders else None,
         fn_kwargs={"source": str(source), "shard_size": shard_size, "batch_size": batch_size,
                    "transform": bundle.preprocess_val})
     dataset = dataset.map_batches(
