@@ -44,7 +44,6 @@ from react_core.retrieval.layouts import (
 )
 
 INFO_FILE = "embeddings.json"
-KINDS = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
 # The models behind LAION's released embeddings (no file of theirs names it): LAION-400M's are

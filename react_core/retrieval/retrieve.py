@@ -26,7 +26,7 @@ import importlib
 import json
 import logging
 import operator
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
@@ -70,7 +70,7 @@ class RetrievalOptions:
     per_class: int | None = None
     balance: bool = False
     decontaminate_threshold: float = 0.9
-    blocklist: "Blocklist | None" = None
+    blocklist: Blocklist | None = None
     safety_filter: str | None = None
     fusion: str = "exemplar"
 
