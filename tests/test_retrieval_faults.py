@@ -227,3 +227,15 @@ def test_class_names_are_encoded_under_a_progress_bar(monkeypatch):
     assert len(queries.texts) == 150 * 2 * 3
     (bar,) = [b for b in bars if b.desc == "encode class names"]
     assert bar.total == 300 and sum(bar.updates) == 300 and len(bar.updates) == 8  # 42 names (16 batches of texts) a step
+
+
+def test_read_only_retrieve_out_is_one_line_and_writes_nothing(built, tiny_world, tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    capsys.readouterr()
+    assert main(retrieve_argv(built, built / "emb", tiny_world, tmp_path / "subset")) == 2
+    err = capsys.readouterr().err.splitlines()[-1]  # after the class-encoding bar, when the machine was slow enough to show it
+    assert err == f"react retrieve: error: {tmp_path / 'subset' / 'subset.parquet'}: cannot write (Read-only file system)"
+    assert list((tmp_path / "subset").iterdir()) == []
