@@ -46,9 +46,9 @@ from react_core.retrieval.layouts import (
 INFO_FILE = "embeddings.json"
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
+logger = logging.getLogger("react")
 # The models behind LAION's released embeddings (no file of theirs names it): LAION-400M's are
 # OpenAI ViT-B/32's (QuickGELU, pinned from the `openai` tag), LAION-2B/5B's OpenAI ViT-L/14's.
-logger = logging.getLogger("react")
 KNOWN_RELEASES = {
     "laion400m": {"model": "ViT-B-32", "pretrained": "openai", "dim": 512},
     "laion2b": {"model": "ViT-L-14", "pretrained": "openai", "dim": 768},
@@ -200,7 +200,7 @@ def record_model(emb_dir: str | Path, model: str | None = None, pretrained: str 
     if release is not None:
         if release not in KNOWN_RELEASES:
             raise EmbeddingError(f"--release must be one of {', '.join(KNOWN_RELEASES)}, not {release!r}")
-        known, name = KNOWN_RELEASES[release], release
+        known, name = KNOWN_RELEASES[release], f"{release}'s embeddings"
     elif features is not None and not (model or pretrained or weights):
         known, name = DATACOMP_FEATURES[features], f"DataComp's {features} features"
     elif features is not None:
@@ -213,9 +213,9 @@ def record_model(emb_dir: str | Path, model: str | None = None, pretrained: str 
         from react_core.modeling.clip import base_architecture
 
         if model and base_architecture(model) != known["model"]:
-            raise EmbeddingError(f"{name}'s embeddings were made by {known['model']} ({known['pretrained']}), not {model}")
+            raise EmbeddingError(f"{name} were made by {known['model']} ({known['pretrained']}), not {model}")
         if folder.dim != known["dim"]:
-            raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings, {name}'s are {known['dim']}-dimensional")
+            raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings, {name} are {known['dim']}-dimensional")
         model = model or known["model"]
         pretrained = pretrained or (None if weights else known["pretrained"])
     bundle = _named_model_for(folder, model, pretrained, weights, device)
