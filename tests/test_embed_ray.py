@@ -65,20 +65,12 @@ def micro(tmp_path_factory):
 def single(corpus, micro, tmp_path_factory):
     """The folder one process writes (the reference)."""
     out = tmp_path_factory.mktemp("single") / "emb"
-    embed_corpus(micro, corpus, out, batch_size=8, workers=0, progress=False)
+    embed_corpus(micro, corpus, out, batch_size=4, workers=0, progress=False)
     return out
 
 
 def files_of(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def test_ray_writes_the_single_process_folder_byte_for_byte(local_ray, corpus, micro, single, tmp_path):
-    summary = embed_ray.embed_corpus_ray(micro, corpus, tmp_path / "emb", batch_size=8, progress=False)
-    assert summary["shards"] == SHARDS and summary["rows"] == SHARDS * PER_SHARD - 1 and len(summary["failed"]) == 1
-    ours, reference = files_of(tmp_path / "emb"), files_of(single)
-    assert sorted(ours) == sorted(reference) and len(ours) == 4 * SHARDS + 1
-    assert [name for name in ours if ours[name] != reference[name]] == []
 
 
 def _actor_pids() -> list[int]:
@@ -94,7 +86,8 @@ def _actor_pids() -> list[int]:
     return pids
 
 
-def test_a_killed_actor_has_its_batches_retried(local_ray, corpus, micro, single, tmp_path):
+def test_a_killed_actor_has_its_batches_retried_and_the_folder_is_the_single_process_one(local_ray, corpus, micro, single,
+                                                                                          tmp_path):
     out = tmp_path / "emb"
     result, killed = {}, {}
 
@@ -113,9 +106,11 @@ def test_a_killed_actor_has_its_batches_retried(local_ray, corpus, micro, single
     thread.join(timeout=300)
     assert killed and killed["done"] < SHARDS, "the actor was not killed while shards were left"
     assert not Path(f"/proc/{killed['pid']}").exists() or b"_Embedder" not in Path(f"/proc/{killed['pid']}/cmdline").read_bytes()
-    assert result["summary"]["shards"] == SHARDS
+    summary = result["summary"]
+    assert summary["shards"] == SHARDS and summary["rows"] == SHARDS * PER_SHARD - 1 and len(summary["failed"]) == 1
     ours, reference = files_of(out), files_of(single)
-    assert sorted(ours) == sorted(reference) and [name for name in ours if ours[name] != reference[name]] == []
+    assert sorted(ours) == sorted(reference) and len(ours) == 4 * SHARDS + 1
+    assert [name for name in ours if ours[name] != reference[name]] == []  # byte for byte
 
 
 def test_a_killed_driver_resumes_at_the_first_shard_not_done(local_ray, corpus, micro, single, tmp_path, monkeypatch):
@@ -131,21 +126,47 @@ def test_a_killed_driver_resumes_at_the_first_shard_not_done(local_ray, corpus, 
 
     monkeypatch.setattr(embed_ray, "write_shard", dies_at_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        embed_ray.embed_corpus_ray(micro, corpus, out, batch_size=8, progress=False)
+        embed_ray.embed_corpus_ray(micro, corpus, out, batch_size=4, progress=False)
     monkeypatch.setattr(embed_ray, "write_shard", real_write)
-    summary = embed_ray.embed_corpus_ray(micro, corpus, out, batch_size=8, progress=False)
+    summary = embed_ray.embed_corpus_ray(micro, corpus, out, batch_size=4, progress=False)
     assert summary["already_done"] == 2 and summary["shards"] == SHARDS - 2
     ours, reference = files_of(out), files_of(single)
     assert [name for name in reference if ours.get(name) != reference[name]] == []
 
 
-def test_a_bad_shard_in_a_worker_is_one_line(local_ray, corpus, tmp_path, capsys):
+def test_the_command_and_a_bad_shard_in_a_worker_is_one_line(local_ray, corpus, tmp_path, capsys):
     (tmp_path / "shards").mkdir()
     for tar in sorted(corpus.glob("*.tar"))[:2]:
         (tmp_path / "shards" / tar.name).write_bytes(tar.read_bytes())
+    argv = ["embed", "--model", "react-tiny", "--data", str(tmp_path / "shards"), "--ray", "auto", "--batch-size", "8"]
+    assert main(argv + ["--out", str(tmp_path / "good")]) == 0
+    assert "embedded 60 pairs in 2 shards (0 shards were already done)" in capsys.readouterr().out
     (tmp_path / "shards" / "000009.tar").write_bytes(b"")
-    argv = ["embed", "--model", "react-tiny", "--data", str(tmp_path / "shards"), "--out", str(tmp_path / "emb"),
-            "--ray", "auto", "--batch-size", "8"]
-    assert main(argv) == 2
+    assert main(argv + ["--out", str(tmp_path / "emb")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("react embed: error: ") and "000009.tar: not a readable tar shard (empty file)" in err[-1]
+
+
+def test_decode_tasks_cut_the_batches_a_single_process_makes(corpus, micro):
+    """Same rows in the same batches, unreadable images left out of the same batch, the same
+    pixels: what makes the two runners' forward passes, and so their bytes, the same on any device."""
+    import json
+
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    from react_core.retrieval.embed import _collate, _ShardImages, discover_shards
+
+    shard = discover_shards(corpus)[2]
+    rows, locations = shard.load()
+    loader = DataLoader(_ShardImages(locations, micro.preprocess_val), batch_size=8, collate_fn=_collate)
+    decoded = list(embed_ray._decode_shard({"shard": [2], "name": [shard.name]}, source=str(corpus), shard_size=10_000,
+                                           listing="test", batch_size=8, transform=micro.preprocess_val))
+    expected = list(loader)
+    assert len(decoded) == len(expected) == 4 and {row["batches"][0] for row in decoded} == {4}
+    for row, (images, kept, digests, failed) in zip(decoded, expected):
+        listing = json.loads(row["listing"][0])
+        assert listing["rows"] == kept and listing["digests"] == digests and [tuple(f) for f in listing["failed"]] == failed
+        assert listing["captions"] == [rows["caption"].iloc[r] for r in kept]
+        assert np.array_equal(embed_ray._from_bytes(row["images"][0]), images.numpy())
+    assert sum(len(json.loads(row["listing"][0])["failed"]) for row in decoded) == 1

@@ -15,6 +15,7 @@ actors once, through Ray's object store (a random initialisation is then the dri
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import logging
@@ -67,15 +68,19 @@ def connect(address: str) -> None:
 
 
 @functools.lru_cache(maxsize=2)
-def _input_shards(source: str, shard_size: int) -> list:
-    """The corpus's input shards, listed once per worker process."""
+def _input_shards(source: str, shard_size: int, listing: str) -> list:
+    """The corpus's input shards, listed once per worker process and run (`listing`: a digest
+    of the names the driver found; workers outlive a run, and the corpus may change between runs)."""
     return discover_shards(source, shard_size)
 
 
-def _decode_shard(items: dict, *, source: str, shard_size: int, batch_size: int, transform):
+def _decode_shard(items: dict, *, source: str, shard_size: int, listing: str, batch_size: int, transform):
     """Ray Data stage 1 (CPU tasks): one input shard -> one row per batch of decoded images."""
-    for number in items["shard"]:
-        shard = _input_shards(source, shard_size)[int(number)]
+    for number, name in zip(items["shard"], items["name"]):
+        shards = _input_shards(source, shard_size, listing)
+        if int(number) >= len(shards) or shards[int(number)].name != name:
+            raise EmbeddingError(f"{source}: the input shards changed while embedding ({name} is not shard {number} here)")
+        shard = shards[int(number)]
         rows, locations = shard.load()
         dataset = _ShardImages(locations, transform)
         captions = rows["caption"].tolist()
@@ -203,11 +208,12 @@ def embed_corpus_ray(
     # each actor holds a copy of the model: its bytes are reserved on the actor's node (a resource
     # the decode tasks do not ask for, which also keeps Ray Data from fusing the two stages into one)
     model_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-    dataset = ray.data.from_items([{"shard": s.number} for s in pending], override_num_blocks=len(pending))
+    dataset = ray.data.from_items([{"shard": s.number, "name": s.name} for s in pending], override_num_blocks=len(pending))
+    listing = hashlib.sha256("\n".join(s.name for s in shards).encode()).hexdigest()
     dataset = dataset.map_batches(
         _decode_shard, batch_size=1, batch_format="numpy", num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=decoders) if decoders else None,
-        fn_kwargs={"source": str(source), "shard_size": shard_size, "batch_size": batch_size,
+        fn_kwargs={"source": str(source), "shard_size": shard_size, "listing": listing, "batch_size": batch_size,
                    "transform": bundle.preprocess_val})
     dataset = dataset.map_batches(
         _Embedder, batch_size=1, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
