@@ -33,8 +33,10 @@ setup(
         "pyyaml>=6.0",
         "timm>=0.9",
     ],
-    # browser: the headless-Chromium test of `react report` (with a system Chromium, e.g. Debian's `chromium`)
-    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"], "browser": ["playwright>=1.40"]},
+    # browser: the headless-Chromium test of `react report` (with a system Chromium, e.g. Debian's `chromium`);
+    # ray: `react embed --ray` (Ray Data; tested with 2.60)
+    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"], "browser": ["playwright>=1.40"],
+                    "ray": ["ray[data]>=2.60"]},
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
         "react.commands": [

@@ -27,3 +27,23 @@ def print_error(prog: str, error: BaseException) -> None:
         for bar in list(getattr(tqdm_module.tqdm, "_instances", ())):
             bar.close()
     print(f"{prog}: error: {error}", file=sys.stderr)
+
+
+# Characters that would act instead of being shown: C0/C1 controls (a terminal obeys ESC
+# sequences), line and paragraph separators, and bidirectional overrides (they reorder what follows).
+_UNPRINTABLE_CATEGORIES = ("Cc", "Zl", "Zp")
+_BIDI_CONTROLS = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """`text` safe to show in a terminal or a report: control characters, line separators and
+    bidirectional overrides written as escapes (`\\x1b`, `\\u202e`, `\\n`), everything else as it is.
+    For display only: stored metadata keeps the original text."""
+    import unicodedata
+
+    return "".join(
+        _NAMED_ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        if unicodedata.category(c) in _UNPRINTABLE_CATEGORIES or c in _BIDI_CONTROLS else c
+        for c in str(text)
+    )

@@ -150,3 +150,13 @@ def absolute_paths(data: Any, base: str | Path | None = None) -> Any:
         if candidate.exists() or ("/" in data and candidate.parent.is_dir()):
             return os.path.normpath(candidate)
     return data
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turn an `OSError` raised while writing under `path` (a read-only folder, a full disk) into
+    the one-line `OutputError` naming it; atomic writes have already removed their temporary file."""
+    try:
+        yield
+    except OSError as error:
+        raise (write_error(path, error) or OutputError(f"cannot write {path}: {error.strerror or error}")) from None

@@ -24,6 +24,7 @@ CORE_COMMANDS = [
     "react_core.cli.embeddings_info_cmd",
     "react_core.cli.index_cmd",
     "react_core.cli.retrieve_cmd",
+    "react_core.cli.filter_cmd",
     "react_core.cli.export_cmd",
     "react_core.cli.report_cmd",
 ]

@@ -1,4 +1,4 @@
-"""`react embed --model NAME [--weights FILE] --data SRC --out EMBDIR`: corpus embeddings."""
+"""`react embed --model NAME [--weights FILE] --data SRC --out EMBDIR [--ray auto]`: corpus embeddings."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,10 @@ def register(subparsers):
         "running the same command again resumes where it stopped. Unreadable images, captions that are not "
         "UTF-8 and the sample a truncated shard ends in are skipped and listed in skipped/skipped_N.parquet; a "
         "shard that is not a tar file at all (say, 0 bytes) stops the run. Under torchrun each rank takes every "
-        "WORLD_SIZE-th shard.",
+        "WORLD_SIZE-th shard. With --ray, shards stream through CPU decode tasks into embedding actors (one GPU each, or "
+        "CPUs) on a Ray cluster (pip install -e \".[ray]\"): the folder is byte for byte the one a single process writes "
+        "on the same kind of device, a worker that dies has its work retried, and a driver that dies is started again "
+        "with the same command and goes on at the first shard not done.",
     )
     parser.add_argument("--model", default="react-tiny", help="architecture: an open_clip name or react-tiny")
     parser.add_argument("--pretrained", help="an open_clip pretrained tag")
@@ -29,12 +32,20 @@ def register(subparsers):
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per forward pass (default: 256 on a GPU, 64 on a CPU, where small batches run faster)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="DataLoader processes decoding images (default: 4, or the CPUs available if fewer)")
+                        help="processes decoding images: DataLoader workers (default: 4, or the CPUs available if fewer); "
+                        "with --ray, decode tasks at a time (default: as many as the cluster's free CPUs allow)")
     parser.add_argument(
         "--shard-size", type=int, default=10_000,
         help="rows per output shard for a manifest or folder source (webdataset shards keep theirs)",
     )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: this rank's GPU if any)")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, cuda:1 (default: this rank's GPU if any; with --ray the actors' device: cuda "
+                        "when the cluster has GPUs)")
+    parser.add_argument("--ray", metavar="ADDRESS",
+                        help="embed on Ray: 'auto' (the cluster this machine belongs to, else a local one) or the "
+                        "cluster's address (HOST:PORT, ray://HOST:PORT)")
+    parser.add_argument("--actors", type=int, default=None,
+                        help="with --ray: embedding actors (default: one per GPU of the cluster, else 1)")
     parser.set_defaults(handler=run)
 
 
@@ -45,25 +56,40 @@ def run(args) -> int:
     from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
     from react_core.retrieval.embed import EmbeddingError, embed_corpus, rank_and_world
 
-    if (args.batch_size is not None and args.batch_size < 1) or (args.workers or 0) < 0 or args.shard_size < 1:
-        raise UserError("--batch-size and --shard-size must be >= 1, --workers >= 0")
+    if (args.batch_size is not None and args.batch_size < 1) or (args.workers or 0) < 0 or args.shard_size < 1 \
+            or (args.actors is not None and args.actors < 1):
+        raise UserError("--batch-size, --shard-size and --actors must be >= 1, --workers >= 0")
+    if args.actors is not None and not args.ray:
+        raise UserError("--actors is for --ray (without Ray, --workers sets the decoding processes)")
     rank, world_size = rank_and_world()
+    if args.ray and world_size > 1:
+        raise UserError("--ray and torchrun are two ways to spread the work: use one")
     device = args.device
-    if device is None:
+    if device is None and not args.ray:
         local = int(os.environ.get("LOCAL_RANK", 0))
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
     try:
-        bundle = load_clip(args.model, args.pretrained, args.weights, device=device)
-        summary = embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                               shard_size=args.shard_size, rank=rank, world_size=world_size)
+        if args.ray:
+            from react_core.retrieval.embed_ray import embed_corpus_ray
+
+            bundle = load_clip(args.model, args.pretrained, args.weights, device="cpu")
+            summary = embed_corpus_ray(bundle, args.data, args.out, address=args.ray, actors=args.actors,
+                                       decoders=args.workers or None, device=device, batch_size=args.batch_size,
+                                       shard_size=args.shard_size)
+        else:
+            bundle = load_clip(args.model, args.pretrained, args.weights, device=device)
+            summary = embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
+                                   shard_size=args.shard_size, rank=rank, world_size=world_size)
     except (EmbeddingError, ShardError, CheckpointError, PretrainedUnavailableError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
+    from react_core.console import printable
+
     print(f"embedded {summary['rows']} pairs in {summary['shards']} shards "
           f"({summary['already_done']} shards were already done) into {args.out}")
     if summary["failed"]:
         print(f"{len(summary['failed'])} unreadable samples skipped (listed in {args.out}/skipped/):")
         for shard, sample_id, reason in summary["failed"][:10]:
-            print(f"  shard {shard}, id {sample_id}: {reason}")
+            print(f"  shard {shard}, id {printable(sample_id)}: {printable(reason)}")
         if len(summary["failed"]) > 10:
             print(f"  ... and {len(summary['failed']) - 10} more")
     return 0
