@@ -44,6 +44,13 @@ def add_overwrite_argument(parser) -> None:
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def argument_settings(args, *ignored: str) -> dict[str, Any]:
+    """The parsed command-line arguments that decide a command's results: all of `args` but the
+    handler, the output, `--overwrite` and the `ignored` ones (workers, batch sizes, devices)."""
+    skipped = {"handler", "command", "out", "overwrite", *ignored}
+    return {key: value for key, value in vars(args).items() if key not in skipped}
+
+
 def settings_hashes(settings: Mapping[str, Any]) -> dict[str, str]:
     """A short hash of each entry of `settings` (what decides a run's results: the sections of a
     resolved config, the arguments that matter), relative paths made absolute first, so the same

@@ -42,11 +42,11 @@ def run(args) -> int:
 
     from react_core.cli import UserError
     from react_core.modeling.gated import gated_layers
-    from react_core.outputs import claim_file
+    from react_core.outputs import argument_settings, claim_file
 
     if Path(args.input).resolve() == Path(args.output).resolve():
         raise UserError(f"IN and OUT are the same file: {args.input}")
-    settings = {k: v for k, v in vars(args).items() if k not in ("handler", "overwrite")}
+    settings = argument_settings(args)
     with claim_file(args.output, "react convert", settings, args.overwrite):
         bundle = _convert(args)
     print(f"wrote {args.output} ({args.to}, gated layers {gated_layers(bundle.model) or 'none'})")

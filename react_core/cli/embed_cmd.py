@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 from react_core.cli import UserError
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -27,6 +28,7 @@ def register(subparsers):
     parser.add_argument("--model", default="react-tiny", help="architecture: an open_clip name or react-tiny")
     parser.add_argument("--pretrained", help="an open_clip pretrained tag")
     parser.add_argument("--weights", help="weights file: full state dict, official REACT file, or adapter")
+    parser.add_argument("--base-weights", help="where an adapter's base weights file is now, if it moved (its sha256 is checked)")
     parser.add_argument("--data", required=True, metavar="SRC", help="webdataset shards, parquet manifest or captioned folder")
     parser.add_argument("--out", required=True, metavar="EMBDIR", help="embedding folder to write (or resume)")
     parser.add_argument("--batch-size", type=int, default=None,
@@ -46,6 +48,7 @@ def register(subparsers):
                         "cluster's address (HOST:PORT, ray://HOST:PORT)")
     parser.add_argument("--actors", type=int, default=None,
                         help="with --ray: embedding actors (default: one per GPU of the cluster, else 1)")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -53,8 +56,9 @@ def run(args) -> int:
     import torch
 
     from react_core.data.images import ShardError
-    from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
-    from react_core.retrieval.embed import EmbeddingError, embed_corpus, rank_and_world
+    from react_core.modeling import CheckpointError, PretrainedUnavailableError
+    from react_core.outputs import argument_settings, claim_output
+    from react_core.retrieval.embed import EmbeddingError, rank_and_world
 
     if (args.batch_size is not None and args.batch_size < 1) or (args.workers or 0) < 0 or args.shard_size < 1 \
             or (args.actors is not None and args.actors < 1):
@@ -68,18 +72,10 @@ def run(args) -> int:
     if device is None and not args.ray:
         local = int(os.environ.get("LOCAL_RANK", 0))
         device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    settings = argument_settings(args, "batch_size", "workers", "device", "ray", "actors")
     try:
-        if args.ray:
-            from react_core.retrieval.embed_ray import embed_corpus_ray
-
-            bundle = load_clip(args.model, args.pretrained, args.weights, device="cpu")
-            summary = embed_corpus_ray(bundle, args.data, args.out, address=args.ray, actors=args.actors,
-                                       decoders=args.workers or None, device=device, batch_size=args.batch_size,
-                                       shard_size=args.shard_size)
-        else:
-            bundle = load_clip(args.model, args.pretrained, args.weights, device=device)
-            summary = embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
-                                   shard_size=args.shard_size, rank=rank, world_size=world_size)
+        with claim_output(args.out, "react embed", settings, args.overwrite):
+            summary = _embed(args, device, rank, world_size)
     except (EmbeddingError, ShardError, CheckpointError, PretrainedUnavailableError, FileNotFoundError) as error:
         raise UserError(str(error)) from error
     from react_core.console import printable
@@ -93,3 +89,20 @@ def run(args) -> int:
         if len(summary["failed"]) > 10:
             print(f"  ... and {len(summary['failed']) - 10} more")
     return 0
+
+
+def _embed(args, device: str | None, rank: int, world_size: int) -> dict:
+    """The embedding run: on Ray, or in this process (one rank of a torchrun)."""
+    from react_core.modeling import load_clip
+    from react_core.retrieval.embed import embed_corpus
+
+    if args.ray:
+        from react_core.retrieval.embed_ray import embed_corpus_ray
+
+        bundle = load_clip(args.model, args.pretrained, args.weights, device="cpu", base_weights=args.base_weights)
+        return embed_corpus_ray(bundle, args.data, args.out, address=args.ray, actors=args.actors,
+                                decoders=args.workers or None, device=device, batch_size=args.batch_size,
+                                shard_size=args.shard_size)
+    bundle = load_clip(args.model, args.pretrained, args.weights, device=device, base_weights=args.base_weights)
+    return embed_corpus(bundle, args.data, args.out, batch_size=args.batch_size, workers=args.workers,
+                        shard_size=args.shard_size, rank=rank, world_size=world_size)

@@ -12,6 +12,7 @@ def add_model_arguments(parser, what: str) -> None:
                         "when EMBDIR has no embeddings.json (LAION's folders as released), checked against it otherwise")
     parser.add_argument("--pretrained", help="its open_clip pretrained tag (e.g. openai)")
     parser.add_argument("--weights", help="its weights file")
+    parser.add_argument("--base-weights", help="where the base weights of an adapter in --weights are now, if they moved")
 
 
 def register(subparsers):
@@ -50,7 +51,8 @@ def run(args) -> int:
         if folder.info:
             raise UserError(f"{args.emb}/embeddings.json exists already (it names {describe_identity(folder.info.get('identity'))}); "
                             "remove it to record another model")
-        info = record_model(args.emb, args.model, args.pretrained, args.weights, args.release, features=args.features)
+        info = record_model(args.emb, args.model, args.pretrained, args.weights, args.release, features=args.features,
+                            base_weights=args.base_weights)
     except EmbeddingError as error:
         raise UserError(str(error)) from error
     features = f" (DataComp's {args.features} features)" if args.features else ""

@@ -93,9 +93,9 @@ def _load(args):
 def _claimed(args) -> Iterator[Path]:
     """The metrics file of this run, held for it (`react_core.outputs`): the folder when --out is
     one, the file itself when --out names a .json."""
-    from react_core.outputs import claim_file, claim_output
+    from react_core.outputs import argument_settings, claim_file, claim_output
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("handler", "out", "overwrite", "workers")}
+    settings = argument_settings(args, "workers")
     path = _metrics_path(args.out)
     claim = claim_file if path == Path(args.out) else claim_output
     with claim(args.out, f"react eval {args.action}", settings, args.overwrite):

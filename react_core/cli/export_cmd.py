@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from react_core.cli import UserError
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -26,18 +27,21 @@ def register(subparsers):
     parser.add_argument("--shard-size", type=int, default=10_000, help="samples per tar shard or sub-folder")
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
                         help="a safety list to apply as well (repeatable; the formats of `react retrieve --blocklist`)")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    from react_core.outputs import argument_settings, claim_output
     from react_core.retrieval.export import ExportError, export_subset
     from react_core.retrieval.retrieve import RetrievalError, read_blocklists
 
     if args.shard_size < 1:
         raise UserError(f"--shard-size must be >= 1, got {args.shard_size}")
     try:
-        counts = export_subset(args.subset, args.to, args.out, shard_size=args.shard_size,
-                               blocklist=read_blocklists(args.blocklist))
+        with claim_output(args.out, "react export", argument_settings(args), args.overwrite):
+            counts = export_subset(args.subset, args.to, args.out, shard_size=args.shard_size,
+                                   blocklist=read_blocklists(args.blocklist))
     except (ExportError, RetrievalError) as error:
         raise UserError(str(error)) from error
     if counts["blocklisted"]:

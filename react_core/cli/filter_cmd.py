@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from react_core.cli import UserError
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -23,14 +24,17 @@ def register(subparsers):
     parser.add_argument("--safety-filter", metavar="MODULE:FUNCTION",
                         help="callable taking the subset's rows (DataFrame) and returning a keep-mask")
     parser.add_argument("--out", required=True, metavar="NEWDIR", help="a new folder for the filtered subset")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    from react_core.outputs import argument_settings, claim_output
     from react_core.retrieval.retrieve import RetrievalError, read_blocklists, refilter
 
     try:
-        stats = refilter(args.subset, args.out, read_blocklists(args.blocklist), args.safety_filter)
+        with claim_output(args.out, "react filter", argument_settings(args), args.overwrite):
+            stats = refilter(args.subset, args.out, read_blocklists(args.blocklist), args.safety_filter)
     except RetrievalError as error:
         raise UserError(str(error)) from error
     step = stats["refiltered"][-1]

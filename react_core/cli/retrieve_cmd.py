@@ -6,6 +6,7 @@ from pathlib import Path
 
 from react_core.cli import UserError
 from react_core.cli.embeddings_info_cmd import add_model_arguments
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -64,6 +65,7 @@ def register(subparsers):
     parser.add_argument("--ground-truth", metavar="PARQUET",
                         help="id + class (+ mismatched) per corpus sample: stats.json then reports precision@k per mode")
     parser.add_argument("--batch-size", type=int, default=256)
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -121,6 +123,7 @@ def read_ground_truth(path: str):
 def run(args) -> int:
     from react_core.console import printable
     from react_core.modeling.text import VocabularyError, load_templates
+    from react_core.outputs import argument_settings, claim_output
     from react_core.retrieval.classes import ClassListError, build_queries, load_classes
     from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder, resolve_model
     from react_core.retrieval.index import IndexBuildError, read_index, read_index_info
@@ -145,18 +148,19 @@ def run(args) -> int:
             if info["kind"] in indexes:
                 raise UserError(f"two --index folders hold {info['kind']} embeddings; give one per kind")
             indexes[info["kind"]] = read_index(index_dir, gpu=True, emb_dir=args.emb)
-        bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights)
+        bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights, base_weights=args.base_weights)
         classes = load_classes(args.classes)
         queries = build_queries(bundle, classes, load_templates(args.templates), average=args.average_templates,
                                 descriptions=args.descriptions, batch_size=args.batch_size)
         truth_path = args.ground_truth
         truth = read_ground_truth(truth_path) if truth_path else None
         evaluation = evaluation_embeddings(args.decontaminate, args.emb, bundle) if args.decontaminate else None
-        stats = retrieve(folder, indexes, queries, classes, options, args.out, evaluation_embeddings=evaluation,
-                         ground_truth=truth, settings={
-                             "classes_file": args.classes, "templates": args.templates,
-                             "average_templates": args.average_templates, "indexes": args.index,
-                             "embeddings": args.emb, "ground_truth": str(truth_path) if truth_path else None})
+        with claim_output(args.out, "react retrieve", argument_settings(args, "batch_size"), args.overwrite):
+            stats = retrieve(folder, indexes, queries, classes, options, args.out, evaluation_embeddings=evaluation,
+                             ground_truth=truth, settings={
+                                 "classes_file": args.classes, "templates": args.templates,
+                                 "average_templates": args.average_templates, "indexes": args.index,
+                                 "embeddings": args.emb, "ground_truth": str(truth_path) if truth_path else None})
     except (EmbeddingError, IndexBuildError, ClassListError, VocabularyError, RetrievalError) as error:
         raise UserError(str(error)) from error
     if stats["blocklist"]:

@@ -136,13 +136,14 @@ def _text_dim(bundle) -> int:
     return int(probe.shape[-1])
 
 
-def _load_named(model: str | None, pretrained: str | None, weights: str | None, device: str):
+def _load_named(model: str | None, pretrained: str | None, weights: str | None, device: str,
+                base_weights: str | None = None):
     from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
 
     if not model:
         raise EmbeddingError("--pretrained/--weights need --model (the architecture, e.g. ViT-B-32)")
     try:
-        return load_clip(model, pretrained, weights, device=device)
+        return load_clip(model, pretrained, weights, device=device, base_weights=base_weights)
     except (CheckpointError, PretrainedUnavailableError, FileNotFoundError, ValueError, RuntimeError) as error:
         # open_clip raises RuntimeError for an unknown pretrained tag
         named = " ".join(f"--{flag} {value}" for flag, value in (("model", model), ("pretrained", pretrained),
@@ -151,11 +152,12 @@ def _load_named(model: str | None, pretrained: str | None, weights: str | None, 
 
 
 def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
-                  weights: str | None = None, device: str = "cpu"):
+                  weights: str | None = None, device: str = "cpu", base_weights: str | None = None):
     """The CLIP that made the folder's embeddings, to embed queries with: the one its
     `embeddings.json` names, or the one named here (`--model/--pretrained/--weights`), which
     must then make embeddings of the folder's dimension and match `embeddings.json` if there is
-    one. A mismatch is an `EmbeddingError` saying which model each side names."""
+    one. A mismatch is an `EmbeddingError` saying which model each side names. `base_weights`:
+    where an adapter's base file is now, if it moved."""
     emb_dir = Path(emb_dir)
     recorded = (emb_dir / INFO_FILE).is_file()
     if not (model or pretrained or weights):
@@ -164,8 +166,8 @@ def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str
                 f"{emb_dir} has no {INFO_FILE} naming the model that made its embeddings: give --model (with "
                 f"--pretrained or --weights), or record it once with `react embeddings-info {emb_dir} --release "
                 f"laion400m` (or laion2b, laion5b, or --model ...)")
-        return load_model_of(emb_dir, device)
-    bundle = _named_model_for(EmbeddingFolder(emb_dir, require_info=False), model, pretrained, weights, device)
+        return load_model_of(emb_dir, device, base_weights=base_weights)
+    bundle = _named_model_for(EmbeddingFolder(emb_dir, require_info=False), model, pretrained, weights, device, base_weights)
     if recorded:
         identity = read_embedding_info(emb_dir).get("identity")
         if identity != bundle.spec.identity():
@@ -174,9 +176,10 @@ def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str
     return bundle
 
 
-def _named_model_for(folder: "EmbeddingFolder", model: str | None, pretrained: str | None, weights: str | None, device: str):
+def _named_model_for(folder: "EmbeddingFolder", model: str | None, pretrained: str | None, weights: str | None, device: str,
+                     base_weights: str | None = None):
     """The model named, checked to make embeddings of the folder's dimension."""
-    bundle = _load_named(model, pretrained, weights, device)
+    bundle = _load_named(model, pretrained, weights, device, base_weights)
     dim = _text_dim(bundle)
     if dim != folder.dim:
         raise EmbeddingError(f"{folder.root} holds {folder.dim}-dimensional embeddings but {describe_identity(bundle.spec.identity())} "
@@ -186,7 +189,7 @@ def _named_model_for(folder: "EmbeddingFolder", model: str | None, pretrained: s
 
 def record_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
                  weights: str | None = None, release: str | None = None, device: str = "cpu",
-                 features: str | None = None) -> dict:
+                 features: str | None = None, base_weights: str | None = None) -> dict:
     """Write `embeddings.json` for a folder that has none (LAION's as released, a DataComp pool),
     naming the model that made its embeddings: the one of a known LAION `release` (see
     `KNOWN_RELEASES`), of DataComp's `features` (`b32`, `l14`: which of the pool's arrays the
@@ -218,7 +221,7 @@ def record_model(emb_dir: str | Path, model: str | None = None, pretrained: str 
             raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings, {name} are {known['dim']}-dimensional")
         model = model or known["model"]
         pretrained = pretrained or (None if weights else known["pretrained"])
-    bundle = _named_model_for(folder, model, pretrained, weights, device)
+    bundle = _named_model_for(folder, model, pretrained, weights, device, base_weights)
     info = embedding_info(bundle, folder.dim, str(emb_dir.resolve()), list(folder.layout.names))
     info |= {"shard_numbers": [int(n) for n in folder.numbers], "release": release}
     if features is not None:
@@ -246,8 +249,9 @@ def embedding_info(bundle, dim: int, source: str, shard_names: list[str]) -> dic
     }
 
 
-def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None = None):
-    """Rebuild the model named by an embedding folder, checking that its identity still matches."""
+def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None = None, base_weights: str | None = None):
+    """Rebuild the model named by an embedding folder, checking that its identity still matches;
+    `base_weights`: where an adapter's base file is now, if it moved."""
     from react_core.modeling import load_clip
 
     info = read_embedding_info(emb_dir)
@@ -261,7 +265,7 @@ def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None 
             Path(emb_dir) / INFO_FILE, model["name"])
     architecture = model["config"] if model["name"].startswith("custom-") and model.get("config") else model["name"]
     bundle = load_clip(architecture, model.get("pretrained"), weights or model.get("weights"),
-                       quick_gelu=model.get("quick_gelu"), device=device)
+                       quick_gelu=model.get("quick_gelu"), device=device, base_weights=base_weights)
     if bundle.spec.identity() != info["identity"]:
         raise EmbeddingError(
             f"{Path(emb_dir) / INFO_FILE}: the model rebuilt from it ({bundle.spec.identity()}) is not the one that "
