@@ -126,11 +126,16 @@ def read_text(path: str | Path, error: type[ReactError] = TextFileError) -> str:
 def read_json(path: str | Path, error: type[ReactError] = TextFileError) -> Any:
     """The JSON document in `path`; malformed JSON or non-UTF-8 bytes are an `error` naming the
     file and the line. A missing file raises `FileNotFoundError`."""
-    text = read_text(path, error)
+    return parse_json(read_text(path, error), path, error)
+
+
+def parse_json(text: str, source: str | Path, error: type[ReactError] = TextFileError) -> Any:
+    """The JSON document `text` read from `source`; malformed JSON is an `error` naming the source,
+    the line and the column."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as bad:
-        raise error(f"{path}, line {bad.lineno}, column {bad.colno}: not valid JSON ({bad.msg})") from None
+        raise error(f"{source}, line {bad.lineno}, column {bad.colno}: not valid JSON ({bad.msg})") from None
 
 
 def absolute_paths(data: Any, base: str | Path | None = None) -> Any:

@@ -103,14 +103,14 @@ def test_damaged_caption_array_is_named_when_indexed(built, tmp_path, capsys):
     (b"{not json", "not valid JSON"),
     (b"[1, 2]", "expected a JSON object, found list"),
     (b'{"dim": "32"}', "'dim' must be a JSON int"),
-    (b'{"caf\xe9": 1}', "not valid JSON"),
+    (b'{"caf\xe9": 1}', "line 1: not UTF-8 text"),
 ])
 def test_malformed_embeddings_json_is_one_line_naming_it(built, tiny_world, tmp_path, capsys, content, expected):
     emb = _damaged_copy(built, tmp_path, lambda e: (e / "embeddings.json").write_bytes(content))
     capsys.readouterr()
     assert main(retrieve_argv(built, emb, tiny_world, tmp_path / "subset")) == 2
     err = one_line_error(capsys)
-    assert f"{emb / 'embeddings.json'}: " in err and expected in err
+    assert f"error: {emb / 'embeddings.json'}" in err and expected in err
 
 
 @pytest.mark.parametrize("which", ["classes", "templates"])

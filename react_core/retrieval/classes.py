@@ -14,13 +14,12 @@ Names are handled as documented here, once for every source:
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from react_core.errors import ReactError
-from react_core.io import read_text
+from react_core.io import parse_json, read_text
 
 logger = logging.getLogger("react")
 
@@ -86,10 +85,7 @@ def load_classes(spec: str) -> list[ClassSpec]:
 
 
 def _from_json(text: str, source: str) -> list[ClassSpec]:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ClassListError(f"{source}: not valid JSON ({error})") from None
+    data = parse_json(text, source, ClassListError)
     if isinstance(data, dict):
         data = data.get("categories")
     if not isinstance(data, list):

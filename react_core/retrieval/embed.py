@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from react_core.io import atomic_path, atomic_write_json
+from react_core.io import atomic_path, atomic_write_json, read_json
 from react_core.machine import usable_cpus
 from react_core.retrieval.layouts import (
     DATACOMP_FEATURES,
@@ -85,10 +85,7 @@ def read_embedding_info(emb_dir: str | Path) -> dict:
     path = Path(emb_dir) / INFO_FILE
     if not path.is_file():
         raise EmbeddingError(f"{path} not found: cannot tell which model made these embeddings")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise EmbeddingError(f"{path}: not valid JSON ({error})") from None
+    info = read_json(path, EmbeddingError)
     if not isinstance(info, dict):
         raise EmbeddingError(f"{path}: expected a JSON object, found {type(info).__name__}")
     expected = {"dim": int, "identity": dict, "model": dict, "shards": list, "shard_numbers": list, "features": str}

@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import json
 import logging
 import operator
 from dataclasses import dataclass, fields, replace
@@ -33,7 +32,7 @@ from typing import Callable
 import numpy as np
 
 from react_core.errors import ReactError
-from react_core.io import atomic_path, atomic_write_json, file_sha256, output_errors, read_text
+from react_core.io import atomic_path, atomic_write_json, file_sha256, output_errors, read_json, read_text
 from react_core.retrieval.classes import ClassSpec, Queries
 from react_core.retrieval.embed import EmbeddingFolder
 from react_core.retrieval.index import search
@@ -625,10 +624,7 @@ def read_stats(subset_dir: str | Path) -> dict:
     path = Path(subset_dir) / STATS_FILE
     if not path.is_file():
         return {}
-    try:
-        stats = json.loads(read_text(path))
-    except json.JSONDecodeError as error:
-        raise RetrievalError(f"{path}: not valid JSON ({error})") from None
+    stats = read_json(path, RetrievalError)
     if not isinstance(stats, dict):
         raise RetrievalError(f"{path}: expected a JSON object")
     return stats
