@@ -61,7 +61,7 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         return self.runner.model
 
 
-def _random_states() -> dict:
+def random_states() -> dict:
     """Every global random state, in types `torch.load(weights_only=True)` reads."""
     _, keys, position, has_gauss, cached_gauss = np.random.get_state()
     version, python_state, python_gauss = random.getstate()
@@ -78,7 +78,7 @@ def _random_states() -> dict:
     return states
 
 
-def _restore_random_states(states: dict) -> None:
+def restore_random_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
     has_gauss, cached_gauss = states["numpy_gauss"]
     np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), states["numpy_pos"], has_gauss, cached_gauss))
@@ -162,7 +162,7 @@ class SafeRunner(Runner):
                            for k, v in trained_state(unwrap(self.model)).items()},
             "optimizer": self.optim_wrapper.state_dict(),
             "param_schedulers": [s.state_dict() for s in self.param_schedulers or []],
-            "random": _random_states(),
+            "random": random_states(),
         }
         self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
         with atomic_path(Path(out_dir) / filename) as tmp:
@@ -197,7 +197,7 @@ class SafeRunner(Runner):
         self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
         for scheduler, state in zip(self.param_schedulers or [], checkpoint["param_schedulers"]):
             scheduler.load_state_dict(state)
-        _restore_random_states(checkpoint["random"])
+        restore_random_states(checkpoint["random"])
         self.train_loop._iter = checkpoint["meta"]["iter"]
         self.train_loop._epoch = checkpoint["meta"]["epoch"]
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
