@@ -42,30 +42,44 @@ def _finish(process: subprocess.Popen, out: Path) -> None:
     assert process.returncode == 0, (out.parent / f"{out.name}.stderr").read_text()[-3000:]
 
 
-def _kill_between_checkpoints(process: subprocess.Popen, out: Path) -> tuple[int, dict]:
-    """SIGKILL `process` once `out` holds its checkpoint and its log shows iteration KILL_AFTER
-    done; returns the iteration and the trained tensors of the checkpoint left behind."""
-    checkpoint, log = out / CHECKPOINT_NAME, out / LOG_NAME
+def _runner_progress(out: Path) -> int:
+    """Iterations done, from the log of our Runner (one line per iteration at log_interval=1)."""
+    log = out / LOG_NAME
+    return max((int(part.split("/")[0]) for part in log.read_text().split("iter ")[1:]), default=0) if log.is_file() else 0
+
+
+def _runner_checkpoint(out: Path) -> tuple[int, dict] | None:
+    """(iterations done, trained tensors) of our Runner's checkpoint in `out`, if there is one."""
+    if not (out / CHECKPOINT_NAME).is_file():
+        return None
+    left = torch.load(out / CHECKPOINT_NAME, weights_only=True)
+    return left["meta"]["iter"], left["state_dict"]
+
+
+def _kill_between_checkpoints(process: subprocess.Popen, out: Path, progress=_runner_progress,
+                              checkpoint=_runner_checkpoint, written: str = CHECKPOINT_NAME) -> tuple[int, dict]:
+    """SIGKILL `process` once `out` holds its checkpoint file `written` and `progress(out)` shows
+    iteration KILL_AFTER done; returns what `checkpoint(out)` finds then."""
     deadline = time.monotonic() + DEADLINE_S
-    while not (checkpoint.is_file() and log.is_file() and f"iter {KILL_AFTER}/" in log.read_text()):
+    while not ((out / written).is_file() and progress(out) >= KILL_AFTER):
         assert process.poll() is None, f"ended before it could be killed: {(out.parent / f'{out.name}.stderr').read_text()[-3000:]}"
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
-    left = torch.load(checkpoint, weights_only=True)
-    assert 2 <= left["meta"]["iter"] < 5, "killed between checkpoints, before the last"
-    return left["meta"]["iter"], left["state_dict"]
+    reached, left = checkpoint(out)
+    assert 2 <= reached < 5, "killed between checkpoints, before the last"
+    return reached, left
 
 
-def _killed_and_whole(argv: list[str], tmp_path: Path) -> tuple[Path, Path, int, dict]:
+def _killed_and_whole(argv: list[str], tmp_path: Path, **engine) -> tuple[Path, Path, int, dict]:
     """Runs `argv` into tmp/whole to the end and into tmp/killed until SIGKILL, side by side;
     returns both folders, and the iteration and trained tensors the killed run's checkpoint holds."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     uninterrupted = _start([*argv, "--out", str(whole)], whole)
     interrupted = _start([*argv, "--out", str(killed)], killed)
-    reached, left = _kill_between_checkpoints(interrupted, killed)
+    reached, left = _kill_between_checkpoints(interrupted, killed, **engine)
     _finish(uninterrupted, whole)
     return whole, killed, reached, left
 
@@ -84,18 +98,20 @@ def _assert_equal_tensors(expected: dict, got: dict, left: dict, prefix: str) ->
     assert left.keys() & got.keys() and any(not torch.equal(left[key], got[key]) for key in left.keys() & got.keys())
 
 
-def _train_net_refuses_an_unfinished_out(argv: list[str], out: Path, capsys) -> None:
+def _train_net_refuses_an_unfinished_out(argv: list[str], out: Path, capsys, checkpoint: str = CHECKPOINT_NAME) -> None:
+    """tools/train_net.py without --resume on the killed run's --out: one line naming --resume,
+    exit status 2, the checkpoint as it was."""
     sys.path.insert(0, str(ROOT / "tools"))
     try:
         from train_net import main
     finally:
         sys.path.pop(0)
-    before = (out / CHECKPOINT_NAME).read_bytes()
+    before = (out / checkpoint).read_bytes()
     capsys.readouterr()
     assert main([*argv[1:], "--out", str(out)]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(errors) == 1 and "unfinished run" in errors[0] and "--resume" in errors[0], errors
-    assert (out / CHECKPOINT_NAME).read_bytes() == before
+    assert (out / checkpoint).read_bytes() == before
 
 
 def _dense_final(out: Path) -> dict:
@@ -154,3 +170,32 @@ def test_pretrain_resumes_to_the_uninterrupted_weights(tiny_world, tmp_path):
     _assert_resumed_at(killed, reached)
     _assert_equal_tensors(load_file(whole / "model.safetensors"), load_file(killed / "model.safetensors"),
                           left, "tower.")
+
+
+def _detectron2_progress(out: Path) -> int:
+    """Iterations done, from Detectron2's training curve (a line per iteration at log_interval=1)."""
+    curve = out / "train_metrics.json"
+    lines = [json.loads(line) for line in curve.read_text().splitlines() if line.endswith("}")] if curve.is_file() else []
+    return max((line["iteration"] + 1 for line in lines), default=0)
+
+
+def _detectron2_checkpoint(out: Path) -> tuple[int, dict]:
+    """(iterations done, model tensors) of the checkpoint Detectron2's `last_checkpoint` names."""
+    left = torch.load(out / (out / "last_checkpoint").read_text().strip(), weights_only=True)
+    return left["iteration"] + 1, left["model"]
+
+
+def test_detectron2_detection_resumes_to_the_uninterrupted_weights(scenes, tmp_path, capsys):  # noqa: F811
+    pytest.importorskip("detectron2")
+    argv = ["tools/train_net.py", "--config", str(CONFIGS / "ovd_synthetic.yaml"), f"vars.world={scenes}", "model.weights=null",
+            "engine=detectron2", *SCHEDULE, "train.batch_size=2", "data.num_workers=2", "data.hflip=true", "detector.min_size=64",
+            "detector.max_size=64", "detector.masks=false", "detector.box_head_dim=64", "detector.roi_batch_size=32",
+            "backbone.out_channels=32"]
+    whole, killed, reached, left = _killed_and_whole(argv, tmp_path, progress=_detectron2_progress,
+                                                     checkpoint=_detectron2_checkpoint, written="last_checkpoint")
+    assert not (killed / "model_final.pth").exists() and not (killed / "metrics.json").exists()
+    _train_net_refuses_an_unfinished_out(argv, killed, capsys, "last_checkpoint")
+    _finish(_start([*argv, "--out", str(killed), "--resume"], killed), killed)
+    assert f"Starting training from iteration {reached}" in (killed / "log.txt").read_text()
+    _assert_equal_tensors(_dense_final(whole), _dense_final(killed), left, "")
+    assert json.loads((killed / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
