@@ -131,10 +131,13 @@ def test_torchvision_detection_resumes_to_the_uninterrupted_weights(scenes, tmp_
     assert json.loads((killed / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
 
 
+SEGMENTATION = ["tools/train_net.py", "--config", str(CONFIGS / "seg_synthetic.yaml"), "model.weights=null", *SCHEDULE,
+                "train.batch_size=2", "train.crop_size=64", "train.num_workers=2", "test.batch_size=4", "test_data.0.max_images=2",
+                "backbone.out_channels=16", "head.decoder_channels=16"]
+
+
 def test_plain_segmentation_resumes_to_the_uninterrupted_weights(tiny_world, tmp_path, capsys):
-    argv = ["tools/train_net.py", "--config", str(CONFIGS / "seg_synthetic.yaml"), f"vars.world={tiny_world}", "model.weights=null",
-            *SCHEDULE, "train.batch_size=2", "train.crop_size=64", "train.num_workers=2", "test.batch_size=4",
-            "test_data.0.max_images=2", "backbone.out_channels=16", "head.decoder_channels=16"]
+    argv = [*SEGMENTATION, f"vars.world={tiny_world}"]
     whole, killed, reached, left = _killed_and_whole(argv, tmp_path)
     assert not (killed / "model_final.pth").exists()
     _train_net_refuses_an_unfinished_out(argv, killed, capsys)
@@ -199,3 +202,21 @@ def test_detectron2_detection_resumes_to_the_uninterrupted_weights(scenes, tmp_p
     assert f"Starting training from iteration {reached}" in (killed / "log.txt").read_text()
     _assert_equal_tensors(_dense_final(whole), _dense_final(killed), left, "")
     assert json.loads((killed / "metrics.json").read_text()) == json.loads((whole / "metrics.json").read_text())
+
+
+def _detectron2_segmentation_checkpoint(out: Path) -> tuple[int, dict]:
+    left = torch.load(out / "last_checkpoint.pth", weights_only=True)
+    return left["step"], left["model"]
+
+
+def test_detectron2_segmentation_resumes_to_the_uninterrupted_weights(tiny_world, tmp_path, capsys):
+    pytest.importorskip("detectron2")
+    argv = [*SEGMENTATION, f"vars.world={tiny_world}", "engine=detectron2"]
+    whole, killed, reached, left = _killed_and_whole(argv, tmp_path, progress=_detectron2_progress,
+                                                     checkpoint=_detectron2_segmentation_checkpoint, written="last_checkpoint.pth")
+    assert not (killed / "model_final.pth").exists()
+    _train_net_refuses_an_unfinished_out(argv, killed, capsys, "last_checkpoint.pth")
+    _finish(_start([*argv, "--out", str(killed), "--resume"], killed), killed)
+    iterations = [json.loads(line)["iteration"] for line in (killed / "train_metrics.json").read_text().splitlines()]
+    assert any(iterations == [*range(logged), *range(reached, 5)] for logged in range(KILL_AFTER, 6))  # went on from `reached`
+    _assert_equal_tensors(_dense_final(whole), _dense_final(killed), left, "")

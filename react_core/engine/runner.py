@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from mmengine.device import get_device
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
@@ -28,6 +26,7 @@ from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.visualization import Visualizer
 
 from react_core.engine.hooks import ProgressHook, unwrap
+from react_core.engine.randomness import random_states, restore_random_states
 from react_core.errors import ReactError
 from react_core.io import atomic_path
 
@@ -59,33 +58,6 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         self.runner.call_hook("after_train_epoch")
         self.runner.call_hook("after_train")
         return self.runner.model
-
-
-def random_states() -> dict:
-    """Every global random state, in types `torch.load(weights_only=True)` reads."""
-    _, keys, position, has_gauss, cached_gauss = np.random.get_state()
-    version, python_state, python_gauss = random.getstate()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(keys.astype(np.int64)),
-        "numpy_pos": int(position),
-        "numpy_gauss": [int(has_gauss), float(cached_gauss)],
-        "python": list(python_state),
-        "python_gauss": python_gauss,
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_random_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    has_gauss, cached_gauss = states["numpy_gauss"]
-    np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), states["numpy_pos"], has_gauss, cached_gauss))
-    random.setstate((3, tuple(states["python"]), states["python_gauss"]))
-    if torch.cuda.is_available():
-        for device, state in enumerate(states.get("cuda", [])[: torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(state, device)
 
 
 def trained_state(model: torch.nn.Module) -> dict:

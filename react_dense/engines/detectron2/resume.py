@@ -18,7 +18,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 
 from react_core.data import ResumableSampler, SeededSamples
-from react_core.engine.runner import random_states, restore_random_states
+from react_core.engine.randomness import random_states, restore_random_states
 
 
 class RandomStateHook(HookBase):
