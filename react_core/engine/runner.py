@@ -4,10 +4,10 @@ mmengine 0.10.7 resumes through `torch.load` without `weights_only`, which fails
 PyTorch >= 2.6 (and would unpickle arbitrary objects). Our checkpoint holds only tensors and
 plain containers, and is read back with `weights_only=True`: what training changed in the model
 (trainable tensors, buffers, modules' extra state such as a generator's), the optimizer state
-(the AMP loss scaler's with it), the schedulers', the iteration, python's, NumPy's, torch's and
-CUDA's random states, and what hooks keep (`before_save_checkpoint`). A resumed run ends with
-the tensors of an uninterrupted one: `ResumableIterBasedTrainLoop` starts the sampler where the
-interrupted run stopped instead of re-reading every batch before it, each sample draws its
+(the AMP loss scaler's with it), the schedulers', the iteration, every process's python, NumPy,
+torch and CUDA random states, and what hooks keep (`before_save_checkpoint`). A resumed run ends
+with the tensors of an uninterrupted one: `ResumableIterBasedTrainLoop` starts the sampler where
+the interrupted run stopped instead of re-reading every batch before it, each sample draws its
 augmentation from its own seed (`react_core.data.SeededSamples`), and nothing between the
 restore and the next step draws from the restored generators.
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 from mmengine.device import get_device
+from mmengine.dist import all_gather_object
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import LOOPS
 from mmengine.runner import IterBasedTrainLoop, Runner
@@ -125,6 +126,7 @@ class SafeRunner(Runner):
 
     def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True,
                         save_param_scheduler=True, meta=None, by_epoch=False, backend_args=None):
+        every_rank = all_gather_object(random_states())  # each process draws its own, e.g. on its own images
         if self.rank != 0:
             return
         checkpoint = {
@@ -134,7 +136,7 @@ class SafeRunner(Runner):
                            for k, v in trained_state(unwrap(self.model)).items()},
             "optimizer": self.optim_wrapper.state_dict(),
             "param_schedulers": [s.state_dict() for s in self.param_schedulers or []],
-            "random": random_states(),
+            "random": every_rank,
         }
         self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
         with atomic_path(Path(out_dir) / filename) as tmp:
@@ -169,7 +171,11 @@ class SafeRunner(Runner):
         self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
         for scheduler, state in zip(self.param_schedulers or [], checkpoint["param_schedulers"]):
             scheduler.load_state_dict(state)
-        restore_random_states(checkpoint["random"])
+        saved = checkpoint["random"]
+        if len(saved) != self.world_size:
+            self.logger.warning(f"{filename} was written by {len(saved)} processes, this run has {self.world_size}: it "
+                                f"continues, but not as an uninterrupted run on {len(saved)} would have")
+        restore_random_states(saved[self.rank % len(saved)])
         self.train_loop._iter = checkpoint["meta"]["iter"]
         self.train_loop._epoch = checkpoint["meta"]["epoch"]
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)

@@ -22,14 +22,26 @@ from react_core.engine.randomness import random_states, restore_random_states
 
 
 class RandomStateHook(HookBase):
-    """The global random states, saved with each checkpoint (Detectron2 saves the state of every
-    hook that has one) and restored when a run resumes from it."""
+    """Every process's global random states, saved with each checkpoint (Detectron2 saves the
+    state of every hook that has one) and restored when a run resumes from it. The main process
+    alone saves, so every process hands its states over (a collective) at each step that ends in
+    a checkpoint, before the checkpointer's hook runs."""
+
+    def __init__(self, period: int):
+        self.period = period
+        self.states = []
+
+    def after_step(self) -> None:
+        done = self.trainer.iter + 1
+        if done % self.period == 0 or done >= self.trainer.max_iter:
+            self.states = comm.all_gather(random_states())
 
     def state_dict(self) -> dict:
-        return random_states()
+        return {"ranks": self.states}
 
     def load_state_dict(self, state: dict) -> None:
-        restore_random_states(state)
+        saved = state["ranks"]
+        restore_random_states(saved[comm.get_rank() % len(saved)])
 
 
 class ExactResume:
@@ -48,7 +60,7 @@ class ExactResume:
         )
 
     def build_hooks(self) -> list:
-        return [*super().build_hooks(), RandomStateHook()]
+        return [RandomStateHook(self.cfg.SOLVER.CHECKPOINT_PERIOD), *super().build_hooks()]
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Detectron2's resume, then the sampler moved past the samples of the iterations done
