@@ -46,7 +46,8 @@ def training_loader(
     collate: Callable | None = None,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """The training loader of every stage `build_runner` trains, the one its resume continues.
+    """The training loader of every trainer (the stages `build_runner` trains, and the Detectron2
+    engines through the same sampler and seeds): the one a resume continues exactly.
 
     Args:
         dataset: the training samples (any random augmentation drawn from python's, NumPy's or
