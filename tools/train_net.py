@@ -16,7 +16,8 @@ A `kind: segmentation` config trains an open-vocabulary segmenter instead (react
 `react_dense.train_net.train` is the same run from Python.
 The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
 evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
---out. `--resume` continues from the last checkpoint in --out.
+--out. `--resume` continues from the last checkpoint in --out, to the weights an uninterrupted run
+ends with; an --out that holds a run, finished or not, is refused without it.
 """
 from __future__ import annotations
 
@@ -76,13 +77,24 @@ def normalize_overrides(tokens: list[str]) -> list[str]:
     return overrides
 
 
-def refuse_finished_run(args) -> None:
-    """A finished --out is never retrained over: `--resume` evaluates it again, `--eval-only` reads it."""
+# what a training run leaves in --out before its metrics.json: the resumable checkpoints of our
+# Runner, of the Detectron2 segmentation engine and of Detectron2's checkpointer, and the weights
+TRAINING_FILES = ("checkpoint_last.pt", "last_checkpoint.pth", "last_checkpoint", "model_final.pth")
+
+
+def refuse_unasked_rerun(args) -> None:
+    """A finished --out is never retrained over, an unfinished one never restarted over:
+    `--resume` continues it (or evaluates a finished one again), `--eval-only` reads it."""
     from react_core.config import ConfigError
 
     out = Path(args.out)
-    if not (args.resume or args.eval_only) and (out / "metrics.json").is_file():
+    if args.resume or args.eval_only:
+        return
+    if (out / "metrics.json").is_file():
         raise ConfigError(f"{out} holds a finished run (metrics.json): pass --resume to continue it, or choose a new --out")
+    for name in TRAINING_FILES:
+        if (out / name).is_file():
+            raise ConfigError(f"{out} holds an unfinished run ({name}): pass --resume to continue it, or choose a new --out")
 
 
 def claimed_output(args):
@@ -117,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.overrides = normalize_overrides(args.overrides)
         with claimed_output(args):
-            refuse_finished_run(args)
+            refuse_unasked_rerun(args)
             metrics = train(
                 args.config, args.overrides, args.out, resume=args.resume, eval_only=args.eval_only, weights=args.weights,
                 tower_from_config=args.tower_from_config,

@@ -19,9 +19,10 @@ def register(subparsers):
         "(train.mode): gated-image (new gated blocks and logit_scale train; the REACT recipe), locked-text "
         "(the whole image tower trains), full. With the text tower locked, caption embeddings are computed "
         "once (or reused from data.text_embeddings after checking the model identity) and the text tower "
-        "never runs in a training step. Writes to --out: adapter.safetensors (or model.safetensors in full "
-        "mode), checkpoint_last.pt (resume: run the same command again), the mmengine log, config.yaml, "
-        "and metrics.json with zeroshot_top1_before/after when the config has an eval: section. "
+        "never runs in a training step. Writes to --out: checkpoint_last.pt (resume: run the same command "
+        "again; it ends with the weights an uninterrupted run ends with), the mmengine log, config.yaml, and once "
+        "the run has ended adapter.safetensors (or model.safetensors in full mode or on a randomly initialised "
+        "base) followed by metrics.json, with zeroshot_top1_before/after when the config has an eval: section. "
         "Under torchrun, trains with DDP.",
     )
     parser.add_argument("--config", required=True, help="a YAML config of kind: customize")

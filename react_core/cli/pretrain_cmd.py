@@ -11,7 +11,8 @@ def register(subparsers):
         description="Train a CLIP (both towers, contrastive loss) from scratch on a pair set: a base model "
         "to customize when no pretrained one fits. The result (DIR/model.safetensors, DIR/pretrain.json) is "
         "cached by the hash of the config and of the training pairs: running again returns it at once; an "
-        "interrupted run resumes from DIR/checkpoint_last.pt.",
+        "interrupted run, run again, resumes from DIR/checkpoint_last.pt to the weights an uninterrupted run ends "
+        "with. DIR/model.safetensors appears only when training has ended.",
     )
     parser.add_argument("--config", required=True, help="a YAML config of kind: pretrain")
     parser.add_argument("--out", help="output folder (default: the config's `out`)")

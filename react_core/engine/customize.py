@@ -81,12 +81,6 @@ def customize(cfg, out: str | Path) -> dict:
             captions = caption_embeddings(bundle, dataset.captions, cache)
         bundle.model.cpu()  # the runner moves what trains back; a locked text tower stays off the accelerator
 
-    def export():
-        if mode == "full" or not (bundle.spec.pretrained or bundle.spec.weights):
-            save_full(bundle.model, out / FULL_FILE)
-        else:
-            save_adapter(bundle.model, out / ADAPTER_FILE, spec=bundle.spec, mode=mode, layers=layers)
-
     summary = train_contrastive(
         bundle.model,
         dataset,
@@ -97,7 +91,6 @@ def customize(cfg, out: str | Path) -> dict:
         run_identity={"config": run_key(cfg, dataset), "base": base_identity},
         tokenizer=bundle.tokenizer,
         caption_embeddings=captions,
-        export=export,
         hooks=[WriteConfigHook(cfg, out)],
         dense=DenseObjective(cfg.dense, seed=cfg.train.seed) if cfg.dense.enabled else None,
     )
@@ -110,5 +103,9 @@ def customize(cfg, out: str | Path) -> dict:
     metrics.update(before_after("generic", generic_before, generic_after))
     if cfg.dense.enabled:
         metrics["dense"] = dataclasses.asdict(cfg.dense)
+    if mode == "full" or not (bundle.spec.pretrained or bundle.spec.weights):
+        save_full(bundle.model, out / FULL_FILE)
+    else:
+        save_adapter(bundle.model, out / ADAPTER_FILE, spec=bundle.spec, mode=mode, layers=layers)
     atomic_write_json(out / METRICS_FILE, metrics)
     return metrics

@@ -75,6 +75,7 @@ def pretrain(cfg, out: str | Path) -> Path:
     barrier()
     metrics = zeroshot(bundle, cfg.eval, None, training_device())
     generic = zeroshot(bundle, cfg.generic_eval, None, training_device())
+    save_full(bundle.model, out / MODEL_FILE)
     record = {"cache_key": key, "sha256": file_sha256(out / MODEL_FILE), "pairs": len(dataset), "zeroshot": metrics,
               "generic_zeroshot": generic, **summary}
     atomic_write_json(out / SUMMARY_FILE, record)
