@@ -4,7 +4,7 @@ Every command that writes results claims its `--out` first (`claim_output`, or `
 a command whose output is one file):
 
 - a lock file (`.react.lock`, holding the pid) stops a second process from writing into the same
-  output while the first runs; the lock is an `flock`, which the system drops when its holder
+  output while the first runs; the lock is a POSIX record lock, which the system drops when its holder
   dies, so the lock file of a killed run is simply taken over;
 - the folder records which run wrote it (`.react-run.json`: the command and a hash of each of the
   settings that decide its results, `settings_hashes`). The same run may come back to it (resume,
@@ -64,19 +64,28 @@ def _main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+_HELD: set[str] = set()  # lock files this process holds
+
+
 @contextlib.contextmanager
 def _locked(lock: Path, holder: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking `flock` on `lock` (pid inside) for the output `holder`;
-    `OutputRefusedError` naming the holder's pid when another process has it."""
+    """Hold an exclusive, non-blocking POSIX record lock on `lock` (pid inside) for the output
+    `holder`; `OutputRefusedError` naming the holder's pid when another process has it. A record
+    lock, not `flock`: forked children (data-loader workers) do not inherit it, so a run killed
+    with SIGKILL frees its output at once, not when its last worker notices."""
     import fcntl
 
+    key = os.path.realpath(lock)
+    if key in _HELD:  # a record lock does not exclude its own process, and a second descriptor's close would drop it
+        raise OutputRefusedError(f"{holder} is in use by another run (pid {os.getpid()}, lock {lock}); wait for it "
+                                 "to finish or choose another output")
     while True:
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as error:
             raise (write_error(holder, error) or error) from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as error:
             os.close(fd)
             if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
@@ -93,9 +102,11 @@ def _locked(lock: Path, holder: str) -> Iterator[None]:
     except OSError as error:
         os.close(fd)
         raise (write_error(holder, error) or error) from None
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)

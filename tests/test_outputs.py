@@ -190,3 +190,25 @@ def test_an_interrupted_pretrain_leaves_no_weights_under_the_final_name(tiny_wor
     with pytest.raises(KeyboardInterrupt):
         pretrain(load(PRETRAIN_CONFIG, settings, schema=PretrainConfig), tmp_path)
     assert (tmp_path / CHECKPOINT_NAME).is_file() and not (tmp_path / MODEL_FILE).exists()
+
+
+_FORKING_HOLDER = textwrap.dedent("""
+    import os, sys, time
+    from react_core.outputs import claim_output
+    with claim_output(sys.argv[1], "react customize", {}):
+        if os.fork() == 0:  # a data-loader worker outlives its killed parent for a while
+            time.sleep(60)
+            os._exit(0)
+        print("held", flush=True)
+        time.sleep(60)
+""")
+
+
+def test_a_killed_runs_output_is_free_while_its_forked_workers_live_on(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", _FORKING_HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    with claim_output(tmp_path, "react customize", {}):
+        assert (tmp_path / LOCK_FILE).read_text().split() == [str(os.getpid())]
