@@ -1,9 +1,9 @@
-"""The commands of README.md and docs/*.md, as written.
+"""The commands of README.md, benchmarks/README.md and docs/*.md, as written.
 
 Nothing is read from the Markdown but its fenced ```bash blocks (the rule is stated for readers in
 docs/walkthrough.md, "How this page is tested"):
 
-- every bash block of README.md and docs/*.md is checked, fast: each command is one the project
+- every bash block of README.md, benchmarks/README.md and docs/*.md is checked, fast: each command is one the project
   knows (`react`, `python tools/train_net.py`, a benchmark script, `torchrun` of those, `pip`,
   `python -m pytest`, `mkdocs`); its options parse with the command's own argparse parser; every
   config it names exists and loads with its `key=value` overrides; every repository path it
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 WALKTHROUGH = ROOT / "docs" / "walkthrough.md"
 BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 REPOSITORY_FOLDERS = ("configs/", "tools/", "benchmarks/", "react_core/", "react_dense/", "tests/", "docs/")
