@@ -195,7 +195,7 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     for _, block in bash_blocks(WALKTHROUGH):
         for argv in block_commands(block):
             program = [sys.executable, "-m", "react_core"] if argv[0] == "react" else [sys.executable]
-            result = subprocess.run(program + argv[1:], cwd=tmp_path, capture_output=True, text=True, timeout=3600)
+            result = subprocess.run(program + argv[1:], cwd=tmp_path, capture_output=True, text=True, timeout=4 * 3600)
             assert result.returncode == 0, f"{shlex.join(argv)} failed:\n{result.stderr[-3000:]}"
     runs = tmp_path / "runs"
     import pandas as pd
