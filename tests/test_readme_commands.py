@@ -10,7 +10,7 @@ docs/walkthrough.md, "How this page is tested"):
   names exists;
 - the bash blocks of docs/walkthrough.md also run, in order, exactly as written, in an empty
   folder with the repository's configs/, tools/, benchmarks/ and react_dense/ linked in (slow:
-  about half an hour on two cores; `python -m pytest -m slow tests/test_readme_commands.py`);
+  the demo's stages for one tower; `python -m pytest -m slow tests/test_readme_commands.py`);
 - docs/commands.md and the key tables of docs/configs.md equal what docs/generate_reference.py
   makes of the code.
 """
