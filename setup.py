@@ -1,6 +1,8 @@
 """Install the `react` framework: `pip install -e ".[dev]"`."""
 from setuptools import find_packages, setup
 
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9"]
+
 setup(
     name="react",
     version="0.1.0",
@@ -33,10 +35,15 @@ setup(
         "pyyaml>=6.0",
         "timm>=0.9",
     ],
+    # docs: the mkdocs site (`mkdocs build --strict`, run by CI, so `dev` includes it);
     # browser: the headless-Chromium test of `react report` (with a system Chromium, e.g. Debian's `chromium`);
     # ray: `react embed --ray` (Ray Data; tested with 2.60)
-    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"], "browser": ["playwright>=1.40"],
-                    "ray": ["ray[data]>=2.60"]},
+    extras_require={
+        "dev": ["pytest>=7", "huggingface_hub>=0.20", *DOCS],
+        "docs": DOCS,
+        "browser": ["playwright>=1.40"],
+        "ray": ["ray[data]>=2.60"],
+    },
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
         "react.commands": [
