@@ -210,7 +210,7 @@ def configs_tables() -> str:
     from react_core.config.schema import import_kind_modules
 
     import_kind_modules()
-    kinds = dict(sorted(registry.CONFIG_KINDS.module_dict.items()))
+    kinds = dict(sorted(registry.CONFIG_KINDS.items()))
     lines = [BEGIN, ""]
     for kind, schema in kinds.items():
         lines += [f"### `kind: {kind}`", "", _summary(schema), "",
@@ -219,7 +219,8 @@ def configs_tables() -> str:
     lines += ["### Parts named by `type:`", "",
               "Arguments marked *builder* are passed by the code that builds the part; a config may not set them.", ""]
     for registry_object in (registry.BACKBONES, registry.HEADS, registry.DATASETS):
-        for name, target in sorted(registry_object.module_dict.items()):
+        for name in registry_object.names():
+            target = registry_object.get(name)
             lines += [f"#### `{name}` ({registry_object.name})", "", _summary(target), "",
                       "| argument | type | default |", "|---|---|---|"]
             for parameter in inspect.signature(target).parameters.values():
