@@ -249,7 +249,15 @@ def test_text_embed_output_is_the_zero_shot_predictors_vocabulary_and_swapping_i
     assert written.dtype == np.float32 and written.shape == (6, 128)
     expected = vocabulary_embeddings(load_clip("react-tiny", weights=tower), Vocabulary(CLASSES), "simple")
     np.testing.assert_allclose(written, expected.numpy(), atol=1e-6)
-    assert _text_embed("--classes", tmp_path / "shapes.txt", "--weights", tower, "--out", tmp_path / "shapes.npy") == 2  # kept
+    other_templates = ["--classes", tmp_path / "shapes.txt", "--weights", tower, "--out", tmp_path / "shapes.npy"]
+    assert _text_embed(*other_templates) == 2  # another run's file is kept
+    np.testing.assert_array_equal(np.load(tmp_path / "shapes.npy"), written)
+    assert _text_embed("--classes", tmp_path / "shapes.txt", "--templates", "simple", "--weights", tower,
+                       "--out", tmp_path / "shapes.npy") == 0  # the same run may write it again
+    assert _text_embed(*other_templates, "--overwrite") == 0
+    assert not np.allclose(np.load(tmp_path / "shapes.npy"), written)
+    assert _text_embed("--classes", tmp_path / "shapes.txt", "--templates", "simple", "--weights", tower,
+                       "--out", tmp_path / "shapes.npy", "--overwrite") == 0
 
     cfg = _stock_cfg(coco, tower, "MODEL.ROI_HEADS.NAME", "ZeroShotROIHeads",
                      "MODEL.REACT.ZEROSHOT.WEIGHT_PATH", str(tmp_path / "shapes.npy"), "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0")
@@ -436,7 +444,7 @@ def test_bad_input_to_the_runner_is_one_line_and_exit_status_2(scenes, gated_tow
     pytest.importorskip("detectron2")
     from react_core.modeling import load_clip, save_full
 
-    run = ["--config", CONFIG, f"world={scenes}", "engine=detectron2", "train.max_iters=1", "data.num_workers=0"]
+    run = ["--config", CONFIG, f"vars.world={scenes}", "engine=detectron2", "train.max_iters=1", "data.num_workers=0"]
     small = tmp_path / "small.safetensors"
     save_full(load_clip("react-small").model, small)
     assert _train_net(*run, "--out", tmp_path / "a", f"model.weights={small}") == 2

@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train and evaluate an open-vocabulary detector with a (customized) CLIP backbone.
 
-    python tools/train_net.py --config configs/demo/ovd_synthetic.yaml --out runs/ovd
+    python tools/train_net.py --config react_dense/lab/configs/ovd_synthetic.yaml --out runs/ovd
     python tools/train_net.py --config configs/lvis_react.yaml --num-gpus 8 --out runs/lvis
     python tools/train_net.py --config CONFIG --eval-only --out runs/ovd [--weights FILE]
     python tools/train_net.py --config CONFIG engine=detectron2 train.max_iters=100
-    python tools/train_net.py --config configs/demo/seg_synthetic.yaml --out runs/seg
+    python tools/train_net.py --config react_dense/lab/configs/seg_synthetic.yaml --out runs/seg
     python tools/train_net.py --config-file CONFIG engine=detectron2 SOLVER.MAX_ITER 10
 
 Detectron2's spellings work beside ours: `--config-file` for `--config`, trailing `KEY VALUE`

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from react_core.cli import UserError
+from react_core.outputs import add_overwrite_argument
 
 DESCRIPTION = """Write the text embeddings of a class list as a zero-shot classifier file in Detic's
 format: one .npy array, C x D float32, row c the L2-normalised embedding of class c (each of its
@@ -14,8 +15,8 @@ files move both ways; rows follow the class list (category id order for COCO/LVI
 which is Detectron2's class order). CLASSES: lvis (LVIS v1's 1203 categories, shipped with react),
 imagenet, a .txt file (one class per line, synonyms after '|'), a JSON list of names, or a COCO/LVIS
 annotation or categories .json. The text tower is the model's: --weights may be a customized
-model or an adapter from `react customize` (which names its base); an existing --out is kept
-unless --overwrite."""
+model or an adapter from `react customize` (which names its base). An --out written by another
+run (other classes, templates or weights) is kept unless --overwrite; the same run may write it again."""
 
 
 def register(subparsers) -> None:
@@ -36,13 +37,27 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=256, help="texts per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--out", required=True, help="the .npy file to write")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
 def run(args) -> int:
+    """`react text-embed`: claim --out, then write the classifier file."""
     from pathlib import Path
 
+    from react_core.outputs import argument_settings, claim_file
+
+    out = Path(args.out)
+    if out.suffix != ".npy":
+        raise UserError(f"--out {out}: a classifier file is a .npy array")
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    with claim_file(out, "react text-embed", argument_settings(args, "batch_size", "device"), args.overwrite):
+        return _write_classifier(args, out)
+
+
+def _write_classifier(args, out) -> int:
+    """Embed the class list with the model's text tower and write the classifier file `out`."""
     import torch
     from tqdm import tqdm
 
@@ -51,13 +66,6 @@ def run(args) -> int:
     from react_core.modeling.text import load_templates, save_classifier_file, synonym_class_embeddings
     from react_core.retrieval.classes import load_classes
 
-    out = Path(args.out)
-    if out.suffix != ".npy":
-        raise UserError(f"--out {out}: a classifier file is a .npy array")
-    if out.exists() and not args.overwrite:
-        raise UserError(f"{out} exists: pass --overwrite to replace it")
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
     classes = load_classes(args.classes)
     templates = load_templates(args.templates)
     model = args.model

@@ -4,7 +4,7 @@
 Rows, each trained on the base categories and evaluated on all of them with the same LVIS-rule
 evaluator (`react_dense.detection.evaluation`), AP and AP on the novel (rare) categories:
 
-1. `tools/train_net.py --config configs/demo/ovd_synthetic.yaml` (its engine: torchvision, AdamW);
+1. `tools/train_net.py --config react_dense/lab/configs/ovd_synthetic.yaml` (its engine: torchvision, AdamW);
 2. the same with `engine=detectron2`: the native Detectron2 config it writes
    (`OUT/detectron2_config.yaml`), trained by Detectron2's trainer with our AdamW schedule;
 3. stock Detectron2: Detectron2's own `tools/train_net.py` (imported from the Detectron2 checkout,
@@ -14,10 +14,10 @@ evaluator (`react_dense.detection.evaluation`), AP and AP on the novel (rare) ca
    Detectron2's linear scaling rule (0.02 at 16 images) and weight decay (1e-4); its own
    `COCOEvaluator` writes the detections that are scored.
 
-The tower is the world's base, the shipped `react_core/resources/demo_base.safetensors`, frozen.
+The tower is the world's base, the lab's shipped `react_dense/lab/resources/demo_base.safetensors`, frozen.
 
     react synth --preset demo --out runs/world
-    nice -n 10 python benchmarks/detector_parity.py --world runs/world --out runs/detector_parity [--seeds 0 1 2]
+    nice -n 10 python benchmarks/lab/detector_parity.py --world runs/world --out runs/detector_parity [--seeds 0 1 2]
 
 Runs already finished in --out are read, not redone. Prints the table and writes OUT/parity.json.
 """
@@ -33,9 +33,9 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "configs" / "demo" / "ovd_synthetic.yaml"
-SHIPPED_BASE = ROOT / "react_core" / "resources" / "demo_base.safetensors"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "react_dense" / "lab" / "configs" / "ovd_synthetic.yaml"
+SHIPPED_BASE = ROOT / "react_dense" / "lab" / "resources" / "demo_base.safetensors"
 METRICS = ("bbox/AP", "bbox/APr", "segm/AP", "segm/APr")
 ROWS = ("runner, torchvision engine", "runner, detectron2 engine", "stock Detectron2 tools/train_net.py")
 
@@ -57,7 +57,7 @@ def run(command: list, log: Path) -> float:
 
 def runner(world: Path, out: Path, seed: int, *overrides: str) -> dict:
     if not (out / "metrics.json").is_file():
-        run([sys.executable, ROOT / "tools" / "train_net.py", "--config", CONFIG, "--out", out, f"world={world}",
+        run([sys.executable, ROOT / "tools" / "train_net.py", "--config", CONFIG, "--out", out, f"vars.world={world}",
              f"model.weights={SHIPPED_BASE}", f"train.seed={seed}", *overrides], out.parent / f"{out.name}.log")
     return json.loads((out / "metrics.json").read_text())
 
