@@ -457,6 +457,6 @@ def test_bad_input_to_the_runner_is_one_line_and_exit_status_2(scenes, gated_tow
     assert "MODEL.REACT.FREEZE='gated'" in line and "base.safetensors" in line
 
     np.save(tmp_path / "wide.npy", np.zeros((4, 512), dtype=np.float32))
-    assert _train_net(*run, "--out", tmp_path / "c", f"detectron2.MODEL.REACT.ZEROSHOT.WEIGHT_PATH={tmp_path / 'wide.npy'}") == 2
+    assert _train_net(*run, "--out", tmp_path / "c", "model.weights=null", f"detectron2.MODEL.REACT.ZEROSHOT.WEIGHT_PATH={tmp_path / 'wide.npy'}") == 2
     line = _one_error_line(capsys)
     assert "MODEL.REACT.ZEROSHOT.WEIGHT_PATH" in line and "wide.npy" in line and "512-wide" in line
