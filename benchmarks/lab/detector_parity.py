@@ -55,10 +55,10 @@ def run(command: list, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def runner(world: Path, out: Path, seed: int, *overrides: str) -> dict:
+def runner(world: Path, val: Path, out: Path, seed: int, *overrides: str) -> dict:
     if not (out / "metrics.json").is_file():
         run([sys.executable, ROOT / "tools" / "train_net.py", "--config", CONFIG, "--out", out, f"vars.world={world}",
-             f"model.weights={SHIPPED_BASE}", f"train.seed={seed}", *overrides], out.parent / f"{out.name}.log")
+             f"data.val={val}", f"model.weights={SHIPPED_BASE}", f"train.seed={seed}", *overrides], out.parent / f"{out.name}.log")
     return json.loads((out / "metrics.json").read_text())
 
 
@@ -73,7 +73,18 @@ def base_only(annotation_file: Path, out: Path) -> Path:
     return out
 
 
-def stock(world: Path, native: Path, out: Path, sgd_lr: float, weight_decay: float) -> dict:
+def first_images(annotation_file: Path, count: int, out: Path) -> Path:
+    """The first `count` images of an annotation file (by id), their annotations and every category."""
+    data = json.loads(annotation_file.read_text())
+    data["images"] = sorted(data["images"], key=lambda image: image["id"])[:count]
+    kept = {image["id"] for image in data["images"]}
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data))
+    return out
+
+
+def stock(world: Path, val: Path, native: Path, out: Path, sgd_lr: float, weight_decay: float) -> dict:
     """Row 3: Detectron2's own tools/train_net.py on the runner's native config, then our evaluator
     on the detections its COCOEvaluator wrote."""
     from react_dense.detection.data import OpenVocabularySplit, load_coco
@@ -83,17 +94,18 @@ def stock(world: Path, native: Path, out: Path, sgd_lr: float, weight_decay: flo
     if not detections.is_file():
         out.mkdir(parents=True, exist_ok=True)
         train = base_only(world / "detection" / "train.json", out / "train_base.json")
-        for name, classes in (("train", train), ("test", world / "detection" / "val.json")):
+        for name, classes in (("train", train), ("test", val)):
             if not (out / f"{name}_clip.npy").is_file():
                 run([sys.executable, "-m", "react_core", "text-embed", "--classes", classes, "--templates", "simple",
                      "--weights", SHIPPED_BASE, "--out", out / f"{name}_clip.npy"], out / f"text_embed_{name}.log")
-        run([sys.executable, __file__, "--stock-worker", native, world, out, str(sgd_lr), str(weight_decay)], out.parent / f"{out.name}.log")
-    gt = load_coco(str(world / "detection" / "val.json"))
+        run([sys.executable, __file__, "--stock-worker", native, world, val, out, str(sgd_lr), str(weight_decay)],
+            out.parent / f"{out.name}.log")
+    gt = load_coco(str(val))
     split = OpenVocabularySplit.from_categories(gt.dataset["categories"], "rare")
     return evaluate(gt, json.loads(detections.read_text()), ("bbox", "segm"), lvis_style=True, max_dets=100, novel_ids=split.novel_ids)
 
 
-def stock_worker(native: str, world: str, out: str, sgd_lr: str, weight_decay: str) -> None:
+def stock_worker(native: str, world: str, val: str, out: str, sgd_lr: str, weight_decay: str) -> None:
     """In its own process: register the datasets the config names, and call Detectron2's script."""
     os.environ["DETECTRON2_ENV_MODULE"] = "react_dense.detectron2"
     import importlib.util
@@ -103,7 +115,7 @@ def stock_worker(native: str, world: str, out: str, sgd_lr: str, weight_decay: s
 
     world, out = Path(world), Path(out)
     register_coco_instances("react_ov_train", {}, str(out / "train_base.json"), str(world / "detection"))
-    register_coco_instances("react_ov_val", {}, str(world / "detection" / "val.json"), str(world / "detection"))
+    register_coco_instances("react_ov_val", {}, val, str(world / "detection"))
     script = Path(detectron2.__file__).resolve().parents[1] / "tools" / "train_net.py"
     spec = importlib.util.spec_from_file_location("detectron2_train_net", script)
     tool = importlib.util.module_from_spec(spec)
@@ -125,19 +137,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "detector_parity")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--images-per-batch", type=int, default=4, help="the demo config's train.batch_size")
-    parser.add_argument("--iters", type=int, default=None, help="train.max_iters (default: the config's, 300)")
+    parser.add_argument("--iters", type=int, default=None, help="train.max_iters, with a tenth of them warm-up (default: the config's 300 and 20)")
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="evaluate on the first N validation images (default: all of the world's)")
     args = parser.parse_args()
-    schedule = [f"train.max_iters={args.iters}"] if args.iters else []
+    # a shortened run warms up for a tenth of its steps (the config's 20 of 300 would outlast it)
+    schedule = [f"train.max_iters={args.iters}", f"train.warmup_iters={max(1, args.iters // 10)}"] if args.iters else []
     sgd_lr, weight_decay = 0.02 * args.images_per_batch / 16, 1e-4  # Detectron2's defaults, linearly scaled
     world, out = args.world.resolve(), args.out.resolve()
+    val = world / "detection" / "val.json"
+    if args.val_images:
+        val = first_images(val, args.val_images, out / "val_subset.json")
     results = {row: {} for row in ROWS}
     for seed in args.seeds:  # the comparison first: the Detectron2 engine and Detectron2's own script
         d2_out = out / f"runner_detectron2_seed{seed}"
-        results[ROWS[1]][seed] = runner(world, d2_out, seed, "engine=detectron2", *schedule)
-        results[ROWS[2]][seed] = stock(world, d2_out / "detectron2_config.yaml", out / f"stock_detectron2_seed{seed}", sgd_lr, weight_decay)
+        results[ROWS[1]][seed] = runner(world, val, d2_out, seed, "engine=detectron2", *schedule)
+        results[ROWS[2]][seed] = stock(world, val, d2_out / "detectron2_config.yaml", out / f"stock_detectron2_seed{seed}", sgd_lr, weight_decay)
         print(f"seed {seed}: " + "; ".join(f"{row}: AP {results[row][seed]['bbox/AP']:.2f}" for row in ROWS[1:]), flush=True)
     for seed in args.seeds:
-        results[ROWS[0]][seed] = runner(world, out / f"runner_torchvision_seed{seed}", seed, *schedule)
+        results[ROWS[0]][seed] = runner(world, val, out / f"runner_torchvision_seed{seed}", seed, *schedule)
         print(f"seed {seed}: {ROWS[0]}: AP {results[ROWS[0]][seed]['bbox/AP']:.2f}", flush=True)
 
     lines = ["| path | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
@@ -156,7 +174,7 @@ def main() -> None:
         noise = math.sqrt(a["sd"] ** 2 / n + b["sd"] ** 2 / n)
         comparison[metric] = {"difference": b["mean"] - a["mean"], "standard_error": noise,
                               "within_two_standard_errors": abs(b["mean"] - a["mean"]) <= 2 * noise}
-    report = {"seeds": args.seeds, "sgd_lr": sgd_lr, "sgd_weight_decay": weight_decay, "table": table,
+    report = {"seeds": args.seeds, "iters": args.iters, "val_images": args.val_images, "sgd_lr": sgd_lr, "sgd_weight_decay": weight_decay, "table": table,
               "stock_minus_runner_detectron2": comparison, "config": str(CONFIG.relative_to(ROOT)), "tower": str(SHIPPED_BASE.relative_to(ROOT))}
     (out / "parity.json").write_text(json.dumps(report, indent=2))
     print("\n".join(lines))
@@ -167,6 +185,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--stock-worker":
-        stock_worker(*sys.argv[2:7])
+        stock_worker(*sys.argv[2:8])
     else:
         main()
