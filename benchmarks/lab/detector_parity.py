@@ -102,7 +102,11 @@ def stock(world: Path, val: Path, native: Path, out: Path, sgd_lr: float, weight
             out.parent / f"{out.name}.log")
     gt = load_coco(str(val))
     split = OpenVocabularySplit.from_categories(gt.dataset["categories"], "rare")
-    return evaluate(gt, json.loads(detections.read_text()), ("bbox", "segm"), lvis_style=True, max_dets=100, novel_ids=split.novel_ids)
+    found = json.loads(detections.read_text())
+    metrics = evaluate(gt, found, ("bbox", "segm"), lvis_style=True, max_dets=100, novel_ids=split.novel_ids)
+    if not found:  # no score above SCORE_THRESH_TEST: the evaluator gives AP alone, and every AP is 0
+        metrics = {**dict.fromkeys(METRICS, 0.0), **metrics}
+    return {**metrics, "detections": len(found)}
 
 
 def stock_worker(native: str, world: str, val: str, out: str, sgd_lr: str, weight_decay: str) -> None:
