@@ -585,7 +585,35 @@ class EmbeddingFolder:
         path = shard_files(self.root, number)[kind]
         if not path.is_file():
             raise EmbeddingError(f"{path} not found ({kind} embeddings of shard {number})")
-        return np.load(path, mmap_mode="r")
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as error:  # truncated, random bytes, pickled objects
+            raise EmbeddingError(f"{path}: not a readable .npy array ({str(error).splitlines()[0]})") from None
+        if array.ndim != 2:
+            raise EmbeddingError(f"{path}: expected a 2-D array of embeddings, found shape {array.shape}")
+        return array
+
+    def check(self, kind: str) -> None:
+        """Check the `kind` arrays before a long job reads them: each readable, 2-D, of the
+        folder's dimension (embeddings.json's `dim` where recorded) and with one row per
+        metadata row. Reads file headers and parquet footers, not the data."""
+        import pyarrow.parquet as pq
+
+        for number, count in zip(self.numbers, self.counts):
+            array = self.array(kind, number)
+            path = shard_files(self.root, number)[kind]
+            if array.shape[1] != self.dim:
+                source = f"{self.root / INFO_FILE} says {self.dim}" if self.info.get("dim") else f"the first shard has {self.dim}"
+                raise EmbeddingError(f"{path}: embeddings of dimension {array.shape[1]}, {source}")
+            if len(array) != count:
+                raise EmbeddingError(f"{path}: {len(array)} rows, the folder's other arrays of shard {number} have {count}")
+            metadata = shard_files(self.root, number)["metadata"]
+            try:
+                rows = pq.ParquetFile(metadata).metadata.num_rows
+            except Exception as error:  # pyarrow raises several types for a damaged footer
+                raise EmbeddingError(f"{metadata}: not a readable parquet file ({type(error).__name__})") from None
+            if rows != count:
+                raise EmbeddingError(f"{path}: {count} embeddings for {rows} rows of {metadata}")
 
     def iter_arrays(self, kind: str) -> Iterator[tuple[int, np.ndarray]]:
         """(first global row, float32 array) per shard, in order."""
