@@ -121,7 +121,8 @@ def writing(path: str | Path) -> Iterator[Path]:
     except OSError as error:
         raise IndexBuildError(f"{path}: cannot write ({error.strerror or error})") from None
     except RuntimeError as error:  # FAISS's writers report fwrite/open failures as RuntimeError
-        raise IndexBuildError(f"{path}: cannot write ({_faiss_reason(error)})") from None
+        system = re.search(r"\(([^()]+)\)\s*$", _faiss_reason(error))  # "... 65491 != 768000 (File too large)"
+        raise IndexBuildError(f"{path}: cannot write ({system.group(1) if system else _faiss_reason(error)})") from None
 
 
 def write_index(index, path: str | Path) -> None:

@@ -33,8 +33,13 @@ breadth is swept to the target recall. Candidates go cheapest first; a sweep sto
 setting runs slower than the best so far without reaching the target. The efConstruction 200
 graph (3-4x the build of the efConstruction 40 one) is built only when the efConstruction 40
 graph missed the target at its widest search while still faster than the best so far (the graph
-is the limit), or met it within 1.5x of the best. Only the winner is built on the whole corpus;
-when the sample is the whole corpus, the winner's screening build is kept.
+is the limit), or met it within 1.5x of the best. Screening has a budget: a quarter of the full
+build that the first candidate's sample build projects (n / sample times its seconds), or 20 s
+where that is less; once it is spent the remaining candidates are skipped, and a graph whose
+build, projected from its first chunks, would overrun it is abandoned (on 100k x 256 an HNSW32
+graph took 8 min to build on a loaded machine, 15x the inverted file that won). Only the winner
+is built on the whole corpus; when the sample is the whole corpus, the winner's screening build
+is kept.
 
 Build: trained once on a sample (`training_size`), then filled shard by shard by `workers`
 processes or Ray tasks (`ann.run_tasks`; each reads only its shard) and merged in shard order, in
@@ -131,6 +136,9 @@ OPQ_ITERATIONS = 10
 OPQ_TRAIN_POINTS = 32_768
 SCREEN_SAMPLE = 100_000
 SCREEN_K_MIN = 10
+TUNING_SHARE = 0.25  # screening may take this share of the first candidate's projected full build
+SCREEN_FLOOR_SECONDS = 20.0  # ... or this long, on corpora whose builds take seconds
+ADD_CHUNK = 10_000
 TIMING_QUERIES = 128
 DISK_FACTORS = (2, 4, 8, 16)
 DAY_SECONDS = 86_400
@@ -384,10 +392,16 @@ def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries
     fastest = exact_seconds if Candidate("Flat") in options else math.inf
     winner, records = None, []
     graph_worth_refining = False
+    screening_started = time.perf_counter()
+    budget = math.inf
     for candidate in (c for c in options if c.factory != "Flat"):
         if candidate.ef_construction and candidate.ef_construction > EF_CONSTRUCTIONS[0] and not graph_worth_refining:
             records.append({**candidate.as_dict(), "skipped": f"the efConstruction {EF_CONSTRUCTIONS[0]} graph neither "
                             f"missed the target at its widest search nor came within {GRAPH_MARGIN}x of the best"})
+            continue
+        left = budget - (time.perf_counter() - screening_started)
+        if left <= 0:
+            records.append({**candidate.as_dict(), "skipped": f"the tuning budget ({budget:.0f} s) was spent"})
             continue
         factory = scaled_factory(candidate.factory, scale)
         started = time.perf_counter()
@@ -396,9 +410,14 @@ def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries
         by_rows = ivf_of(index) is not None and refine_of(index) is None  # ids are corpus rows: re-rank from disk works
         if by_rows:
             index.add_with_ids(vectors, rows)
-        else:
-            add_rows(index, vectors, 0)
+        elif not _add_within(index, vectors, started + left):
+            records.append({**candidate.as_dict(), "skipped": f"its build on the sample would take longer than the "
+                            f"{left:.0f} s left of the tuning budget"})
+            del index
+            continue
         build_seconds = time.perf_counter() - started
+        if budget == math.inf:  # what the full build of the first (the likeliest) candidate will take
+            budget = max(SCREEN_FLOOR_SECONDS, TUNING_SHARE * build_seconds / scale)
         result = sweep(index, queries, exact, target, beat=fastest, search=None if by_rows else _remapped(index, rows),
                        folder=folder, kind=kind, disk_factors=DISK_FACTORS if candidate.rerank_from_disk else ())
         best = result.best
@@ -418,6 +437,20 @@ def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries
         del index
     sample = {"vectors": len(rows), "k": k_sample, "exact_seconds_per_query": exact_seconds}
     return winner, records, sample
+
+
+def _add_within(index, vectors: np.ndarray, deadline: float) -> bool:
+    """Add `vectors` (as rows 0, 1, ...) in chunks, giving up once the time the whole would take,
+    projected from the chunks so far, passes `deadline` (a graph's build can cost more than all
+    the rest of the tuning)."""
+    started = time.perf_counter()
+    for start in range(0, len(vectors), ADD_CHUNK):
+        add_rows(index, vectors[start:start + ADD_CHUNK], start)
+        done = start + len(vectors[start:start + ADD_CHUNK])
+        elapsed = time.perf_counter() - started
+        if done < len(vectors) and started + elapsed * len(vectors) / done > deadline:
+            return False
+    return True
 
 
 def scaled_start(parameters: str, sample_factory: str, factory: str) -> dict[str, int]:
@@ -484,39 +517,52 @@ def _trained(candidate: Candidate, folder: EmbeddingFolder, kind: str, parts: Pa
     return index
 
 
-def _fill(candidate: Candidate, folder: EmbeddingFolder, kind: str, out: Path, *, on_disk: bool, workers: int,
-          ray_address: str | None, progress: bool) -> dict:
-    """Train and fill the index of `candidate` and write it to `out`; returns how it was filled."""
+def fill_index(candidate: Candidate, folder: EmbeddingFolder, kind: str, out: Path, *, on_disk: bool, workers: int = 1,
+               ray_address: str | None = None, progress: bool = False) -> dict:
+    """Train and fill the index of `candidate` and write it as `out`/index.faiss.
+
+    Args:
+        candidate: the index to build.
+        folder, kind: the embeddings to add.
+        out: the index folder; `out`/parts holds the trained index and the shards' parts until
+            they are merged (a build interrupted there resumes).
+        on_disk: merge inverted lists on disk (index.ivfdata).
+        workers: processes adding shards (1: this process); ray_address: Ray tasks instead.
+        progress: a progress bar.
+
+    Returns:
+        How it was filled: workers, backend, shards added, the workers' peak resident memory.
+    """
     from tqdm import tqdm
 
-    bar = tqdm(total=len(folder), desc=f"index {kind}", unit="vec", disable=not progress)
-    probe = new_index(candidate, folder.dim)
-    if ivf_of(probe) is None:  # exact or graph: one process, rows in order
-        index = probe
-        if not index.is_trained:
-            train_index(index, folder.gather(kind, _sample_rows(len(folder), training_size(candidate.factory, len(folder)))))
-        for number, (start, block) in zip(folder.numbers, folder.iter_arrays(kind)):
-            add_rows(index, finite_block(block, _shard_name(folder, kind, number), start), start)
-            bar.update(len(block))
-        write_index(index, out / INDEX_FILE)
-        bar.close()
-        return {"workers": 1}
-    parts = out / PARTS_DIR
-    _trained(candidate, folder, kind, parts)
-    threads = max(1, usable_cpus() // max(1, workers)) if workers > 1 or ray_address else 0
-    tasks = []
-    for number, start, count in zip(folder.numbers, folder.offsets[:-1], folder.counts):
-        part = parts / f"part_{number}.faiss"
-        if part.is_file():
-            bar.update(count)
-        else:
-            tasks.append(ShardTask(str(folder.root), kind, int(number), int(start), str(parts / TRAINED_FILE), str(part), threads))
-    results = run_tasks(tasks, workers, ray_address, progress=lambda result: bar.update(result["rows"]))
+    out = Path(out)
+    with tqdm(total=len(folder), desc=f"index {kind}", unit="vec", disable=not progress) as bar:  # closed before any error
+        probe = new_index(candidate, folder.dim)
+        if ivf_of(probe) is None:  # exact or graph: one process, rows in order
+            if not probe.is_trained:
+                train_index(probe, folder.gather(kind, _sample_rows(len(folder), training_size(candidate.factory, len(folder)))))
+            for number, (start, block) in zip(folder.numbers, folder.iter_arrays(kind)):
+                add_rows(probe, finite_block(block, _shard_name(folder, kind, number), start), start)
+                bar.update(len(block))
+            bar.close()
+            write_index(probe, out / INDEX_FILE)
+            return {"workers": 1, "backend": "this process"}
+        parts = out / PARTS_DIR
+        _trained(candidate, folder, kind, parts)
+        threads = max(1, usable_cpus() // max(1, workers)) if workers > 1 or ray_address else 0
+        tasks = []
+        for number, start, count in zip(folder.numbers, folder.offsets[:-1], folder.counts):
+            part = parts / f"part_{number}.faiss"
+            if part.is_file():
+                bar.update(count)
+            else:
+                tasks.append(ShardTask(str(folder.root), kind, int(number), int(start), str(parts / TRAINED_FILE),
+                                       str(part), threads))
+        results = run_tasks(tasks, workers, ray_address, progress=lambda result: bar.update(result["rows"]))
     merged = merge_parts(parts / TRAINED_FILE, [parts / f"part_{number}.faiss" for number in folder.numbers],
                          out / IVFDATA_FILE if on_disk else None)
     write_index(merged, out / INDEX_FILE)
     shutil.rmtree(parts)
-    bar.close()
     return {"workers": workers, "backend": "ray" if ray_address else ("processes" if workers > 1 else "this process"),
             "shards_added": len(tasks), "worker_peak_rss_bytes": max((r["peak_rss_bytes"] for r in results), default=0)}
 
@@ -620,7 +666,7 @@ def build_index(
         screen_seconds -= screened.build_seconds
     else:
         started = time.perf_counter()
-        filled = _fill(candidate, folder, kind, out, on_disk=merge_on_disk, workers=workers, ray_address=ray_address,
+        filled = fill_index(candidate, folder, kind, out, on_disk=merge_on_disk, workers=workers, ray_address=ray_address,
                        progress=progress)
         build_seconds = time.perf_counter() - started
     import faiss
