@@ -1,28 +1,17 @@
-"""react index: shards added by parallel workers give the index one process builds, an interrupted
-build resumes, and the storage faults of an index folder or an embedding folder are one line
-naming the file (exit status 2), with nothing half-written left."""
+"""react index: shards added by parallel workers (processes or Ray tasks) give the index one process
+builds, and an interrupted build resumes from its parts."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
-import faiss
 import numpy as np
 import pandas as pd
 import pytest
 
-from react_core.cli import main
-from react_core.retrieval.ann import IndexBuildError, read_index, search
+from react_core.retrieval.ann import read_index, search
 from react_core.retrieval.embed import EmbeddingFolder
-from react_core.retrieval.index import Candidate, build_index, fill_index
-
-ROOT = Path(__file__).resolve().parents[1]
+from react_core.retrieval.index import Candidate, fill_index
 
 
 def write_folder(root: Path, n: int = 6000, d: int = 32, shard: int = 2000, seed: int = 0) -> np.ndarray:

@@ -78,7 +78,6 @@ from pathlib import Path
 
 import numpy as np
 
-from react_core.errors import ReactError
 from react_core.machine import usable_cpus
 from react_core.retrieval.ann import (
     ID_BYTES,
@@ -105,10 +104,9 @@ from react_core.retrieval.ann import (
     write_index,
     writing,
 )
-from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
+from react_core.retrieval.embed import EmbeddingFolder
 from react_core.retrieval.tuning import (
     RECALL_MARGIN,
-    Sweep,
     compare_speed,
     exact_neighbours,
     per_query_recall,
@@ -327,19 +325,38 @@ def new_index(candidate: Candidate, d: int, factory: str | None = None):
     return index
 
 
+def clustering_index(ivf):
+    """The index k-means assigns training points with: the GPUs' when FAISS has them; an HNSW
+    graph over the centroids for an inverted file with an HNSW coarse quantizer (log(nlist) per
+    point instead of nlist: 16384 lists trained on 655k points of d 512 would take hours of
+    exact assignments on two cores); None (FAISS's exact flat one) otherwise."""
+    import faiss
+
+    if uses_gpu():
+        return faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        return faiss.IndexHNSWFlat(ivf.d, 32)
+    return None
+
+
 def train_index(index, sample: np.ndarray) -> None:
-    """Train on a sample; k-means of an inverted file runs on the GPUs when FAISS has them."""
+    """Train on a sample (k-means assignments through `clustering_index`)."""
     import faiss
 
     if index.is_trained:
         return
     ivf = ivf_of(index)
-    if ivf is not None and uses_gpu():
-        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    assigner = clustering_index(ivf) if ivf is not None else None
+    if assigner is not None:
+        ivf.clustering_index = assigner
     pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
     if pq is not None and hasattr(pq, "cp"):
         pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
-    index.train(sample)
+    try:
+        index.train(sample)
+    finally:
+        if assigner is not None:
+            ivf.clustering_index = None  # FAISS keeps a bare pointer; the assigner dies with this frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -857,9 +874,10 @@ def plan(n: int, d: int, max_memory: int | None = None, workers: int = 1) -> dic
 
     The size rule's factory (`react index` then measures the other candidates on the data), its
     bytes and training sample, and training and adding times extrapolated from a small build of the
-    same kind of index on this machine (`PLAN_LISTS` lists, `PLAN_ADDED` vectors): k-means time
-    scales with training points x lists, assigning a vector with the lists (a flat coarse
-    quantizer) or their logarithm (an HNSW one), encoding it not at all.
+    same kind of index on this machine (`PLAN_LISTS` lists, `PLAN_ADDED` vectors): assigning a
+    vector to its list grows with the lists (a flat coarse quantizer) or their logarithm (an HNSW
+    one, which k-means then uses as well), k-means with training points x that cost, and codebook
+    training and encoding not at all.
 
     Args:
         n, d: vectors and their dimension.
@@ -893,7 +911,7 @@ def plan(n: int, d: int, max_memory: int | None = None, workers: int = 1) -> dic
     ivf = ivf_of(index)
     coarse = faiss.Clustering(ivf.d, small_lists, ivf.cp)
     started = time.perf_counter()
-    coarse.train(_pre_transformed(index, vectors[:small_train]), faiss.IndexFlatL2(ivf.d))
+    coarse.train(_pre_transformed(index, vectors[:small_train]), clustering_index(ivf) or faiss.IndexFlatL2(ivf.d))
     kmeans_seconds = time.perf_counter() - started
     added = vectors[small_train:]
     started = time.perf_counter()
@@ -903,11 +921,11 @@ def plan(n: int, d: int, max_memory: int | None = None, workers: int = 1) -> dic
     index.add(added)
     add_seconds = time.perf_counter() - started
     encode_per_vector = max(0.0, add_seconds - assign_seconds) / len(added)
-    graph = "_HNSW" in factory
+    graph = "_HNSW" in factory  # assignments through a graph: log(lists) per point, for k-means too
     assign_scale = math.log2(nlist) / math.log2(small_lists) if graph else nlist / small_lists
     full_train = training_size(factory, n)
-    # k-means grows with points x lists; codebooks (PQ, OPQ) train on capped samples: constant
-    train_full = kmeans_seconds * (full_train * nlist) / (small_train * small_lists) + max(0.0, train_seconds - kmeans_seconds)
+    # k-means grows with points x assignment cost; codebooks (PQ, OPQ) train on capped samples: constant
+    train_full = kmeans_seconds * (full_train * assign_scale) / small_train + max(0.0, train_seconds - kmeans_seconds)
     add_full = n * (encode_per_vector + assign_seconds / len(added) * assign_scale)
     per_worker = add_full / max(1, workers)
     spare = DAY_SECONDS - train_full
