@@ -803,6 +803,8 @@ def tune_index(
                      "speed_vs_exact_bounds": [speed.lower_bound, speed.upper_bound]}
         extra = {"exact_seconds_per_query": speed.exact_seconds_per_query, "exact_measured": exact.name,
                  "speed_vs_exact": speed.median, "speed_vs_exact_bounds": [speed.lower_bound, speed.upper_bound],
+                 "speed_vs_exact_cpu": speed.cpu_median,
+                 "speed_vs_exact_cpu_bounds": [speed.cpu_lower_bound, speed.cpu_upper_bound],
                  "faster_than_exact": speed.faster, "candidates": [candidate]}
         seconds_per_query = speed.index_seconds_per_query
         if exact.in_memory:
@@ -818,7 +820,8 @@ def tune_index(
             factory, parameters, refine_factor = "Flat", "", 1
             recall, recall_bound, seconds_per_query = 1.0, 1.0, speed.exact_seconds_per_query
             info = {**info, "factory": factory, "ef_construction": None, "on_disk": False, "index_bytes": index_bytes(out)}
-            extra.update(speed_vs_exact=1.0, speed_vs_exact_bounds=[1.0, 1.0], faster_than_exact=False)
+            extra.update(speed_vs_exact=1.0, speed_vs_exact_bounds=[1.0, 1.0], speed_vs_exact_cpu=1.0,
+                         speed_vs_exact_cpu_bounds=[1.0, 1.0], faster_than_exact=False)
         extra |= {"recall_lower_bound": recall_bound, "meets_target": recall_bound >= target_recall}
         if recall_bound < target_recall:
             extra["verdict"] = (
@@ -831,8 +834,9 @@ def tune_index(
             logger.warning(extra["verdict"])
         elif factory != "Flat" and not speed.faster:
             extra["verdict"] = (f"{factory} is not surely faster than exact search ({exact.name}) on these queries: "
-                                f"{speed.median:.2f}x its queries/s, lower bound {speed.lower_bound:.2f}x over "
-                                f"{speed.pairs} interleaved timings" + ("" if choose_exact else "; --factory Flat may serve as well"))
+                                f"{speed.median:.2f}x its queries/s (lower bound {speed.lower_bound:.2f}x; by CPU time "
+                                f"{speed.cpu_median:.2f}x, lower bound {speed.cpu_lower_bound:.2f}x) over {speed.pairs} "
+                                f"interleaved timings" + ("" if choose_exact else "; --factory Flat may serve as well"))
             logger.warning(extra["verdict"])
     elif factory != "Flat":
         logger.warning("no tuning queries: search parameters are FAISS defaults and recall is unknown")
