@@ -473,7 +473,7 @@ def _add_within(index, vectors: np.ndarray, deadline: float) -> bool:
 def scaled_start(parameters: str, sample_factory: str, factory: str) -> dict[str, int]:
     """Breadth to start the full index's sweep at: the sample's nprobe times the ratio of lists."""
     values = dict(part.split("=") for part in parameters.split(",")) if parameters else {}
-    start = {}
+    start = {"k_factor_rf": int(values["k_factor_rf"])} if "k_factor_rf" in values else {}
     if "nprobe" in values:
         full, sample = (int(re.search(r"IVF(\d+)", f).group(1)) for f in (factory, sample_factory))
         start["nprobe"] = max(1, int(values["nprobe"]) * full // sample)

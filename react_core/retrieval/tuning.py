@@ -44,6 +44,7 @@ RECALL_MARGIN = 2.0  # standard errors: a setting is kept when mean - 2 SE of it
 NPROBE_MAX = 1 << 16
 EF_SEARCH_MAX = 4096
 K_FACTORS = (2, 4, 8, 16)
+FIRST_QUERIES = 64
 MIN_PAIRS = 3
 MAX_PAIRS = 9
 MIN_SPEEDUP = 1.3
@@ -162,11 +163,18 @@ def apply_parameters(index, parameters: str) -> None:
 
 
 def _measure(search: Callable, queries: np.ndarray, exact: np.ndarray, parameters: str, factor: int,
-             position: int) -> Setting:
+             position: int, target: float) -> Setting:
+    """Recall and speed of one setting: on the first `FIRST_QUERIES` queries, and on the rest only
+    when those leave the target within reach (mean plus RECALL_MARGIN standard errors), since most
+    settings of a sweep miss it by far."""
+    k = exact.shape[1]
     started = time.perf_counter()
-    _, found = search(queries, exact.shape[1])
-    seconds = (time.perf_counter() - started) / len(queries)
-    recalls = per_query_recall(found, exact)
+    _, found = search(queries[:FIRST_QUERIES], k)
+    recalls = per_query_recall(found, exact[:FIRST_QUERIES])
+    if len(queries) > FIRST_QUERIES and 2 * recalls.mean() - recall_lower_bound(recalls) >= target:
+        _, rest = search(queries[FIRST_QUERIES:], k)
+        recalls = np.concatenate([recalls, per_query_recall(rest, exact[FIRST_QUERIES:])])
+    seconds = (time.perf_counter() - started) / len(recalls)
     return Setting(parameters, factor, float(recalls.mean()), recall_lower_bound(recalls), seconds, position)
 
 
@@ -209,7 +217,8 @@ def sweep(index, queries: np.ndarray, exact: np.ndarray, target: float, *, beat:
         beat: seconds per query of the best alternative so far; a setting slower than it that
             misses the target ends the sweep (wider ones are slower still).
         start: a first value per knob (e.g. nprobe scaled from a sample); the sweep goes down from
-            it while the target holds, else up.
+            it while the target holds, else up; with a re-rank factor, only that one is swept unless
+            it misses the target.
         search: `(queries, k) -> (scores, ids)` to measure instead of `index.search` (e.g. one
             that maps sample positions to corpus rows); the knobs are still set on `index`.
         folder, kind, disk_factors: when no setting of the index alone meets the target, re-rank
@@ -226,7 +235,10 @@ def sweep(index, queries: np.ndarray, exact: np.ndarray, target: float, *, beat:
         values = [v for v in knobs[primary] if primary != "efSearch" or v >= k] or knobs[primary][-1:]
     first = int(min(np.searchsorted(values, start[primary]), len(values) - 1)) if start and primary in start else 0
     # (extra parameter, disk re-rank factor) of each pass; a wider re-rank needs no wider search
-    passes = [(f"k_factor_rf={f}", 1) for f in knobs.get("k_factor_rf", [])] or [("", 1)]
+    factors = knobs.get("k_factor_rf", [])
+    if start and start.get("k_factor_rf") in factors:  # a re-rank factor found before is tried first, alone if it meets
+        factors = [start["k_factor_rf"]] + [f for f in factors if f > start["k_factor_rf"]]
+    passes = [(f"k_factor_rf={f}", 1) for f in factors] or [("", 1)]
     tried: list[Setting] = []
     found: list[Setting] = []
     stopped = ""
@@ -239,7 +251,7 @@ def sweep(index, queries: np.ndarray, exact: np.ndarray, target: float, *, beat:
             def measure(at: int) -> Setting:
                 parameters = ",".join(p for p in (f"{primary}={values[at]}" if primary else "", extra) if p)
                 apply_parameters(index, parameters)
-                tried.append(_measure(searching, queries, exact, parameters, factor, at))
+                tried.append(_measure(searching, queries, exact, parameters, factor, at, target))
                 return tried[-1]
 
             fastest = min((s.seconds_per_query for s in found), default=math.inf)
@@ -250,6 +262,8 @@ def sweep(index, queries: np.ndarray, exact: np.ndarray, target: float, *, beat:
             position = setting.position if setting is not None else max(0, tried[-1].position - 1)
             if setting is not None:
                 found.append(setting)
+                if start and "k_factor_rf" in start:
+                    return
 
     run(passes, first)
     if not found and disk_factors and folder is not None and passes == [("", 1)]:
