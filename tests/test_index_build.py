@@ -119,3 +119,19 @@ def test_parts_of_another_index_are_not_merged(tmp_path):
     assert filled["shards_added"] == 3
     _, rows = search(read_index(tmp_path / "index", "nprobe=32"), queries, 10)
     assert (rows >= 0).all()
+
+
+def test_a_graph_is_built_with_the_efconstruction_asked(tmp_path, capsys):
+    import faiss
+
+    from react_core.cli import main
+    from react_core.retrieval.index import build_index
+
+    queries = write_folder(tmp_path / "emb")
+    info = build_index(tmp_path / "emb", "image", tmp_path / "graph", factory="HNSW32,Flat", ef_construction=80,
+                       queries=queries, k=10, progress=False)
+    assert info["ef_construction"] == 80 and "efSearch" in info["search_parameters"]
+    assert faiss.read_index(str(tmp_path / "graph" / "index.faiss")).hnsw.efConstruction == 80
+    assert main(["index", "--emb", str(tmp_path / "emb"), "--out", str(tmp_path / "ivf"), "--factory", "IVF16,Flat",
+                 "--ef-construction", "80"]) == 2
+    assert "efConstruction applies to HNSW graphs" in capsys.readouterr().err

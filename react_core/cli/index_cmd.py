@@ -47,9 +47,9 @@ def register(subparsers):
                         help="at most this many queries (a random sample) tune and time the index (default 300)")
     parser.add_argument("--workers", type=int, default=1,
                         help="processes adding shards in parallel on this machine (default 1: this process)")
-    parser.add_argument("--ray", metavar="ADDRESS", help="add shards as Ray tasks: 'auto' (a running cluster), an address, "
-                        "or 'local' (a Ray started here with --workers CPUs); EMBDIR and INDEXDIR must be on storage every "
-                        "node reads. Needs pip install -e \".[ray]\"")
+    parser.add_argument("--ray", metavar="ADDRESS", help="add shards as Ray tasks of one CPU each: 'auto' (a running "
+                        "cluster), an address, or 'local' (a Ray started here with --workers CPUs); EMBDIR and INDEXDIR "
+                        "must be on storage every node reads. Needs pip install -e \".[ray]\"")
     parser.add_argument("--ef-construction", type=int, help="efConstruction of an HNSW --factory (FAISS's default 40)")
     parser.add_argument("--on-disk", action="store_true", default=None, help="merge shards on disk even when it would fit")
     parser.add_argument("--no-rerank", dest="rerank", action="store_false",
@@ -99,6 +99,8 @@ def run(args) -> int:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
+    if args.ef_construction is not None and not args.factory:
+        raise UserError("--ef-construction needs --factory (an HNSW graph, e.g. HNSW32,Flat)")
     try:
         if args.plan:
             n, d = parse_plan(args.plan)

@@ -193,8 +193,8 @@ def add_part(task: ShardTask) -> dict:
 
 def run_tasks(tasks: list[ShardTask], workers: int = 1, ray_address: str | None = None, progress=None) -> list[dict]:
     """`add_part` of every task: in this process (one worker), in `workers` local processes, or
-    as Ray tasks (`ray_address`: "auto", an address, or "local" for a Ray started here with
-    `workers` CPUs). `progress` is called with each finished task's result."""
+    as Ray tasks of one CPU each (`ray_address`: "auto", an address, or "local" for a Ray started
+    here with `workers` CPUs). `progress` is called with each finished task's result."""
     results = []
 
     def done(result: dict) -> None:
@@ -234,7 +234,7 @@ def _run_on_ray(tasks: list[ShardTask], workers: int, address: str, done) -> lis
             ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
         else:
             ray.init(address=address, log_to_driver=False)
-    remote = ray.remote(add_part).options(num_cpus=max(1, tasks[0].threads) if tasks else 1)
+    remote = ray.remote(add_part).options(num_cpus=1)
     pending = [remote.remote(task) for task in tasks]
     results = []
     while pending:

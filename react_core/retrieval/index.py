@@ -306,7 +306,9 @@ def new_index(candidate: Candidate, d: int, factory: str | None = None):
     except RuntimeError as error:
         raise IndexBuildError(f"FAISS cannot build index factory {factory!r}: {str(error).splitlines()[-1]}") from None
     if candidate.ef_construction:
-        faiss.downcast_index(index).hnsw.efConstruction = candidate.ef_construction
+        if not isinstance(index, faiss.IndexHNSW):
+            raise IndexBuildError(f"efConstruction applies to HNSW graphs (e.g. HNSW32,Flat), not to {factory!r}")
+        index.hnsw.efConstruction = candidate.ef_construction
     ivf = ivf_of(index)
     if isinstance(faiss.downcast_index(ivf) if ivf is not None else None, faiss.IndexIVFPQ):
         # polysemous codes serve Hamming-filtered search (`ht`), which tuning never uses; training
@@ -566,7 +568,8 @@ def fill_index(candidate: Candidate, folder: EmbeddingFolder, kind: str, out: Pa
             return {"workers": 1, "backend": "this process"}
         parts = out / PARTS_DIR
         _trained(candidate, folder, kind, parts)
-        threads = max(1, usable_cpus() // max(1, workers)) if workers > 1 or ray_address else 0
+        # local workers share this machine's CPUs; a Ray task takes one CPU of whichever node runs it
+        threads = 1 if ray_address else (max(1, usable_cpus() // workers) if workers > 1 else 0)
         tasks = []
         for number, start, count in zip(folder.numbers, folder.offsets[:-1], folder.counts):
             part = parts / f"part_{number}.faiss"
