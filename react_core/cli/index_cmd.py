@@ -93,7 +93,8 @@ def run(args) -> int:
     from react_core.modeling.text import VocabularyError
     from react_core.retrieval.classes import ClassListError
     from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
-    from react_core.retrieval.index import IndexBuildError, build_index, format_plan, parse_memory, plan
+    from react_core.retrieval.index import IndexBuildError, build_index, parse_memory
+    from react_core.retrieval.planning import format_plan, plan
 
     if not 0 < args.target_recall <= 1:
         raise UserError(f"--target-recall must be in (0, 1], got {args.target_recall}")

@@ -3,7 +3,8 @@ most relevant to a task from its class names alone, and turn them into a trainin
 
 embed.py     corpus -> LAION-layout embedding folder (`react embed`); the model behind one of
              LAION's folders, named or recorded once (`react embeddings-info`) and checked
-index.py     embedding folder -> the index chosen, built and tuned for it (`react index`, `--plan`)
+index.py     embedding folder -> the index chosen, built and tuned for it (`react index`)
+planning.py  what an index of n x d vectors would take, before building it (`react index --plan`)
 tuning.py    an index against exact search: recall, search breadth, speed ratios with bounds
 ann.py       FAISS index files: read with checks, searched, filled by parallel workers, merged,
              re-ranked from the embeddings on disk
