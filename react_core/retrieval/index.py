@@ -47,13 +47,17 @@ memory or on disk when the index would take more than half the budget; the resul
 single-process build. Graphs and exact indexes are filled in this process.
 
 Tuning (`tune_index`, see `tuning.py`): exact neighbours of the tuning queries are the ground
-truth; the winner's breadth is swept from the value scaled from the sample with early stopping;
-where plain codes miss the target, `factor * k` candidates are re-ranked from the embeddings on
-disk. Then the decision that noise must not reverse: the tuned index and the exact search a user
-would run within the same budget (`IndexFlatIP` in memory when its vectors fit, else shard by
-shard from the folder; index.json names which) are timed in interleaved pairs, and with an
-automatic choice the approximate index is kept only when the lower bound of its speed ratio is
-above 1 and it meets the target; otherwise exact search replaces it where it fits.
+truth (of 128 of them where screening already chose on all: exact search over the whole corpus
+is the dearest step of tuning); the winner's breadth is swept from the value scaled from the
+sample with early stopping; where plain codes miss the target, `factor * k` candidates are
+re-ranked from the embeddings on disk. Then the decision that noise must not reverse: the tuned
+index and the exact search a user would run within the same budget (`IndexFlatIP` in memory when
+its vectors fit, else shard by shard from the folder; index.json names which) are timed in
+interleaved pairs on as many queries as exact search answers in about a second (32 to 128), and
+with an automatic choice the approximate index is kept only when it meets the target and, by the
+wall clock and by CPU time, the lower bound of its speed ratio is above 1 and its median at least
+1.3x; otherwise exact search replaces it where it fits. index.json's `tuning.seconds` splits the
+tuning time into screening, exact neighbours, sweep and speed.
 
 Text queries are not distributed like corpus vectors (the modality gap), so the queries are the
 class x template text embeddings, or else caption embeddings, never corpus samples of the indexed
@@ -133,7 +137,9 @@ SCREEN_K_MIN = 10
 TUNING_SHARE = 0.25  # screening may take this share of the first candidate's projected full build
 SCREEN_FLOOR_SECONDS = 20.0  # ... or this long, on corpora whose builds take seconds
 ADD_CHUNK = 10_000
-TIMING_QUERIES = 128
+TIMING_QUERIES = (32, 128)  # FAISS's exact search turns to BLAS from 20 queries: never time fewer
+TIMING_SECONDS = 1.0  # ... and about this long a batch for exact search
+FULL_SCALE_QUERIES = 128
 DISK_FACTORS = (2, 4, 8, 16)
 
 logger = logging.getLogger("react")
@@ -734,6 +740,18 @@ class ExactSearch:
         return exact_neighbours(self.folder, self.kind, queries, k)
 
 
+def timing_batch(exact: ExactSearch, queries: np.ndarray, k: int) -> int:
+    """Queries to time per search: as many as exact search answers in about `TIMING_SECONDS`,
+    within `TIMING_QUERIES`; measured on the fewest."""
+    fewest, most = TIMING_QUERIES
+    if len(queries) <= fewest:
+        return len(queries)
+    started = time.perf_counter()
+    exact.search(queries[:fewest], k)
+    per_query = (time.perf_counter() - started) / fewest
+    return int(min(len(queries), most, max(fewest, TIMING_SECONDS / max(per_query, 1e-9))))
+
+
 def tune_index(
     out: str | Path,
     folder: EmbeddingFolder,
@@ -779,22 +797,31 @@ def tune_index(
     extra: dict = {"speed_vs_exact": 1.0, "recall_lower_bound": 1.0, "meets_target": True} if factory == "Flat" else {}
     if factory != "Flat" and queries is not None and len(queries):
         picked = queries if len(queries) <= max_tuning_queries else queries[_sample_rows(len(queries), max_tuning_queries, 1)]
+        if start is not None:  # screening chose on every query; checking its choice at full scale needs fewer
+            picked = picked[:FULL_SCALE_QUERIES]
         picked = np.ascontiguousarray(picked, dtype=np.float32)
         k_tune = min(k, len(folder))
+        phase = time.perf_counter()
         exact = ExactSearch(folder, kind, max_memory)
         _, truth = exact.search(picked, k_tune)
+        phases = {"exact_neighbours": time.perf_counter() - phase}
+        phase = time.perf_counter()
         searchable = read_index(out, parameters="", rerank=False)
         result = sweep(searchable, picked, truth, target_recall, start=start, folder=folder, kind=kind,
                        disk_factors=DISK_FACTORS if refine else ())
+        phases["sweep"] = time.perf_counter() - phase
         best = result.best
         parameters, refine_factor = best.parameters, best.refine_factor
         recall, recall_bound, seconds_per_query = best.recall, best.recall_lower_bound, best.seconds_per_query
         tuned = RefinedIndex(searchable, folder, kind, refine_factor) if refine_factor > 1 else searchable
-        speed = compare_speed(tuned.search, exact.search, picked[:TIMING_QUERIES], k_tune)
+        phase = time.perf_counter()
+        speed = compare_speed(tuned.search, exact.search, picked[:timing_batch(exact, picked, k_tune)], k_tune)
+        phases["speed"] = time.perf_counter() - phase
         tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "margin_standard_errors": RECALL_MARGIN,
                   "settings_measured": len(result.tried),
                   "plain_recall": max((t.recall for t in result.tried if t.refine_factor == 1), default=None),
-                  "speed_pairs": speed.pairs, "timed_queries": speed.queries}
+                  "speed_pairs": speed.pairs, "timed_queries": speed.queries,
+                  "seconds": {"screening": round(spent_seconds, 2), **{name: round(v, 2) for name, v in phases.items()}}}
         candidate = {"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
                      "recall": recall, "recall_lower_bound": recall_bound, "seconds_per_query": speed.index_seconds_per_query,
                      "index_bytes": info["index_bytes"], "speed_vs_exact": speed.median,
