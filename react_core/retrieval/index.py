@@ -37,7 +37,9 @@ is the limit), or met it within 1.5x of the best. Screening has a budget: a quar
 build that the first candidate's sample build projects (n / sample times its seconds), or 20 s
 where that is less; once it is spent the remaining candidates are skipped, and a graph whose
 build, projected from its first chunks, would overrun it is abandoned (on 100k x 256 an HNSW32
-graph took 8 min to build on a loaded machine, 15x the inverted file that won). Only the winner
+graph took 8 min to build on a loaded machine, 15x the inverted file that won), and an inverted
+file whose training, projected from the first one's by points x lists, would overrun it is
+skipped (the 4x-lists candidate's k-means took 80 s of a 300k x 512 screening). Only the winner
 is built on the whole corpus; when the sample is the whole corpus, the winner's screening build
 is kept.
 
@@ -113,7 +115,6 @@ from react_core.retrieval.tuning import (
     recall_at_k,
     recall_lower_bound,
     sweep,
-    time_search,
 )
 
 __all__ = [
@@ -137,7 +138,7 @@ SCREEN_K_MIN = 10
 TUNING_SHARE = 0.25  # screening may take this share of the first candidate's projected full build
 SCREEN_FLOOR_SECONDS = 20.0  # ... or this long, on corpora whose builds take seconds
 ADD_CHUNK = 10_000
-TIMING_QUERIES = (32, 128)  # FAISS's exact search turns to BLAS from 20 queries: never time fewer
+TIMING_QUERIES = (24, 128)  # FAISS's exact search turns to BLAS from 20 queries: never time fewer
 TIMING_SECONDS = 1.0  # ... and about this long a batch for exact search
 FULL_SCALE_QUERIES = 128
 DISK_FACTORS = (2, 4, 8, 16)
@@ -405,15 +406,17 @@ def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries
     vectors = folder.gather(kind, rows)
     flat = faiss.IndexFlatIP(d)
     flat.add(vectors)
+    started = time.perf_counter()
     _, positions = flat.search(queries, k_sample)
+    exact_seconds = (time.perf_counter() - started) / len(queries)  # a first estimate: the sweeps prune by it
     exact = rows[positions]
-    exact_seconds = time_search(flat, queries, k_sample)
     del flat
     fastest = exact_seconds if Candidate("Flat") in options else math.inf
     winner, records = None, []
     graph_worth_refining = False
     screening_started = time.perf_counter()
     budget = math.inf
+    trained = None  # (factory, training points, seconds) of the first inverted file trained
     for candidate in (c for c in options if c.factory != "Flat"):
         if candidate.ef_construction and candidate.ef_construction > EF_CONSTRUCTIONS[0] and not graph_worth_refining:
             records.append({**candidate.as_dict(), "skipped": f"the efConstruction {EF_CONSTRUCTIONS[0]} graph neither "
@@ -424,9 +427,17 @@ def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries
             records.append({**candidate.as_dict(), "skipped": f"the tuning budget ({budget:.0f} s) was spent"})
             continue
         factory = scaled_factory(candidate.factory, scale)
+        training = training_size(factory, len(rows))
+        expected = _expected_training(factory, training, trained)
+        if expected > left:
+            records.append({**candidate.as_dict(), "skipped": f"its training on the sample would take ~{expected:.0f} s "
+                            f"(projected from the first candidate's), more than the {left:.0f} s left of the tuning budget"})
+            continue
         started = time.perf_counter()
         index = new_index(candidate, d, factory)
-        train_index(index, vectors[_sample_rows(len(rows), training_size(factory, len(rows)), seed=4)])
+        train_index(index, vectors[_sample_rows(len(rows), training, seed=4)])
+        if trained is None and ivf_of(index) is not None:
+            trained = (factory, training, time.perf_counter() - started)
         by_rows = ivf_of(index) is not None and refine_of(index) is None  # ids are corpus rows: re-rank from disk works
         if by_rows:
             index.add_with_ids(vectors, rows)
@@ -457,6 +468,17 @@ def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries
         del index
     sample = {"vectors": len(rows), "k": k_sample, "exact_seconds_per_query": exact_seconds}
     return winner, records, sample
+
+
+def _expected_training(factory: str, points: int, trained: tuple[str, int, float] | None) -> float:
+    """Seconds an inverted file's training on `points` should take, from the first one trained:
+    k-means grows with points x lists. 0 when nothing was trained yet, or for a graph."""
+    match = re.search(r"IVF(\d+)", factory)
+    if trained is None or match is None:
+        return 0.0
+    first_factory, first_points, seconds = trained
+    lists, first_lists = int(match.group(1)), int(re.search(r"IVF(\d+)", first_factory).group(1))
+    return seconds * (points * lists) / (first_points * first_lists)
 
 
 def _add_within(index, vectors: np.ndarray, deadline: float) -> bool:
