@@ -762,16 +762,14 @@ class ExactSearch:
         return exact_neighbours(self.folder, self.kind, queries, k)
 
 
-def timing_batch(exact: ExactSearch, queries: np.ndarray, k: int) -> int:
-    """Queries to time per search: as many as exact search answers in about `TIMING_SECONDS`,
-    within `TIMING_QUERIES`; measured on the fewest."""
+def timing_batch(exact: ExactSearch, exact_seconds_per_query: float, available: int) -> int:
+    """Queries to time per search: as many as exact search in memory answers in about
+    `TIMING_SECONDS`, within `TIMING_QUERIES`; every one available for exact search from disk,
+    which reads the whole corpus per search whatever the batch."""
     fewest, most = TIMING_QUERIES
-    if len(queries) <= fewest:
-        return len(queries)
-    started = time.perf_counter()
-    exact.search(queries[:fewest], k)
-    per_query = (time.perf_counter() - started) / fewest
-    return int(min(len(queries), most, max(fewest, TIMING_SECONDS / max(per_query, 1e-9))))
+    if not exact.in_memory:
+        return min(available, most)
+    return int(min(available, most, max(fewest, TIMING_SECONDS / max(exact_seconds_per_query, 1e-9))))
 
 
 def tune_index(
@@ -825,7 +823,9 @@ def tune_index(
         k_tune = min(k, len(folder))
         phase = time.perf_counter()
         exact = ExactSearch(folder, kind, max_memory)
+        searched = time.perf_counter()
         _, truth = exact.search(picked, k_tune)
+        exact_per_query = (time.perf_counter() - searched) / len(picked)  # sizes the timing batch below
         phases = {"exact_neighbours": time.perf_counter() - phase}
         phase = time.perf_counter()
         searchable = read_index(out, parameters="", rerank=False)
@@ -837,7 +837,7 @@ def tune_index(
         recall, recall_bound, seconds_per_query = best.recall, best.recall_lower_bound, best.seconds_per_query
         tuned = RefinedIndex(searchable, folder, kind, refine_factor) if refine_factor > 1 else searchable
         phase = time.perf_counter()
-        speed = compare_speed(tuned.search, exact.search, picked[:timing_batch(exact, picked, k_tune)], k_tune)
+        speed = compare_speed(tuned.search, exact.search, picked[:timing_batch(exact, exact_per_query, len(picked))], k_tune)
         phases["speed"] = time.perf_counter() - phase
         tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "margin_standard_errors": RECALL_MARGIN,
                   "settings_measured": len(result.tried),
