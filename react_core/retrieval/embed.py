@@ -603,7 +603,7 @@ class EmbeddingFolder:
             array = self.array(kind, number)
             path = shard_files(self.root, number)[kind]
             if array.shape[1] != self.dim:
-                source = f"{self.root / INFO_FILE} says {self.dim}" if self.info.get("dim") else f"the first shard has {self.dim}"
+                source = f"{self.root / INFO_FILE} says {self.dim}" if self.info.get("dim") else f"the last shard has {self.dim}"
                 raise EmbeddingError(f"{path}: embeddings of dimension {array.shape[1]}, {source}")
             if len(array) != count:
                 raise EmbeddingError(f"{path}: {len(array)} rows, the folder's other arrays of shard {number} have {count}")
