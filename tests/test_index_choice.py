@@ -115,7 +115,7 @@ def test_the_choice_is_the_same_on_repeated_runs(tmp_path, data):
     assert recorded["exact_measured"] == "IndexFlatIP in memory"
     if factory != "Flat":
         assert recorded["faster_than_exact"] and recorded["speed_vs_exact_bounds"][0] > 1.0
-        assert 3 <= recorded["tuning"]["speed_pairs"] <= MAX_PAIRS
+        assert MIN_PAIRS <= recorded["tuning"]["speed_pairs"] <= MAX_PAIRS
 
 
 def test_plan_prints_what_would_be_built_and_builds_nothing(tmp_path, monkeypatch, capsys):
