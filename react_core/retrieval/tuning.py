@@ -37,7 +37,7 @@ from typing import Callable
 
 import numpy as np
 
-from react_core.retrieval.ann import RefinedIndex
+from react_core.retrieval.ann import RefinedIndex, ivf_of, refine_of
 from react_core.retrieval.embed import EmbeddingFolder
 
 RECALL_MARGIN = 2.0  # standard errors: a setting is kept when mean - 2 SE of its per-query recall reaches the target
@@ -83,16 +83,6 @@ def recall_lower_bound(recalls: np.ndarray) -> float:
     return float(recalls.mean() - RECALL_MARGIN * recalls.std(ddof=1) / math.sqrt(len(recalls)))
 
 
-def time_search(index, queries: np.ndarray, k: int, repeats: int = 2) -> float:
-    """Seconds per query of one batched search of `queries` (the best of `repeats`)."""
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        index.search(queries, k)
-        best = min(best, time.perf_counter() - started)
-    return best / len(queries)
-
-
 # --------------------------------------------------------------------------------------------
 # Search breadth
 
@@ -128,8 +118,6 @@ def breadth_knobs(index) -> dict[str, list[int]]:
     """The knobs of `index` that widen its search, each with its values in increasing order:
     nprobe (powers of two up to nlist), efSearch of a graph (16 up to EF_SEARCH_MAX), and
     `k_factor_rf` of a FAISS `Refine` (re-ranked candidates per hit)."""
-    from react_core.retrieval.ann import ivf_of, refine_of
-
     import faiss
 
     knobs: dict[str, list[int]] = {}
@@ -154,8 +142,6 @@ def apply_parameters(index, parameters: str) -> None:
         return
     values = dict(part.split("=") for part in parameters.split(","))
     if "nprobe" in values and "quantizer_efSearch" not in values:
-        from react_core.retrieval.ann import ivf_of
-
         ivf = ivf_of(index)
         if ivf is not None and isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
             parameters += f",quantizer_efSearch={max(64, 2 * int(values['nprobe']))}"
@@ -176,6 +162,9 @@ def _measure(search: Callable, queries: np.ndarray, exact: np.ndarray, parameter
         recalls = np.concatenate([recalls, per_query_recall(rest, exact[FIRST_QUERIES:])])
     seconds = (time.perf_counter() - started) / len(recalls)
     return Setting(parameters, factor, float(recalls.mean()), recall_lower_bound(recalls), seconds, position)
+
+
+PRUNED = "ran slower than the best so far"
 
 
 def _sweep_values(measure: Callable[[int], Setting], count: int, position: int, target: float,
@@ -199,10 +188,7 @@ def _sweep_values(measure: Callable[[int], Setting], count: int, position: int, 
         setting = measure(position)
         if setting.meets(target):
             return setting, ""
-    return None, f"{setting.parameters} ran slower than the best so far without reaching the target"
-
-
-PRUNED = "ran slower than the best so far"
+    return None, f"{setting.parameters} {PRUNED} without reaching the target"
 
 
 def sweep(index, queries: np.ndarray, exact: np.ndarray, target: float, *, beat: float = math.inf,
@@ -297,11 +283,6 @@ class SpeedRatio:
     @property
     def faster(self) -> bool:
         return min(self.lower_bound, self.cpu_lower_bound) > 1.0 and min(self.median, self.cpu_median) >= MIN_SPEEDUP
-
-    def as_dict(self) -> dict:
-        return {"median": self.median, "lower_bound": self.lower_bound, "upper_bound": self.upper_bound,
-                "cpu_median": self.cpu_median, "cpu_lower_bound": self.cpu_lower_bound,
-                "cpu_upper_bound": self.cpu_upper_bound, "pairs": self.pairs, "queries": self.queries}
 
 
 def ratio_interval(ratios: list[float]) -> tuple[float, float]:
