@@ -10,9 +10,9 @@ Filling: the empty index is trained once and written to `parts/trained.faiss`; e
 embedding folder is then added to its own copy of it by a worker that reads only that shard
 (`add_part`), which writes `parts/part_N.faiss`. Workers are this process (one worker), local
 processes, or Ray tasks on a cluster whose machines share the folders. The parts are merged in
-shard order, into memory or on disk (`faiss.contrib.ondisk.merge_ondisk`, one `index.ivfdata`),
-so the merged index holds the same inverted lists, in the same order, as adding every shard in
-one process: its search results are the same. Finished parts are kept until the merge, so an
+shard order into one index (not N sub-indices searched together), in memory or on disk
+(`faiss.contrib.ondisk.merge_ondisk`, one `index.ivfdata`), so it holds the same inverted lists,
+in the same order, as adding every shard in one process: its search results are the same. Finished parts are kept until the merge, so an
 interrupted build resumes.
 """
 from __future__ import annotations
