@@ -1,6 +1,8 @@
 """Install the `react` framework: `pip install -e ".[dev]"`."""
 from setuptools import find_packages, setup
 
+DOCS = ["mkdocs>=1.6", "mkdocs-material>=9"]
+
 setup(
     name="react",
     version="0.1.0",
@@ -10,7 +12,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["react_core", "react_core.*", "react_dense", "react_dense.*"]),
-    package_data={"react_core": ["modeling/model_configs/*.json", "resources/*"]},
+    package_data={
+        "react_core": ["modeling/model_configs/*.json"],
+        "react_dense": ["lab/configs/*.yaml", "lab/resources/*"],
+    },
     install_requires=[
         "torch>=2.6",  # torch.load defaults to weights_only=True
         "torchvision>=0.21",
@@ -30,13 +35,21 @@ setup(
         "pyyaml>=6.0",
         "timm>=0.9",
     ],
-    # browser: the headless-Chromium test of `react report` (with a system Chromium, e.g. Debian's `chromium`)
-    extras_require={"dev": ["pytest>=7", "huggingface_hub>=0.20"], "browser": ["playwright>=1.40"]},
+    # docs: the mkdocs site (`mkdocs build --strict`, run by CI, so `dev` includes it);
+    # browser: the headless-Chromium test of `react report` (with a system Chromium, e.g. Debian's `chromium`);
+    # ray: `react embed --ray` (Ray Data; tested with 2.60)
+    extras_require={
+        "dev": ["pytest>=7", "huggingface_hub>=0.20", *DOCS],
+        "docs": DOCS,
+        "browser": ["playwright>=1.40"],
+        "ray": ["ray[data]>=2.60"],
+    },
     entry_points={
         "console_scripts": ["react=react_core.cli:main"],
         "react.commands": [
             "detect = react_dense.cli.detect_cmd",
-            "demo = react_dense.cli.demo_cmd",
+            "synth = react_dense.lab.synth_cmd",
+            "demo = react_dense.lab.demo_cmd",
             "segment = react_dense.cli.segment_cmd",
         ],
         "react.plugins": ["dense = react_dense.plugin"],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 from react_core.config import ConfigError, load
 from react_core.errors import UserError
@@ -14,11 +14,12 @@ from react_dense.segmentation.config import SegmentationConfig
 DenseConfig = Union[DetectionConfig, SegmentationConfig]
 
 
-def load_dense_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> DenseConfig:
-    """`path` with `overrides`, refused unless it is a detection or segmentation config."""
+def load_dense_config(path: Union[str, Path], overrides: Union[Sequence[str], Mapping[str, Any]] = ()) -> DenseConfig:
+    """`path` with `overrides` (`key=value` strings or a mapping, as `react_core.config.load` takes
+    them), refused unless it is a detection or segmentation config."""
     import react_dense.plugin  # noqa: F401  (registers both kinds and their parts)
 
-    cfg = load(str(path), list(overrides))
+    cfg = load(str(path), overrides)
     if not isinstance(cfg, (DetectionConfig, SegmentationConfig)):
         raise ConfigError(
             f"{path}: expected `kind: detection` or `kind: segmentation`, got kind {getattr(cfg, 'kind', '?')!r}"
@@ -28,7 +29,7 @@ def load_dense_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> 
 
 def train(
     config: Union[str, Path],
-    overrides: Sequence[str],
+    overrides: Union[Sequence[str], Mapping[str, Any]],
     out: Union[str, Path],
     *,
     resume: bool = False,
@@ -44,9 +45,23 @@ def train(
     metrics written to `out/metrics.json` (None on the non-main processes of a multi-GPU run).
     `weights` is a checkpoint for `eval_only`, `tower_from_config` evaluates it with the config's
     image tower (`react_dense.engines.checkpoint.with_model_tower`); the GPU and machine settings are Detectron2's (the
-    torchvision and plain engines run on several devices under torchrun)."""
+    torchvision and plain engines run on several devices under torchrun). An evaluation into a folder
+    without a config.yaml writes one, recording the checkpoint it read."""
+    from react_core.config import RUN_CONFIG, write_run_config
+    from react_dense.engines.checkpoint import FINAL
+
     cfg = load_dense_config(config, overrides)
     out = Path(out)
+    record = eval_only and not (out / RUN_CONFIG).is_file()
+    metrics = _run_engine(cfg, out, resume, eval_only, weights, tower_from_config, num_gpus, num_machines, machine_rank, dist_url)
+    if record and metrics is not None:
+        write_run_config(cfg, out, read=[weights or out / FINAL])
+    return metrics
+
+
+def _run_engine(cfg: DenseConfig, out: Path, resume: bool, eval_only: bool, weights: Optional[str], tower_from_config: bool,
+                num_gpus: int, num_machines: int, machine_rank: int, dist_url: str) -> Optional[dict]:
+    """`train` on the config's engine."""
     if tower_from_config and not eval_only:
         raise UserError("--tower-from-config is for --eval-only")
     if cfg.engine == "detectron2" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -62,7 +77,7 @@ def train(
             from react_dense.engines.detectron2.seg_train import run as run_detectron2
 
             return run_detectron2(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)
-        from react_dense.segmentation.train import run as run_plain
+        from react_dense.engines.plain.train import run as run_plain
 
         return run_plain(cfg, out, eval_only=eval_only, resume=resume, weights=weights, tower_from_config=tower_from_config)
     if weights and not eval_only:

@@ -5,15 +5,45 @@ from pathlib import Path
 
 import pytest
 
+# A ModifiedResNet CLIP small enough for a CPU test: every ResNet-tower test builds this one.
+TINY_RESNET = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 2], "width": 16, "head_width": 8},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    """A random-init react-tiny (seed 0), in eval mode; one per test module."""
+    import torch
+
+    from react_core.modeling import load_clip
+
+    torch.manual_seed(0)
+    bundle = load_clip("react-tiny")
+    bundle.model.eval()
+    return bundle
+
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
     """The `tiny` synthetic world (seed 0), generated once per test session."""
-    from react_core.synth import generate_world
+    from react_dense.lab.world import generate_world
 
     out = tmp_path_factory.mktemp("tiny_world")
     generate_world("tiny", out, seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tiny_world, tmp_path_factory) -> Path:
+    """The tiny world's base CLIP: the lab's pretrain config cut to three iterations; its weights file."""
+    from react_dense.lab.base import prepare_base
+
+    settings = {"data.batch_size": 32, "data.workers": 0, "train.max_iters": 3, "train.warmup_iters": 1,
+                "train.checkpoint_interval": 2}
+    return prepare_base(tiny_world, tmp_path_factory.mktemp("tiny_base"), settings)
 
 
 @pytest.fixture(scope="session")

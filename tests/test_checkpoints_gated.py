@@ -11,7 +11,8 @@ import react_core.cli
 from react_core.modeling import CheckpointError, load_clip, read_state_dict, save_adapter, save_full, save_official
 from react_core.modeling.gated import GATED_ATTR, add_gated_blocks, gated_layers, set_trainable
 
-from test_gated import TINY_RESNET, _randomize_gated
+from conftest import TINY_RESNET
+from test_gated import _randomize_gated
 
 
 def react(argv: list[str]) -> int:
@@ -219,7 +220,7 @@ def test_resnet_files_round_trip(tmp_path):
     save_adapter(bundle.model, tmp_path / "a.safetensors", spec=bundle.spec, mode="locked-text")
     for path in ("official.pt", "a.safetensors"):
         loaded = load_clip(TINY_RESNET, weights=tmp_path / path)
-        assert gated_layers(loaded.model) == [4, 5]
+        assert gated_layers(loaded.model) == [3, 4]
         torch.testing.assert_close(_features(loaded.model, 64), expected)
 
 

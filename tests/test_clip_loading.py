@@ -16,12 +16,6 @@ TINY_DICT = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_clip("react-tiny")
-
-
 def _save(layout: str, state: dict, folder):
     if layout == "bare":
         path = folder / "bare.pt"
@@ -36,26 +30,26 @@ def _save(layout: str, state: dict, folder):
 
 
 @pytest.mark.parametrize("layout", ["bare", "wrapped-prefixed-fp16", "safetensors"])
-def test_saved_random_model_loads_back_equal(tiny, tmp_path, layout):
-    state = tiny.model.state_dict()
+def test_saved_random_model_loads_back_equal(tiny_clip, tmp_path, layout):
+    state = tiny_clip.model.state_dict()
     loaded = load_clip("react-tiny", weights=_save(layout, state, tmp_path))
     for key, tensor in loaded.model.state_dict().items():
         expected = state[key].half().float() if layout.endswith("fp16") else state[key]
         assert torch.equal(tensor, expected), key
-    assert loaded.spec.weights_sha256 and loaded.spec.identity() != tiny.spec.identity()
+    assert loaded.spec.weights_sha256 and loaded.spec.identity() != tiny_clip.spec.identity()
 
 
-def test_loaded_model_gives_the_same_features(tiny, tmp_path):
-    loaded = load_clip("react-tiny", weights=_save("bare", tiny.model.state_dict(), tmp_path))
+def test_loaded_model_gives_the_same_features(tiny_clip, tmp_path):
+    loaded = load_clip("react-tiny", weights=_save("bare", tiny_clip.model.state_dict(), tmp_path))
     images = torch.randn(2, 3, 64, 64)
-    tokens = tiny.tokenizer(["a red star", "a blue ring"])
-    tiny.model.eval(), loaded.model.eval()
-    assert torch.equal(tiny.model.encode_image(images), loaded.model.encode_image(images))
-    assert torch.equal(tiny.model.encode_text(tokens), loaded.model.encode_text(tokens))
+    tokens = tiny_clip.tokenizer(["a red star", "a blue ring"])
+    tiny_clip.model.eval(), loaded.model.eval()
+    assert torch.equal(tiny_clip.model.encode_image(images), loaded.model.encode_image(images))
+    assert torch.equal(tiny_clip.model.encode_text(tokens), loaded.model.encode_text(tokens))
 
 
-def test_missing_and_unexpected_keys_are_named(tiny, tmp_path):
-    state = dict(tiny.model.state_dict())
+def test_missing_and_unexpected_keys_are_named(tiny_clip, tmp_path):
+    state = dict(tiny_clip.model.state_dict())
     state.pop("ln_final.weight")
     state["visual.extra.weight"] = torch.zeros(1)
     path = _save("bare", state, tmp_path)

@@ -50,6 +50,27 @@ def configs(tmp_path):
     return tmp_path, child
 
 
+def test_vars_are_the_configs_own_variables_and_are_dropped_after_interpolation(tmp_path):
+    base = write(tmp_path / "base.yaml", "kind: test-kind\nvars: {root: /data}\nname: ${vars.root}/a\n")
+    child = write(tmp_path / "child.yaml", "_base_: base.yaml\nnote: ${vars.root}/b\n")
+    cfg = load(child)
+    assert (cfg.name, cfg.note) == ("/data/a", "/data/b") and not hasattr(cfg, "vars")
+    moved = load(child, ["vars.root=/mnt"])
+    assert (moved.name, moved.note) == ("/mnt/a", "/mnt/b")
+    assert load(base, {"vars.root": "/x", "steps": 3}).name == "/x/a"  # from code: typed values, no strings to parse
+    with pytest.raises(ConfigError, match="'vars'.*mapping"):
+        load(write(tmp_path / "bad.yaml", "kind: test-kind\nname: a\nvars: 3\n"))
+    with pytest.raises(ConfigError, match="vars.missing"):
+        load(write(tmp_path / "unset.yaml", "kind: test-kind\nname: ${vars.missing}\n"))
+
+
+def test_a_mapping_override_keeps_its_value_as_it_is(configs):
+    _, child = configs
+    assert load(child, {"note": "1e-3", "steps": 4}).note == "1e-3"  # a string stays a string
+    with pytest.raises(ConfigError, match="steps"):
+        load(child, {"steps": "four"})
+
+
 def test_bases_merge_in_order_and_interpolation_sees_final_values(configs):
     _, child = configs
     cfg = load(child)
@@ -150,9 +171,9 @@ def test_a_customized_tower_is_named_one_way_model_weights():
 
     root = Path(__file__).resolve().parents[1] / "configs"
     assert not [p for p in root.rglob("*.yaml") if re.search(r"^adapter:", p.read_text(), re.M)]
-    for loader, name in ((load_detection_config, "ovd_synthetic.yaml"), (load_segmentation_config, "seg_synthetic.yaml")):
+    for loader, name in ((load_detection_config, "lvis_react.yaml"), (load_segmentation_config, "ade20k_react_seg.yaml")):
         with pytest.raises(ConfigError, match="adapter"):
-            loader(str(root / "demo" / name), ["adapter=runs/customize/adapter.safetensors"])
+            loader(str(root / name), ["adapter=runs/customize/adapter.safetensors"])
 
 
 def test_every_stage_trains_with_one_vocabulary():
@@ -173,10 +194,10 @@ def test_every_stage_trains_with_one_vocabulary():
     assert {f.type for f in fields(SegmentationConfig) if f.name == "train"} == {"SegmentationTrain"}
     assert names(SegmentationTrain) - names(DenseTrain) == {"crop_size", "scale_range", "hflip", "num_workers"}
     root = Path(__file__).resolve().parents[1] / "configs"
-    assert load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), ["train.max_iters=7"]).train.max_iters == 7
+    assert load_detection_config(str(root / "lvis_react.yaml"), ["train.max_iters=7"]).train.max_iters == 7
     for old in ("steps", "warmup_steps", "clip_grad_norm", "log_period", "checkpoint_period"):
         with pytest.raises(ConfigError, match=old):
-            load_detection_config(str(root / "demo" / "ovd_synthetic.yaml"), [f"train.{old}=1"])
+            load_detection_config(str(root / "lvis_react.yaml"), [f"train.{old}=1"])
 
 
 def test_arguments_the_builder_supplies_are_neither_required_nor_settable():
@@ -185,12 +206,12 @@ def test_arguments_the_builder_supplies_are_neither_required_nor_settable():
     from react_dense.detection.config import load_detection_config
     from react_dense.segmentation.config import load_segmentation_config
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "demo"
-    assert load_detection_config(str(root / "ovd_synthetic.yaml")).head["type"] == "RegionTextClassifier"
+    root = Path(__file__).resolve().parents[1] / "configs"
+    assert load_detection_config(str(root / "lvis_react.yaml")).head["type"] == "RegionTextClassifier"
     for loader, name, key in (
-        (load_detection_config, "ovd_synthetic.yaml", "backbone.visual"),
-        (load_detection_config, "ovd_synthetic.yaml", "head.embed_dim"),
-        (load_segmentation_config, "seg_synthetic.yaml", "head.input_shape"),
+        (load_detection_config, "lvis_react.yaml", "backbone.visual"),
+        (load_detection_config, "lvis_react.yaml", "head.embed_dim"),
+        (load_segmentation_config, "ade20k_react_seg.yaml", "head.input_shape"),
     ):
         with pytest.raises(ConfigError, match="set by the builder.*" + re.escape(f"'{key}'")):
             loader(str(root / name), [f"{key}=3"])

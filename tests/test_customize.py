@@ -13,17 +13,18 @@ from react_core.config import load
 from react_core.engine.caption_embeddings import EmbeddingFolderError, embeddings_from_folder
 from react_core.engine.config import CustomizeConfig, PretrainConfig
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[1] / "react_dense" / "lab" / "configs"
 
 
 @pytest.fixture(scope="module")
-def tiny_runs(tiny_world, tmp_path_factory):
-    """A few-step pretrain config over the demo one, in the tiny world; and a customize config on it."""
+def tiny_runs(tiny_world, tiny_base, tmp_path_factory):
+    """A few-step pretrain config over the lab's, in the tiny world; and a customize config on the
+    world's base."""
     root = tmp_path_factory.mktemp("runs")
     pretrain_yaml = root / "pretrain.yaml"
     pretrain_yaml.write_text(
         f"_base_: {CONFIGS / 'pretrain.yaml'}\n"
-        f"world: {tiny_world}\n"
+        f"vars: {{world: {tiny_world}}}\n"
         f"out: {root / 'pretrain'}\n"
         "data: {batch_size: 32, workers: 0}\n"
         "train: {max_iters: 3, warmup_iters: 1, checkpoint_interval: 2}\n"
@@ -31,8 +32,8 @@ def tiny_runs(tiny_world, tmp_path_factory):
     customize_yaml = root / "customize.yaml"
     customize_yaml.write_text(
         f"_base_: {CONFIGS / 'customize.yaml'}\n"
-        f"world: {tiny_world}\n"
-        f"base_pretrain: {pretrain_yaml}\n"
+        f"vars: {{world: {tiny_world}}}\n"
+        f"model: {{weights: {tiny_base}}}\n"
         "gated: {k: 1}\n"
         "data: {batch_size: 16}\n"
         "train: {max_iters: 3, warmup_iters: 1}\n"
@@ -54,7 +55,7 @@ def test_pretrain_is_cached_by_config_and_data(tiny_runs):
     assert pretrain(changed, root / "other") != weights
 
 
-def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path, capsys):
+def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tiny_base, tmp_path, capsys):
     from react_core.cli import main
     from react_core.modeling import load_clip
 
@@ -65,7 +66,7 @@ def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path, ca
     assert "mmengine - INFO" not in console and "Failed to search registry" not in console
     assert "Parsing model identifier" not in console  # open_clip's INFO lines
     assert sorted(p.name for p in out.iterdir()) == [
-        "adapter.safetensors", "cache", "checkpoint_last.pt", "config.yaml", "metrics.json", "train.log"]
+        ".react-run.json", "adapter.safetensors", "cache", "checkpoint_last.pt", "config.yaml", "metrics.json", "train.log"]
     assert "iter 3/3" in (out / "train.log").read_text()  # the scalars still reach the log file
     umask = os.umask(0)
     os.umask(umask)
@@ -78,7 +79,7 @@ def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path, ca
 
     adapter = load_clip("react-tiny", weights=out / "adapter.safetensors")
     assert adapter.spec.gated_layers == [5]
-    base = load_clip("react-tiny", weights=root / "pretrain" / "model.safetensors")
+    base = load_clip("react-tiny", weights=tiny_base)
     gates = {k: v for k, v in adapter.model.state_dict().items() if "alpha" in k}
     assert any(v.abs().item() > 0 for v in gates.values())  # the gates moved off zero
     images = torch.randn(2, 3, 64, 64)
@@ -92,13 +93,13 @@ def test_customize_writes_metrics_and_a_loadable_adapter(tiny_runs, tmp_path, ca
     assert again["zeroshot_top1_after"] == pytest.approx(metrics["zeroshot_top1_after"])
 
 
-def test_customize_config_errors_name_the_key(tiny_runs, capsys):
+def test_customize_config_errors_name_the_key(tiny_runs, tmp_path, capsys):
     from react_core.cli import main
 
     _, _, customize_yaml = tiny_runs
     assert main(["customize", "--config", str(customize_yaml), "train.mode=half"]) == 2
     assert "train.mode" in capsys.readouterr().err
-    assert main(["customize", "--config", str(customize_yaml), "data.train.manifest=/nowhere.parquet", "--out", "/tmp/x"]) == 2
+    assert main(["customize", "--config", str(customize_yaml), "data.train.manifest=/nowhere.parquet", "--out", str(tmp_path / "x")]) == 2
     assert "/nowhere.parquet" in capsys.readouterr().err
 
 
@@ -125,7 +126,7 @@ def test_replay_pairs_train_alongside_and_change_the_run_key(tiny_runs, tmp_path
     from react_core.engine.customize import customize
 
     _, _, customize_yaml = tiny_runs
-    replay = ["data.replay.type=PairManifest", "data.replay.manifest=${world}/corpus/manifest.parquet",
+    replay = ["data.replay.type=PairManifest", "data.replay.manifest=${vars.world}/corpus/manifest.parquet",
               "data.replay.sample=20", "data.replay.sample_seed=1"]
     plain = load(customize_yaml, schema=CustomizeConfig)
     mixed = load(customize_yaml, replay, schema=CustomizeConfig)

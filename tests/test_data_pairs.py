@@ -1,7 +1,9 @@
 """Pair datasets: three sources, one interface; unreadable images skipped and counted."""
 import io
+import random
 import tarfile
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -13,6 +15,7 @@ from react_core.data import (
     PairCollate,
     PairDataError,
     ResumableSampler,
+    SeededSamples,
     WebDatasetPairs,
     build_pairs,
 )
@@ -114,14 +117,38 @@ def test_captioned_folder(tmp_path):
 
 def test_sampler_starts_anywhere_and_shards_ranks():
     full = ResumableSampler(10, seed=3)
-    stream = [i for _, i in zip(range(35), iter(full))]
+    keys = [key for _, key in zip(range(35), iter(full))]
+    stream = [index for index, _ in keys]
     assert sorted(stream[:10]) == list(range(10)) and stream[:10] != stream[10:20]
     resumed = ResumableSampler(10, seed=3)
     resumed.start_at(17)
-    assert [i for _, i in zip(range(18), iter(resumed))] == stream[17:35]
+    assert [key for _, key in zip(range(18), iter(resumed))] == keys[17:35]  # the sample seeds too
+    assert len({seed for _, seed in keys}) == len(keys)  # one per place, not per index
     ranks = [ResumableSampler(10, seed=3, rank=r, world_size=3) for r in range(3)]
-    epoch = [[i for _, i in zip(range(4), iter(s))] for s in ranks]
-    assert all(len(e) == 4 for e in epoch) and set(sum(epoch, [])) == set(range(10))
+    epoch = [[key for _, key in zip(range(4), iter(s))] for s in ranks]
+    assert all(len(e) == 4 for e in epoch) and {i for e in epoch for i, _ in e} == set(range(10))
+    assert len({seed for e in epoch for _, seed in e}) == 12
+
+
+def test_seeded_samples_draw_from_their_own_seed_and_leave_the_process_streams_alone():
+    class RandomDraws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, index):
+            return index, random.random(), float(np.random.rand()), float(torch.rand(()))
+
+    samples = SeededSamples(RandomDraws())
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    expected = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    torch.manual_seed(0)
+    random.seed(0)
+    np.random.seed(0)
+    first = samples[2, 7]
+    assert samples[2, 7] == first and samples[2, 8][1:] != first[1:] and first[0] == 2
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == expected
 
 
 def test_classification_folder_follows_class_list_order(tmp_path):

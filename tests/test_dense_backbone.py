@@ -16,14 +16,8 @@ RESNET_TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    return load_clip("react-tiny")
-
-
-def test_vit_pyramid_shapes_strides_and_any_input_size(tiny):
-    backbone = ClipBackbone(tiny.model.visual, out_channels=32, emit_clip_map=True)
+def test_vit_pyramid_shapes_strides_and_any_input_size(tiny_clip):
+    backbone = ClipBackbone(tiny_clip.model.visual, out_channels=32, emit_clip_map=True)
     shapes = backbone.output_shape()
     assert [(n, s.stride) for n, s in shapes.items()] == [("p1", 2), ("p2", 4), ("p3", 8), ("p4", 16), ("p5", 32), (CLIP_MAP, 8)]
     assert backbone.size_divisibility == 16
@@ -34,8 +28,8 @@ def test_vit_pyramid_shapes_strides_and_any_input_size(tiny):
         assert tuple(features[name].shape) == expected, name
 
 
-def test_clip_map_is_the_dense_readout_whatever_block_feeds_the_pyramid(tiny):
-    visual = tiny.model.visual
+def test_clip_map_is_the_dense_readout_whatever_block_feeds_the_pyramid(tiny_clip):
+    visual = tiny_clip.model.visual
     images = torch.randn(1, 3, 64, 80)
     with torch.no_grad():
         expected = dense_readout(visual, images)
@@ -45,9 +39,9 @@ def test_clip_map_is_the_dense_readout_whatever_block_feeds_the_pyramid(tiny):
             torch.testing.assert_close(tokens, ClipBackbone(visual, features="tokens", feature_block=block).eval().vit_features(images)[0])
 
 
-def test_a_readout_pyramid_reads_the_one_dense_readout(tiny):
+def test_a_readout_pyramid_reads_the_one_dense_readout(tiny_clip):
     """features=readout: what the pyramid reads is what the dense objective trains and "clip" is."""
-    visual = tiny.model.visual
+    visual = tiny_clip.model.visual
     images = torch.randn(2, 3, 64, 80)
     assert ClipBackbone(visual).pyramid.stages[0][0].in_channels == visual.conv1.out_channels  # tokens by default
     backbone = ClipBackbone(visual, out_channels=32, emit_clip_map=True, features="readout").eval()
@@ -64,13 +58,13 @@ def test_a_readout_pyramid_reads_the_one_dense_readout(tiny):
         ClipBackbone(visual, features="pixels")
 
 
-def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
+def test_feature_block_below_a_gated_block_reads_the_base_features(tiny_clip):
     """With one gated block before the last layer, block -2's tokens are the base tower's."""
     import copy
 
     from react_core.modeling.gated import add_gated_blocks, host_blocks, GATED_ATTR
 
-    base = tiny.model.visual
+    base = tiny_clip.model.visual
     customized = copy.deepcopy(base)
     add_gated_blocks(customized, k=1)
     with torch.no_grad():
@@ -88,7 +82,7 @@ def test_feature_block_below_a_gated_block_reads_the_base_features(tiny):
         ClipBackbone(base, features="tokens", feature_block=6)
 
 
-def test_freeze_policies(tiny):
+def test_freeze_policies(tiny_clip):
     frozen = ClipBackbone(load_clip("react-tiny").model.visual, freeze="frozen")
     assert not any(p.requires_grad for p in frozen.trunk.parameters())
     assert all(p.requires_grad for p in frozen.pyramid.parameters())
@@ -134,16 +128,16 @@ def test_vocabulary_parsing(tmp_path):
         parse_vocabulary(str(path))
 
 
-def test_synonyms_are_averaged_and_cached(tiny, tmp_path):
-    torch.save(tiny.model.state_dict(), tmp_path / "weights.pt")
-    tiny = load_clip("react-tiny", weights=tmp_path / "weights.pt")  # a random init has no identity to cache by
+def test_synonyms_are_averaged_and_cached(tiny_clip, tmp_path):
+    torch.save(tiny_clip.model.state_dict(), tmp_path / "weights.pt")
+    named = load_clip("react-tiny", weights=tmp_path / "weights.pt")  # a random init has no identity to cache by
     vocab = Vocabulary(["cat", "dog"], [["cat", "kitty"], ["dog"]])
-    cached = vocabulary_embeddings(tiny, vocab, "simple", tmp_path)
+    cached = vocabulary_embeddings(named, vocab, "simple", tmp_path)
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
-    words = vocabulary_embeddings(tiny, Vocabulary(["cat", "kitty", "dog"]), "simple", None)
+    words = vocabulary_embeddings(named, Vocabulary(["cat", "kitty", "dog"]), "simple", None)
     expected_cat = torch.nn.functional.normalize(words[0] + words[1], dim=0)
     assert torch.allclose(cached[0], expected_cat, atol=1e-5)
     assert torch.allclose(cached[1], words[2], atol=1e-5)
-    assert torch.allclose(vocabulary_embeddings(tiny, vocab, "simple", tmp_path), cached)
+    assert torch.allclose(vocabulary_embeddings(tiny_clip, vocab, "simple", tmp_path), cached)
 
 

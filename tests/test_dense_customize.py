@@ -15,16 +15,11 @@ from react_core.modeling.dense_objective import DenseObjective, crop_boxes, imag
 from react_core.modeling.gated import GATED_ATTR, add_gated_blocks, bypass_gated, set_trainable
 from react_core.modeling.readout import dense_readout
 
+from conftest import TINY_RESNET
 from test_gated import _randomize_gated
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-TINY_RESNET = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 2], "width": 16, "head_width": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
+LAB_CONFIGS = Path(__file__).resolve().parents[1] / "react_dense" / "lab" / "configs"
 def _images(count: int = 4) -> torch.Tensor:
     return torch.randn(count, 3, 64, 64, generator=torch.Generator().manual_seed(3))
 
@@ -162,21 +157,7 @@ def test_official_checkpoint_loads_strictly_and_round_trips_with_dense_on(tmp_pa
         torch.testing.assert_close(again.model.eval().encode_image(images), model.eval().encode_image(images), rtol=0, atol=1e-3)
 
 
-def test_dense_configs_and_controls_load():
-    demo = CONFIGS / "demo"
-    plain = load(demo / "customize.yaml", schema=CustomizeConfig)
-    assert not plain.dense.enabled and plain.generic_eval is not None
-    dense = load(demo / "customize_dense.yaml", schema=CustomizeConfig)
-    assert dense.dense.enabled and dense.dense.teacher == "self" and dense.dense.contrastive
-    assert dense.dense.mosaic == 2 and dense.dense.keep == "none"
-    assert dense.data.train == plain.data.train and dense.train == plain.train
-    random = load(demo / "customize_dense_random.yaml", schema=CustomizeConfig)
-    assert random.dense == dense.dense and random.data.train["sample"] == 3001 and random.data.train["classes"] is None
-    clipself = load(demo / "customize_clipself.yaml", schema=CustomizeConfig)
-    assert clipself.dense.teacher == "base" and not clipself.dense.contrastive
-    assert clipself.data.train == dense.data.train
-    cls_random = load(demo / "customize_random.yaml", schema=CustomizeConfig)
-    assert not cls_random.dense.enabled and cls_random.data.train == random.data.train
+def test_the_imagenet_dense_recipe_loads():
     gpu = load(CONFIGS / "customize" / "imagenet_gated_dense_vitb16.yaml", schema=CustomizeConfig)
     assert gpu.dense.enabled and gpu.train.mode == "gated-image" and gpu.model.name == "ViT-B-16-quickgelu"
 
@@ -207,45 +188,20 @@ def test_manifest_sample_draws_as_many_rows_at_random(tiny_world):
 
 @pytest.fixture(scope="module")
 def pretrain_yaml(tiny_world, tmp_path_factory) -> Path:
-    """The demo's pretrain config, two iterations in the tiny world."""
+    """The lab's pretrain config, two iterations in the tiny world."""
     root = tmp_path_factory.mktemp("pretrain")
     path = root / "pretrain.yaml"
     path.write_text(
-        f"_base_: {CONFIGS / 'demo' / 'pretrain.yaml'}\n"
-        f"world: {tiny_world}\nout: {root / 'out'}\n"
+        f"_base_: {LAB_CONFIGS / 'pretrain.yaml'}\n"
+        f"vars: {{world: {tiny_world}}}\nout: {root / 'out'}\n"
         "data: {batch_size: 32, workers: 0}\ntrain: {max_iters: 2, warmup_iters: 1, checkpoint_interval: 2}\n"
     )
     return path
 
 
-def test_a_shipped_base_serves_its_own_key_only_and_its_hash_is_checked(pretrain_yaml, tmp_path, monkeypatch):
-    import shutil
-
-    import react_core.engine.pretrain as pretraining
-    from react_core.modeling import CheckpointError
-
-    weights = pretraining.pretrain(load(pretrain_yaml, ["shipped=null"], schema=PretrainConfig), tmp_path / "made")
-    resources = tmp_path / "resources"
-    resources.mkdir()
-    shutil.copy(weights, resources / "base.safetensors")
-    shutil.copy(weights.parent / "pretrain.json", resources / "base.json")
-    monkeypatch.setattr(pretraining, "RESOURCES", resources)
-    shipped = load(pretrain_yaml, ["shipped=base"], schema=PretrainConfig)
-    copied = pretraining.pretrain(shipped, tmp_path / "copied")
-    assert copied == tmp_path / "copied" / "model.safetensors"  # where the README's next command reads it
-    assert copied.read_bytes() == (resources / "base.safetensors").read_bytes()
-    assert sorted(p.name for p in copied.parent.iterdir()) == ["model.safetensors", "pretrain.json"]  # nothing trained
-    other = load(pretrain_yaml, ["shipped=base", "train.lr=2e-3"], schema=PretrainConfig)
-    assert pretraining.pretrain(other, tmp_path / "other") == tmp_path / "other" / "model.safetensors"
-    assert (tmp_path / "other" / "train.log").is_file()  # trained: another key than the shipped one
-    (resources / "base.safetensors").write_bytes(b"changed")
-    with pytest.raises(CheckpointError, match="sha256"):
-        pretraining.pretrain(shipped, tmp_path / "unused")
-
-
 def test_the_run_key_ignores_where_files_lie_not_what_they_hold(pretrain_yaml):
     """Moving an adapter's base (`model.base_weights`, whose hash the adapter checks) keeps a run's
-    key, so a shipped or cached result still serves it; a setting that changes the result does not."""
+    key, so a cached result still serves it; a setting that changes the result does not."""
     from types import SimpleNamespace
 
     from react_core.engine.common import run_key
@@ -257,26 +213,15 @@ def test_the_run_key_ignores_where_files_lie_not_what_they_hold(pretrain_yaml):
     assert run_key(load(pretrain_yaml, schema=PretrainConfig), SimpleNamespace(ids=[1, 2], captions=["a red circle", "x"])) != key
 
 
-def test_the_shipped_demo_base_matches_its_record():
-    import json
-
-    from react_core.engine.pretrain import RESOURCES
-    from react_core.io import file_sha256
-
-    record = json.loads((RESOURCES / "demo_base.json").read_text())
-    assert file_sha256(RESOURCES / "demo_base.safetensors") == record["sha256"]
-    assert record["iters"] == load(CONFIGS / "demo" / "pretrain.yaml").train.max_iters
-
-
-def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_world, pretrain_yaml, tmp_path):
+def test_customize_dense_writes_the_adapter_and_target_and_generic_metrics(tiny_world, tiny_base, tmp_path):
     import json
 
     from react_core.cli import main
 
     out = tmp_path / "dense"
-    overrides = [f"world={tiny_world}", f"base_pretrain={pretrain_yaml}",
+    overrides = [f"vars.world={tiny_world}", f"model.weights={tiny_base}",
                  "data.batch_size=16", "data.workers=0", "train.max_iters=2", "train.warmup_iters=1", "dense.images=4"]
-    assert main(["customize", "--config", str(CONFIGS / "demo" / "customize_dense.yaml"), "--out", str(out), *overrides]) == 0
+    assert main(["customize", "--config", str(LAB_CONFIGS / "customize_dense.yaml"), "--out", str(out), *overrides]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     keys = {"zeroshot_top1_before", "zeroshot_top1_after", "generic_top1_before", "generic_top1_after"}
     assert keys <= metrics.keys() and metrics["dense"]["enabled"]

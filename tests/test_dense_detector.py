@@ -16,7 +16,7 @@ from react_dense.detection.data import DetectionDataset, OpenVocabularySplit
 from react_dense.engines.torchvision.model import build_torchvision_detector
 from react_dense.detection.config import load_detection_config
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "ovd_synthetic.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "react_dense" / "lab" / "configs" / "ovd_synthetic.yaml"
 CATEGORIES = [
     ("red square", "f"), ("blue square", "f"), ("red circle", "c"),
     ("green square", "c"), ("blue circle", "r"), ("green circle", "r"),
@@ -78,7 +78,7 @@ def scenes(tmp_path_factory) -> Path:
 
 
 def demo_config(world: Path, *overrides: str):
-    return load_detection_config(str(CONFIG), [f"world={world}", "data.num_workers=0", *overrides])
+    return load_detection_config(str(CONFIG), [f"vars.world={world}", "model.weights=null", "data.num_workers=0", *overrides])
 
 
 def test_training_loader_yields_no_rare_instance(scenes):

@@ -110,6 +110,47 @@ def test_non_finite_loss_and_foreign_checkpoints_are_named(tmp_path):
         load_checkpoint(tmp_path / FINAL, torch.nn.Sequential(torch.nn.Linear(1, 1)))
 
 
+class NoisyPoints(torch.utils.data.Dataset):
+    """DATA's points with random noise drawn from python's, NumPy's and torch's generators: the
+    random augmentation of a real dataset."""
+
+    def __len__(self):
+        return len(DATA)
+
+    def __getitem__(self, index):
+        import random
+
+        import numpy as np
+
+        inputs, targets = DATA[index]
+        return inputs + random.gauss(0, 0.1) + float(np.random.normal(0, 0.1)) + 0.1 * torch.randn(1), targets
+
+
+def test_the_number_of_loader_workers_leaves_the_weights_as_they_are(tmp_path):
+    """Each sample draws its augmentation from its own seed, so `num_workers` (which a resumed
+    run may change) decides nothing."""
+    trained = []
+    for workers in (0, 2):
+        net = _model()
+        train(net, NoisyPoints(), _losses(), TRAIN, tmp_path / f"workers{workers}", identity={"run": "toy"}, desc="toy",
+              num_workers=workers)
+        trained.append(net.state_dict())
+    assert all(torch.equal(trained[0][key], trained[1][key]) for key in trained[0])
+    plain = _model()
+    _train(plain, tmp_path / "plain", _losses())
+    assert not torch.equal(plain.weight, trained[0]["weight"]), "the noise must change the weights for the check to mean anything"
+
+
+def test_a_checkpoint_of_another_format_is_refused_in_one_line(tmp_path):
+    _train(_model(), tmp_path, _losses(), dataclasses.replace(TRAIN, max_iters=2))
+    checkpoint = torch.load(tmp_path / "checkpoint_last.pt", weights_only=True)
+    checkpoint["meta"]["format"] = 1
+    torch.save(checkpoint, tmp_path / "checkpoint_last.pt")
+    with pytest.raises(ResumeError, match="checkpoint_last.pt was written by an earlier version of react") as error:
+        _train(_model(), tmp_path, _losses(), resume=True)
+    assert "\n" not in str(error.value)
+
+
 def test_detectron2_schedule_is_the_runners(tmp_path):
     """The Detectron2 engines' LambdaLR steps the learning rate the Runner used at each iteration."""
     from react_dense.engines.optim import build_optimizer, build_scheduler
@@ -141,7 +182,7 @@ def test_torchvision_engine_trains_under_torchrun_on_cpu(scenes, tmp_path):  # n
     from react_dense.train_net import load_dense_config
 
     out = tmp_path / "ddp"
-    overrides = [f"world={scenes}", "data.num_workers=0", "train.max_iters=3", "train.batch_size=2",
+    overrides = [f"vars.world={scenes}", "model.weights=null", "data.num_workers=0", "train.max_iters=3", "train.batch_size=2",
                  "train.checkpoint_interval=3", "train.warmup_iters=1"]
     env = {**{k: v for k, v in os.environ.items() if k != "MKL_NUM_THREADS"}, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
@@ -160,5 +201,6 @@ def test_torchvision_engine_trains_under_torchrun_on_cpu(scenes, tmp_path):  # n
     assert trained and all(key.startswith(("rpn", "roi_heads", "backbone")) for key in trained)
     final = torch.load(out / FINAL, weights_only=True)["model"]
     assert all(torch.equal(final[key], ranks[0][key]) for key in final)
-    assert torch.load(out / "checkpoint_last.pt", weights_only=True)["meta"]["iter"] == 3
+    checkpoint = torch.load(out / "checkpoint_last.pt", weights_only=True)
+    assert checkpoint["meta"]["iter"] == 3 and len(checkpoint["random"]) == 2  # each rank's random states
     assert "bbox/AP" in json.loads((out / "metrics.json").read_text())

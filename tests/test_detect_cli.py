@@ -16,7 +16,7 @@ from test_dense_detector import CONFIG, write_scenes
 def test_detect_new_vocabulary(tmp_path):
     world = tmp_path / "world"
     write_scenes(world / "detection", "val", 2, seed=3)
-    overrides = [f"world={world}", f"data.val={world}/detection/val.json"]
+    overrides = [f"vars.world={world}", "model.weights=null", f"data.val={world}/detection/val.json"]
     torch.manual_seed(0)
     cfg = load_detection_config(str(CONFIG), overrides)
     model = build_torchvision_detector(build_parts(cfg), cfg.detector)

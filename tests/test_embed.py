@@ -86,10 +86,15 @@ def test_ranks_split_shards(retrieval_corpus, micro, tmp_path):
     assert len(EmbeddingFolder(tmp_path)) == 89
 
 
-def test_other_model_into_same_folder_is_refused(retrieval_corpus, micro, tmp_path, capsys):
+def test_other_model_into_same_folder_is_refused(retrieval_corpus, micro, tiny_clip, tmp_path, capsys):
+    from react_core.retrieval.embed import EmbeddingError
+
     embed_corpus(micro, retrieval_corpus, tmp_path, workers=0, progress=False)
+    with pytest.raises(EmbeddingError, match="another model"):
+        embed_corpus(tiny_clip, retrieval_corpus, tmp_path, workers=0, progress=False)
+    # the command refuses a folder no react run recorded before it loads any model
     assert main(["embed", "--data", str(retrieval_corpus), "--out", str(tmp_path), "--workers", "0"]) == 2
-    assert "another model" in capsys.readouterr().err
+    assert "no react run recorded" in capsys.readouterr().err
 
 
 def test_cli_manifest_source_with_weights(tiny_world, tmp_path, capsys):

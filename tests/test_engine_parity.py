@@ -28,7 +28,7 @@ def _train(world: Path, out: Path, *overrides: str) -> dict:
         from train_net import main
     finally:
         sys.path.pop(0)
-    assert main(["--config", str(CONFIG), "--out", str(out), f"world={world}", "data.num_workers=0",
+    assert main(["--config", str(CONFIG), "--out", str(out), f"vars.world={world}", "model.weights=null", "data.num_workers=0",
                  "train.max_iters=200", "train.checkpoint_interval=1000", *overrides]) == 0
     return json.loads((out / "metrics.json").read_text())
 

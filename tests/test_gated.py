@@ -20,6 +20,8 @@ from react_core.modeling.gated import (
     train_mode,
 )
 
+from conftest import TINY_RESNET
+
 OFFICIAL_SUFFIXES = {
     "alpha_attn", "alpha_dense", "ln_1.weight", "ln_1.bias", "attn.in_proj_weight", "attn.in_proj_bias",
     "attn.out_proj.weight", "attn.out_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
@@ -27,13 +29,6 @@ OFFICIAL_SUFFIXES = {
 }
 
 # A ModifiedResNet tower small enough for CPU tests: one bottleneck per stage, 64 px.
-TINY_RESNET = {
-    "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 2, 2], "width": 16, "head_width": 16},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
-
 def _image_size(model) -> int:
     size = model.visual.image_size
     return size[0] if isinstance(size, (tuple, list)) else size
@@ -113,7 +108,7 @@ def test_default_k_follows_the_paper():
 def test_resnet_blocks_sit_in_the_last_stage():
     model = load_clip(TINY_RESNET).model
     layers = add_gated_blocks(model)
-    assert layers == [4, 5]  # the two bottlenecks of layer4, numbered across stages
+    assert layers == [3, 4]  # the two bottlenecks of layer4, numbered across stages (1 + 1 + 1 before them)
     keys = {k.split(f".{GATED_ATTR}.")[0] for k in model.state_dict() if GATED_ATTR in k}
     assert keys == {"visual.layer4.0", "visual.layer4.1"}
 

@@ -82,6 +82,7 @@ def test_index_and_retrieve_with_the_model_named(laion, tiny_world, tmp_path, ca
     assert main(retrieve + ["--out", str(tmp_path / "unnamed")]) == 2
     assert "embeddings-info" in one_line_error(capsys)
     assert main(retrieve + ["--out", str(tmp_path / "subset"), "--model", "react-tiny", "--weights", str(weights)]) == 0
+    capsys.readouterr()  # its progress bar, shown when encoding the class names took over a second
     subset = pd.read_parquet(tmp_path / "subset" / "subset.parquet")
     assert len(subset) > 0 and {"url", "caption", "key", "similarity", "md5"} <= set(subset.columns)
     assert (subset["id"] == subset["key"]).all()
@@ -103,8 +104,10 @@ def test_index_and_retrieve_with_the_model_named(laion, tiny_world, tmp_path, ca
     assert main(["export", str(tmp_path / "subset"), "--out", str(tmp_path / "export")]) == 0
     urls = pd.read_parquet(tmp_path / "export" / "urls.parquet")
     assert set(urls["id"]) == set(subset["id"]) and {"url", "caption", "class", "key", "similarity", "md5"} <= set(urls.columns)
-    command = (tmp_path / "export" / "img2dataset.txt").read_text()
-    assert "--url_col url --caption_col caption" in command and '"similarity"' in command
+    argv = json.loads((tmp_path / "export" / "img2dataset.json").read_text())["argv"]
+    assert argv[argv.index("--url_col") + 1] == "url" and argv[argv.index("--caption_col") + 1] == "caption"
+    assert "similarity" in json.loads(argv[argv.index("--save_additional_columns") + 1])
+    assert "--bbox_col" not in argv  # LAION has no face boxes
 
 
 def test_recorded_model_is_used_and_checked(laion, tiny_world, tmp_path, capsys):

@@ -1,5 +1,6 @@
-"""The package layout: react_core never imports react_dense, and neither package has an import
-cycle (imports inside functions count: a lazy import is still a dependency)."""
+"""The package layout: react_core never imports react_dense, the library never imports the lab
+(`react_dense.lab`), and neither package has an import cycle, between modules or between folders
+(imports inside functions count: a lazy import is still a dependency)."""
 from __future__ import annotations
 
 import ast
@@ -7,6 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("react_core", "react_dense")
+LAB = "react_dense.lab"
 
 
 def _module_name(path: Path) -> str:
@@ -75,8 +77,56 @@ def test_core_never_imports_dense():
     assert not upward
 
 
+def test_the_library_never_imports_the_lab():
+    graph = import_graph()
+    into_lab = sorted((m, t) for m, targets in graph.items() if not _in_lab(m) for t in targets if _in_lab(t))
+    assert not into_lab
+
+
+def _in_lab(module: str) -> bool:
+    return module == LAB or module.startswith(LAB + ".")
+
+
+def package_folders() -> set[str]:
+    return {_module_name(p) for package in PACKAGES for p in (ROOT / package).rglob("__init__.py")}
+
+
+def folder_graphs(graph: dict[str, set[str]], folders: set[str]) -> dict[str, dict[str, set[str]]]:
+    """For every folder, the imports among its direct children: its own modules, and each subfolder
+    as one node standing for everything below it. A cycle there is a cycle between folders (or
+    between a folder and a module beside it), whatever the modules inside them import."""
+    def child(module: str, folder: str) -> str | None:
+        """The child of `folder` that holds `module` (None when `module` lies outside `folder`)."""
+        if not module.startswith(folder + "."):
+            return None
+        return folder + "." + module[len(folder) + 1:].split(".")[0]
+
+    levels = {}
+    for folder in folders:
+        level: dict[str, set[str]] = {}
+        for module, targets in graph.items():
+            source = child(module, folder)
+            if source is not None:
+                level.setdefault(source, set()).update(
+                    target for t in targets if (target := child(t, folder)) is not None and target != source
+                )
+        levels[folder] = {node: {t for t in targets if t in level} for node, targets in level.items()}
+    return levels
+
+
 def test_no_import_cycle_in_either_package():
     assert cycles(import_graph()) == []
+
+
+def test_no_import_cycle_between_folders():
+    found = {folder: found for folder, level in folder_graphs(import_graph(), package_folders()).items() if (found := cycles(level))}
+    assert found == {}
+
+
+def test_the_folder_check_finds_two_folders_that_import_each_other():
+    graph = {"p": set(), "p.a": set(), "p.a.x": {"p.b.y"}, "p.b": set(), "p.b.y": {"p.a.z"}, "p.a.z": set()}
+    assert cycles(graph) == []
+    assert cycles(folder_graphs(graph, {"p", "p.a", "p.b"})["p"]) == [["p.a", "p.b"]]
 
 
 def test_the_cycle_finder_finds_a_cycle():

@@ -10,12 +10,7 @@ from react_core.modeling import load_clip
 from react_core.modeling.gated import GATED_ATTR, add_gated_blocks, host_blocks
 from react_core.modeling.readout import dense_readout, pool_boxes, readout_dim, readout_stride
 
-TINY_RESNET = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
+from conftest import TINY_RESNET
 
 @pytest.fixture(scope="module")
 def towers():

@@ -13,7 +13,7 @@ from PIL import Image
 
 from react_core.cli import main
 from react_core.data import ManifestPairs, PairDataError
-from react_core.synth import PRESETS, WorldError, generate_world, load_world
+from react_dense.lab.world import PRESETS, WorldError, generate_world, load_world
 
 MICRO = replace(
     PRESETS["tiny"], corpus_pairs=60, pretrain_pairs=60, shard_size=60, task_train_per_class=1,

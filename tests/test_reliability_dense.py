@@ -39,7 +39,7 @@ def test_detect_refuses_an_image_too_thin_for_the_detector(tmp_path, capsys):
 
     world = tmp_path / "world"
     write_scenes(world / "detection", "val", 1, seed=0)
-    overrides = [f"world={world}", f"data.val={world}/detection/val.json"]
+    overrides = [f"vars.world={world}", "model.weights=null", f"data.val={world}/detection/val.json"]
     cfg = load_detection_config(str(CONFIG), overrides)
     save_checkpoint(tmp_path / "model.pth", build_torchvision_detector(build_parts(cfg), cfg.detector))
     thin = tmp_path / "thin.png"
@@ -68,7 +68,7 @@ def test_annotations_that_match_no_category_are_one_line(scenes, tmp_path, capsy
         from train_net import main as train_net
     finally:
         sys.path.pop(0)
-    assert train_net(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"world={tmp_path}",
+    assert train_net(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"vars.world={tmp_path}", "model.weights=null",
                       f"data.train={bad}", f"data.val={bad}"]) == 2
     assert f"{bad}: none of its" in _one_error_line(capsys)
 

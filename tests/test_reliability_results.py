@@ -8,7 +8,7 @@ import pytest
 
 from react_core.cli import main
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "demo"
+CONFIGS = Path(__file__).resolve().parents[1] / "react_dense" / "lab" / "configs"
 
 
 @pytest.fixture(autouse=True)
@@ -20,21 +20,12 @@ def _root_logging_restored():
     root.handlers[:], root.level = handlers, level
 
 
-def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny_world, tmp_path, capsys):
-    pretrain_yaml = tmp_path / "pretrain.yaml"
-    pretrain_yaml.write_text(
-        f"_base_: {CONFIGS / 'pretrain.yaml'}\n"
-        f"world: {tiny_world}\n"
-        f"out: {tmp_path / 'pretrain'}\n"
-        "data: {batch_size: 16, workers: 0}\n"
-        "train: {max_iters: 1, warmup_iters: 1}\n"
-        "eval: null\n"
-    )
+def test_customize_rerun_with_a_changed_setting_is_refused_before_it_writes(tiny_world, tiny_base, tmp_path, capsys):
     customize_yaml = tmp_path / "customize.yaml"
     customize_yaml.write_text(
         f"_base_: {CONFIGS / 'customize.yaml'}\n"
-        f"world: {tiny_world}\n"
-        f"base_pretrain: {pretrain_yaml}\n"
+        f"vars: {{world: {tiny_world}}}\n"
+        f"model: {{weights: {tiny_base}}}\n"
         "gated: {k: 1}\n"
         "data: {batch_size: 8, workers: 0}\n"
         "train: {max_iters: 1, warmup_iters: 1}\n"
@@ -60,7 +51,7 @@ def test_segment_writes_one_output_per_input_when_basenames_collide(tiny_world, 
         Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(tmp_path / folder / "x.png")
         inputs.append(str(tmp_path / folder / "x.png"))
     out = tmp_path / "segment"
-    argv = ["segment", "--config", str(CONFIGS / "seg_synthetic.yaml"), "--set", f"world={tiny_world}",
+    argv = ["segment", "--config", str(CONFIGS / "seg_synthetic.yaml"), "--set", f"vars.world={tiny_world}", "--set", "model.weights=null",
             "--set", "method=maskclip", "--vocabulary", "red circle,blue square", "--out", str(out), *inputs]
     assert main(argv) == 0
     assert sorted(p.name for p in (out / "overlays").iterdir()) == ["00001_x.png", "00002_x.png"]
@@ -81,7 +72,7 @@ def test_a_missing_validation_file_is_reported_before_training(tmp_path, capsys)
         sys.path.pop(0)
     out = tmp_path / "run"
     missing = tmp_path / "detection" / "val.json"
-    assert train_net(["--config", str(CONFIG), "--out", str(out), f"world={tmp_path}", "train.max_iters=2"]) == 2
+    assert train_net(["--config", str(CONFIG), "--out", str(out), f"vars.world={tmp_path}", "model.weights=null", "train.max_iters=2"]) == 2
     assert f"train_net: error: annotation file not found: {missing} (data.val)" in capsys.readouterr().err
     assert not out.exists() or not any(out.rglob("*.pth"))
 

@@ -104,9 +104,9 @@ def test_errors_name_the_missing_file_or_class(tmp_path):
         open_source("ade20k-150", tmp_path, "validation", classes=str(names))
 
 
-def test_synthetic_world_split_and_unseen(tiny_world):
-    train = open_source("synthetic", tiny_world, "train")
-    val = open_source("synthetic", tiny_world, "val", max_images=3)
+def test_a_folder_with_classes_json_names_its_unseen_and_background_classes(tiny_world):
+    train = open_source("folder", tiny_world / "semseg", "train")
+    val = open_source("folder", tiny_world / "semseg", "val", max_images=3)
     assert train.background == "background" and len(train.unseen) > 0
     assert set(train.unseen) < set(train.class_names)
     unseen_ids = [train.class_names.index(n) for n in train.unseen]

@@ -10,18 +10,7 @@ from react_dense.modeling.seg_head import OpenVocabSegHead
 from react_dense.modeling.seg_maskclip import MaskClipDense, MaskClipSegmenter
 from react_dense.modeling.seg_model import MaskClipModel, OpenVocabSegmenter, _to_input_size
 
-TINY_RESNET = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 8},
-    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
-
-
-@pytest.fixture(scope="module")
-def tiny_clip():
-    torch.manual_seed(0)
-    return load_clip("react-tiny")
-
+from conftest import TINY_RESNET
 
 def _segmenter(visual):
     backbone = ClipBackbone(visual, out_channels=32, scale_factors=(2.0, 1.0, 0.5), top_block=False)

@@ -7,15 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
+from react_core.io import file_sha256
+
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "demo" / "seg_synthetic.yaml")
+CONFIG = str(ROOT / "react_dense" / "lab" / "configs" / "seg_synthetic.yaml")
 
 
 def _quick(world, *extra):
     return [
-        f"world={world}", "train.max_iters=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_interval=2",
+        f"vars.world={world}", "model.weights=null", "train.max_iters=4", "train.batch_size=4", "train.crop_size=64", "train.checkpoint_interval=2",
         "train.warmup_iters=1", "test.batch_size=4", "test_data.0.max_images=4", "backbone.out_channels=32",
         "head.decoder_channels=32", *extra,
     ]
@@ -34,7 +37,8 @@ def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path, capsys):
     out = tmp_path / "seg"
     assert _train_net("--config", CONFIG, "--out", str(out), *_quick(tiny_world)) == 0
     assert torch.load(out / "checkpoint_last.pt", weights_only=True)["meta"]["iter"] == 4
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint_last.pt", "config.yaml", "metrics.json", "model_final.pth", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".react-run.json", "checkpoint_last.pt", "config.yaml", "metrics.json", "model_final.pth", "train.log"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert _train_net("--config", CONFIG, "--out", str(out), "--resume", *_quick(tiny_world)) == 0  # evaluated again
     assert json.loads((out / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
@@ -47,6 +51,8 @@ def test_train_net_writes_metrics_and_resumes(tiny_world, tmp_path, capsys):
     again = tmp_path / "again"
     assert _train_net("--config", CONFIG, "--out", str(again), "--eval-only", "--weights", str(out / "model_final.pth"), *_quick(tiny_world)) == 0
     assert json.loads((again / "metrics.json").read_text())["mIoU"] == pytest.approx(metrics["mIoU"], abs=1e-3)
+    recorded = yaml.safe_load((again / "config.yaml").read_text())["sha256"]  # the evaluation names what it read
+    assert recorded[str((out / "model_final.pth").resolve())] == file_sha256(out / "model_final.pth")
     mixed = tmp_path / "ensemble"  # the same trained head, its scores ensembled with the readout's
     assert _train_net("--config", CONFIG, "--out", str(mixed), "--eval-only", "--weights", str(out / "model_final.pth"),
                       *_quick(tiny_world, "ensemble.enabled=true")) == 0
@@ -67,8 +73,8 @@ def test_maskclip_baseline_and_permuted_control_write_their_metrics(tiny_world, 
 
 
 def test_bad_dataset_is_a_one_line_error(tmp_path, capsys):
-    assert _train_net("--config", CONFIG, f"world={tmp_path}") == 2
-    assert f"train_net: error: {tmp_path}/classes.json not found" in capsys.readouterr().err
+    assert _train_net("--config", CONFIG, "--out", str(tmp_path / "run"), f"vars.world={tmp_path}", "model.weights=null") == 2
+    assert f"train_net: error: segmentation data folder not found: {tmp_path}/semseg" in capsys.readouterr().err
 
 
 def test_react_segment_writes_label_maps_and_overlays(tiny_world, tmp_path):

@@ -15,14 +15,6 @@ from react_core.modeling.text import (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    torch.manual_seed(0)
-    bundle = load_clip("react-tiny")
-    bundle.model.eval()
-    return bundle
-
-
 def test_builtin_template_sets_and_imagenet_names():
     assert len(load_templates("imagenet")) == 80
     assert all(t.count("{}") == 1 for t in load_templates("simple"))
@@ -38,27 +30,27 @@ def test_template_file_errors_name_file_and_line(tmp_path):
         load_templates("imagenett")
 
 
-def test_class_embeddings_are_normalised_means_over_templates(tiny):
+def test_class_embeddings_are_normalised_means_over_templates(tiny_clip):
     templates = ["a photo of a {}.", "{}"]
     names = ["red star", "blue ring", "green cross"]
-    averaged = class_embeddings(tiny.model, tiny.tokenizer, names, templates)
-    per_template = class_embeddings(tiny.model, tiny.tokenizer, names, templates, average=False)
+    averaged = class_embeddings(tiny_clip.model, tiny_clip.tokenizer, names, templates)
+    per_template = class_embeddings(tiny_clip.model, tiny_clip.tokenizer, names, templates, average=False)
     assert averaged.shape == (3, 128) and per_template.shape == (3, 2, 128)
     assert torch.allclose(averaged.norm(dim=-1), torch.ones(3), atol=1e-5)
-    direct = encode_texts(tiny.model, tiny.tokenizer, ["a photo of a blue ring.", "blue ring"])
+    direct = encode_texts(tiny_clip.model, tiny_clip.tokenizer, ["a photo of a blue ring.", "blue ring"])
     expected = torch.nn.functional.normalize(direct.mean(0), dim=0)
     assert torch.allclose(averaged[1], expected, atol=1e-5)
 
 
-def test_cache_is_keyed_by_vocabulary_and_model(tiny, tmp_path):
+def test_cache_is_keyed_by_vocabulary_and_model(tiny_clip, tmp_path):
     names = ["red star", "blue ring"]
-    cached_class_embeddings(tiny, names, ["{}"], tmp_path)
+    cached_class_embeddings(tiny_clip, names, ["{}"], tmp_path)
     assert not list(tmp_path.glob("*.safetensors")), "a random-init model has no identity to cache under"
-    torch.save(tiny.model.state_dict(), tmp_path / "w.pt")
-    tiny = load_clip("react-tiny", weights=tmp_path / "w.pt")
-    first = cached_class_embeddings(tiny, names, ["{}"], tmp_path)
+    torch.save(tiny_clip.model.state_dict(), tmp_path / "w.pt")
+    named = load_clip("react-tiny", weights=tmp_path / "w.pt")
+    first = cached_class_embeddings(named, names, ["{}"], tmp_path)
     assert len(list(tmp_path.glob("text_*.safetensors"))) == 1
-    again = cached_class_embeddings(tiny, names, ["{}"], tmp_path)
+    again = cached_class_embeddings(named, names, ["{}"], tmp_path)
     assert torch.equal(first, again)
-    cached_class_embeddings(tiny, names[::-1], ["{}"], tmp_path)
+    cached_class_embeddings(named, names[::-1], ["{}"], tmp_path)
     assert len(list(tmp_path.glob("text_*.safetensors"))) == 2

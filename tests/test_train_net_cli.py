@@ -14,7 +14,7 @@ from test_dense_detector import CONFIG, scenes  # noqa: F401  (fixture)
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 try:
-    from train_net import build_parser, main, normalize_overrides
+    from train_net import build_parser, claimed_output, main, normalize_overrides
 finally:
     sys.path.pop(0)
 
@@ -43,30 +43,33 @@ def _error_line(capsys) -> str:
 
 def test_a_finished_run_is_not_retrained_over(scenes, tmp_path, capsys):  # noqa: F811
     out = tmp_path / "run"
-    out.mkdir()
-    (out / "metrics.json").write_text(json.dumps({"bbox/AP": 1.0}))
-    assert main(["--config", str(CONFIG), "--out", str(out), f"world={scenes}"]) == 2
+    argv = ["--config", str(CONFIG), "--out", str(out), f"vars.world={scenes}", "model.weights=null"]
+    with claimed_output(build_parser().parse_intermixed_args(argv)):  # the run that finished here
+        (out / "metrics.json").write_text(json.dumps({"bbox/AP": 1.0}))
+    assert main(argv) == 2
     assert "--resume" in _error_line(capsys)
     assert json.loads((out / "metrics.json").read_text()) == {"bbox/AP": 1.0}
+    assert main([*argv, "train.lr=0.5"]) == 2  # another config: another run, not this one to resume
+    assert "holds the results of a different run (differs in: train), `tools/train_net.py`" in _error_line(capsys)
 
 
 def test_a_bad_detectron2_override_is_named(scenes, tmp_path, capsys):  # noqa: F811
     pytest.importorskip("detectron2")
-    assert main(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"world={scenes}", "engine=detectron2",
+    assert main(["--config", str(CONFIG), "--out", str(tmp_path / "run"), f"vars.world={scenes}", "model.weights=null", "engine=detectron2",
                  "train.max_iters=1", "SOLVER.NO_SUCH_KEY", "3"]) == 2
     assert "detectron2.SOLVER.NO_SUCH_KEY=3" in _error_line(capsys)
 
 
 def test_eval_only_without_a_checkpoint_is_one_line(scenes, tmp_path, capsys):  # noqa: F811
     pytest.importorskip("detectron2")
-    assert main(["--config-file", str(CONFIG), "--out", str(tmp_path / "none"), f"world={scenes}", "engine=detectron2", "--eval-only"]) == 2
+    assert main(["--config-file", str(CONFIG), "--out", str(tmp_path / "none"), f"vars.world={scenes}", "model.weights=null", "engine=detectron2", "--eval-only"]) == 2
     assert "checkpoint not found" in _error_line(capsys)
 
 
 def test_torchvision_runs_of_one_config_are_identical(scenes, tmp_path, capsys):  # noqa: F811
     runs, weights = [], []
     for name in ("a", "b"):
-        assert main(["--config", str(CONFIG), "--out", str(tmp_path / name), f"world={scenes}", "data.num_workers=0", "train.max_iters=3"]) == 0
+        assert main(["--config", str(CONFIG), "--out", str(tmp_path / name), f"vars.world={scenes}", "model.weights=null", "data.num_workers=0", "train.max_iters=3"]) == 0
         runs.append(json.loads((tmp_path / name / "metrics.json").read_text()))
         weights.append(torch.load(tmp_path / name / "model_final.pth", weights_only=True)["model"])
     assert runs[0] == runs[1]
@@ -79,7 +82,7 @@ def test_detect_reads_the_run_config_beside_the_checkpoint(scenes, tmp_path):  #
     from react_core.cli import main as react
 
     out = tmp_path / "run"
-    assert main(["--config", str(CONFIG), "--out", str(out), f"world={scenes}", "data.num_workers=0",
+    assert main(["--config", str(CONFIG), "--out", str(out), f"vars.world={scenes}", "model.weights=null", "data.num_workers=0",
                  "train.max_iters=2", "backbone.out_channels=32"]) == 0
     image = next((scenes / "detection" / "images" / "val").glob("*.png"))
     assert react(["detect", str(image), "--weights", str(out / "model_final.pth"), "--vocabulary", "red square,blue circle",

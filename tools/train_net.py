@@ -16,7 +16,8 @@ A `kind: segmentation` config trains an open-vocabulary segmenter instead (react
 `react_dense.train_net.train` is the same run from Python.
 The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
 evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
---out. `--resume` continues from the last checkpoint in --out.
+--out. `--resume` continues from the last checkpoint in --out, to the weights an uninterrupted run
+ends with; an --out that holds a run, finished or not, is refused without it.
 """
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "refused unless the heads read below every gated block")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in --out (a finished run is only evaluated again)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the results of another run in --out (they are deleted first)")
     parser.add_argument("--num-gpus", type=int, default=1, help="GPUs per machine (Detectron2 engine: one process each)")
     parser.add_argument("--num-machines", type=int, default=1, help="machines (Detectron2 engine)")
     parser.add_argument("--machine-rank", type=int, default=0, help="this machine's rank (Detectron2 engine)")
@@ -74,13 +77,45 @@ def normalize_overrides(tokens: list[str]) -> list[str]:
     return overrides
 
 
-def refuse_finished_run(args) -> None:
-    """A finished --out is never retrained over: `--resume` evaluates it again, `--eval-only` reads it."""
+# what a training run leaves in --out before its metrics.json: the resumable checkpoints of our
+# Runner, of the Detectron2 segmentation engine and of Detectron2's checkpointer, and the weights
+TRAINING_FILES = ("checkpoint_last.pt", "last_checkpoint.pth", "last_checkpoint", "model_final.pth")
+
+
+def refuse_unasked_rerun(args) -> None:
+    """A finished --out is never retrained over, an unfinished one never restarted over:
+    `--resume` continues it (or evaluates a finished one again), `--eval-only` reads it."""
     from react_core.config import ConfigError
 
     out = Path(args.out)
-    if not (args.resume or args.eval_only) and (out / "metrics.json").is_file():
+    if args.resume or args.eval_only:
+        return
+    if (out / "metrics.json").is_file():
         raise ConfigError(f"{out} holds a finished run (metrics.json): pass --resume to continue it, or choose a new --out")
+    for name in TRAINING_FILES:
+        if (out / name).is_file():
+            raise ConfigError(f"{out} holds an unfinished run ({name}): pass --resume to continue it, or choose a new --out")
+
+
+def claimed_output(args):
+    """--out held for this run (`react_core.outputs`): the same config (less its evaluation-only
+    sections and the settings a resumed run may change) and checkpoint are the same run, which may
+    resume or evaluate again there. The first machine of several holds it for all."""
+    import contextlib
+    import dataclasses
+
+    from react_core.outputs import claim_output
+    from react_dense.engines.runner import EVALUATION_ONLY, RESULT_FREE
+    from react_dense.train_net import load_dense_config
+
+    if args.machine_rank != 0:
+        return contextlib.nullcontext()
+    config = dataclasses.asdict(load_dense_config(args.config, args.overrides))
+    settings = {name: {k: v for k, v in section.items() if k not in RESULT_FREE} if isinstance(section, dict) else section
+                for name, section in config.items() if name not in EVALUATION_ONLY}
+    if args.weights:
+        settings.update(weights=args.weights, tower_from_config=args.tower_from_config)
+    return claim_output(args.out, "tools/train_net.py", settings, args.overwrite)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,14 +128,17 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         args.overrides = normalize_overrides(args.overrides)
-        refuse_finished_run(args)
-        metrics = train(
-            args.config, args.overrides, args.out, resume=args.resume, eval_only=args.eval_only, weights=args.weights,
-            tower_from_config=args.tower_from_config,
-            num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
-        )
+        with claimed_output(args):
+            refuse_unasked_rerun(args)
+            metrics = train(
+                args.config, args.overrides, args.out, resume=args.resume, eval_only=args.eval_only, weights=args.weights,
+                tower_from_config=args.tower_from_config,
+                num_gpus=args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank, dist_url=args.dist_url,
+            )
     except ReactError as error:
-        print(f"train_net: error: {error}", file=sys.stderr)
+        from react_core.console import print_error
+
+        print_error("train_net", error)
         return 2
     if metrics is not None:
         print(json.dumps(metrics, indent=2, sort_keys=True))

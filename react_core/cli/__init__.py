@@ -16,7 +16,6 @@ from react_core.errors import ReactError, UserError  # noqa: F401  (UserError: t
 
 CORE_COMMANDS = [
     "react_core.cli.config_cmd",
-    "react_core.cli.synth_cmd",
     "react_core.cli.pretrain_cmd",
     "react_core.cli.customize_cmd",
     "react_core.cli.eval_cmd",
@@ -25,11 +24,10 @@ CORE_COMMANDS = [
     "react_core.cli.embeddings_info_cmd",
     "react_core.cli.index_cmd",
     "react_core.cli.retrieve_cmd",
+    "react_core.cli.filter_cmd",
     "react_core.cli.export_cmd",
     "react_core.cli.report_cmd",
 ]
-
-
 
 
 def _command_modules():
@@ -59,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except ReactError as error:
-        print(f"react {args.command}: error: {error}", file=sys.stderr)
+        from react_core.console import print_error
+
+        print_error(f"react {args.command}", error)
         return 2
 
 

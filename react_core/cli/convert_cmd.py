@@ -33,6 +33,7 @@ def register(subparsers):
     parser.add_argument("--quick-gelu", action=argparse.BooleanOptionalAction, default=None,
                         help="force the activation (default: pinned from the tag or model name)")
     parser.add_argument("--fp32", action="store_true", help="official layout: keep fp32 instead of fp16")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing OUT that another conversion wrote")
     parser.set_defaults(handler=run)
 
 
@@ -40,12 +41,25 @@ def run(args) -> int:
     from pathlib import Path
 
     from react_core.cli import UserError
+    from react_core.modeling.gated import gated_layers
+    from react_core.outputs import argument_settings, claim_file
+
+    if Path(args.input).resolve() == Path(args.output).resolve():
+        raise UserError(f"IN and OUT are the same file: {args.input}")
+    settings = argument_settings(args)
+    with claim_file(args.output, "react convert", settings, args.overwrite):
+        bundle = _convert(args)
+    print(f"wrote {args.output} ({args.to}, gated layers {gated_layers(bundle.model) or 'none'})")
+    return 0
+
+
+def _convert(args):
+    """Read IN, write OUT in the layout asked for; returns the model read."""
+    from react_core.cli import UserError
     from react_core.modeling import CheckpointError, load_clip
     from react_core.modeling.adapters import check_frozen_unchanged, save_adapter, save_full, save_official
     from react_core.modeling.gated import gated_layers
 
-    if Path(args.input).resolve() == Path(args.output).resolve():
-        raise UserError(f"IN and OUT are the same file: {args.input}")
     try:
         bundle = load_clip(args.model, weights=args.input, quick_gelu=args.quick_gelu, base_weights=args.base_weights)
         if args.to == "full":
@@ -64,5 +78,4 @@ def run(args) -> int:
             save_adapter(bundle.model, args.output, spec=base_spec, mode=args.mode, layers=gated_layers(bundle.model))
     except (CheckpointError, ValueError, TypeError) as error:
         raise UserError(str(error)) from None
-    print(f"wrote {args.output} ({args.to}, gated layers {gated_layers(bundle.model) or 'none'})")
-    return 0
+    return bundle

@@ -1,7 +1,12 @@
 """`react eval {zeroshot,retrieval,linear-probe}`: evaluate a base or customized CLIP."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
+
+from react_core.config.common import DEFAULT_TEMPLATES
+from react_core.outputs import add_overwrite_argument
 
 
 def _model_arguments(parser):
@@ -10,9 +15,11 @@ def _model_arguments(parser):
     parser.add_argument(
         "--weights", help="weights file: a full state dict, an official REACT file, or an adapter from react customize"
     )
+    parser.add_argument("--base-weights", help="where the base weights of an adapter (--weights) are now, if they moved")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     parser.add_argument("--out", required=True, help="metrics file (*.json) or folder (metrics.json inside)")
+    add_overwrite_argument(parser)
 
 
 def register(subparsers):
@@ -28,14 +35,17 @@ def register(subparsers):
         "zeroshot",
         help="zero-shot top-1/top-5/per-class accuracy on a labelled image folder",
         description="Classify IMAGES/<class>/* by similarity to the text embeddings of the class names "
-        "(each name in each template, averaged). Sub-folders are named by class name (spaces as _ or -) or index.",
+        "(each name in each template, averaged). Sub-folders are named by class name (spaces as _ or -) or index. "
+        f"The templates default to '{DEFAULT_TEMPLATES}', as react customize's zero-shot before/after does, so the "
+        "two numbers compare; the set used is printed and recorded in the metrics (template_set).",
     )
     _model_arguments(zeroshot)
     zeroshot.add_argument(
         "--classes", required=True, help="class names, one per line, in label order; or imagenet (ImageNet-1K)"
     )
     zeroshot.add_argument("--images", required=True, help="folder with one sub-folder per class")
-    zeroshot.add_argument("--templates", default="imagenet", help="imagenet (80 CLIP templates), simple, none, or a file")
+    zeroshot.add_argument("--templates", default=DEFAULT_TEMPLATES,
+                          help=f"simple (open_clip's 7), imagenet (CLIP's 80), none, or a file (default: {DEFAULT_TEMPLATES})")
     zeroshot.set_defaults(handler=run_zeroshot)
 
     retrieval = actions.add_parser(
@@ -76,16 +86,29 @@ def _load(args):
     from react_core.modeling import load_clip
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return load_clip(args.model, args.pretrained, args.weights, device=device)
+    return load_clip(args.model, args.pretrained, args.weights, device=device, base_weights=args.base_weights)
 
 
-def _write(args, metrics: dict, bundle) -> int:
+@contextlib.contextmanager
+def _claimed(args) -> Iterator[Path]:
+    """The metrics file of this run, held for it (`react_core.outputs`): the folder when --out is
+    one, the file itself when --out names a .json."""
+    from react_core.outputs import argument_settings, claim_file, claim_output
+
+    settings = argument_settings(args, "workers")
+    path = _metrics_path(args.out)
+    claim = claim_file if path == Path(args.out) else claim_output
+    with claim(args.out, f"react eval {args.action}", settings, args.overwrite):
+        yield path
+
+
+def _write(path: Path, metrics: dict, bundle) -> int:
     import json
 
     from react_core.io import atomic_write_json
 
     metrics = {**metrics, "model": bundle.spec.identity()}
-    atomic_write_json(_metrics_path(args.out), metrics)
+    atomic_write_json(path, metrics)
     print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}, indent=2))
     return 0
 
@@ -94,12 +117,15 @@ def run_zeroshot(args) -> int:
     from react_core.cli.customize_cmd import user_errors
     from react_core.data import read_classnames
     from react_core.eval import evaluate_zeroshot
+    from react_core.modeling.text import describe_templates
 
     with user_errors():
         classnames = read_classnames(args.classes)
-        bundle = _load(args)
-        metrics = evaluate_zeroshot(bundle, classnames, args.images, args.templates, args.batch_size, args.workers)
-    return _write(args, metrics, bundle)
+        with _claimed(args) as path:
+            bundle = _load(args)
+            print(f"zero-shot with templates {describe_templates(args.templates)}")
+            metrics = evaluate_zeroshot(bundle, classnames, args.images, args.templates, args.batch_size, args.workers)
+            return _write(path, metrics, bundle)
 
 
 def run_retrieval(args) -> int:
@@ -107,11 +133,11 @@ def run_retrieval(args) -> int:
     from react_core.data import ManifestPairs
     from react_core.eval import evaluate_retrieval
 
-    with user_errors():
+    with user_errors(), _claimed(args) as path:
         bundle = _load(args)
         pairs = ManifestPairs(args.pairs, args.root, transform=bundle.preprocess_val)
         metrics = evaluate_retrieval(bundle, pairs, args.batch_size, args.workers)
-    return _write(args, metrics, bundle)
+        return _write(path, metrics, bundle)
 
 
 def run_linear_probe(args) -> int:
@@ -125,15 +151,16 @@ def run_linear_probe(args) -> int:
     shots = None if args.shots == "all" else int(args.shots)
     with user_errors():
         classnames = read_classnames(args.classes)
-        bundle = _load(args)
-        features = {}
-        for split, folder in (("train", args.train), ("test", args.test)):
-            dataset = ClassificationFolder(folder, classnames, bundle.preprocess_val)
-            loader = labelled_loader(dataset, args.batch_size, args.workers)
-            features[split] = encode_labelled_images(bundle.model, loader, desc=split)
-    try:
-        metrics = linear_probe(*features["train"][:2], *features["test"][:2], len(classnames), shots, args.seed)
-    except ValueError as error:
-        raise UserError(f"{args.train}: {error}") from None
-    metrics["skipped"] = features["train"][2] + features["test"][2]
-    return _write(args, metrics, bundle)
+        with _claimed(args) as path:
+            bundle = _load(args)
+            features = {}
+            for split, folder in (("train", args.train), ("test", args.test)):
+                dataset = ClassificationFolder(folder, classnames, bundle.preprocess_val)
+                loader = labelled_loader(dataset, args.batch_size, args.workers)
+                features[split] = encode_labelled_images(bundle.model, loader, desc=split)
+            try:
+                metrics = linear_probe(*features["train"][:2], *features["test"][:2], len(classnames), shots, args.seed)
+            except ValueError as error:
+                raise UserError(f"{args.train}: {error}") from None
+            metrics["skipped"] = features["train"][2] + features["test"][2]
+            return _write(path, metrics, bundle)

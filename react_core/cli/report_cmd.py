@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from react_core.cli import UserError
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -16,6 +17,7 @@ def register(subparsers):
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--per-class", type=int, default=8, help="images shown per class (default 8)")
     parser.add_argument("--max-classes", type=int, default=100, help="classes shown (default 100)")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -23,13 +25,15 @@ def run(args) -> int:
     import matplotlib
 
     matplotlib.use("Agg")
+    from react_core.outputs import argument_settings, claim_output
     from react_core.retrieval.report import write_report
     from react_core.retrieval.retrieve import RetrievalError
 
     if args.per_class < 1 or args.max_classes < 1:
         raise UserError("--per-class and --max-classes must be >= 1")
     try:
-        page = write_report(args.subset, args.out, args.per_class, args.max_classes)
+        with claim_output(args.out, "react report", argument_settings(args), args.overwrite):
+            page = write_report(args.subset, args.out, args.per_class, args.max_classes)
     except RetrievalError as error:
         raise UserError(str(error)) from error
     print(f"report: {page}")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from react_core.cli import UserError
 from react_core.cli.embeddings_info_cmd import add_model_arguments
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -55,13 +56,16 @@ def register(subparsers):
                         help="evaluation images to keep out: an embedding folder of the same model, or an image folder")
     parser.add_argument("--decontaminate-threshold", type=float, default=0.9)
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
-                        help="URLs or SHA-256/MD5 of image bytes or URLs, one per line (repeatable)")
+                        help="a safety list to apply (repeatable): a text file, one entry per line ('#' comments), or a "
+                        "parquet file; entries are sample ids (id, DataComp uid, LAION key), URLs, or SHA-256/MD5/SHA-1 "
+                        "digests of URLs or of image bytes. stats.json counts what each kind matched. A subset made "
+                        "before a list existed is re-filtered with `react filter`, without retrieving again")
     parser.add_argument("--safety-filter", metavar="MODULE:FUNCTION",
                         help="callable taking the candidate rows (DataFrame) and returning a keep-mask")
     parser.add_argument("--ground-truth", metavar="PARQUET",
-                        help="id + class (+ mismatched) per corpus sample for precision@k; found automatically "
-                        "for a synthetic world's corpus")
+                        help="id + class (+ mismatched) per corpus sample: stats.json then reports precision@k per mode")
     parser.add_argument("--batch-size", type=int, default=256)
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -102,21 +106,35 @@ def evaluation_embeddings(path: str, emb_dir: str, bundle):
     return torch.cat(vectors).numpy()
 
 
-def run(args) -> int:
+def read_ground_truth(path: str):
+    """The --ground-truth parquet, or a one-line error naming it."""
     import pandas as pd
 
+    from react_core.retrieval.retrieve import RetrievalError
+
+    if not Path(path).is_file():
+        raise RetrievalError(f"--ground-truth {path}: file not found")
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise RetrievalError(f"--ground-truth {path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
+
+
+def run(args) -> int:
+    from react_core.console import printable
     from react_core.modeling.text import VocabularyError, load_templates
+    from react_core.outputs import argument_settings, claim_output
     from react_core.retrieval.classes import ClassListError, build_queries, load_classes
     from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder, resolve_model
     from react_core.retrieval.index import IndexBuildError, read_index, read_index_info
-    from react_core.retrieval.retrieve import RetrievalError, RetrievalOptions, read_blocklist, retrieve, world_manifest
+    from react_core.retrieval.retrieve import RetrievalError, RetrievalOptions, read_blocklists, retrieve
 
     try:
         options = RetrievalOptions(
             k=args.k, mode=args.mode, threshold=args.threshold, assign=args.assign,
             dedup_threshold=None if args.no_dedup else args.dedup_threshold, per_class=args.per_class,
             balance=args.balance, decontaminate_threshold=args.decontaminate_threshold,
-            blocklist=sorted(set().union(*(read_blocklist(f) for f in args.blocklist))) if args.blocklist else [],
+            blocklist=read_blocklists(args.blocklist),
             safety_filter=args.safety_filter, fusion=args.fusion,
         )
         options.check()
@@ -130,26 +148,31 @@ def run(args) -> int:
             if info["kind"] in indexes:
                 raise UserError(f"two --index folders hold {info['kind']} embeddings; give one per kind")
             indexes[info["kind"]] = read_index(index_dir, gpu=True, emb_dir=args.emb)
-        bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights)
+        bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights, base_weights=args.base_weights)
         classes = load_classes(args.classes)
         queries = build_queries(bundle, classes, load_templates(args.templates), average=args.average_templates,
                                 descriptions=args.descriptions, batch_size=args.batch_size)
-        truth_path = args.ground_truth or world_manifest(folder.info.get("source", ""))
-        truth = pd.read_parquet(truth_path) if truth_path else None
+        truth_path = args.ground_truth
+        truth = read_ground_truth(truth_path) if truth_path else None
         evaluation = evaluation_embeddings(args.decontaminate, args.emb, bundle) if args.decontaminate else None
-        stats = retrieve(folder, indexes, queries, classes, options, args.out, evaluation_embeddings=evaluation,
-                         ground_truth=truth, settings={
-                             "classes_file": args.classes, "templates": args.templates,
-                             "average_templates": args.average_templates, "indexes": args.index,
-                             "embeddings": args.emb, "ground_truth": str(truth_path) if truth_path else None})
+        with claim_output(args.out, "react retrieve", argument_settings(args, "batch_size"), args.overwrite):
+            stats = retrieve(folder, indexes, queries, classes, options, args.out, evaluation_embeddings=evaluation,
+                             ground_truth=truth, settings={
+                                 "classes_file": args.classes, "templates": args.templates,
+                                 "average_templates": args.average_templates, "indexes": args.index,
+                                 "embeddings": args.emb, "ground_truth": str(truth_path) if truth_path else None})
     except (EmbeddingError, IndexBuildError, ClassListError, VocabularyError, RetrievalError) as error:
         raise UserError(str(error)) from error
+    if stats["blocklist"]:
+        matched = ", ".join(f"{kind} {count}" for kind, count in stats["blocklist"]["matched"].items() if count)
+        print(f"blocklists ({stats['blocklist']['entries']} entries) dropped {stats['filters']['blocklisted']} rows"
+              + (f" (matched by {matched})" if matched else ""))
     print(f"{stats['rows']} rows ({stats['unique_samples']} samples) for {len(classes)} classes in {args.out}/subset.parquet")
     print("removed: " + ", ".join(f"{k} {v}" for k, v in stats["filters"].items() if k != "candidates")
           + f" (of {stats['filters']['candidates']} candidates"
           + (f"; near-duplicates at image cosine {stats['dedup_threshold']:.4f})" if stats["dedup_threshold"] else ")"))
     if stats["empty_classes"]:
-        print(f"classes with no sample: {', '.join(stats['empty_classes'][:20])}")
+        print(f"classes with no sample: {printable(', '.join(stats['empty_classes'][:20]))}")
     if stats["evaluation"]:
         evaluation = stats["evaluation"]
         print(f"precision@{evaluation['k']}: " + ", ".join(

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, List, Literal, Optional, Union
+
+
+DEFAULT_TEMPLATES = "simple"  # the prompt templates of zero-shot evaluation, in `react eval zeroshot` and customize alike
 
 
 @dataclass
@@ -54,3 +57,13 @@ class TrainSchedule:
     def mixed_precision(self, on_gpu: bool) -> Optional[str]:
         """The dtype to train in with AMP: `amp` on a GPU; None (full precision) elsewhere or with 'none'."""
         return self.amp if on_gpu and self.amp != "none" else None
+
+
+@dataclass
+class TextConfig:
+    """How class names become text embeddings (`react_dense.modeling.vocabulary.vocabulary_embeddings`),
+    for either dense task: prompt `templates` (a built-in set, a file, or a list) and where the
+    embeddings are cached."""
+
+    templates: Union[str, List[str]] = "imagenet"
+    cache_dir: Optional[str] = None

@@ -1,7 +1,10 @@
 """Read YAML configs: `_base_` inheritance, `${...}` interpolation, `key=value` overrides.
 
 Every leaf key remembers the file (or the command line) that set it last, so that a
-validation error can name where the bad value came from.
+validation error can name where the bad value came from. A top-level `vars:` mapping holds the
+config's own variables (a data root, say): other keys read them as `${vars.NAME}`, overrides set
+them as `vars.NAME=VALUE`, and they are dropped once interpolation is resolved, so no schema
+declares them.
 """
 from __future__ import annotations
 
@@ -9,16 +12,18 @@ import dataclasses
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from react_core.errors import ReactError
-from react_core.io import atomic_write_text
+from react_core.io import absolute_paths, atomic_write_text, file_sha256, read_text
 
 COMMAND_LINE = "the command line"
+VARIABLES = "vars"
+RECORDED_SHA256 = "sha256"  # a run's config.yaml: absolute path -> sha256 of each weights file it read
 
 
 class _YamlLoader(yaml.SafeLoader):
@@ -67,10 +72,11 @@ def _flat_keys(node: Any, prefix: str = "") -> Iterable[str]:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=_YamlLoader)
+        data = yaml.load(read_text(path, ConfigError), Loader=_YamlLoader)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path} is a folder, not a config file") from None
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
     if data is None:
@@ -123,18 +129,25 @@ def format_overrides(mapping: dict) -> list[str]:
     return [f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in mapping.items()]
 
 
-def load_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, Sources]:
+def load_config(path: str | Path, overrides: Iterable[str] | Mapping[str, Any] = ()) -> tuple[dict, Sources]:
     """Merge `path` with its `_base_` files and the overrides; resolve interpolations.
 
-    Returns the plain merged dict and where each key came from.
+    Args:
+        path: the YAML file.
+        overrides: `key=value` strings as typed on a command line, or a mapping of dotted keys to
+            values (from code: the values are taken as they are, not parsed), applied in order
+            after the files.
+
+    Returns:
+        The plain merged dict, less its `vars:` section, and where each key came from.
     """
     cfg, sources = _load_tree(Path(path), ())
-    for text in overrides:
-        key, value = parse_override(text)
+    pairs = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
+    for key, value in pairs:
         try:
             OmegaConf.update(cfg, key, value, merge=True, force_add=True)
         except OmegaConfBaseException as error:
-            raise ConfigError(f"override {text!r} on {COMMAND_LINE}: {error}".replace("\n", " ")) from None
+            raise ConfigError(f"override {key}={value!r} on {COMMAND_LINE}: {error}".replace("\n", " ")) from None
         sources.update({k: COMMAND_LINE for k in _flat_keys(value, key)} or {key: COMMAND_LINE})
         sources[key] = COMMAND_LINE
     try:
@@ -144,6 +157,13 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> tuple[dict, 
         raise ConfigError(
             f"cannot resolve interpolation at key '{key}' (from {sources.of(key)}): {error.msg if hasattr(error, 'msg') else error}".replace("\n", " ")
         ) from None
+    variables = resolved.pop(VARIABLES, {})
+    if not isinstance(variables, dict):
+        raise ConfigError(f"'{VARIABLES}' (from {sources.of(VARIABLES)}) must be a mapping of names to values, got {variables!r}")
+    recorded = resolved.pop(RECORDED_SHA256, {})
+    if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+        raise ConfigError(f"'{RECORDED_SHA256}' (from {sources.of(RECORDED_SHA256)}) must map weights files to their sha256, "
+                          f"got {recorded!r}")
     return resolved, sources
 
 
@@ -155,9 +175,65 @@ def to_yaml(data: Any) -> str:
 RUN_CONFIG = "config.yaml"
 
 
-def write_run_config(cfg: Any, out: str | Path) -> Path:
+def weights_read(cfg: Any) -> list[Path]:
+    """The weights files a run of `cfg` reads for its CLIP: `model.weights`, `model.base_weights`,
+    and the base an adapter in `model.weights` names (where it is not moved by `base_weights`)."""
+    model = getattr(cfg, "model", None)
+    files = [Path(p) for p in (getattr(model, "weights", None), getattr(model, "base_weights", None)) if p]
+    if files and not model.base_weights and files[0].is_file():
+        from react_core.modeling.adapters import read_adapter_metadata
+
+        adapter = read_adapter_metadata(files[0])
+        if adapter is not None and adapter.get("base_weights"):
+            files.append(Path(adapter["base_weights"]))
+    return files
+
+
+def write_run_config(cfg: Any, out: str | Path, read: Iterable[str | Path] = ()) -> Path:
     """`OUT/config.yaml`, every run's record of its config: the schema dataclass with every
-    override and interpolation applied, so the run can be rebuilt from its folder alone."""
+    override and interpolation applied and every relative path made absolute, so the run can be
+    rebuilt from its folder alone, from any working directory; and a `sha256:` section, the hash
+    of each weights file the run read (`weights_read`, and the checkpoints in `read`), which
+    `check_run_files` compares when the config is used again."""
+    data = absolute_paths(dataclasses.asdict(cfg))
+    files = [path for path in [*weights_read(cfg), *map(Path, read)] if path.is_file()]
+    if files:
+        data[RECORDED_SHA256] = {str(path.resolve()): file_sha256(path) for path in files}
     config_file = Path(out) / RUN_CONFIG
-    atomic_write_text(config_file, to_yaml(dataclasses.asdict(cfg)))
+    atomic_write_text(config_file, to_yaml(data))
     return config_file
+
+
+def recorded_sha256(config_file: str | Path) -> dict[str, str]:
+    """The `sha256:` section of a run's config.yaml ({} where there is none)."""
+    data = _read_yaml(Path(config_file)).get(RECORDED_SHA256) or {}
+    return data if isinstance(data, dict) else {}
+
+
+def check_run_files(cfg: Any, config_file: str | Path) -> None:
+    """Make the CLIP weights that a run's config.yaml names usable from any working directory,
+    and check that they are the files the run read.
+
+    A relative `model.weights` or `model.base_weights` that the working directory does not hold
+    (a config.yaml written before paths were recorded absolute) is looked for from each folder
+    above the config's, nearest first, and set to the file found. A file whose sha256 the config
+    recorded must still have it: a `ConfigError` names the file otherwise."""
+    model = getattr(cfg, "model", None)
+    if model is None:
+        return
+    config_file = Path(config_file).resolve()
+    recorded = recorded_sha256(config_file)
+    for key in ("weights", "base_weights"):
+        value = getattr(model, key, None)
+        if not value:
+            continue
+        path = Path(value)
+        if not path.is_absolute() and not path.exists():
+            found = next((folder / path for folder in config_file.parents if (folder / path).is_file()), None)
+            if found is not None:
+                path = found
+                setattr(model, key, str(found))
+        expected = recorded.get(str(path.resolve())) if path.is_file() else None
+        if expected is not None and file_sha256(path) != expected:
+            raise ConfigError(f"{path} (model.{key} in {config_file}) is not the file that run read: its sha256 "
+                              f"changed since (recorded {expected[:12]}...)")

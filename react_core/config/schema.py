@@ -35,7 +35,7 @@ def config_kind(name: str):
     """Register a top-level schema under `kind: name`."""
 
     def wrap(cls):
-        CONFIG_KINDS.register_module(name=name, module=cls)
+        CONFIG_KINDS[name] = cls
         return cls
 
     return wrap
@@ -140,17 +140,13 @@ class _Checker:
             return None
         if not isinstance(value, dict) or "type" not in value:
             self.fail(key, value, f"expected a mapping with a 'type' naming a registered {registry.name}")
-        target = registry.get(value["type"])
-        if target is None:
-            known = ", ".join(sorted(registry.module_dict))
+        found = registry.signature(value["type"]) if isinstance(value["type"], str) else None
+        if found is None:
+            known = ", ".join(registry.names())
             self.fail(f"{key}.type", value["type"], f"unknown {registry.name} type (registered: {known})")
-        signature = inspect.signature(target)
+        signature, hints = found
         params = signature.parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-        try:
-            hints = typing.get_type_hints(target.__init__ if inspect.isclass(target) else target)
-        except Exception:
-            hints = {}
         checked = {"type": value["type"]}
         for name, arg in value.items():
             if name == "type":
@@ -225,14 +221,14 @@ def schema_for(data: dict, sources: Sources) -> type:
     kind = data.get("kind")
     if kind is None:
         raise ConfigError(f"missing required key 'kind' (in {sources.of('kind')}); known kinds: {known_kinds()}")
-    schema = CONFIG_KINDS.get(kind)
+    schema = CONFIG_KINDS.get(kind) if isinstance(kind, str) else None
     if schema is None:
         raise ConfigError(f"unknown config kind: key 'kind' = {kind!r} (from {sources.of('kind')}); known kinds: {known_kinds()}")
     return schema
 
 
 def known_kinds() -> str:
-    return ", ".join(sorted(CONFIG_KINDS.module_dict)) or "(none registered)"
+    return ", ".join(sorted(CONFIG_KINDS)) or "(none registered)"
 
 
 def load(path, overrides=(), schema: type | None = None) -> Any:

@@ -9,7 +9,7 @@ from react_core.data.pairs import (
     WebDatasetPairs,
     build_pairs,
 )
-from react_core.data.sampler import ResumableSampler
+from react_core.data.sampler import ResumableSampler, SeededSamples, seeded_randomness
 from react_core.data.transforms import official_augmentation, train_transform
 
 __all__ = [
@@ -20,10 +20,12 @@ __all__ = [
     "PairDataError",
     "PairDataset",
     "ResumableSampler",
+    "SeededSamples",
     "WebDatasetPairs",
     "build_pairs",
     "collate_labelled",
     "official_augmentation",
     "read_classnames",
+    "seeded_randomness",
     "train_transform",
 ]

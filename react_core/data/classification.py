@@ -13,6 +13,7 @@ from torch.utils.data import Dataset
 
 from react_core.data.images import IMAGE_EXTENSIONS, load_image
 from react_core.data.pairs import PairDataError
+from react_core.io import read_text
 
 
 def read_classnames(path: str | Path) -> list[str]:
@@ -30,7 +31,7 @@ def read_classnames(path: str | Path) -> list[str]:
         raise PairDataError(f"class list not found: {path}")
     names: list[str] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(read_text(path, PairDataError).splitlines(), 1):
         name = line.strip()
         if not name:
             continue

@@ -6,7 +6,6 @@ that same identity.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -33,45 +32,26 @@ def caption_embeddings(bundle, captions: Sequence[str], cache_dir: str | Path | 
 
 
 def embeddings_from_folder(folder: str | Path, ids: Sequence[str], identity: dict) -> torch.Tensor:
-    """Rows of a LAION-layout folder (`text_emb/text_emb_N.npy` beside `metadata/metadata_N.parquet`
-    with an `id` column) for `ids`, after checking `embeddings.json`'s model identity."""
-    import pandas as pd
+    """[N, D] L2-normalised caption embeddings of the samples `ids`, read from an embedding folder
+    (`react embed`'s, LAION's or a DataComp pool: `react_core.retrieval.embed.EmbeddingFolder`),
+    after checking that its `embeddings.json` names this very text tower (`identity`)."""
+    from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
 
-    folder = Path(folder)
-    manifest = folder / "embeddings.json"
-    if not manifest.is_file():
-        raise EmbeddingFolderError(f"{manifest} not found: cannot tell which model made these embeddings")
-    described = json.loads(manifest.read_text(encoding="utf-8"))
-    stored = described.get("identity", described.get("model"))
-    if stored != identity:
-        raise EmbeddingFolderError(
-            f"{manifest}: embeddings come from {stored}, but the text tower being customized is {identity}; "
-            "they cannot be reused (leave data.text_embeddings unset to compute them)"
-        )
-    text_files = sorted((folder / "text_emb").glob("text_emb_*.npy"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
-    if not text_files:
-        raise EmbeddingFolderError(f"{folder / 'text_emb'}: no text_emb_N.npy files")
-    wanted = {str(i): row for row, i in enumerate(ids)}
-    result = torch.empty(len(ids), 0)
-    found = 0
-    for text_file in text_files:
-        shard = text_file.stem.rsplit("_", 1)[1]
-        metadata_file = folder / "metadata" / f"metadata_{shard}.parquet"
-        if not metadata_file.is_file():
-            raise EmbeddingFolderError(f"{metadata_file} not found (needed beside {text_file})")
-        shard_ids = pd.read_parquet(metadata_file, columns=["id"])["id"].astype(str).tolist()
-        embeddings = np.load(text_file, mmap_mode="r")
-        if len(embeddings) != len(shard_ids):
-            raise EmbeddingFolderError(f"{text_file} has {len(embeddings)} rows but {metadata_file} has {len(shard_ids)}")
-        hits = [(wanted[i], position) for position, i in enumerate(shard_ids) if i in wanted]
-        if not hits:
-            continue
-        if result.shape[1] == 0:
-            result = torch.full((len(ids), embeddings.shape[1]), float("nan"))
-        rows, positions = zip(*hits)
-        result[list(rows)] = torch.from_numpy(np.asarray(embeddings[list(positions)], dtype=np.float32))
-        found += len(hits)
-    missing = [i for i, row in wanted.items() if result.shape[1] == 0 or torch.isnan(result[row, 0])]
-    if missing:
-        raise EmbeddingFolderError(f"{folder}: no embedding for {len(missing)} training captions (e.g. id {missing[0]!r})")
-    return torch.nn.functional.normalize(result, dim=-1)
+    try:
+        source = EmbeddingFolder(folder)
+        stored = source.info.get("identity", source.info.get("model"))
+        if stored != identity:
+            raise EmbeddingFolderError(
+                f"{source.root / 'embeddings.json'}: embeddings come from {stored}, but the text tower being customized "
+                f"is {identity}; they cannot be reused (leave data.text_embeddings unset to compute them)"
+            )
+        if not source.has("text"):
+            raise EmbeddingFolderError(f"{folder}: holds no caption embeddings")
+        rows = dict(zip(source.metadata(["id"])["id"].astype(str), range(len(source))))
+        missing = [i for i in map(str, ids) if i not in rows]
+        if missing:
+            raise EmbeddingFolderError(f"{folder}: no embedding for {len(missing)} training captions (e.g. id {missing[0]!r})")
+        vectors = source.gather("text", np.array([rows[str(i)] for i in ids], dtype=np.int64))
+    except EmbeddingError as error:
+        raise EmbeddingFolderError(str(error)) from None
+    return torch.nn.functional.normalize(torch.from_numpy(vectors), dim=-1)

@@ -1,41 +1,22 @@
-"""What pretrain and customize share: the synthetic world, config hashes, zero-shot checks, devices."""
+"""What pretrain and customize share: config hashes, zero-shot checks, devices."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import logging
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-logger = logging.getLogger("react")
-
-
-def ensure_world(world: str | None) -> None:
-    """Use the synthetic world in folder `world` whatever its preset, as the dense configs do; make
-    the README's (`react synth --preset demo --out DIR`) when the folder holds none, and the world's
-    held-out images of the generic (non-target) classes."""
-    if world is None:
-        return
-    from react_core.synth import generate_world, load_world
-    from react_core.synth.tasks import ensure_generic_eval
-
-    if (Path(world) / "world.json").is_file():
-        seed = load_world(world).seed
-    else:
-        logger.info("no synthetic world in %s: making it as `react synth --preset demo --out %s`", world, world)
-        seed = generate_world("demo", world, 0, progress=True)["seed"]
-    ensure_generic_eval(world, seed=seed)
-
 
 def run_key(cfg, dataset) -> str:
-    """What decides a run's result: the config (less where outputs and caches go, where the world lies and
-    how it is evaluated, where a shipped result lies, where an adapter's base lies (its content is
-    checked by hash when it loads), a disabled dense objective) and the content of the training
-    pairs, replay pairs included (not their paths)."""
-    skip = ("out", "world", "eval", "generic_eval", "data", "shipped", "cache")
+    """What decides a run's result: the config (less where outputs and caches go, how it is
+    evaluated, where an adapter's base lies (its content is checked by hash when it loads), a
+    disabled dense objective) and the content of the training pairs, replay pairs included (not
+    their paths)."""
+    skip = ("out", "eval", "generic_eval", "data", "cache")
     data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in skip}
     data["model"] = {k: v for k, v in data["model"].items() if k != "base_weights"}
     if "dense" in data and not data["dense"]["enabled"]:
@@ -61,14 +42,15 @@ def zeroshot(bundle, eval_cfg, cache_dir: Path | None, device, keep_result: bool
         return None
     from react_core.data import read_classnames
     from react_core.eval import evaluate_zeroshot
-    from react_core.io import atomic_write_json
+    from react_core.io import TextFileError, atomic_write_json, read_json
 
     classnames = read_classnames(eval_cfg.classes)
     kept = None
     if keep_result and cache_dir is not None and bundle.spec.named:
         kept = Path(cache_dir) / f"zeroshot_{_zeroshot_key(bundle, classnames, eval_cfg)}.json"
         if kept.is_file():
-            return json.loads(kept.read_text(encoding="utf-8"))
+            with contextlib.suppress(TextFileError):  # a damaged cache entry is computed again
+                return read_json(kept)
     metrics = evaluate_zeroshot(
         bundle,
         classnames,

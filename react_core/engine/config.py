@@ -4,10 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List, Literal, Optional
 
-import react_core.data  # noqa: F401  (registers the pair dataset types named in `data.train`)
 from react_core.config import ConfigError, buildable, config_kind
-from react_core.config.common import ModelConfig, TrainSchedule
+from react_core.config.common import DEFAULT_TEMPLATES, ModelConfig, TrainSchedule
 from react_core.registry import DATASETS
+
+for _name in ("PairManifest", "WebDatasetPairs", "CaptionedFolder"):  # the pair sets `data.train` may name
+    DATASETS.declare(_name, "react_core.data.pairs")
 
 
 @dataclass
@@ -61,7 +63,7 @@ class ZeroShotConfig:
 
     classes: str
     images: str
-    templates: str = "simple"
+    templates: str = DEFAULT_TEMPLATES
     batch_size: int = 256
 
 
@@ -112,28 +114,22 @@ class _RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: Optional[ZeroShotConfig] = None
     generic_eval: Optional[ZeroShotConfig] = None
-    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths; made if missing
     out: Optional[str] = None
 
 
 @config_kind("customize")
 @dataclass
 class CustomizeConfig(_RunConfig):
-    """Customize a CLIP on image-text pairs; `base_pretrain` names a pretrain config whose (cached)
-    result is the base model, in place of `model.weights`. `cache` (default OUT/cache) keeps what
-    depends only on the base model: its caption and class embeddings and its zero-shot results
-    before customization, so runs of one base (seeds, variants) may share it."""
+    """Customize a CLIP on image-text pairs. `cache` (default OUT/cache) keeps what depends only on
+    the base model: its caption and class embeddings and its zero-shot results before
+    customization, so runs of one base (seeds, variants) may share it."""
 
     gated: GatedConfig = field(default_factory=GatedConfig)
     dense: DenseConfig = field(default_factory=DenseConfig)
-    base_pretrain: Optional[str] = None
     cache: Optional[str] = None
 
 
 @config_kind("pretrain")
 @dataclass
 class PretrainConfig(_RunConfig):
-    """Train a CLIP from scratch (both towers, mode full) on a generic pair set; `shipped` names a
-    package resource holding the result for this config and data (see `react_core.engine.pretrain`)."""
-
-    shipped: Optional[str] = None
+    """Train a CLIP from scratch (both towers, mode full) on a generic pair set."""

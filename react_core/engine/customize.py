@@ -14,7 +14,7 @@ from pathlib import Path
 from mmengine.hooks import Hook
 
 from react_core.config import write_run_config
-from react_core.engine.common import ensure_world, run_key, training_device, zeroshot
+from react_core.engine.common import run_key, training_device, zeroshot
 from react_core.io import atomic_write_json
 
 ADAPTER_FILE = "adapter.safetensors"
@@ -43,23 +43,6 @@ def before_after(name: str, before, after) -> dict:
             f"{name}_before": before, f"{name}_after": after}
 
 
-def base_model_config(cfg):
-    """The ModelConfig to start from: `model`, or the model of `base_pretrain` with its (cached)
-    weights, pretrained in this config's world."""
-    if cfg.base_pretrain is None:
-        return cfg.model
-    from react_core.config import load
-    from react_core.engine.pretrain import pretrain
-
-    pretrain_cfg = load(cfg.base_pretrain, [f"world={cfg.world}"] if cfg.world else [])
-    if pretrain_cfg.out is None:
-        from react_core.config import ConfigError
-
-        raise ConfigError(f"{cfg.base_pretrain}: a base_pretrain config needs 'out' (where its cached model lives)")
-    weights = pretrain(pretrain_cfg, pretrain_cfg.out)
-    return dataclasses.replace(pretrain_cfg.model, weights=str(weights))
-
-
 def customize(cfg, out: str | Path) -> dict:
     """Run a `CustomizeConfig` into `out` (resuming if `out` holds its checkpoint); returns the metrics."""
     import torch
@@ -73,9 +56,7 @@ def customize(cfg, out: str | Path) -> dict:
     out = Path(out)
     mode = cfg.train.mode
     cfg.dense.check(mode)
-    ensure_world(cfg.world)
-    model_cfg = base_model_config(cfg)
-    bundle = model_cfg.load()
+    bundle = cfg.model.load()
     base_identity = bundle.spec.identity()
     dataset = build_pairs(cfg.data.train, train_transform(bundle, cfg.data.augmentation), cfg.data.replay)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,12 +81,6 @@ def customize(cfg, out: str | Path) -> dict:
             captions = caption_embeddings(bundle, dataset.captions, cache)
         bundle.model.cpu()  # the runner moves what trains back; a locked text tower stays off the accelerator
 
-    def export():
-        if mode == "full" or not (bundle.spec.pretrained or bundle.spec.weights):
-            save_full(bundle.model, out / FULL_FILE)
-        else:
-            save_adapter(bundle.model, out / ADAPTER_FILE, spec=bundle.spec, mode=mode, layers=layers)
-
     summary = train_contrastive(
         bundle.model,
         dataset,
@@ -116,7 +91,6 @@ def customize(cfg, out: str | Path) -> dict:
         run_identity={"config": run_key(cfg, dataset), "base": base_identity},
         tokenizer=bundle.tokenizer,
         caption_embeddings=captions,
-        export=export,
         hooks=[WriteConfigHook(cfg, out)],
         dense=DenseObjective(cfg.dense, seed=cfg.train.seed) if cfg.dense.enabled else None,
     )
@@ -129,5 +103,9 @@ def customize(cfg, out: str | Path) -> dict:
     metrics.update(before_after("generic", generic_before, generic_after))
     if cfg.dense.enabled:
         metrics["dense"] = dataclasses.asdict(cfg.dense)
+    if mode == "full" or not (bundle.spec.pretrained or bundle.spec.weights):
+        save_full(bundle.model, out / FULL_FILE)
+    else:
+        save_adapter(bundle.model, out / ADAPTER_FILE, spec=bundle.spec, mode=mode, layers=layers)
     atomic_write_json(out / METRICS_FILE, metrics)
     return metrics

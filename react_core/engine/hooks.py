@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
 
 import torch
 from mmengine.hooks import Hook
@@ -56,7 +55,8 @@ class ThroughputHook(Hook):
     """Logs images/s (all ranks together) and the running count of skipped, unreadable images.
 
     The count comes from the `skipped` entry that `PairCollate` puts in each batch; the hook
-    takes it out before the batch reaches the model.
+    takes it out before the batch reaches the model. The count so far travels in the resumable
+    checkpoint, so a resumed run reports the whole run's.
     """
 
     priority = "HIGH"
@@ -78,6 +78,12 @@ class ThroughputHook(Hook):
         runner.message_hub.update_scalar("train/skipped", self.skipped)
         self._start = now
 
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint["meta"]["skipped_images"] = self.skipped
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        self.skipped = int(checkpoint["meta"].get("skipped_images", 0))
+
 
 class ClampLogitScaleHook(Hook):
     """Clamp `logit_scale` to [0, ln 100] after every optimizer step, as CLIP does."""
@@ -90,21 +96,17 @@ class ClampLogitScaleHook(Hook):
 
 
 class SafeCheckpointHook(Hook):
-    """Every `interval` iterations and at the end: the resumable checkpoint, then `export()`.
-
-    `export` writes the user-facing weights (an adapter or a full state dict) on the main
-    process; the resumable checkpoint is `SafeRunner.save_checkpoint`'s.
-    """
+    """Every `interval` iterations and at the end: the resumable checkpoint
+    (`SafeRunner.save_checkpoint`), once the iteration's other hooks (the schedulers' step
+    included) are done, so it holds the state the next iteration starts from. The user-facing weights are written by the stage once
+    training has ended, never here."""
 
     priority = "VERY_LOW"
 
-    def __init__(self, interval: int, export: Callable[[], None] | None = None):
+    def __init__(self, interval: int):
         self.interval = interval
-        self.export = export
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         done = runner.iter + 1
         if done % self.interval == 0 or done == runner.max_iters:
             runner.save_checkpoint(runner.work_dir, "checkpoint_last.pt", by_epoch=False)
-            if self.export is not None and runner.rank == 0:
-                self.export()

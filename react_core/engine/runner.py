@@ -2,21 +2,24 @@
 
 mmengine 0.10.7 resumes through `torch.load` without `weights_only`, which fails on
 PyTorch >= 2.6 (and would unpickle arbitrary objects). Our checkpoint holds only tensors and
-plain containers: the trainable tensors, optimizer and scheduler states, the iteration and
-the random states, and is read back with `weights_only=True`. Resuming also restores the
-data position exactly: `ResumableIterBasedTrainLoop` starts the sampler where the
-interrupted run stopped instead of re-reading every batch before it.
+plain containers, and is read back with `weights_only=True`: what training changed in the model
+(trainable tensors, buffers, modules' extra state such as a generator's), the optimizer state
+(the AMP loss scaler's with it), the schedulers', the iteration, every process's python, NumPy,
+torch and CUDA random states, and what hooks keep (`before_save_checkpoint`). A resumed run ends
+with the tensors of an uninterrupted one: `ResumableIterBasedTrainLoop` starts the sampler where
+the interrupted run stopped instead of re-reading every batch before it, each sample draws its
+augmentation from its own seed (`react_core.data.SeededSamples`), and nothing between the
+restore and the next step draws from the restored generators.
 """
 from __future__ import annotations
 
 import contextlib
 import logging
-import random
 from pathlib import Path
 
-import numpy as np
 import torch
 from mmengine.device import get_device
+from mmengine.dist import all_gather_object
 from mmengine.model import MMDistributedDataParallel, is_model_wrapper
 from mmengine.registry import LOOPS
 from mmengine.runner import IterBasedTrainLoop, Runner
@@ -24,11 +27,13 @@ from mmengine.runner.loops import _InfiniteDataloaderIterator
 from mmengine.visualization import Visualizer
 
 from react_core.engine.hooks import ProgressHook, unwrap
+from react_core.engine.randomness import random_states, restore_random_states
 from react_core.errors import ReactError
 from react_core.io import atomic_path
 
 CHECKPOINT_NAME = "checkpoint_last.pt"
 LOG_NAME = "train.log"
+CHECKPOINT_FORMAT = 2  # what a checkpoint holds and how the run draws its samples; resume refuses another
 
 
 class ResumeError(ReactError):
@@ -56,25 +61,11 @@ class ResumableIterBasedTrainLoop(IterBasedTrainLoop):
         return self.runner.model
 
 
-def _random_states() -> dict:
-    numpy_state = np.random.get_state()
-    states = {
-        "torch": torch.get_rng_state(),
-        "numpy": torch.from_numpy(numpy_state[1].astype(np.int64)),
-        "numpy_pos": int(numpy_state[2]),
-        "python": list(random.getstate()[1]),
-    }
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def _restore_random_states(states: dict) -> None:
-    torch.set_rng_state(states["torch"])
-    np.random.set_state(("MT19937", states["numpy"].numpy().astype(np.uint32), states["numpy_pos"], 0, 0.0))
-    random.setstate((3, tuple(states["python"]), None))
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
+def trained_state(model: torch.nn.Module) -> dict:
+    """What training may change in `model`: its state dict less the frozen parameters (the
+    trainable tensors, buffers such as running statistics, modules' extra state)."""
+    frozen = {name for name, p in model.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    return {key: value for key, value in model.state_dict().items() if key not in frozen}
 
 
 class SafeRunner(Runner):
@@ -135,17 +126,19 @@ class SafeRunner(Runner):
 
     def save_checkpoint(self, out_dir, filename, file_client_args=None, save_optimizer=True,
                         save_param_scheduler=True, meta=None, by_epoch=False, backend_args=None):
+        every_rank = all_gather_object(random_states())  # each process draws its own, e.g. on its own images
         if self.rank != 0:
             return
-        model = unwrap(self.model)
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
         checkpoint = {
-            "meta": {"iter": self.iter + 1, "epoch": self.epoch, "seed": self.seed, "run": self.run_identity},
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items() if k in trainable},
+            "meta": {"iter": self.iter + 1, "epoch": self.epoch, "seed": self.seed, "run": self.run_identity,
+                     "format": CHECKPOINT_FORMAT},
+            "state_dict": {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v
+                           for k, v in trained_state(unwrap(self.model)).items()},
             "optimizer": self.optim_wrapper.state_dict(),
             "param_schedulers": [s.state_dict() for s in self.param_schedulers or []],
-            "random": _random_states(),
+            "random": every_rank,
         }
+        self.call_hook("before_save_checkpoint", checkpoint=checkpoint)
         with atomic_path(Path(out_dir) / filename) as tmp:
             torch.save(checkpoint, tmp)
 
@@ -168,15 +161,22 @@ class SafeRunner(Runner):
                 f"{filename} belongs to a different run (differs in: {', '.join(changed)}); "
                 "use another output folder or start over"
             )
+        if checkpoint["meta"].get("format", 1) != CHECKPOINT_FORMAT:
+            raise ResumeError(f"{filename} was written by an earlier version of react, whose runs do not continue exactly "
+                              "with this one; start over (remove it) or use another output folder")
         model = unwrap(self.model)
-        trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-        if set(checkpoint["state_dict"]) != trainable:
-            raise ResumeError(f"{filename}: its tensors are not the trainable tensors of this model")
+        if set(checkpoint["state_dict"]) != set(trained_state(model)):
+            raise ResumeError(f"{filename}: its tensors are not the trained tensors of this model")
         model.load_state_dict(checkpoint["state_dict"], strict=False)
         self.optim_wrapper.load_state_dict(checkpoint["optimizer"])
         for scheduler, state in zip(self.param_schedulers or [], checkpoint["param_schedulers"]):
             scheduler.load_state_dict(state)
-        _restore_random_states(checkpoint["random"])
+        saved = checkpoint["random"]
+        if len(saved) != self.world_size:
+            self.logger.warning(f"{filename} was written by {len(saved)} processes, this run has {self.world_size}: it "
+                                f"continues, but not as an uninterrupted run on {len(saved)} would have")
+        restore_random_states(saved[self.rank % len(saved)])
         self.train_loop._iter = checkpoint["meta"]["iter"]
         self.train_loop._epoch = checkpoint["meta"]["epoch"]
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         self.logger.info(f"resumed from {filename} at iteration {self.train_loop._iter}")

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from react_core.data import PairCollate, PairDataset, ResumableSampler
+from react_core.data import PairCollate, PairDataset, ResumableSampler, SeededSamples
 from react_core.engine.hooks import ClampLogitScaleHook, ProgressHook, SafeCheckpointHook, ThroughputHook
 from react_core.engine.model import ContrastiveCLIP
 from react_core.engine.optim import build_optim_wrapper, warmup_cosine
@@ -35,6 +35,47 @@ def distributed_context() -> tuple[str, int, int]:
     return launcher, rank, world_size
 
 
+def training_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    workers: int,
+    collate: Callable | None = None,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """The training loader of every trainer (the stages `build_runner` trains, and the Detectron2
+    engines through the same sampler and seeds): the one a resume continues exactly.
+
+    Args:
+        dataset: the training samples (any random augmentation drawn from python's, NumPy's or
+            torch's global generators).
+        batch_size: samples per step on this process.
+        seed: the run's seed: the order of each epoch and every sample's own seed.
+        rank, world_size: this process's share of each epoch.
+        workers: loader worker processes (the samples, and so the run, are the same for any count).
+        collate: how samples become a batch.
+        pin_memory: page-locked batches, for a copy to the accelerator.
+
+    Returns:
+        A loader over `ResumableSampler` keys (the runner moves it to the resumed position)
+        whose samples are drawn under their own seeds (`SeededSamples`), and whose own generator
+        (not the global one, which the checkpoint restores) seeds its iterators.
+    """
+    return DataLoader(
+        SeededSamples(dataset),
+        batch_size=batch_size,
+        sampler=ResumableSampler(len(dataset), seed=seed, rank=rank, world_size=world_size),
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin_memory,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(seed),
+    )
+
+
 def build_runner(
     model: torch.nn.Module,
     loader: DataLoader,
@@ -48,14 +89,14 @@ def build_runner(
     resume: bool,
     max_iters: int | None = None,
     hooks: Sequence = (),
-    export: Callable[[], None] | None = None,
     device: str | None = None,
 ) -> SafeRunner:
     """A `SafeRunner` for `max_iters` (default `train.max_iters`) iterations of `model` (an
-    mmengine `BaseModel`) over `loader` (its sampler a `ResumableSampler`), with `train`'s
-    (a `TrainSchedule`) warm-up + cosine schedule, seed, log and checkpoint intervals; a progress
-    bar named `desc`; `hooks` besides it; `export()` after each resumable checkpoint. With
-    `resume`, a checkpoint of this `run_identity` in `work_dir` is continued."""
+    mmengine `BaseModel`) over `loader` (a `training_loader`), with `train`'s (a `TrainSchedule`)
+    warm-up + cosine schedule, seed, log and checkpoint intervals; a progress bar named `desc`;
+    `hooks` besides it. With `resume`, a checkpoint of this `run_identity` in `work_dir` is
+    continued. The runner writes only its resumable checkpoint: a stage writes its final weights
+    once `train()` has returned, so no intermediate weights carry a final file's name."""
     max_iters = max_iters or train.max_iters
     if launcher == "pytorch":  # torchrun sets OMP_NUM_THREADS; mmengine would set MKL's to 1 and warn on every rank
         os.environ.setdefault("MKL_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
@@ -70,7 +111,7 @@ def build_runner(
         optim_wrapper=optim_wrapper,
         param_scheduler=warmup_cosine(max_iters, train.warmup_iters),
         default_hooks=dict(logger=None, checkpoint=None, sampler_seed=None),
-        custom_hooks=[ProgressHook(train.log_interval, desc), *hooks, SafeCheckpointHook(train.checkpoint_interval, export)],
+        custom_hooks=[ProgressHook(train.log_interval, desc), *hooks, SafeCheckpointHook(train.checkpoint_interval)],
         launcher=launcher,
         randomness=dict(seed=train.seed),
         default_scope=None,  # our parts build in the react registries; a global "mmengine" scope only warns
@@ -91,7 +132,6 @@ def train_contrastive(
     run_identity: dict,
     tokenizer: Callable | None = None,
     caption_embeddings: torch.Tensor | None = None,
-    export: Callable[[], None] | None = None,
     hooks: Sequence = (),
     dense=None,
 ) -> dict:
@@ -109,15 +149,8 @@ def train_contrastive(
         raise ValueError(f"mode {mode!r} locks the text tower: pass the caption embeddings")
     model = ContrastiveCLIP(clip, text_locked=text_locked, rank=rank, world_size=world_size, dense=dense)
     collate = PairCollate(dataset.captions, None if text_locked else tokenizer, caption_embeddings if text_locked else None)
-    loader = DataLoader(
-        dataset,
-        batch_size=data.batch_size,
-        sampler=ResumableSampler(len(dataset), seed=train.seed, rank=rank, world_size=world_size),
-        num_workers=data.workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=data.workers > 0,
-    )
+    loader = training_loader(dataset, data.batch_size, seed=train.seed, rank=rank, world_size=world_size,
+                             workers=data.workers, collate=collate, pin_memory=torch.cuda.is_available())
     max_iters = train.total_iters(len(dataset), data.batch_size * world_size)
     amp = train.mixed_precision(torch.cuda.is_available())
     throughput = ThroughputHook()
@@ -131,7 +164,6 @@ def train_contrastive(
         launcher=launcher,
         max_iters=max_iters,
         hooks=[throughput, ClampLogitScaleHook(), *hooks],
-        export=export,
         resume=True,
         run_identity=run_identity,
     )

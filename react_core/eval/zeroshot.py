@@ -55,5 +55,6 @@ def evaluate_zeroshot(
         bundle.model, labelled_loader(dataset, batch_size, workers), device, desc="zero-shot"
     )
     metrics = zeroshot_metrics(features, labels, class_embeddings.to(features.dtype), classnames)
-    metrics.update(skipped=skipped, templates=len(template_list), classes=len(classnames))
+    template_set = templates if isinstance(templates, str) else "a list"
+    metrics.update(skipped=skipped, templates=len(template_list), template_set=template_set, classes=len(classnames))
     return metrics

@@ -256,8 +256,8 @@ def _load_with_adapter(name, pretrained, path: Path, adapter: dict, base_weights
     if base_file is not None:
         if not Path(base_file).is_file():
             raise CheckpointError(
-                f"{path}: its base weights {base_file} are not there; pass their new location as base_weights "
-                f"(--base-weights), a file with SHA-256 {adapter['base_weights_sha256']}"
+                f"{path}: its base weights {base_file} are not there; pass their new location with --base-weights FILE "
+                f"(model.base_weights=FILE in a config), a file with SHA-256 {adapter['base_weights_sha256']}"
             )
         if file_sha256(base_file) != adapter["base_weights_sha256"]:
             raise CheckpointError(f"{path}: base weights {base_file} are not the file the adapter was trained on (SHA-256 differs)")

@@ -96,13 +96,20 @@ class DenseObjective(nn.Module):
     `forward(visual, images, dense, pooled)` takes the student's dense readout `dense` of `images`
     (None with `mosaic` > 1: the objective reads its mosaics itself) and their image features
     `pooled`, and returns the loss terms `{"loss_region", "loss_keep"}` (weighted) and their raw
-    values. Holds no parameters: adapters and checkpoints gain no keys.
+    values. Holds no parameters, so adapters gain no keys; the state of the generator that draws
+    the boxes is the module's extra state, so a resumed training run continues its draws.
     """
 
     def __init__(self, cfg, seed: int = 0):
         super().__init__()
         self.cfg = cfg
         self.generator = torch.Generator().manual_seed(seed)
+
+    def get_extra_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     def features(self, visual: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(image features of the step, the dense readout `forward` needs): one pass for both, or

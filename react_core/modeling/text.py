@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from react_core.errors import ReactError
-from react_core.io import atomic_path
+from react_core.io import atomic_path, read_text
 
 _BUILTIN_TEMPLATES = ("imagenet", "simple", "none")
 
@@ -48,7 +48,7 @@ def load_templates(spec: str | Sequence[str]) -> list[str]:
         path = Path(spec)
         if not path.is_file():
             raise VocabularyError(f"templates '{spec}' is neither a built-in set ({', '.join(_BUILTIN_TEMPLATES)}) nor a file")
-        templates = [line.rstrip("\n") for line in path.read_text(encoding="utf-8").splitlines()]
+        templates = read_text(path, VocabularyError).splitlines()
         source = str(path)
     kept = []
     for number, template in enumerate(templates, 1):
@@ -60,6 +60,14 @@ def load_templates(spec: str | Sequence[str]) -> list[str]:
     if not kept:
         raise VocabularyError(f"{source}: no templates")
     return kept
+
+
+def describe_templates(spec: str | Sequence[str]) -> str:
+    """How a user names the templates `spec` stands for, with their number: `'simple' (7)`."""
+    count = len(load_templates(spec))
+    if not isinstance(spec, str):
+        return f"a list of {count}"
+    return f"'{spec}' ({count})" if spec in _BUILTIN_TEMPLATES else f"from {spec} ({count})"
 
 
 def imagenet_classnames() -> list[str]:

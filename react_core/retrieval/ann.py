@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import re
 import time
 import weakref
@@ -30,7 +29,7 @@ from typing import Iterator
 import numpy as np
 
 from react_core.errors import ReactError
-from react_core.io import atomic_path
+from react_core.io import atomic_path, read_json
 from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
 
 INDEX_FILE = "index.faiss"
@@ -180,12 +179,12 @@ def add_part(task: ShardTask) -> dict:
     if task.threads:
         faiss.omp_set_num_threads(task.threads)
     index = read_faiss(task.trained)
+    folder = _worker_folder(task.emb_dir)
     try:
-        array = _worker_folder(task.emb_dir).array(task.kind, task.number)
+        array = folder.as_vectors(folder.array(task.kind, task.number))
     except EmbeddingError as error:
         raise IndexBuildError(str(error)) from None
-    source = getattr(array, "filename", None) or f"{task.emb_dir} ({task.kind} shard {task.number})"
-    add_rows(index, finite_block(array, source, task.start), task.start)
+    add_rows(index, finite_block(array, folder.layout.array_source(task.kind, task.number), task.start), task.start)
     write_index(index, task.part)
     return {"number": task.number, "rows": int(len(array)), "seconds": time.perf_counter() - started,
             "peak_rss_bytes": _peak_rss()}
@@ -301,12 +300,7 @@ def read_index_info(index_dir: str | Path) -> dict:
     path = Path(index_dir) / INFO_FILE
     if not path.is_file():
         raise IndexBuildError(f"{path} not found (build the index with `react index`)")
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as error:
-        raise IndexBuildError(f"{path}: not UTF-8 text (byte {error.start})") from None
-    except json.JSONDecodeError as error:
-        raise IndexBuildError(f"{path}: not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})") from None
+    info = read_json(path, IndexBuildError)
     if not isinstance(info, dict):
         raise IndexBuildError(f"{path}: expected a JSON object, found {type(info).__name__}")
     for key, kind in REQUIRED_INFO.items():
@@ -381,12 +375,12 @@ def read_index(index_dir: str | Path, parameters: str | None = None, gpu: bool =
     if not rerank or info.get("refine_factor", 1) <= 1:
         return index
     source = Path(emb_dir or info.get("embeddings", ""))
-    if not (source / "metadata").is_dir():
-        raise IndexBuildError(
-            f"{index_dir}: the index re-ranks with the embeddings it was built from, and {source} holds none; "
-            "pass the embedding folder (--emb)"
-        )
-    folder = folder or _folder(source)
+    if folder is None:
+        try:
+            folder = EmbeddingFolder(source, require_info=False)
+        except EmbeddingError as error:
+            raise IndexBuildError(f"{index_dir}: the index re-ranks with the embeddings it was built from, and "
+                                  f"{source} cannot be read ({error}); pass the embedding folder (--emb)") from None
     if len(folder) != index.ntotal:
         raise IndexBuildError(f"{source} holds {len(folder)} embeddings and the index {index.ntotal}: not its corpus")
     refined = RefinedIndex(index, folder, info["kind"], int(info["refine_factor"]))

@@ -12,10 +12,13 @@ Because the layout is LAION's, LAION's published embedding folders can stand in 
 they are: their metadata columns (url, caption, key, similarity, md5, ...) are read as released,
 and the model that made them, which no LAION file names, is given once (`react embeddings-info
 EMBDIR --release laion400m`, or `--model/--pretrained/--weights` on the commands that need it)
-and checked against the folder from then on. One input shard gives one output shard N; each file is
+and checked against the folder from then on. DataComp's pools (parquet beside .npz) are read as they
+are too (layouts.py): their features are chosen once with `react embeddings-info POOL --features
+b32|l14`. One input shard gives one output shard N; each file is
 written atomically and `metadata_{N}.parquet` last, so a shard is done exactly when its files
 all exist, and an interrupted run resumes at the first shard not done. Under torchrun each rank
-takes every WORLD_SIZE-th shard.
+takes every WORLD_SIZE-th shard; on Ray (embed_ray.py) shards stream through decode tasks into
+embedding actors, with the same batches and the same bytes written.
 """
 from __future__ import annotations
 
@@ -30,14 +33,20 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from react_core.errors import ReactError
-from react_core.io import atomic_path, atomic_write_json
+from react_core.io import atomic_path, atomic_write_json, read_json
 from react_core.machine import usable_cpus
+from react_core.retrieval.layouts import (
+    DATACOMP_FEATURES,
+    DataCompLayout,
+    EmbeddingError,
+    LaionLayout,
+    shard_number,
+)
 
 INFO_FILE = "embeddings.json"
-KINDS = {"image": ("img_emb", "img_emb"), "text": ("text_emb", "text_emb")}
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 10_000
+logger = logging.getLogger("react")
 # The models behind LAION's released embeddings (no file of theirs names it): LAION-400M's are
 # OpenAI ViT-B/32's (QuickGELU, pinned from the `openai` tag), LAION-2B/5B's OpenAI ViT-L/14's.
 KNOWN_RELEASES = {
@@ -45,10 +54,6 @@ KNOWN_RELEASES = {
     "laion2b": {"model": "ViT-L-14", "pretrained": "openai", "dim": 768},
     "laion5b": {"model": "ViT-L-14", "pretrained": "openai", "dim": 768},
 }
-
-
-class EmbeddingError(ReactError):
-    """An embedding folder or corpus that cannot be used; the message names the file."""
 
 
 # Images per forward pass: large on an accelerator; on a CPU small batches keep a block's
@@ -80,10 +85,17 @@ def read_embedding_info(emb_dir: str | Path) -> dict:
     path = Path(emb_dir) / INFO_FILE
     if not path.is_file():
         raise EmbeddingError(f"{path} not found: cannot tell which model made these embeddings")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise EmbeddingError(f"{path}: not valid JSON ({error})") from None
+    info = read_json(path, EmbeddingError)
+    if not isinstance(info, dict):
+        raise EmbeddingError(f"{path}: expected a JSON object, found {type(info).__name__}")
+    expected = {"dim": int, "identity": dict, "model": dict, "shards": list, "shard_numbers": list, "features": str}
+    for key, kind in expected.items():
+        if info.get(key) is not None and not isinstance(info[key], kind) or kind is int and isinstance(info.get(key), bool):
+            raise EmbeddingError(f"{path}: '{key}' must be a JSON {kind.__name__.replace('dict', 'object').replace('str', 'string')}, "
+                                 f"not {info[key]!r}")
+    if not all(isinstance(n, int) for n in info.get("shard_numbers") or []):
+        raise EmbeddingError(f"{path}: 'shard_numbers' must list integers")
+    return info
 
 
 def matches_model(emb_dir: str | Path, spec) -> bool:
@@ -121,13 +133,14 @@ def _text_dim(bundle) -> int:
     return int(probe.shape[-1])
 
 
-def _load_named(model: str | None, pretrained: str | None, weights: str | None, device: str):
+def _load_named(model: str | None, pretrained: str | None, weights: str | None, device: str,
+                base_weights: str | None = None):
     from react_core.modeling import CheckpointError, PretrainedUnavailableError, load_clip
 
     if not model:
         raise EmbeddingError("--pretrained/--weights need --model (the architecture, e.g. ViT-B-32)")
     try:
-        return load_clip(model, pretrained, weights, device=device)
+        return load_clip(model, pretrained, weights, device=device, base_weights=base_weights)
     except (CheckpointError, PretrainedUnavailableError, FileNotFoundError, ValueError, RuntimeError) as error:
         # open_clip raises RuntimeError for an unknown pretrained tag
         named = " ".join(f"--{flag} {value}" for flag, value in (("model", model), ("pretrained", pretrained),
@@ -136,11 +149,12 @@ def _load_named(model: str | None, pretrained: str | None, weights: str | None, 
 
 
 def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
-                  weights: str | None = None, device: str = "cpu"):
+                  weights: str | None = None, device: str = "cpu", base_weights: str | None = None):
     """The CLIP that made the folder's embeddings, to embed queries with: the one its
     `embeddings.json` names, or the one named here (`--model/--pretrained/--weights`), which
     must then make embeddings of the folder's dimension and match `embeddings.json` if there is
-    one. A mismatch is an `EmbeddingError` saying which model each side names."""
+    one. A mismatch is an `EmbeddingError` saying which model each side names. `base_weights`:
+    where an adapter's base file is now, if it moved."""
     emb_dir = Path(emb_dir)
     recorded = (emb_dir / INFO_FILE).is_file()
     if not (model or pretrained or weights):
@@ -149,13 +163,8 @@ def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str
                 f"{emb_dir} has no {INFO_FILE} naming the model that made its embeddings: give --model (with "
                 f"--pretrained or --weights), or record it once with `react embeddings-info {emb_dir} --release "
                 f"laion400m` (or laion2b, laion5b, or --model ...)")
-        return load_model_of(emb_dir, device)
-    bundle = _load_named(model, pretrained, weights, device)
-    folder = EmbeddingFolder(emb_dir, require_info=False)
-    dim = _text_dim(bundle)
-    if dim != folder.dim:
-        raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings but {describe_identity(bundle.spec.identity())} "
-                             f"makes {dim}-dimensional ones: not the model that made them")
+        return load_model_of(emb_dir, device, base_weights=base_weights)
+    bundle = _named_model_for(EmbeddingFolder(emb_dir, require_info=False), model, pretrained, weights, device, base_weights)
     if recorded:
         identity = read_embedding_info(emb_dir).get("identity")
         if identity != bundle.spec.identity():
@@ -164,28 +173,56 @@ def resolve_model(emb_dir: str | Path, model: str | None = None, pretrained: str
     return bundle
 
 
+def _named_model_for(folder: "EmbeddingFolder", model: str | None, pretrained: str | None, weights: str | None, device: str,
+                     base_weights: str | None = None):
+    """The model named, checked to make embeddings of the folder's dimension."""
+    bundle = _load_named(model, pretrained, weights, device, base_weights)
+    dim = _text_dim(bundle)
+    if dim != folder.dim:
+        raise EmbeddingError(f"{folder.root} holds {folder.dim}-dimensional embeddings but {describe_identity(bundle.spec.identity())} "
+                             f"makes {dim}-dimensional ones: not the model that made them")
+    return bundle
+
+
 def record_model(emb_dir: str | Path, model: str | None = None, pretrained: str | None = None,
-                 weights: str | None = None, release: str | None = None, device: str = "cpu") -> dict:
-    """Write `embeddings.json` for a folder that has none (LAION's as released), naming the model
-    that made its embeddings: the one of a known `release` (see `KNOWN_RELEASES`) or the one
-    named; checked against the folder's dimension. Returns the written content."""
+                 weights: str | None = None, release: str | None = None, device: str = "cpu",
+                 features: str | None = None, base_weights: str | None = None) -> dict:
+    """Write `embeddings.json` for a folder that has none (LAION's as released, a DataComp pool),
+    naming the model that made its embeddings: the one of a known LAION `release` (see
+    `KNOWN_RELEASES`), of DataComp's `features` (`b32`, `l14`: which of the pool's arrays the
+    folder stands for), or the one named; checked against the folder's dimension. Returns the
+    written content."""
     emb_dir = Path(emb_dir)
-    folder = EmbeddingFolder(emb_dir, require_info=False)
+    folder = EmbeddingFolder(emb_dir, require_info=False, features=features)
+    if features is not None and folder.layout.name != "datacomp":
+        raise EmbeddingError(f"--features is for DataComp pools (parquet beside .npz); {emb_dir} is in LAION's layout")
+    known, name = None, None
     if release is not None:
         if release not in KNOWN_RELEASES:
             raise EmbeddingError(f"--release must be one of {', '.join(KNOWN_RELEASES)}, not {release!r}")
-        known = KNOWN_RELEASES[release]
+        known, name = KNOWN_RELEASES[release], f"{release}'s embeddings"
+    elif features is not None and not (model or pretrained or weights):
+        known, name = DATACOMP_FEATURES[features], f"DataComp's {features} features"
+    elif features is not None:
+        from react_core.modeling.clip import base_architecture
+
+        expected = DATACOMP_FEATURES[features]["model"]
+        if base_architecture(model or "") != expected:
+            logger.warning("DataComp's %s features are OpenAI %s's; recording %s as named", features, expected, model)
+    if known is not None:
         from react_core.modeling.clip import base_architecture
 
         if model and base_architecture(model) != known["model"]:
-            raise EmbeddingError(f"{release}'s embeddings were made by {known['model']} ({known['pretrained']}), not {model}")
+            raise EmbeddingError(f"{name} were made by {known['model']} ({known['pretrained']}), not {model}")
         if folder.dim != known["dim"]:
-            raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings, {release}'s are {known['dim']}-dimensional")
+            raise EmbeddingError(f"{emb_dir} holds {folder.dim}-dimensional embeddings, {name} are {known['dim']}-dimensional")
         model = model or known["model"]
         pretrained = pretrained or (None if weights else known["pretrained"])
-    bundle = resolve_model(emb_dir, model, pretrained, weights, device)
-    info = embedding_info(bundle, folder.dim, str(emb_dir.resolve()), [str(n) for n in folder.numbers])
+    bundle = _named_model_for(folder, model, pretrained, weights, device, base_weights)
+    info = embedding_info(bundle, folder.dim, str(emb_dir.resolve()), list(folder.layout.names))
     info |= {"shard_numbers": [int(n) for n in folder.numbers], "release": release}
+    if features is not None:
+        info |= {"format": "datacomp", "features": features}
     atomic_write_json(emb_dir / INFO_FILE, info)
     return info
 
@@ -209,8 +246,9 @@ def embedding_info(bundle, dim: int, source: str, shard_names: list[str]) -> dic
     }
 
 
-def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None = None):
-    """Rebuild the model named by an embedding folder, checking that its identity still matches."""
+def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None = None, base_weights: str | None = None):
+    """Rebuild the model named by an embedding folder, checking that its identity still matches;
+    `base_weights`: where an adapter's base file is now, if it moved."""
     from react_core.modeling import load_clip
 
     info = read_embedding_info(emb_dir)
@@ -224,7 +262,7 @@ def load_model_of(emb_dir: str | Path, device: str = "cpu", weights: str | None 
             Path(emb_dir) / INFO_FILE, model["name"])
     architecture = model["config"] if model["name"].startswith("custom-") and model.get("config") else model["name"]
     bundle = load_clip(architecture, model.get("pretrained"), weights or model.get("weights"),
-                       quick_gelu=model.get("quick_gelu"), device=device)
+                       quick_gelu=model.get("quick_gelu"), device=device, base_weights=base_weights)
     if bundle.spec.identity() != info["identity"]:
         raise EmbeddingError(
             f"{Path(emb_dir) / INFO_FILE}: the model rebuilt from it ({bundle.spec.identity()}) is not the one that "
@@ -461,8 +499,6 @@ def embed_corpus(
     `failed` (list of (shard, id, reason)) for the images that could not be read. `batch_size`
     defaults to `DEFAULT_BATCH_SIZE` of the model's device type.
     """
-    import pandas as pd
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
@@ -482,45 +518,77 @@ def embed_corpus(
     mine = shards[rank::world_size]
     pending = [s for s in mine if not shard_done(out, s.number)]
     summary = {"shards": 0, "already_done": len(mine) - len(pending), "rows": 0, "failed": []}
-    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
-    bar = tqdm(total=None, desc=f"embed (rank {rank})" if world_size > 1 else "embed", unit="img",
-               disable=not progress, smoothing=0.1)
-    for shard in pending:
-        bar.set_postfix_str(f"shard {shard.number + 1}/{len(shards)}")
-        rows, locations = shard.load()
-        dataset = _ShardImages(locations, bundle.preprocess_val)
-        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
-                            pin_memory=device.type == "cuda", persistent_workers=False)
-        image_chunks, text_chunks, kept, digests, failed = [], [], [], [], []
-        captions = rows["caption"].tolist()
-        with torch.no_grad(), autocast:
+    with tqdm(total=None, desc=f"embed (rank {rank})" if world_size > 1 else "embed", unit="img",
+              disable=not progress, smoothing=0.1) as bar:
+        for shard in pending:
+            bar.set_postfix_str(f"shard {shard.number + 1}/{len(shards)}")
+            rows, locations = shard.load()
+            dataset = _ShardImages(locations, bundle.preprocess_val)
+            loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=_collate,
+                                pin_memory=device.type == "cuda", persistent_workers=False)
+            captions = rows["caption"].tolist()
+            batches = []
             for images, batch_rows, batch_digests, batch_failed in loader:
-                failed.extend(batch_failed)
-                if batch_rows:
-                    image = model.encode_image(images.to(device, non_blocking=True))
-                    tokens = bundle.tokenizer([captions[r] for r in batch_rows]).to(device)
-                    text = model.encode_text(tokens)
-                    image_chunks.append(torch.nn.functional.normalize(image.float(), dim=-1).half().cpu())
-                    text_chunks.append(torch.nn.functional.normalize(text.float(), dim=-1).half().cpu())
-                    kept.extend(batch_rows)
-                    digests.extend(batch_digests)
+                batches.append(EmbeddedBatch(*embed_batch(bundle, images, [captions[r] for r in batch_rows]),
+                                             batch_rows, batch_digests, batch_failed))
                 bar.update(len(batch_rows) + len(batch_failed))
-        files = shard_files(out, shard.number)
-        skipped = rows.iloc[[r for r, _ in failed]].copy()
-        skipped["reason"] = [reason for _, reason in failed]
-        skipped["input_shard"] = shard.name
-        _write_parquet(files["skipped"], skipped)
-        empty = torch.empty(0, dim, dtype=torch.float16)
-        _write_npy(files["image"], torch.cat(image_chunks).numpy() if image_chunks else empty.numpy())
-        _write_npy(files["text"], torch.cat(text_chunks).numpy() if text_chunks else empty.numpy())
-        metadata = rows.iloc[kept].reset_index(drop=True)
-        metadata["sha256"] = pd.array(digests, dtype="string")
-        _write_parquet(files["metadata"], metadata)
-        summary["shards"] += 1
-        summary["rows"] += len(kept)
-        summary["failed"].extend((shard.number, str(rows["id"].iloc[r]), reason) for r, reason in failed)
-    bar.close()
+            failed = write_shard(out, shard, rows, batches, dim)
+            summary["shards"] += 1
+            summary["rows"] += sum(len(b.rows) for b in batches)
+            summary["failed"].extend(failed)
     return summary
+
+
+@dataclass
+class EmbeddedBatch:
+    """One batch's float16 image and caption embeddings, the shard rows they belong to, the image
+    digests, and the (row, reason) of the batch's samples that could not be read."""
+
+    image: np.ndarray
+    text: np.ndarray
+    rows: list[int]
+    digests: list[str | None]
+    failed: list[tuple[int, str]]
+
+
+def embed_batch(bundle, images, captions: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """float16 L2-normalised image and caption embeddings of one batch: the one forward pass of
+    every runner (one process, torchrun ranks, Ray actors), so that a batch gives the same bytes
+    wherever it runs on the same kind of device."""
+    import torch
+
+    if not captions:  # every image of the batch unreadable
+        return np.empty((0, 0), dtype=np.float16), np.empty((0, 0), dtype=np.float16)
+    model = bundle.model
+    device = next(model.parameters()).device
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    with torch.no_grad(), autocast:
+        image = model.encode_image(images.to(device, non_blocking=True))
+        text = model.encode_text(bundle.tokenizer(captions).to(device))
+        image = torch.nn.functional.normalize(image.float(), dim=-1).half().cpu()
+        text = torch.nn.functional.normalize(text.float(), dim=-1).half().cpu()
+    return image.numpy(), text.numpy()
+
+
+def write_shard(out: Path, shard: InputShard, rows, batches: list[EmbeddedBatch], dim: int) -> list[tuple[int, str, str]]:
+    """Write output shard `shard.number` from its batches in order: skipped/, img_emb/, text_emb/
+    and metadata/ last (so a shard is done exactly when its metadata exists). Returns the
+    (shard, id, reason) of the samples skipped."""
+    import pandas as pd
+
+    failed = [item for batch in batches for item in batch.failed]
+    files = shard_files(out, shard.number)
+    skipped = rows.iloc[[r for r, _ in failed]].copy()
+    skipped["reason"] = [reason for _, reason in failed]
+    skipped["input_shard"] = shard.name
+    _write_parquet(files["skipped"], skipped)
+    for kind in ("image", "text"):
+        arrays = [getattr(batch, kind) for batch in batches if len(batch.rows)]
+        _write_npy(files[kind], np.concatenate(arrays) if arrays else np.empty((0, dim), dtype=np.float16))
+    metadata = rows.iloc[[r for batch in batches for r in batch.rows]].reset_index(drop=True)
+    metadata["sha256"] = pd.array([d for batch in batches for d in batch.digests], dtype="string")
+    _write_parquet(files["metadata"], metadata)
+    return [(shard.number, str(rows["id"].iloc[r]), reason) for r, reason in failed]
 
 
 def _write_npy(path: Path, array: np.ndarray) -> None:
@@ -538,13 +606,9 @@ def skipped_samples(emb_dir: str | Path):
     """Every sample that embedding skipped (unreadable image), with its shard and reason."""
     import pandas as pd
 
-    files = sorted(Path(emb_dir, "skipped").glob("skipped_*.parquet"), key=_shard_number)
-    frames = [pd.read_parquet(f).assign(output_shard=_shard_number(f)) for f in files]
+    files = sorted(Path(emb_dir, "skipped").glob("skipped_*.parquet"), key=shard_number)
+    frames = [pd.read_parquet(f).assign(output_shard=shard_number(f)) for f in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["id", "reason", "output_shard"])
-
-
-def _shard_number(path: Path) -> int:
-    return int(path.stem.rsplit("_", 1)[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,73 +616,88 @@ def _shard_number(path: Path) -> int:
 
 
 class EmbeddingFolder:
-    """A finished LAION-layout folder: per-shard arrays (memory-mapped) and metadata.
+    """A finished embedding folder, whatever its layout (LAION's and ours, or a DataComp pool; see
+    layouts.py): per-shard arrays (memory-mapped) and metadata, under our column names.
 
     Rows are numbered globally in shard order; a FAISS index built from the folder uses these
-    row numbers as ids.
+    row numbers as ids. Arrays are checked as they are opened: a truncated or damaged file, or one
+    of another width than embeddings.json's `dim`, is an `EmbeddingError` naming it.
+
+    Args:
+        root: the folder.
+        require_info: refuse a folder without embeddings.json (one that names no model).
+        features: for a DataComp pool whose embeddings.json does not name them yet, `b32` or `l14`.
     """
 
-    def __init__(self, root: str | Path, require_info: bool = True):
+    def __init__(self, root: str | Path, require_info: bool = True, features: str | None = None):
         self.root = Path(root)
         self.info = read_embedding_info(self.root) if require_info or (self.root / INFO_FILE).is_file() else {}
-        numbers = sorted(_shard_number(p) for p in (self.root / "metadata").glob("metadata_*.parquet"))
-        if not numbers:
-            raise EmbeddingError(f"{self.root / 'metadata'}: no metadata_N.parquet files (not an embedding folder?)")
-        expected = self.info.get("shard_numbers", range(len(self.info.get("shards", numbers))))
-        missing = sorted(set(expected) - set(numbers)) if self.info else []
-        if missing:
-            raise EmbeddingError(
-                f"{self.root}: shards {missing[:10]} of {len(expected)} are not embedded yet; run `react embed` again to finish"
-            )
+        self.layout = _open_layout(self.root, self.info, features)
+        numbers = self.layout.numbers
+        if self.layout.name == "laion" and self.info:
+            expected = self.info.get("shard_numbers") or range(len(self.info.get("shards") or numbers))
+            missing = sorted(set(expected) - set(numbers))
+            if missing:
+                raise EmbeddingError(
+                    f"{self.root}: shards {missing[:10]} of {len(expected)} are not embedded yet; run `react embed` again to finish"
+                )
         self.numbers = numbers
+        self.dim = self.info.get("dim")
+        counted = "image" if self.layout.has("image") else "text"
         self.counts = []
         for number in numbers:
-            array = self.array("image", number) if shard_files(self.root, number)["image"].is_file() else self.array("text", number)
+            array = self.layout.array(counted, number, self.dim)
+            self.dim = self.dim or int(array.shape[1])
             self.counts.append(len(array))
+        self.dim = int(self.dim)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
-        self.dim = int(self.info.get("dim") or array.shape[1])
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def has(self, kind: str) -> bool:
+        """Whether the folder holds `kind` ('image' or 'text') embeddings."""
+        return self.layout.has(kind)
+
     def array(self, kind: str, number: int) -> np.ndarray:
-        path = shard_files(self.root, number)[kind]
-        if not path.is_file():
-            raise EmbeddingError(f"{path} not found ({kind} embeddings of shard {number})")
-        try:
-            array = np.load(path, mmap_mode="r")
-        except (ValueError, OSError, EOFError) as error:  # truncated, random bytes, pickled objects
-            raise EmbeddingError(f"{path}: not a readable .npy array ({str(error).splitlines()[0]})") from None
-        if array.ndim != 2:
-            raise EmbeddingError(f"{path}: expected a 2-D array of embeddings, found shape {array.shape}")
-        return array
+        """Shard `number`'s stored `kind` embeddings as they are on disk (memory-mapped where possible)."""
+        return self.layout.array(kind, number, self.dim)
 
     def check(self, kind: str) -> None:
-        """Check the `kind` arrays before a long job reads them: each readable, 2-D, of the
-        folder's dimension (embeddings.json's `dim` where recorded) and with one row per
-        metadata row. Reads file headers and parquet footers, not the data."""
+        """Check the `kind` arrays before a long job reads them: each readable, of the folder's
+        dimension and with one row per metadata row. Reads file headers and parquet footers, not
+        the data."""
         import pyarrow.parquet as pq
 
+        if not self.has(kind):
+            raise EmbeddingError(f"{self.root}: no {kind} embeddings ({self.layout.array_source(kind, self.numbers[0])} not found)")
         for number, count in zip(self.numbers, self.counts):
-            array = self.array(kind, number)
-            path = shard_files(self.root, number)[kind]
-            if array.shape[1] != self.dim:
-                source = f"{self.root / INFO_FILE} says {self.dim}" if self.info.get("dim") else f"the last shard has {self.dim}"
-                raise EmbeddingError(f"{path}: embeddings of dimension {array.shape[1]}, {source}")
+            array = self.array(kind, number)  # the layout checks it is readable and of the folder's dimension
+            source = self.layout.array_source(kind, number)
             if len(array) != count:
-                raise EmbeddingError(f"{path}: {len(array)} rows, the folder's other arrays of shard {number} have {count}")
-            metadata = shard_files(self.root, number)["metadata"]
+                raise EmbeddingError(f"{source}: {len(array)} rows, the folder's other arrays of shard {number} have {count}")
+            metadata = self.layout.metadata_file(number)
             try:
                 rows = pq.ParquetFile(metadata).metadata.num_rows
+            except FileNotFoundError:
+                raise EmbeddingError(f"{metadata} not found") from None
             except Exception as error:  # pyarrow raises several types for a damaged footer
                 raise EmbeddingError(f"{metadata}: not a readable parquet file ({type(error).__name__})") from None
             if rows != count:
-                raise EmbeddingError(f"{path}: {count} embeddings for {rows} rows of {metadata}")
+                raise EmbeddingError(f"{source}: {count} embeddings for {rows} rows of {metadata}")
+
+    def as_vectors(self, block: np.ndarray) -> np.ndarray:
+        """float32, L2-normalised rows of a stored block (the layouts that store them unnormalised
+        are normalised on reading, so that inner products are cosines)."""
+        vectors = np.asarray(block, dtype=np.float32)
+        if self.layout.normalized:
+            return vectors
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
     def iter_arrays(self, kind: str) -> Iterator[tuple[int, np.ndarray]]:
-        """(first global row, float32 array) per shard, in order."""
+        """(first global row, float32 L2-normalised array) per shard, in order."""
         for number, start in zip(self.numbers, self.offsets[:-1]):
-            yield int(start), np.asarray(self.array(kind, number), dtype=np.float32)
+            yield int(start), self.as_vectors(self.array(kind, number))
 
     def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """float32 embeddings of global `rows` (any order), by positioned reads rather than a
@@ -631,26 +710,19 @@ class EmbeddingFolder:
         shard_of = np.searchsorted(self.offsets, rows, side="right") - 1
         for position in np.unique(shard_of):
             mask = shard_of == position
-            result[mask] = _read_rows(self.array(kind, self.numbers[position]), rows[mask] - self.offsets[position])
-        return result
+            array = self.array(kind, self.numbers[position])
+            local = rows[mask] - self.offsets[position]
+            result[mask] = _read_rows(array, local) if isinstance(array, np.memmap) else array[local]
+        return result if self.layout.normalized else self.as_vectors(result)
 
     def metadata(self, columns: list[str] | None = None):
-        """All metadata rows in global row order, with a `row` column and an `id` one: LAION's
-        metadata has none, so there it is the `key` when keys are unique, else shard_position."""
+        """All metadata rows in global row order, with a `row` column and an `id` one: a DataComp
+        pool's is its `uid` (its `text` is the `caption`); LAION's metadata has none, so there it
+        is the `key` when keys are unique, else shard_position."""
         import pandas as pd
 
-        frames = []
-        for number in self.numbers:
-            path = shard_files(self.root, number)["metadata"]
-            available = None
-            if columns is not None:
-                import pyarrow.parquet as pq
-
-                names = pq.ParquetFile(path).schema_arrow.names
-                wanted = [*columns, "key"] if "id" in columns and "id" not in names else columns
-                available = [c for c in dict.fromkeys(wanted) if c in names]
-            frames.append(pd.read_parquet(path, columns=available))
-        table = pd.concat(frames, ignore_index=True)
+        wanted = None if columns is None else list(dict.fromkeys([*columns, "key"] if "id" in columns else columns))
+        table = pd.concat([self.layout.read_metadata(number, wanted) for number in self.numbers], ignore_index=True)
         if len(table) != len(self):
             raise EmbeddingError(f"{self.root}: metadata has {len(table)} rows but the embeddings have {len(self)}")
         table["row"] = np.arange(len(table), dtype=np.int64)
@@ -660,6 +732,20 @@ class EmbeddingFolder:
             table["id"] = key.tolist() if unique else [
                 f"{number}_{position}" for number, count in zip(self.numbers, self.counts) for position in range(count)]
         return table
+
+
+def _open_layout(root: Path, info: dict, features: str | None):
+    """The reader of `root`'s files: the layout embeddings.json records, else the one found."""
+    if info.get("format") == "datacomp":
+        if features is not None and features != info.get("features"):
+            raise EmbeddingError(f"{root / INFO_FILE} records DataComp's {info.get('features')} features, not {features}")
+        return DataCompLayout(root, info.get("features"), info.get("shards"))
+    if LaionLayout.found_in(root):
+        return LaionLayout(root)
+    if DataCompLayout.found_in(root):
+        return DataCompLayout(root, features)
+    raise EmbeddingError(f"{root}: neither metadata/metadata_N.parquet files (LAION's layout) nor parquet files with an .npz "
+                         "beside them (a DataComp pool): not an embedding folder?")
 
 
 def _read_rows(array: np.memmap, rows: np.ndarray) -> np.ndarray:

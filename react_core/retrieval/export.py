@@ -7,21 +7,40 @@ Webdataset output: `DIR/shards/{N:06d}.tar` with `KEY.{jpg,png,...}`, `KEY.txt`,
 `DIR/manifest.parquet` (id, caption, class, score, shard, key); folder output:
 `DIR/images/{N:06d}/{KEY}.{ext}` and `DIR/manifest.parquet` (id, caption, class, score, path).
 Both are what `react customize` reads. Shards are written atomically and skipped when present,
-so an interrupted export resumes.
+so an interrupted export resumes; a folder that cannot be written (read-only, full disk) is one
+`OutputError` naming the file, and no partial file stays behind.
+
+Samples with only a URL (LAION's and DataComp's metadata) go to `DIR/urls.parquet` with the
+img2dataset command that downloads them, as an argument list (`DIR/img2dataset.json`) and as a
+shell script with every argument quoted (`DIR/img2dataset.sh`); it is written, never run here.
+Where the subset has DataComp's `face_bboxes`, img2dataset blurs those faces as DataComp's own
+download does; where it has the `sha256` of the image bytes, img2dataset checks it.
+
+Blocklists apply here again: the ones given and the ones retrieval used (re-read, as they may
+have grown since), before anything is written; `DIR/stats.json` counts what they dropped.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
+import operator
+import shlex
 import tarfile
 from pathlib import Path
 
 from react_core.data.images import ImageHashError
 from react_core.errors import ReactError
-from react_core.io import atomic_path, atomic_write_text
-from react_core.retrieval.retrieve import read_subset
+from react_core.io import atomic_path, atomic_write_json, atomic_write_text, output_errors
+from react_core.retrieval.retrieve import Blocklist, blocked_rows, read_blocklist, read_stats, read_subset
 
 URL_LIST = "urls.parquet"
+STATS_FILE = "stats.json"
+# columns kept beside url and caption in the URL list, when the subset has them (img2dataset saves them per image)
+URL_LIST_COLUMNS = ("id", "class", "uid", "key", "sha256", "md5", "similarity", "clip_b32_similarity_score",
+                    "clip_l14_similarity_score")
+logger = logging.getLogger("react")
 
 
 class ExportError(ReactError):
@@ -72,46 +91,103 @@ def _has_local(row) -> bool:
     return (isinstance(path, str) and bool(path)) or (isinstance(shard, str) and bool(shard))
 
 
-def export_subset(subset_dir: str | Path, to: str, out: str | Path, shard_size: int = 10_000, progress: bool = True) -> dict:
-    """Write the subset as `to` ('webdataset' or 'folder'); returns counts."""
+def export_subset(subset_dir: str | Path, to: str, out: str | Path, shard_size: int = 10_000, progress: bool = True,
+                  blocklist: Blocklist | None = None) -> dict:
+    """Write the subset as `to` ('webdataset' or 'folder') and the URL list of its remote samples.
+
+    Args:
+        subset_dir: the output folder of `react retrieve`.
+        to: 'webdataset' or 'folder'.
+        out: the folder to write (an interrupted export into it resumes).
+        shard_size: samples per tar shard or sub-folder.
+        progress: show a progress bar.
+        blocklist: lists to apply besides those retrieval used.
+
+    Returns:
+        the counts also written to OUT/stats.json: samples, blocklisted (and what matched), written,
+        unreadable ids, remote samples.
+    """
     import pandas as pd
     from tqdm import tqdm
 
     if to not in ("webdataset", "folder"):
         raise ExportError(f"--to must be webdataset or folder, not {to!r}")
     out = Path(out)
-    samples = _samples(read_subset(subset_dir))
+    subset = read_subset(subset_dir)
+    samples = _samples(subset)
+    counts = {"samples": int(len(samples)), "blocklisted": 0, "written": 0, "unreadable": [], "remote": 0}
+    blocklist = _with_recorded_lists(read_stats(subset_dir), blocklist)
+    if blocklist is not None:
+        blocked, matched = blocked_rows(samples, blocklist)
+        samples = samples[~blocked].reset_index(drop=True)
+        counts |= {"blocklisted": int(blocked.sum()), "blocklist": blocklist.describe() | {"matched": matched}}
     local = samples.apply(lambda r: _has_local(r.to_dict()), axis=1) if len(samples) else pd.Series([], dtype=bool)
     remote = samples[~local & samples.get("url", pd.Series([None] * len(samples))).notna()] if len(samples) else samples
-    counts = {"samples": int(len(samples)), "written": 0, "unreadable": [], "remote": int(len(remote))}
-    kept = ["id", "class"] + [c for c in ("key", "similarity", "md5") if c in remote.columns]
+    counts["remote"] = int(len(remote))
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     if len(remote):
-        with atomic_path(out / URL_LIST) as tmp:
-            remote[["url", "caption", *kept]].to_parquet(tmp, index=False)
+        kept = [c for c in URL_LIST_COLUMNS if c in remote.columns]
+        extra = ["face_bboxes"] if "face_bboxes" in remote.columns else []
+        with output_errors(out / URL_LIST), atomic_path(out / URL_LIST) as tmp:
+            remote[["url", "caption", *kept, *extra]].to_parquet(tmp, index=False)
+        argv = img2dataset_command(out / URL_LIST, out / "downloaded", kept, blur_faces=bool(extra),
+                                   verify_sha256="sha256" in kept)
+        with output_errors(out / "img2dataset.json"):
+            atomic_write_json(out / "img2dataset.json", {"argv": argv})
+        with output_errors(out / "img2dataset.sh"):
+            atomic_write_text(out / "img2dataset.sh", "#!/bin/sh\n# fetch the subset's remote images\n" + shlex.join(argv) + "\n")
     local_samples = samples[local].reset_index(drop=True)
     source = _ImageSource()
     manifest = []
-    bar = tqdm(total=len(local_samples), desc=f"export {to}", unit="img", disable=not progress)
-    for number, start in enumerate(range(0, len(local_samples), shard_size)):
-        chunk = local_samples.iloc[start:start + shard_size]
-        rows = _written_rows(out, number)
-        if rows is None:
-            try:
-                rows = _write_shard(chunk, number, to, out, source, counts)
-            except ImageHashError as error:
-                raise ExportError(str(error)) from None
-        manifest.extend(rows)
-        bar.update(len(chunk))
-    bar.close()
+    with tqdm(total=len(local_samples), desc=f"export {to}", unit="img", disable=not progress) as bar:
+        for number, start in enumerate(range(0, len(local_samples), shard_size)):
+            chunk = local_samples.iloc[start:start + shard_size]
+            rows = _written_rows(out, number)
+            if rows is None:
+                try:
+                    rows = _write_shard(chunk, number, to, out, source, counts)
+                except ImageHashError as error:
+                    raise ExportError(str(error)) from None
+            manifest.extend(rows)
+            bar.update(len(chunk))
     counts["written"] = len(manifest)
-    with atomic_path(out / "manifest.parquet") as tmp:
+    with output_errors(out / "manifest.parquet"), atomic_path(out / "manifest.parquet") as tmp:
         pd.DataFrame(manifest, columns=["id", "caption", "class", "classes", "score", "shard", "key", "path"]).dropna(
             axis=1, how="all").to_parquet(tmp, index=False)
-    if len(remote):
-        atomic_write_text(out / "img2dataset.txt", (
-            f"img2dataset --url_list {out / URL_LIST} --input_format parquet --url_col url --caption_col caption "
-            f"--save_additional_columns '{json.dumps(kept)}' --output_format webdataset --output_folder {out / 'downloaded'}\n"))
+    with output_errors(out / STATS_FILE):
+        atomic_write_json(out / STATS_FILE, counts)
     return counts
+
+
+def img2dataset_command(url_list: Path, output_folder: Path, columns: list[str], *, blur_faces: bool = False,
+                        verify_sha256: bool = False) -> list[str]:
+    """The img2dataset command line that downloads a URL list, as an argument list (for
+    `subprocess.run(argv)`, never a shell string)."""
+    argv = ["img2dataset", "--url_list", str(url_list), "--input_format", "parquet", "--url_col", "url",
+            "--caption_col", "caption", "--save_additional_columns", json.dumps(columns),
+            "--output_format", "webdataset", "--output_folder", str(output_folder)]
+    if blur_faces:
+        argv += ["--bbox_col", "face_bboxes"]
+    if verify_sha256:
+        argv += ["--verify_hash", json.dumps(["sha256", "sha256"])]
+    return argv
+
+
+def _with_recorded_lists(stats: dict, given: Blocklist | None) -> Blocklist | None:
+    """The lists given, and those retrieval (or a refilter) applied, read again from their files:
+    a list that grew since also filters the export. A recorded list that is gone is skipped with a
+    warning (the subset was filtered with it already)."""
+    recorded = [f["path"] for f in (stats.get("blocklist") or {}).get("files", [])]
+    for step in stats.get("refiltered") or []:
+        recorded += [f["path"] for f in (step.get("blocklist") or {}).get("files", [])]
+    lists = [given] if given is not None else []
+    for path in dict.fromkeys(recorded):
+        if Path(path).is_file():
+            lists.append(read_blocklist(path))
+        else:
+            logger.warning("%s, a blocklist the subset was filtered with, is gone: not applied again", path)
+    return functools.reduce(operator.or_, lists) if lists else None
 
 
 def _record(row, key: str, shard: str | None, path: str | None) -> dict:
@@ -126,8 +202,6 @@ def _written_rows(out: Path, number: int) -> list[dict] | None:
 
 
 def _write_shard(chunk, number: int, to: str, out: Path, source: _ImageSource, counts: dict) -> list[dict]:
-    from react_core.io import atomic_write_json
-
     records = []
     if to == "webdataset":
         relative = f"shards/{number:06d}.tar"
@@ -147,7 +221,7 @@ def _write_shard(chunk, number: int, to: str, out: Path, source: _ImageSource, c
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))
                 records.append(record)
-        with atomic_path(out / relative) as tmp:
+        with output_errors(out / relative), atomic_path(out / relative) as tmp:
             tmp.write_bytes(buffer.getvalue())
     else:
         for position, row in enumerate(chunk.to_dict("records")):
@@ -157,8 +231,9 @@ def _write_shard(chunk, number: int, to: str, out: Path, source: _ImageSource, c
                 continue
             key = f"{number:06d}{position:05d}"
             relative = f"images/{number:06d}/{key}.{image[1]}"
-            with atomic_path(out / relative) as tmp:
+            with output_errors(out / relative), atomic_path(out / relative) as tmp:
                 tmp.write_bytes(image[0])
             records.append(_record(row, key, None, relative))
-    atomic_write_json(out / "done" / f"{number:06d}.json", records)
+    with output_errors(out / "done" / f"{number:06d}.json"):
+        atomic_write_json(out / "done" / f"{number:06d}.json", records)
     return records

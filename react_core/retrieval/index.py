@@ -80,6 +80,7 @@ from pathlib import Path
 
 import numpy as np
 
+from react_core.io import read_json
 from react_core.machine import usable_cpus
 from react_core.retrieval.ann import (
     ID_BYTES,
@@ -543,10 +544,10 @@ def _trained(candidate: Candidate, folder: EmbeddingFolder, kind: str, parts: Pa
     record = {"index": candidate.as_dict(), "ntotal": len(folder), "dim": folder.dim, "kind": kind}
     if (parts / TRAINED_FILE).is_file() and (parts / BUILD_FILE).is_file():
         try:
-            if json.loads((parts / BUILD_FILE).read_text(encoding="utf-8")) == record:
+            if read_json(parts / BUILD_FILE, IndexBuildError) == record:
                 return read_faiss(parts / TRAINED_FILE)
-        except (json.JSONDecodeError, UnicodeDecodeError, IndexBuildError):
-            pass
+        except IndexBuildError:
+            pass  # a damaged record or trained index: trained again below
     if parts.exists():
         shutil.rmtree(parts)  # parts of another index or a damaged record: added to another quantizer
     index = new_index(candidate, folder.dim)
@@ -584,7 +585,7 @@ def fill_index(candidate: Candidate, folder: EmbeddingFolder, kind: str, out: Pa
             if not probe.is_trained:
                 train_index(probe, folder.gather(kind, _sample_rows(len(folder), training_size(candidate.factory, len(folder)))))
             for number, (start, block) in zip(folder.numbers, folder.iter_arrays(kind)):
-                add_rows(probe, finite_block(block, _shard_name(folder, kind, number), start), start)
+                add_rows(probe, finite_block(block, folder.layout.array_source(kind, number), start), start)
                 bar.update(len(block))
             bar.close()
             write_index(probe, out / INDEX_FILE)
@@ -608,10 +609,6 @@ def fill_index(candidate: Candidate, folder: EmbeddingFolder, kind: str, out: Pa
     shutil.rmtree(parts)
     return {"workers": workers, "backend": "ray" if ray_address else ("processes" if workers > 1 else "this process"),
             "shards_added": len(tasks), "worker_peak_rss_bytes": max((r["peak_rss_bytes"] for r in results), default=0)}
-
-
-def _shard_name(folder: EmbeddingFolder, kind: str, number: int) -> str:
-    return str(getattr(folder.array(kind, number), "filename", None) or f"{folder.root} ({kind} shard {number})")
 
 
 def _merge_on_disk(candidate: Candidate, n: int, d: int, max_memory: int | None, on_disk: bool | None) -> bool:

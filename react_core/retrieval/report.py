@@ -6,15 +6,21 @@ was known, and for each class its top images (the original files, copied into DI
 their full captions as text, scores and, where the ground truth is known, correct/wrong marks;
 classes ordered by the precision of their kept samples, worst first. The page is at most 1260 px
 wide; images and cards flow into as many columns as fit.
+
+Corpus text is shown, never obeyed: captions and class names have their control characters
+escaped (`printable`) before HTML escaping, and a caption links to its URL only when that is an
+http(s) URL (a `javascript:` or `data:` one is shown as text). subset.parquet keeps the originals.
 """
 from __future__ import annotations
 
 import html
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
-from react_core.io import atomic_path, atomic_write_text
+from react_core.console import printable
+from react_core.io import atomic_path, atomic_write_text, output_errors
 from react_core.retrieval.export import _ImageSource
 from react_core.retrieval.retrieve import read_stats, read_subset
 
@@ -22,7 +28,7 @@ from react_core.retrieval.retrieve import read_stats, read_subset
 def _save(figure, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    with atomic_path(path) as tmp:
+    with output_errors(path), atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=90, bbox_inches="tight")
     plt.close(figure)
 
@@ -66,11 +72,30 @@ def _ground_truth(stats: dict):
     return dict(zip(truth["id"].astype(str), truth["class"].astype(str)))
 
 
+def _text(value) -> str:
+    """Corpus text as HTML: control characters escaped, then markup."""
+    return html.escape(printable(str(value)))
+
+
+def web_link(url) -> str | None:
+    """`url` when it is an http(s) URL with a host (safe as a link), else None."""
+    if not isinstance(url, str) or printable(url) != url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return None
+    return url.strip() if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
 def _card(row, file: str | None, mark: str) -> str:
     image = f'<img src="{file}" alt="">' if file else '<div class="missing">image not readable here</div>'
-    link = row.get("url") if isinstance(row.get("url"), str) else None
-    caption = html.escape(str(row["caption"]))
-    caption = f'<a href="{html.escape(link)}">{caption}</a>' if link else caption
+    link = web_link(row.get("url"))
+    caption = _text(row["caption"])
+    if link:
+        caption = f'<a href="{html.escape(link)}" rel="noopener noreferrer nofollow">{caption}</a>'
+    elif isinstance(row.get("url"), str) and row["url"]:
+        caption += f'<br><span class="url">{_text(row["url"])}</span>'  # shown, not linked
     return (f'<figure class="{mark or "unknown"}">{image}<figcaption><b>{SYMBOLS.get(mark, "")} {row["score"]:.3f}</b> '
             f'{caption}</figcaption></figure>')
 
@@ -83,6 +108,7 @@ figure{margin:0;border:3px solid #ccc;padding:4px;font-size:12px;overflow-wrap:a
 figure img{width:100%;height:auto;display:block;image-rendering:pixelated}
 figure.correct{border-color:#2a2} figure.wrong{border-color:#d22}
 .missing{height:80px;background:#eee;color:#666}
+.url{color:#666}
 table{border-collapse:collapse} td,th{border:1px solid #999;padding:2px 6px}"""
 
 
@@ -93,8 +119,8 @@ def write_report(subset_dir: str | Path, out: str | Path, per_class: int = 8, ma
     and, where the ground truth is known, a correct/wrong mark; classes are ordered by the
     precision of their kept samples, worst first (by name without ground truth)."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "images").mkdir(exist_ok=True)
+    with output_errors(out):
+        (out / "images").mkdir(parents=True, exist_ok=True)
     subset, stats = read_subset(subset_dir), read_stats(subset_dir)
     truth = _ground_truth(stats)
     parts = [f"<h1>Retrieval report: {html.escape(str(subset_dir))}</h1>",
@@ -112,7 +138,7 @@ def write_report(subset_dir: str | Path, out: str | Path, per_class: int = 8, ma
     parts.append('<h2>Scores of kept samples</h2><img src="scores.png">')
     empty = stats.get("empty_classes") or []
     if empty:
-        parts.append(f"<p>Classes with no sample: {html.escape(', '.join(empty))}</p>")
+        parts.append(f"<p>Classes with no sample: {_text(', '.join(empty))}</p>")
     subset = subset.assign(_mark="")
     if truth is not None:
         correct = subset["id"].astype(str).map(truth) == subset["class"]
@@ -134,15 +160,16 @@ def write_report(subset_dir: str | Path, out: str | Path, per_class: int = 8, ma
             file = None
             if image is not None:
                 file = f"images/{number:04d}_{position:02d}.{image[1]}"
-                with atomic_path(out / file) as tmp:
+                with output_errors(out / file), atomic_path(out / file) as tmp:
                     tmp.write_bytes(image[0])
             cards.append(_card(row, file, row["_mark"]))
         count = int((subset["class"] == name).sum())
         score = f", precision {precision[name]:.2f}" if precision is not None else ""
-        parts.append(f'<h3>{html.escape(name)} ({count} samples{score})</h3><div class="grid">{"".join(cards)}</div>')
+        parts.append(f'<h3>{_text(name)} ({count} samples{score})</h3><div class="grid">{"".join(cards)}</div>')
     if len(classes) > max_classes:
         parts.append(f"<p>{len(classes) - max_classes} more classes not shown.</p>")
     page = out / "index.html"
-    atomic_write_text(page, "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
-                            f"<title>react retrieval report</title><style>{STYLE}</style>\n<body>" + "\n".join(parts) + "</body>\n")
+    with output_errors(page):
+        atomic_write_text(page, "<!doctype html><meta charset='utf-8'><meta name='viewport' content='width=device-width'>"
+                                f"<title>react retrieval report</title><style>{STYLE}</style>\n<body>" + "\n".join(parts) + "</body>\n")
     return page

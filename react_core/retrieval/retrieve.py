@@ -12,22 +12,27 @@ each filter drops rows and is counted in stats.json: score threshold, blocklist,
 decontamination, cross-class assignment, near-duplicates (at a threshold scaled to how close
 distinct corpus images lie), per-class cap / balance.
 
+Blocklists (Re-LAION-style safety lists: sample ids, URLs, hashes of URLs or of image bytes, as
+files) apply here, again at export, and to a subset made before a list existed (`refilter`, the
+`react filter` command), so a list published later never needs a new retrieval.
+
 FAISS marks "fewer than k found" with id -1: such hits are dropped, never mapped to a sample.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
-import json
 import logging
-from dataclasses import asdict, dataclass, field, replace
+import operator
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from react_core.errors import ReactError
-from react_core.io import atomic_path, atomic_write_json
+from react_core.io import atomic_path, atomic_write_json, file_sha256, output_errors, read_json, read_text
 from react_core.retrieval.classes import ClassSpec, Queries
 from react_core.retrieval.embed import EmbeddingFolder
 from react_core.retrieval.index import search
@@ -36,8 +41,10 @@ MODES = {"t2i": ("image",), "t2t": ("text",), "both": ("image", "text")}
 MODE_OF_KIND = {"image": "t2i", "text": "t2t"}
 SUBSET_FILE = "subset.parquet"
 STATS_FILE = "stats.json"
-# metadata columns carried into the subset: ours, and LAION's md5 (of the image) and similarity (CLIP image-caption)
-SUBSET_METADATA = ("id", "caption", "path", "url", "key", "shard", "sha256", "md5", "similarity")
+# metadata columns carried into the subset: ours; LAION's md5 (of the image) and similarity (CLIP image-caption);
+# DataComp's uid, CLIP scores and face boxes (img2dataset blurs them when downloading)
+SUBSET_METADATA = ("id", "caption", "path", "url", "key", "shard", "sha256", "md5", "similarity", "uid",
+                   "clip_b32_similarity_score", "clip_l14_similarity_score", "face_bboxes")
 
 logger = logging.getLogger("react")
 NEAR_DUPLICATE_WARNING = 0.5  # share of samples whose removal suggests the threshold, not the data, is wrong
@@ -62,7 +69,7 @@ class RetrievalOptions:
     per_class: int | None = None
     balance: bool = False
     decontaminate_threshold: float = 0.9
-    blocklist: list[str] = field(default_factory=list)
+    blocklist: Blocklist | None = None
     safety_filter: str | None = None
     fusion: str = "exemplar"
 
@@ -91,27 +98,104 @@ def load_safety_filter(spec: str) -> Callable:
         raise RetrievalError(f"--safety-filter {spec!r}: {error}") from None
 
 
-def read_blocklist(path: str | Path) -> set[str]:
-    """One entry per line: a URL, or a SHA-256 / MD5 hex digest of the image bytes or of the URL."""
+# columns of a parquet blocklist, in the order they are looked for (else its only column)
+BLOCKLIST_COLUMNS = ("id", "uid", "key", "url", "url_hash", "hash", "sha256", "md5", "sha1")
+ID_COLUMNS = ("id", "uid", "key")
+IMAGE_HASH_COLUMNS = ("sha256", "md5")  # LAION's metadata has the MD5 of the image bytes, ours and DataComp's the SHA-256
+
+
+@dataclass(frozen=True)
+class Blocklist:
+    """The entries of one or more safety lists and the files they came from (path, sha256, entries)."""
+
+    entries: frozenset[str]
+    files: tuple[dict, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __or__(self, other: "Blocklist") -> "Blocklist":
+        return Blocklist(self.entries | other.entries, self.files + other.files)
+
+    def describe(self) -> dict:
+        """What stats.json records of the lists: files (path, sha256, entries) and the total."""
+        return {"files": list(self.files), "entries": len(self.entries)}
+
+
+def read_blocklist(path: str | Path) -> Blocklist:
+    """A safety list: a text file, one entry per line (blank lines and lines starting with `#`
+    ignored), or a parquet file (its first column among BLOCKLIST_COLUMNS, else its only one).
+    An entry is a sample id (`id`, DataComp's `uid`, LAION's `key`), a URL, or the SHA-256, MD5
+    or SHA-1 hex digest of a URL or of the image bytes; digests match in either case."""
     path = Path(path)
     if not path.is_file():
         raise RetrievalError(f"blocklist not found: {path}")
-    return {line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            names = pq.ParquetFile(path).schema_arrow.names
+            column = next((c for c in BLOCKLIST_COLUMNS if c in names), names[0] if len(names) == 1 else None)
+            if column is None:
+                raise RetrievalError(f"{path}: a blocklist needs one of the columns {', '.join(BLOCKLIST_COLUMNS)} "
+                                     f"(it has {', '.join(names)})")
+            values = pq.read_table(path, columns=[column]).column(0).to_pylist()
+        except (OSError, ValueError) as error:
+            if isinstance(error, RetrievalError):
+                raise
+            raise RetrievalError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
+        entries = {str(v).strip() for v in values if v is not None and str(v).strip()}
+    else:
+        lines = (line.strip() for line in read_text(path).splitlines())
+        entries = {line for line in lines if line and not line.startswith("#")}
+    return Blocklist(frozenset(entries), ({"path": str(path.resolve()), "sha256": file_sha256(path), "entries": len(entries)},))
 
 
-def _blocked(table, entries: set[str]) -> np.ndarray:
-    blocked = np.zeros(len(table), dtype=bool)
-    for digest in ("sha256", "md5"):  # md5: LAION's metadata has the MD5 of the image bytes
-        if digest in table.columns:
-            blocked |= table[digest].fillna("").str.lower().isin(entries).to_numpy()
-    if "url" in table.columns:
-        urls = table["url"].fillna("")
-        blocked |= urls.str.lower().isin(entries).to_numpy()
-        digests = [
-            {hashlib.sha256(u.encode()).hexdigest(), hashlib.md5(u.encode()).hexdigest()} if u else set() for u in urls
-        ]
-        blocked |= np.array([bool(d & entries) for d in digests], dtype=bool)
-    return blocked
+def read_blocklists(paths: list[str | Path]) -> Blocklist | None:
+    """The union of the lists in `paths`; None when there are none."""
+    lists = [read_blocklist(path) for path in paths]
+    return functools.reduce(operator.or_, lists) if lists else None
+
+
+def _url_digests(url: str) -> tuple[str, str, str]:
+    data = url.encode("utf-8")
+    return hashlib.sha256(data).hexdigest(), hashlib.md5(data).hexdigest(), hashlib.sha1(data).hexdigest()
+
+
+def blocked_rows(table, blocklist: Blocklist) -> tuple[np.ndarray, dict]:
+    """Rows of `table` that a list names, and how many rows each kind of entry matched (a row can
+    match several kinds): `id` (its id, uid or key), `url`, `url_hash` (SHA-256, MD5 or SHA-1 of
+    the URL) and `image_hash` (its sha256 or md5 column)."""
+    lowered = {entry.lower() for entry in blocklist.entries}
+    matched = {}
+    ids = np.zeros(len(table), dtype=bool)
+    for column in ID_COLUMNS:
+        if column in table.columns:
+            ids |= table[column].astype("string").isin(blocklist.entries).fillna(False).to_numpy(dtype=bool)
+    matched["id"] = ids
+    images = np.zeros(len(table), dtype=bool)
+    for column in IMAGE_HASH_COLUMNS:
+        if column in table.columns:
+            images |= table[column].astype("string").str.lower().isin(lowered).fillna(False).to_numpy(dtype=bool)
+    matched["image_hash"] = images
+    urls = table["url"].astype("string").fillna("") if "url" in table.columns else None
+    matched["url"] = urls.str.lower().isin(lowered).to_numpy(dtype=bool) if urls is not None else np.zeros(len(table), bool)
+    if urls is not None:
+        unique = [u for u in urls.unique() if u]
+        hit = {u for u in unique if lowered.intersection(_url_digests(u))}
+        matched["url_hash"] = urls.isin(hit).to_numpy(dtype=bool)
+    else:
+        matched["url_hash"] = np.zeros(len(table), dtype=bool)
+    mask = np.logical_or.reduce(list(matched.values()))
+    return mask, {kind: int(hits.sum()) for kind, hits in matched.items()}
+
+
+def safety_mask(table, spec: str) -> np.ndarray:
+    """The rows a `--safety-filter` hook keeps (a boolean mask, one flag per row)."""
+    keep = np.asarray(load_safety_filter(spec)(table.copy()), dtype=bool)
+    if keep.shape != (len(table),):
+        raise RetrievalError(f"--safety-filter {spec} returned {keep.shape}, not one flag per row")
+    return keep
 
 
 def candidates(indexes: dict, queries: Queries, k: int, ntotal: int):
@@ -399,13 +483,13 @@ def retrieve(
 
     if options.threshold is not None:
         drop((pairs["score"] < options.threshold).to_numpy(), "below_threshold")
-    if options.blocklist:
-        drop(_blocked(pairs, set(options.blocklist)), "blocklisted")
+    blocklist = None
+    if options.blocklist is not None:
+        mask, matched = blocked_rows(pairs, options.blocklist)
+        blocklist = options.blocklist.describe() | {"matched": matched}
+        drop(mask, "blocklisted")
     if options.safety_filter:
-        keep = np.asarray(load_safety_filter(options.safety_filter)(pairs.copy()), dtype=bool)
-        if keep.shape != (len(pairs),):
-            raise RetrievalError(f"--safety-filter {options.safety_filter} returned {keep.shape}, not one flag per row")
-        drop(~keep, "safety_filter")
+        drop(~safety_mask(pairs, options.safety_filter), "safety_filter")
     if evaluation_embeddings is not None and len(pairs):
         unique_rows = np.unique(pairs["row"].to_numpy())
         contaminated = unique_rows[_decontaminated(folder.gather("image", unique_rows), evaluation_embeddings,
@@ -439,29 +523,88 @@ def retrieve(
     if cap is not None:
         drop((pairs["rank"] >= cap).to_numpy(), "over_class_cap")
     ordered = ["id", "class", "score", "rank", "query", "caption"] + [c for c in ("path", "url", "key", "shard") if c in pairs.columns]
-    extra = [c for c in ("score_t2i", "score_t2t", "score_both", "found_by", "sha256", "md5", "similarity", "row") if c in pairs.columns]
-    subset = pairs[ordered + extra].copy()
+    extra = [c for c in ("score_t2i", "score_t2t", "score_both", "found_by", *SUBSET_METADATA, "row")
+             if c in pairs.columns and c not in ordered]
+    subset = pairs[ordered + list(dict.fromkeys(extra))].copy()
     subset["rank"] = subset["rank"].astype("int64")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / SUBSET_FILE) as tmp:
-        subset.to_parquet(tmp, index=False)
-    per_class = subset.groupby("class").size().reindex([c.name for c in classes], fill_value=0)
+    options_recorded = {f.name: getattr(options, f.name) for f in fields(options)}
     stats = {
         "mode": options.mode,
-        "options": asdict(options) | {"blocklist": len(options.blocklist)},
+        "options": options_recorded | {"blocklist": len(options.blocklist) if options.blocklist is not None else 0},
         "queries": len(queries.texts),
         "corpus": ntotal,
         "filters": counts,
+        "blocklist": blocklist,
         "dedup_threshold": dedup_threshold,
-        "rows": int(len(subset)),
-        "unique_samples": int(subset["row"].nunique()),
-        "per_class": {str(k): int(v) for k, v in per_class.items()},
-        "empty_classes": [str(k) for k, v in per_class.items() if v == 0],
+        **subset_counts(subset, [c.name for c in classes]),
         "evaluation": evaluation,
         **(settings or {}),
     }
-    atomic_write_json(out / STATS_FILE, stats)
+    write_subset(out, subset, stats)
+    return stats
+
+
+def subset_counts(subset, class_names: list[str]) -> dict:
+    """The sizes stats.json records of a subset: rows, unique samples, per class, empty classes."""
+    per_class = subset.groupby("class").size().reindex(class_names, fill_value=0)
+    return {
+        "rows": int(len(subset)),
+        "unique_samples": int(subset["id"].nunique()),
+        "per_class": {str(k): int(v) for k, v in per_class.items()},
+        "empty_classes": [str(k) for k, v in per_class.items() if v == 0],
+    }
+
+
+def write_subset(out: str | Path, subset, stats: dict) -> None:
+    """SUBSETDIR/subset.parquet, then stats.json, each written whole or not at all; an unwritable
+    folder or a full disk is an `OutputError` naming the file."""
+    out = Path(out)
+    with output_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    with output_errors(out / SUBSET_FILE), atomic_path(out / SUBSET_FILE) as tmp:
+        subset.to_parquet(tmp, index=False)
+    with output_errors(out / STATS_FILE):
+        atomic_write_json(out / STATS_FILE, stats)
+
+
+def refilter(subset_dir: str | Path, out: str | Path, blocklist: Blocklist | None = None,
+             safety_filter: str | None = None) -> dict:
+    """Apply blocklists (and a safety hook) to a subset made earlier, without retrieving again:
+    writes OUT/subset.parquet and OUT/stats.json (the subset's stats with the drops added to its
+    filter counts, ranks within each class renumbered, and a `refiltered` entry); returns them.
+
+    Args:
+        subset_dir: the output folder of `react retrieve` (or of an earlier refilter).
+        out: a new folder; one holding a subset already is refused.
+        blocklist: the lists to apply (see `read_blocklist`).
+        safety_filter: a `module:function` hook as `react retrieve --safety-filter` takes.
+
+    Returns:
+        the new stats.
+    """
+    if blocklist is None and not safety_filter:
+        raise RetrievalError("nothing to apply: give --blocklist FILE or --safety-filter MODULE:FUNCTION")
+    if (Path(out) / SUBSET_FILE).exists():
+        raise RetrievalError(f"{Path(out) / SUBSET_FILE} exists already: give a new --out (the subset is never overwritten)")
+    subset, stats = read_subset(subset_dir), read_stats(subset_dir)
+    counts = dict(stats.get("filters") or {})
+    applied: dict = {"from": str(Path(subset_dir).resolve()), "rows_before": int(len(subset))}
+    if blocklist is not None:
+        mask, matched = blocked_rows(subset, blocklist)
+        applied["blocklist"] = blocklist.describe() | {"matched": matched, "dropped": int(mask.sum())}
+        counts["blocklisted"] = counts.get("blocklisted", 0) + int(mask.sum())
+        subset = subset[~mask]
+    if safety_filter:
+        keep = safety_mask(subset.reset_index(drop=True), safety_filter)
+        applied["safety_filter"] = {"hook": safety_filter, "dropped": int((~keep).sum())}
+        counts["safety_filter"] = counts.get("safety_filter", 0) + int((~keep).sum())
+        subset = subset[keep]
+    subset = subset.sort_values(["class", "rank"]).reset_index(drop=True)
+    subset["rank"] = subset.groupby("class").cumcount().astype("int64")
+    class_names = list(stats.get("per_class") or {}) or sorted(subset["class"].unique())
+    stats = stats | {"filters": counts, **subset_counts(subset, class_names),
+                     "refiltered": [*(stats.get("refiltered") or []), applied]}
+    write_subset(out, subset, stats)
     return stats
 
 
@@ -471,20 +614,17 @@ def read_subset(subset_dir: str | Path):
     path = Path(subset_dir) / SUBSET_FILE
     if not path.is_file():
         raise RetrievalError(f"{path} not found (make it with `react retrieve`)")
-    return pd.read_parquet(path)
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as error:
+        raise RetrievalError(f"{path}: not a readable parquet file ({str(error).splitlines()[0]})") from None
 
 
 def read_stats(subset_dir: str | Path) -> dict:
     path = Path(subset_dir) / STATS_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-
-
-def world_manifest(source: str) -> Path | None:
-    """The synthetic world's manifest (ground truth) for an embedded corpus inside a world, if any."""
-    path = Path(source.split("[")[0])
-    for parent in [path, *path.parents]:
-        if (parent / "world.json").is_file():
-            relative = path.relative_to(parent).parts
-            manifest = parent / relative[0] / "manifest.parquet" if relative else None
-            return manifest if manifest is not None and manifest.is_file() else None
-    return None
+    if not path.is_file():
+        return {}
+    stats = read_json(path, RetrievalError)
+    if not isinstance(stats, dict):
+        raise RetrievalError(f"{path}: expected a JSON object")
+    return stats

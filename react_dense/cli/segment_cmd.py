@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from react_core.outputs import add_overwrite_argument
+
 DESCRIPTION = """Segment images into the classes of a vocabulary the segmenter may never have
 been trained on: their CLIP text embeddings are the classifier. Writes, per image,
 DIR/labels/<name>.png (label value = class index in the vocabulary, 255 = unlabeled; 16-bit
@@ -11,7 +13,9 @@ image, with a legend), plus DIR/classes.json (index, name, colour). <name> is th
 name without its suffix; inputs that share one get <number>_<name>, numbered from 1 in the
 order given. With a trained head, pixels that match no class better than the learned void
 embedding are unlabeled (--no-void turns that off). A `method: maskclip` config needs no
---weights: it is the training-free baseline."""
+--weights: it is the training-free baseline. DIR/config.yaml records the segmenter's config
+with the sha256 of the checkpoint and tower read. Without --config, the segmenter is rebuilt
+from the config.yaml its training run wrote beside --weights, from any working directory."""
 
 
 def register(subparsers) -> None:
@@ -29,7 +33,10 @@ def register(subparsers) -> None:
         "--vocabulary", required=True,
         help='"cat,red car,..." or a file: .txt (one class per line, synonyms after "|") or COCO/LVIS .json',
     )
+    parser.add_argument("--base-weights", default=None,
+                        help="where the base weights of an adapter in the config's model.weights are now, if they moved")
     parser.add_argument("--out", required=True, help="output folder")
+    add_overwrite_argument(parser)
     parser.add_argument("--no-void", action="store_true", help="label every pixel with a vocabulary class")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
@@ -39,21 +46,41 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from pathlib import Path
 
-    import numpy as np
-    import torch
-    from PIL import Image
-    from tqdm import tqdm
-
-    from react_core.config import RUN_CONFIG
     from react_core.errors import UserError
-    from react_core.io import atomic_path, atomic_write_json
-    from react_dense.engines.checkpoint import load_checkpoint
-    from react_dense.modeling.vocabulary import parse_vocabulary, vocabulary_embeddings
+    from react_core.io import atomic_write_json
+    from react_core.outputs import claim_output
+    from react_dense.modeling.vocabulary import parse_vocabulary
+    from react_dense.segmentation.visualize import palette
+
+    cfg = load_segmenter_config(args)
+    vocabulary = parse_vocabulary(args.vocabulary)
+    missing = next((path for path in args.images if not Path(path).is_file()), None)
+    if missing is not None:
+        raise UserError(f"image not found: {missing}")
+    settings = {
+        "images": args.images, "weights": args.weights, "config": args.config, "vocabulary": args.vocabulary,
+        "base_weights": args.base_weights, "no_void": args.no_void, "set": args.set,
+    }
+    with claim_output(args.out, "react segment", settings, args.overwrite) as out:
+        fill = segment(args, cfg, vocabulary, out)
+        colors = palette(len(vocabulary)).tolist()
+        atomic_write_json(
+            out / "classes.json",
+            {"classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(vocabulary.names, colors))],
+             "unlabeled": int(fill)},
+        )
+    print(f"{len(args.images)} images segmented into {len(vocabulary)} classes -> {out}")
+    return 0
+
+
+def load_segmenter_config(args):
+    """The segmenter's config: --config, or the config.yaml its training run wrote beside --weights
+    (its tower found and checked by `check_run_files`), with --set and --base-weights applied."""
+    from pathlib import Path
+
+    from react_core.config import RUN_CONFIG, check_run_files
+    from react_core.errors import UserError
     from react_dense.segmentation.config import load_segmentation_config
-    from react_dense.segmentation.data import read_image
-    from react_dense.segmentation.inference import predict_logits
-    from react_dense.segmentation.train import build_segmenter
-    from react_dense.segmentation.visualize import overlay_with_legend, palette
 
     if args.config is None and args.weights is None:
         raise UserError("--config is required without --weights (a training run's checkpoint beside its config.yaml)")
@@ -63,7 +90,31 @@ def run(args) -> int:
     cfg = load_segmentation_config(str(config), args.set)
     if cfg.method == "head" and not args.weights:
         raise UserError("--weights is required for a trained head (method: head); only method: maskclip runs without")
-    vocabulary = parse_vocabulary(args.vocabulary)
+    if args.config is None:
+        check_run_files(cfg, config)
+    if args.base_weights:
+        cfg.model.base_weights = args.base_weights
+    return cfg
+
+
+def segment(args, cfg, vocabulary, out) -> int:
+    """Label maps and overlays of every image in `out`; returns the label value of unlabeled pixels."""
+    from pathlib import Path
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tqdm import tqdm
+
+    from react_core.config import write_run_config
+    from react_core.io import atomic_path
+    from react_dense.engines.checkpoint import load_checkpoint
+    from react_dense.engines.plain.train import build_segmenter
+    from react_dense.modeling.vocabulary import vocabulary_embeddings
+    from react_dense.segmentation.data import read_image
+    from react_dense.segmentation.inference import predict_logits
+    from react_dense.segmentation.visualize import overlay_with_legend
+
     bundle = cfg.model.load()
     model = build_segmenter(cfg, bundle)
     if cfg.method == "head":
@@ -72,7 +123,6 @@ def run(args) -> int:
     text = vocabulary_embeddings(bundle, vocabulary, cfg.text.templates, cfg.text.cache_dir).to(args.device)
     append_void = not args.no_void and cfg.method == "head"
     unlabeled = len(vocabulary) if append_void else None
-    out = Path(args.out)
     dtype = np.uint8 if len(vocabulary) < 255 else np.uint16
     fill = np.iinfo(dtype).max
     for path, name in zip(tqdm(args.images, desc="segment"), output_names(args.images)):
@@ -89,13 +139,8 @@ def run(args) -> int:
         picture = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
         with atomic_path(out / "overlays" / f"{name}.png") as tmp:
             overlay_with_legend(picture, labels, vocabulary.names, unlabeled=unlabeled).save(tmp, format="PNG")
-    colors = palette(len(vocabulary)).tolist()
-    atomic_write_json(
-        out / "classes.json",
-        {"classes": [{"index": i, "name": n, "color": c} for i, (n, c) in enumerate(zip(vocabulary.names, colors))], "unlabeled": int(fill)},
-    )
-    print(f"{len(args.images)} images segmented into {len(vocabulary)} classes -> {out}")
-    return 0
+    write_run_config(cfg, out, read=[args.weights] if cfg.method == "head" else [])
+    return fill
 
 
 def output_names(paths: list[str]) -> list[str]:

@@ -5,9 +5,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional, Union
 
 from react_core.config import ConfigError, buildable, config_kind, load
-from react_core.config.common import ModelConfig
+from react_core.config.common import ModelConfig, TextConfig
 from react_core.registry import BACKBONES, HEADS
-from react_dense.modeling.vocabulary import TextConfig
 from react_dense.schedule import DenseTrain
 
 
@@ -62,19 +61,12 @@ class EnsembleConfig:
     calibration_images: int = 200  # training images the calibration reads
 
 
-# F-VLM's novel weight on the novel classes only: base classes keep the detector's scores (base
-# weight 0, what every held-out calibration on the demo world chose), with the background
-# embedding. The demo's `detection-novel` stages and benchmarks/dense_transfer.py's shared stage.
-NOVEL_ONLY_ENSEMBLE = {"ensemble.enabled": True, "ensemble.base_weight": 0.0, "ensemble.background": True}
-
-
 @config_kind("detection")
 @dataclass
 class DetectionConfig:
     """An open-vocabulary detector: CLIP (`model.weights`: a full file or an adapter), backbone, region-text head, data, engine."""
 
     kind: str = "detection"
-    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
     engine: Literal["torchvision", "detectron2"] = "torchvision"
     model: ModelConfig = field(default_factory=ModelConfig)
     backbone: Dict[str, Any] = buildable(BACKBONES, {"type": "ClipBackbone"}, supplied=("visual",))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from react_core.errors import ReactError
+from react_core.io import read_json
 from react_dense.modeling.vocabulary import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,9 @@ def load_coco(path: str | Path):
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"annotation file not found: {path}")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(f"{path}: not valid JSON ({error})") from None
+    data = read_json(path, DatasetError)
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path}: expected a COCO/LVIS JSON object, found a {type(data).__name__}")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise DatasetError(f"{path}: missing top-level key '{key}' (expected COCO/LVIS format)")

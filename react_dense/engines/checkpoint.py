@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from react_core.engine.randomness import random_states, restore_random_states
 from react_core.io import atomic_path
 from react_core.modeling.checkpoints import CheckpointError
 
@@ -20,16 +21,20 @@ LAST = "last_checkpoint.pth"  # the Detectron2 segmentation engine's resumable f
 
 
 def save_checkpoint(path: Path, model, optimizer=None, scheduler=None, step: int = 0) -> None:
+    """The model's weights; with an `optimizer`, a resumable checkpoint: its state, the
+    scheduler's, the `step` reached and the process's random states."""
     state = {"model": model.state_dict(), "step": step}
     if optimizer is not None:
         state["optimizer"] = optimizer.state_dict()
         state["scheduler"] = scheduler.state_dict()
+        state["random"] = random_states()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, tower_from_model: bool = False) -> int:
-    """Load weights (strictly) and, if given, the optimizer state; returns the step reached.
+    """Load weights (strictly) and, if given, the optimizer and scheduler states and the random
+    states they were saved with; returns the step reached.
     A checkpoint of another model (missing, unexpected or differently shaped tensors) is a
     `CheckpointError` naming the file. With `tower_from_model`, the model keeps its own image
     tower's gated blocks (see `with_model_tower`)."""
@@ -52,6 +57,8 @@ def load_checkpoint(path: str | Path, model, optimizer=None, scheduler=None, *, 
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if "random" in state:
+            restore_random_states(state["random"])
     return int(state.get("step", 0))
 
 

@@ -3,7 +3,7 @@ the plain segmenter): `react_core`'s `build_runner`, the one customization train
 both dense tasks get its safe resume, DDP under torchrun (gloo on CPU), AMP on GPU, hooks and
 quiet log.
 
-In `--out`: `checkpoint_last.pt` (resumable, weights-only: trainable tensors, optimizer and
+In `--out`: `checkpoint_last.pt` (resumable, weights-only: what training changed in the model, optimizer and
 schedulers, iteration, random states) every `train.checkpoint_interval` iterations, mmengine's
 log in `train.log`, and after the last iteration `model_final.pth`: the model's weights, what
 `--eval-only`, `react detect` and `react segment` read. A non-finite loss stops the run naming
@@ -20,11 +20,10 @@ from typing import Callable, Optional
 import torch
 from mmengine.logging import MessageHub
 from mmengine.model import BaseModel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from react_core.data import ResumableSampler
 from react_core.engine.runner import CHECKPOINT_NAME, ResumeError
-from react_core.engine.train import build_runner, distributed_context
+from react_core.engine.train import build_runner, distributed_context, training_loader
 from react_core.errors import ReactError
 from react_dense.engines.checkpoint import FINAL, LAST, save_checkpoint
 from react_dense.engines.optim import optim_wrapper
@@ -97,14 +96,8 @@ def train(
                           "to start over, or use another --out")
     launcher, rank, world_size = distributed_context()
     model = LossModel(net, losses)
-    loader = DataLoader(
-        dataset,
-        batch_size=train.batch_size,
-        sampler=ResumableSampler(len(dataset), seed=train.seed, rank=rank, world_size=world_size),
-        num_workers=num_workers,
-        collate_fn=collate,
-        persistent_workers=num_workers > 0,
-    )
+    loader = training_loader(dataset, train.batch_size, seed=train.seed, rank=rank, world_size=world_size,
+                             workers=num_workers, collate=collate)
     runner = build_runner(
         model, loader, train, optim_wrapper(model, train, train.mixed_precision(torch.device(train.device).type == "cuda")),
         work_dir=out, desc=desc, launcher=launcher, run_identity=identity, resume=resume,

@@ -4,7 +4,7 @@
 (Detectron2, torchvision) wrap it; they never look inside.
 
 The pyramid reads a block's patch tokens (`features: tokens`, the default: they localise and
-separate the seen classes better, README issue 12) or the tower's one dense readout
+separate the seen classes better; docs/results.md) or the tower's one dense readout
 (`features: readout`; `react_core.modeling.readout`: ViT, the last block's value path through
 `ln_post` and `proj`; ResNet, the attention pool's value and output projections), the CLIP-space
 embedding per location that the dense customization objective trains, the training-free

@@ -8,23 +8,15 @@ is encoded once per text tower.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 
 from react_core.config import ConfigError
+from react_core.io import read_json, read_text
 from react_core.modeling.text import VocabularyError, cached_class_embeddings, load_templates
-
-
-@dataclass
-class TextConfig:
-    """How class names become text embeddings (`vocabulary_embeddings`), for either dense task."""
-
-    templates: Union[str, List[str]] = "imagenet"
-    cache_dir: Optional[str] = None
 
 
 def _readable(name: str) -> str:
@@ -81,17 +73,14 @@ def parse_vocabulary(spec: str | Sequence[str]) -> Vocabulary:
     if path.suffix.lower() in (".txt", ".json") and not path.is_file():  # a missing file, not a class name
         raise VocabularyError(f"vocabulary file not found: {path}")
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
-            raise VocabularyError(f"{path}: not valid JSON ({error})") from None
+        data = read_json(path, VocabularyError)
         categories = data.get("categories") if isinstance(data, dict) else data
         if not isinstance(categories, list) or not all(isinstance(c, dict) and "name" in c and "id" in c for c in categories):
             raise VocabularyError(f"{path}: expected COCO/LVIS 'categories' with 'id' and 'name'")
         return Vocabulary.from_categories(categories)
     if path.is_file():
         names, synonyms = [], []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(read_text(path, VocabularyError).splitlines(), 1):
             words = [w.strip() for w in line.split("|") if w.strip()]
             if not words:
                 continue

@@ -1,21 +1,20 @@
-"""The `kind: segmentation` config (see configs/demo/seg_synthetic.yaml and configs/ade20k_react_seg.yaml)."""
+"""The `kind: segmentation` config (see configs/ade20k_react_seg.yaml)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Literal, Optional
 
 from react_core.config import ConfigError, buildable, config_kind, load
-from react_core.config.common import ModelConfig
+from react_core.config.common import ModelConfig, TextConfig
 from react_core.registry import BACKBONES, HEADS
-from react_dense.modeling.vocabulary import TextConfig
 from react_dense.schedule import DenseTrain
 
 
 @dataclass
 class SegmentationDataSpec:
-    """One dataset split in a published layout (react_dense/segmentation/README.md)."""
+    """One dataset split in a published layout (docs/detection-segmentation.md)."""
 
-    layout: str = "synthetic"
+    layout: str = "folder"
     root: str = ""
     split: str = "val"
     classes: Optional[str] = None  # a file of class names replacing the layout's
@@ -78,8 +77,6 @@ class SegmentationConfig:
     """An open-vocabulary segmenter: trained head (`method: head`) or MaskCLIP (`method: maskclip`)."""
 
     kind: str = "segmentation"
-    world: Optional[str] = None  # a synthetic world's folder, for `${world}` in paths
-    data_root: Optional[str] = None  # the benchmark datasets' folder, for `${data_root}` in paths
     engine: Literal["plain", "detectron2"] = "plain"
     method: Literal["head", "maskclip"] = "head"
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -3,11 +3,10 @@
 Every layout becomes a `SegmentationSource`: image and label files in pairs, class names, which
 classes are unseen, and a lookup table from the raw values stored in the label files to class
 indices 0..C-1 (anything else becomes `IGNORE_INDEX`). The layouts are documented in
-react_dense/segmentation/README.md.
+docs/detection-segmentation.md.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from react_core.errors import ReactError
+from react_core.io import read_json, read_text
 
 IGNORE_INDEX = -1  # in memory; files use 255 (uint8) or 65535 (uint16), mapped here by the lookup tables
 _RAW_VALUES = 1 << 16  # labels are uint8 PNGs or uint16 TIFFs
@@ -59,15 +59,14 @@ def read_class_file(path: str | Path) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise SegmentationDataError(f"class-name file not found: {path}")
-    text = path.read_text(encoding="utf-8")
     if path.suffix == ".json":
-        names = json.loads(text)
+        names = read_json(path, SegmentationDataError)
         if isinstance(names, dict):
             names = names.get("classes")
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
             raise SegmentationDataError(f"{path}: expected a JSON list of class names (or {{'classes': [...]}})")
         return names
-    return [line.strip() for line in text.splitlines() if line.strip()]
+    return [line.strip() for line in read_text(path, SegmentationDataError).splitlines() if line.strip()]
 
 
 def _pairs(image_dir: Path, label_dir: Path, image_suffix: str, label_suffix: str, stems: Optional[list[str]] = None):
@@ -91,21 +90,8 @@ def _ade150_names(root: Path) -> list[str]:
     info = root / "objectInfo150.txt"
     if not info.is_file():
         raise SegmentationDataError(f"{info} not found: give the 150 class names with `classes: FILE`")
-    rows = [line.split("\t") for line in info.read_text(encoding="utf-8").splitlines()[1:] if line.strip()]
+    rows = [line.split("\t") for line in read_text(info, SegmentationDataError).splitlines()[1:] if line.strip()]
     return [row[-1].strip().replace(";", "|") for row in rows]
-
-
-def synthetic(root: Path, split: str, classes: Optional[list[str]]) -> SegmentationSource:
-    """The synthetic world's `semseg/` (root may be the world or its semseg folder)."""
-    folder = root / "semseg" if (root / "semseg").is_dir() else root
-    record_path = folder / "classes.json"
-    if not record_path.is_file():
-        raise SegmentationDataError(f"{record_path} not found (make a world with `react synth --preset tiny --out DIR`)")
-    record = json.loads(record_path.read_text(encoding="utf-8"))
-    names = classes or record["classes"]
-    images, labels = _pairs(folder / split / "images", folder / split / "labels", ".jpg", ".png")
-    background = record["classes"][record["background_index"]]
-    return SegmentationSource(f"synthetic_{split}", images, labels, names, shift_lookup(len(names), 0), record["unseen"], background)
 
 
 def coco_stuff_171(root: Path, split: str, classes: Optional[list[str]]) -> SegmentationSource:
@@ -168,21 +154,33 @@ def voc_20(root: Path, split: str, classes: Optional[list[str]]) -> Segmentation
     listing = folder / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not listing.is_file():
         raise SegmentationDataError(f"image list not found: {listing}")
-    stems = [s.strip() for s in listing.read_text().splitlines() if s.strip()]
+    stems = [s.strip() for s in read_text(listing, SegmentationDataError).splitlines() if s.strip()]
     images, labels = _pairs(folder / "JPEGImages", folder / "SegmentationClass", ".jpg", ".png", stems)
     return SegmentationSource(f"voc_20_{split}", images, labels, names, shift_lookup(len(names), -1))
 
 
 def image_folder(root: Path, split: str, classes: Optional[list[str]]) -> SegmentationSource:
-    """Any `ROOT/{split}/images/*.jpg` + `ROOT/{split}/labels/*.png` whose label values are class indices."""
-    if not classes:
-        raise SegmentationDataError("layout `folder` needs `classes: FILE` (one name per line, in label order)")
+    """Any `ROOT/{split}/images/*.jpg` + `ROOT/{split}/labels/*.png` whose label values are class
+    indices. The class names come from `classes: FILE`, or from `ROOT/classes.json`:
+    `{"classes": [...], "unseen": [...], "background_index": i}` (the last two optional)."""
+    if not root.is_dir():
+        raise SegmentationDataError(f"segmentation data folder not found: {root}")
+    record = {}
+    record_path = root / "classes.json"
+    if record_path.is_file():
+        record = read_json(record_path, SegmentationDataError)
+        if not isinstance(record, dict) or not isinstance(record.get("classes"), list):
+            raise SegmentationDataError(f"{record_path}: expected {{\"classes\": [...], \"unseen\": [...], \"background_index\": i}}")
+    names = classes or record.get("classes")
+    if not names:
+        raise SegmentationDataError(f"layout `folder` needs `classes: FILE` (one name per line, in label order) or {record_path}")
+    background = record["classes"][record["background_index"]] if record.get("background_index") is not None else None
     images, labels = _pairs(root / split / "images", root / split / "labels", ".jpg", ".png")
-    return SegmentationSource(f"{root.name}_{split}", images, labels, classes, shift_lookup(len(classes), 0))
+    return SegmentationSource(f"{root.name}_{split}", images, labels, names, shift_lookup(len(names), 0),
+                              list(record.get("unseen", [])), background)
 
 
 LAYOUTS: dict[str, Callable[[Path, str, Optional[list[str]]], SegmentationSource]] = {
-    "synthetic": synthetic,
     "coco-stuff-171": coco_stuff_171,
     "ade20k-150": ade20k_150,
     "ade20k-847": ade20k_847,

@@ -1,11 +1,14 @@
-"""Label maps as coloured overlays with a legend of the classes present."""
+"""Label maps as coloured overlays with a legend of the classes present, in a font that has the
+glyphs of every class name (`react_dense.fonts`)."""
 from __future__ import annotations
 
 import colorsys
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from react_dense.fonts import label_font
 
 UNLABELED_COLOR = (0, 0, 0)
 
@@ -30,9 +33,9 @@ def overlay_with_legend(
     canvas = Image.fromarray(coloured.round().astype(np.uint8))
     values, counts = np.unique(labels, return_counts=True)
     present = [int(v) for v in values[np.argsort(-counts)]]
-    font = ImageFont.load_default()
-    row = max(12, int(font.getbbox("Ag")[3]) + 4)
     entries = [("unlabeled" if v == unlabeled else names[v], UNLABELED_COLOR if v == unlabeled else tuple(int(c) for c in colors[v])) for v in present]
+    font = label_font([text for text, _ in entries])
+    row = max(12, int(font.getbbox("Ag")[3]) + 4)
     width = 16 + max(int(font.getlength(text)) for text, _ in entries) + 8
     legend = Image.new("RGB", (width, max(canvas.height, row * len(entries) + 4)), (255, 255, 255))
     draw = ImageDraw.Draw(legend)

@@ -92,6 +92,7 @@ def run(
 
     from react_dense.engines.checkpoint import FINAL, LAST, load_checkpoint, save_checkpoint
     from react_dense.engines.optim import build_optimizer, build_scheduler
+    from react_core.engine.train import training_loader
     from react_dense.segmentation.data import RandomScaleCropFlip, SegmentationDataset
     from react_dense.segmentation.calibrate import choose_ensemble_temperature
     from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
@@ -111,14 +112,14 @@ def run(
         seen = seen_label_space(encode_classes(bundle, cfg, source, source.background))
         head.set_vocabulary(seen.embeddings, seen.void_rows)
         augment = RandomScaleCropFlip(cfg.train.crop_size, cfg.train.scale_range, cfg.train.hflip)
-        loader = torch.utils.data.DataLoader(
-            SegmentationDataset(source, augment), batch_size=cfg.train.batch_size, shuffle=True,
-            num_workers=cfg.train.num_workers, drop_last=len(source.images) >= cfg.train.batch_size,
-            generator=torch.Generator().manual_seed(cfg.train.seed),
-        )
+        # the loader our Runner trains from: moved to the resumed sample, each drawn under its own seed,
+        # so with the random states of the checkpoint a resumed run ends as an uninterrupted one
+        loader = training_loader(SegmentationDataset(source, augment), cfg.train.batch_size, seed=cfg.train.seed,
+                                 rank=0, world_size=1, workers=cfg.train.num_workers)
         optimizer = build_optimizer(model, cfg.train)
         scheduler = build_scheduler(optimizer, cfg.train)
         start = load_checkpoint(out / LAST, model, optimizer, scheduler) if resume and (out / LAST).is_file() else 0
+        loader.sampler.start_at(start * cfg.train.batch_size)
         trainer = SimpleTrainer(model, _batches(loader, seen), optimizer)
         period = cfg.train.checkpoint_interval
         trainer.register_hooks([

@@ -103,6 +103,7 @@ def to_detectron2_cfg(cfg: DetectionConfig, parts, config_file: Path, out: Path,
     d2.DATASETS.TEST = (VAL_NAME,)
     d2.DATALOADER.NUM_WORKERS = cfg.data.num_workers
     d2.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+    d2.DATALOADER.ASPECT_RATIO_GROUPING = False  # batches of consecutive samples: --resume continues at the exact one
     d2.SOLVER.CHECKPOINT_PERIOD = cfg.train.checkpoint_interval
     d2.TEST.EVAL_PERIOD = 0
     model.DEVICE = cfg.train.device
@@ -157,6 +158,7 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
     from detectron2.engine import DefaultTrainer, hooks
     from detectron2.utils import comm
 
+    from react_dense.engines.detectron2.resume import ExactResume
     from react_dense.engines.optim import build_optimizer, build_scheduler
 
     class WeightsOnlyCheckpointer(DetectionCheckpointer):
@@ -175,7 +177,7 @@ def build_trainer_class(evaluator_factory, before_test, after_test):
             except Exception as error:
                 raise ConfigError(f"{f}: cannot be read as a weights-only checkpoint ({type(error).__name__})") from None
 
-    class Trainer(DefaultTrainer):
+    class Trainer(ExactResume, DefaultTrainer):
         @classmethod
         def build_optimizer(cls, d2, model):
             return build_optimizer(model, train_settings(d2))
@@ -379,7 +381,7 @@ def launch_run(
     try:
         from detectron2.engine import launch
     except ImportError:
-        raise ConfigError("engine: detectron2 needs Detectron2 installed (see the README); or use engine=torchvision") from None
+        raise ConfigError("engine: detectron2 needs Detectron2 installed (docs/installation.md); or use engine=torchvision") from None
     if num_gpus > 1 and not torch.cuda.is_available():
         raise ConfigError("--num-gpus > 1 needs CUDA GPUs")
     out.mkdir(parents=True, exist_ok=True)
