@@ -252,3 +252,43 @@ def test_gather_reads_any_rows_in_any_order(tmp_path):
     np.testing.assert_array_equal(folder.gather("image", rows), everything[rows])
     with pytest.raises(EmbeddingError, match="outside"):
         folder.gather("image", np.array([300]))
+
+
+def write_pool(root, laion):
+    """The vectors of the LAION-layout folder `laion` as a DataComp pool with its files in the
+    folder itself (UID.parquet beside UID.npz), stored unnormalised (scaled by 0.5-2 per row) as
+    DataComp's features are: the reader normalises them."""
+    root.mkdir()
+    folder = EmbeddingFolder(laion)
+    rng = np.random.default_rng(1)
+    names = []
+    for number, start in zip(folder.numbers, folder.offsets[:-1]):
+        vectors = np.asarray(folder.array("image", number), dtype=np.float32)
+        scaled = (vectors * rng.uniform(0.5, 2.0, (len(vectors), 1))).astype(np.float16)
+        name = f"{number:08x}"
+        np.savez(root / f"{name}.npz", b32_img=scaled, b32_txt=scaled)
+        pd.DataFrame({"uid": [f"{start + i:032x}" for i in range(len(vectors))], "text": ["a photo"] * len(vectors)}).to_parquet(
+            root / f"{name}.parquet")
+        names.append(name)
+    (root / "embeddings.json").write_text(json.dumps({"format": "datacomp", "features": "b32", "dim": folder.dim,
+                                                      "identity": {"model": "test"}, "model": None, "shards": names}))
+
+
+def test_a_flat_datacomp_pool_is_indexed_and_reranked_as_it_is(tmp_path):
+    """Shards added by workers and re-ranking from disk read the pool's npz members, normalised:
+    the pool's index finds what the same vectors' LAION-layout index finds."""
+    queries = write_folder(tmp_path / "emb")
+    write_pool(tmp_path / "pool", tmp_path / "emb")
+    built = {}
+    for name in ("emb", "pool"):
+        info = build_index(tmp_path / name, "image", tmp_path / f"index_{name}", factory="IVF16,PQ8x4", queries=queries[::2],
+                           target_recall=0.95, k=20, workers=2, progress=False)
+        assert info["refine_factor"] > 1 and info["build"]["backend"] == "processes"
+        built[name] = search(read_index(tmp_path / f"index_{name}", info["search_parameters"]), queries[1::2], 20)
+    _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb"), "image", queries[1::2], 20)
+    assert recall_at_k(built["pool"][1], exact) >= 0.9
+    assert recall_at_k(built["pool"][1], built["emb"][1]) >= 0.9
+    scores, rows = built["pool"]
+    pool = EmbeddingFolder(tmp_path / "pool")
+    cosines = np.einsum("qd,qkd->qk", queries[1::2], pool.gather("image", rows.ravel()).reshape(*rows.shape, -1))
+    assert np.allclose(scores, cosines, atol=1e-5) and scores.max() <= 1.0 + 1e-3, "scores are cosines"

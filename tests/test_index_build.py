@@ -135,3 +135,39 @@ def test_a_graph_is_built_with_the_efconstruction_asked(tmp_path, capsys):
     assert main(["index", "--emb", str(tmp_path / "emb"), "--out", str(tmp_path / "ivf"), "--factory", "IVF16,Flat",
                  "--ef-construction", "80"]) == 2
     assert "efConstruction applies to HNSW graphs" in capsys.readouterr().err
+
+
+def test_react_index_claims_its_out_and_a_killed_build_resumes_there(tmp_path, monkeypatch, capsys):
+    """`react index` into a folder holding another run's index is refused unless --overwrite; a
+    killed build is the same run and resumes, with other --workers, from the parts it left."""
+    from react_core.cli import main
+    from react_core.retrieval import ann
+
+    write_folder(tmp_path / "emb")
+    out = tmp_path / "index"
+    command = ["index", "--emb", str(tmp_path / "emb"), "--out", str(out), "--factory", "IVF32,Flat"]
+    real_add_part = ann.add_part
+    added = []
+
+    def killed_after_one(task):
+        if added:
+            raise KeyboardInterrupt
+        added.append(task.number)
+        return real_add_part(task)
+
+    monkeypatch.setattr(ann, "add_part", killed_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        main(command)
+    assert sorted(p.name for p in (out / "parts").iterdir()) == ["build.json", "part_0.faiss", "trained.faiss"]
+    monkeypatch.setattr(ann, "add_part", real_add_part)
+    assert main([*command, "--workers", "2"]) == 0
+    info = json.loads((out / "index.json").read_text())
+    assert info["build"]["shards_added"] == 2 and info["ntotal"] == 6000 and not (out / "parts").exists()
+
+    capsys.readouterr()
+    assert main([*command[:-1], "IVF16,Flat"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and "factory" in err and "--overwrite" in err
+    assert json.loads((out / "index.json").read_text())["factory"] == "IVF32,Flat"
+    assert main([*command[:-1], "IVF16,Flat", "--overwrite"]) == 0
+    assert json.loads((out / "index.json").read_text())["factory"] == "IVF16,Flat"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from react_core.cli import UserError
 from react_core.cli.embeddings_info_cmd import add_model_arguments
+from react_core.outputs import add_overwrite_argument
 
 
 def register(subparsers):
@@ -30,7 +31,7 @@ def register(subparsers):
         "--plan NxD prints what would be built for N vectors of dimension D within --max-memory, with training and "
         "adding times extrapolated from a small build on this machine, and builds nothing.",
     )
-    parser.add_argument("--emb", metavar="EMBDIR", help="embedding folder from `react embed`, or one of LAION's as released")
+    parser.add_argument("--emb", metavar="EMBDIR", help="embedding folder from `react embed`, one of LAION's as released, or a DataComp pool")
     parser.add_argument("--kind", choices=("image", "text"), default="image", help="embeddings to index (default: image)")
     parser.add_argument("--out", metavar="INDEXDIR", help="index folder to write (required unless --plan)")
     choice = parser.add_mutually_exclusive_group()
@@ -55,6 +56,7 @@ def register(subparsers):
     parser.add_argument("--no-rerank", dest="rerank", action="store_false",
                         help="never re-rank candidates with the embeddings on disk, even when plain search misses "
                              "--target-recall (by default tuning tries 2-16x candidates, re-scored exactly)")
+    add_overwrite_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -80,10 +82,8 @@ def tuning_queries(args, folder):
         bundle = resolve_model(args.emb, args.model, args.pretrained, args.weights)
         queries = build_queries(bundle, load_classes(args.classes), load_templates(args.templates))
         return queries.embeddings, f"{len(queries.texts)} class x template queries of {args.classes}"
-    from pathlib import Path
-
-    if not Path(args.emb, "text_emb").is_dir():
-        raise UserError(f"{args.emb} has no caption embeddings (text_emb/) to tune with: give --classes (the queries "
+    if not folder.has("text"):
+        raise UserError(f"{args.emb} has no caption embeddings to tune with: give --classes (the queries "
                         "that will be run), with --model when the folder has no embeddings.json")
     rows = np.sort(np.random.default_rng(2).choice(len(folder), min(len(folder), args.tuning_queries), replace=False))
     return folder.gather("text", rows), f"{len(rows)} caption embeddings (no --classes given)"
@@ -91,6 +91,7 @@ def tuning_queries(args, folder):
 
 def run(args) -> int:
     from react_core.modeling.text import VocabularyError
+    from react_core.outputs import argument_settings, claim_output
     from react_core.retrieval.classes import ClassListError
     from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
     from react_core.retrieval.index import IndexBuildError, build_index, parse_memory
@@ -109,12 +110,15 @@ def run(args) -> int:
             return 0
         if not args.emb or not args.out:
             raise UserError("--emb and --out are required (unless --plan)")
+        max_memory = parse_memory(args.max_memory)
         folder = EmbeddingFolder(args.emb, require_info=False)
         queries, source = tuning_queries(args, folder)
-        info = build_index(args.emb, args.kind, args.out, factory=args.factory, max_memory=parse_memory(args.max_memory),
-                           queries=queries, queries_source=source, target_recall=args.target_recall, k=args.k,
-                           max_tuning_queries=args.tuning_queries, on_disk=args.on_disk, refine=args.rerank,
-                           workers=args.workers, ray_address=args.ray, ef_construction=args.ef_construction)
+        # where the shards are added does not change the index: a build resumed with other workers is the same run
+        with claim_output(args.out, "react index", argument_settings(args, "workers", "ray", "plan"), args.overwrite):
+            info = build_index(args.emb, args.kind, args.out, factory=args.factory, max_memory=max_memory,
+                               queries=queries, queries_source=source, target_recall=args.target_recall, k=args.k,
+                               max_tuning_queries=args.tuning_queries, on_disk=args.on_disk, refine=args.rerank,
+                               workers=args.workers, ray_address=args.ray, ef_construction=args.ef_construction)
     except (EmbeddingError, IndexBuildError, ClassListError, VocabularyError) as error:
         raise UserError(str(error)) from error
     recall = "exact" if info["factory"] == "Flat" else (
