@@ -76,6 +76,25 @@ def test_a_clear_margin_is_decided_after_the_fewest_pairs():
     assert not slower.faster and slower.pairs == MIN_PAIRS and slower.upper_bound < 1
 
 
+def test_a_preemption_does_not_outweigh_a_search_of_a_millisecond():
+    """An index search of 1 ms against an exact one of 10 ms, the index's first search of each
+    timing preempted for 15 ms by another process: timed once, the index would look slower every
+    time; repeated until a timing lasts MIN_TIMED_SECONDS, it is surely faster."""
+    clock, searches, preempted = [0.0], [0], [True]
+
+    def exact(queries, k):
+        clock[0] += 0.010
+        preempted[0] = True  # the index's next search is preempted
+
+    def index(queries, k):
+        clock[0] += 0.001 + (0.015 if preempted[0] else 0.0)
+        preempted[0] = False
+        searches[0] += 1
+
+    speed = compare_speed(index, exact, np.zeros((4, 2)), 1, clocks=(lambda: clock[0], lambda: clock[0]))
+    assert speed.faster and speed.lower_bound > 1.0 and searches[0] > speed.pairs
+
+
 def test_the_interval_is_students_on_log_ratios():
     low, high = ratio_interval([2.0, 2.0 * np.e ** 0.1, 2.0 * np.e ** -0.1])
     half = 2.920 * 0.1 / np.sqrt(3)  # t(0.95, 2 degrees of freedom) x sample std / sqrt(n)
