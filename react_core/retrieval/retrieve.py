@@ -442,7 +442,26 @@ def retrieve(
     ground_truth=None,
     settings: dict | None = None,
 ) -> dict:
-    """Run retrieval and write SUBSETDIR/subset.parquet and stats.json; returns the stats."""
+    """Retrieve the pairs of each class from indexed embeddings: the work of `react retrieve`.
+
+    Args:
+        folder: the corpus's embeddings (`EmbeddingFolder`).
+        indexes: `{"image": index, "text": index}` as `read_index` returns them; the mode says
+            which it needs.
+        queries: the class x template text queries (`build_queries`).
+        classes: the classes the queries were built from (`load_classes`).
+        options: k, mode, fusion, thresholds, de-duplication, blocklists (`RetrievalOptions`).
+        out: the subset folder.
+        evaluation_embeddings: image embeddings of an evaluation set; corpus images closer than
+            `options.decontaminate_threshold` to any of them are dropped.
+        ground_truth: a table with `id` and `class` columns (`mismatched` optional); when given, precision@k is measured
+            against it and against random pairs.
+        settings: more entries for stats.json (what the subset was made from).
+
+    Returns:
+        The statistics also written to `out/stats.json`: rows, unique samples, rows per class,
+        empty classes, what each filter removed, the de-duplication threshold and the evaluation.
+    """
     options.check()
     kinds = MODES[options.mode]
     missing = [kind for kind in kinds if kind not in indexes]
