@@ -125,8 +125,9 @@ class Blocklist:
 def read_blocklist(path: str | Path) -> Blocklist:
     """A safety list: a text file, one entry per line (blank lines and lines starting with `#`
     ignored), or a parquet file (its first column among BLOCKLIST_COLUMNS, else its only one).
-    An entry is a sample id (`id`, DataComp's `uid`, LAION's `key`), a URL, or the SHA-256, MD5
-    or SHA-1 hex digest of a URL or of the image bytes; digests match in either case."""
+    An entry is a sample id (`id`, DataComp's `uid`, LAION's `key`), a URL, the SHA-256, MD5 or
+    SHA-1 hex digest of a URL, or an image's hash as the corpus stores it (its `sha256` or `md5`
+    column); digests match in either case."""
     path = Path(path)
     if not path.is_file():
         raise RetrievalError(f"blocklist not found: {path}")
