@@ -493,11 +493,26 @@ def embed_corpus(
     world_size: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Embed every not-yet-done shard of `source` that belongs to this rank; returns a summary.
+    """Embed the images and captions of a webdataset corpus: the work of `react embed`.
 
-    The summary has `shards` (done by this call), `skipped_shards` (already done), `rows`, and
-    `failed` (list of (shard, id, reason)) for the images that could not be read. `batch_size`
-    defaults to `DEFAULT_BATCH_SIZE` of the model's device type.
+    Only the shards not yet done that belong to this rank are embedded, so an interrupted run
+    resumes; images that cannot be read are skipped and listed.
+
+    Args:
+        bundle: the CLIP model (`react_core.modeling.load_clip`).
+        source: a folder of webdataset `.tar` shards (or one shard).
+        out: the embedding folder (`img_emb/`, `text_emb/`, `metadata/`, `embeddings.json`).
+        batch_size: images per forward pass; `DEFAULT_BATCH_SIZE` of the model's device type by
+            default.
+        workers: decoding processes.
+        shard_size: rows per output shard.
+        rank, world_size: this process's share of the shards (from torchrun's environment by
+            default).
+        progress: show a progress bar.
+
+    Returns:
+        A summary: `shards` (done by this call), `skipped_shards` (already done), `rows`, and
+        `failed`, a list of (shard, id, reason) for the images that could not be read.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
