@@ -678,7 +678,32 @@ class EmbeddingFolder:
         """Shard `number`'s stored `kind` embeddings as they are on disk (memory-mapped where possible)."""
         return self.layout.array(kind, number, self.dim)
 
-    def _as_vectors(self, block: np.ndarray) -> np.ndarray:
+    def check(self, kind: str) -> None:
+        """Check the `kind` arrays before a long job reads them: each readable, of the folder's
+        dimension and with one row per metadata row. Reads file headers and parquet footers, not
+        the data."""
+        import pyarrow.parquet as pq
+
+        if not self.has(kind):
+            raise EmbeddingError(f"{self.root}: no {kind} embeddings ({self.layout.array_source(kind, self.numbers[0])} not found)")
+        for number, count in zip(self.numbers, self.counts):
+            array = self.array(kind, number)  # the layout checks it is readable and of the folder's dimension
+            source = self.layout.array_source(kind, number)
+            if len(array) != count:
+                raise EmbeddingError(f"{source}: {len(array)} rows, the folder's other arrays of shard {number} have {count}")
+            metadata = self.layout.metadata_file(number)
+            try:
+                rows = pq.ParquetFile(metadata).metadata.num_rows
+            except FileNotFoundError:
+                raise EmbeddingError(f"{metadata} not found") from None
+            except Exception as error:  # pyarrow raises several types for a damaged footer
+                raise EmbeddingError(f"{metadata}: not a readable parquet file ({type(error).__name__})") from None
+            if rows != count:
+                raise EmbeddingError(f"{source}: {count} embeddings for {rows} rows of {metadata}")
+
+    def as_vectors(self, block: np.ndarray) -> np.ndarray:
+        """float32, L2-normalised rows of a stored block (the layouts that store them unnormalised
+        are normalised on reading, so that inner products are cosines)."""
         vectors = np.asarray(block, dtype=np.float32)
         if self.layout.normalized:
             return vectors
@@ -687,7 +712,7 @@ class EmbeddingFolder:
     def iter_arrays(self, kind: str) -> Iterator[tuple[int, np.ndarray]]:
         """(first global row, float32 L2-normalised array) per shard, in order."""
         for number, start in zip(self.numbers, self.offsets[:-1]):
-            yield int(start), self._as_vectors(self.array(kind, number))
+            yield int(start), self.as_vectors(self.array(kind, number))
 
     def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """float32 embeddings of global `rows` (any order), by positioned reads rather than a
@@ -703,7 +728,7 @@ class EmbeddingFolder:
             array = self.array(kind, self.numbers[position])
             local = rows[mask] - self.offsets[position]
             result[mask] = _read_rows(array, local) if isinstance(array, np.memmap) else array[local]
-        return result if self.layout.normalized else self._as_vectors(result)
+        return result if self.layout.normalized else self.as_vectors(result)
 
     def metadata(self, columns: list[str] | None = None):
         """All metadata rows in global row order, with a `row` column and an `id` one: a DataComp
