@@ -358,10 +358,13 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablat
     def retrieve_all(folder: Path) -> dict:
         import pandas as pd
 
+        from react_core.io import atomic_write_text
         from react_core.retrieval.embed import EmbeddingFolder
         from react_core.retrieval.index import read_index
         from react_core.retrieval.retrieve import RetrievalOptions, retrieve
 
+        classes_file = folder / "classes.txt"  # the queried vocabulary, targets first, kept with the subsets
+        atomic_write_text(classes_file, "".join(f"{name}\n" for name in vocabulary))
         classes, queries = class_queries(base_model())
         embeddings = EmbeddingFolder(emb_dir, require_info=False)
         indexes = {kind: read_index(index_dir / kind, emb_dir=emb_dir) for kind in ("image", "text")}
@@ -370,7 +373,8 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablat
         for mode in RETRIEVAL_MODES:
             options = RetrievalOptions(k=plan.retrieve_k, per_class=plan.retrieve_k, mode=mode)
             results[mode] = retrieve(embeddings, indexes, queries, classes, options, folder / f"subset_{mode}",
-                                     ground_truth=truth, settings={"embeddings": str(emb_dir), **retrieval_settings})
+                                     ground_truth=truth, settings={"embeddings": str(emb_dir), "templates": "simple",
+                                                                  "classes_file": str(classes_file)})
         return results
 
     retrieval = runner.run("retrieve", retrieve_all, {**retrieval_settings, "classes": vocabulary}, after=("index",))
