@@ -1,7 +1,10 @@
 """Retrieval at scale: exact IndexFlatIP vs the index `react index` builds, on generated embeddings.
 
-    python benchmarks/retrieval.py                       # 1M x 512, as the issue asks
+    python benchmarks/retrieval.py                       # 1M x 512, 1000 concepts, 1/8 of exact's memory
     python benchmarks/retrieval.py --n 200000 --eval-queries 200 --classes 200   # a small machine
+    python benchmarks/retrieval.py --n 1000000 --classes 20000 --spread 1.5 --templates 10 --memory-fraction 0.5 \
+        --eval-queries 200 --k 0                         # one cell of the grid where concepts crowd
+    python benchmarks/retrieval.py --work DIR --distributed 2   # the index of DIR built by 2 workers vs 1 process
     python benchmarks/retrieval.py --embed WORLD_DIR --model react-tiny   # embedding throughput only
     python benchmarks/retrieval.py --embed WORLD_DIR --embed-batch-sizes 256 64   # react embed at each batch size
 
@@ -17,6 +20,15 @@ modality gap). So, with a random rotation R and per-dimension scales s_j = (1 + 
 The corpus is written as a LAION-layout embedding folder (float16 shards of 100k), so the index
 is built by the same code as `react index`, with --max-memory = 1/8 of the exact index's bytes (--memory-fraction),
 tuned on one sample of the queries and evaluated on a disjoint one.
+
+Building and tuning: `build_seconds` (the chosen index trained and filled) and `tuning_seconds`
+(screening the candidates on a sample, exact neighbours of the tuning queries, the breadth sweep
+and the interleaved timing against exact search) as index.json records them, and their ratio.
+
+`--distributed W` builds the index already chosen in `--work` (same factory and search
+parameters) with 1 and with W worker processes, alternating which goes first over `--repeats`
+rounds, and reports the wall-clock ratio and whether the W-worker index returns the same ids and
+scores as the single-process one for every evaluation query.
 
 Measured, each search in its own subprocess (so peak RSS is that search's process alone):
 recall@10 and @100 (|ANN ∩ exact| / k), queries/s (median and spread of interleaved repeats:
@@ -248,6 +260,56 @@ def embed_batch_sizes(world: Path, model: str, shards: int, sizes: list[int], wo
                for size, rate in rates.items()}}
 
 
+def _build_child(args) -> None:
+    """Build --index's factory over --emb with --build-workers in a fresh process; print the seconds."""
+    from react_core.retrieval.index import Candidate, fill_index
+    from react_core.retrieval.embed import EmbeddingFolder
+
+    info = json.loads(Path(args.result).read_text())
+    started = time.perf_counter()
+    filled = fill_index(Candidate(info["factory"], info.get("ef_construction")), EmbeddingFolder(args.emb), "image",
+                   Path(args.index), on_disk=info["on_disk"], workers=args.build_workers, ray_address=None, progress=False)
+    print(json.dumps({"seconds": time.perf_counter() - started, **filled}))
+
+
+def distributed_build(work: Path, workers: int, repeats: int) -> dict:
+    """Wall time of building the chosen index of `work` with `workers` processes against one, in
+    fresh processes, alternating which goes first; and whether both return the same results."""
+    import shutil
+
+    from react_core.retrieval.index import read_index, read_index_info, search
+
+    info = read_index_info(work / "index")
+    queries = np.load(work / "eval_queries.npy")
+    times: dict[int, list[float]] = {1: [], workers: []}
+    reports = {}
+    for repeat in range(repeats):
+        for count in (1, workers) if repeat % 2 == 0 else (workers, 1):
+            out = work / f"index_{count}w"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            (out / "index.json").write_text(json.dumps(info))
+            command = [sys.executable, __file__, "--child", "build", "--emb", str(work / "emb"), "--index", str(out),
+                       "--result", str(work / "index" / "index.json"), "--build-workers", str(count)]
+            env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
+            report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout.strip().splitlines()[-1])
+            times[count].append(report["seconds"])
+            reports[count] = report
+            print(f"repeat {repeat}: {count} worker(s) {report['seconds']:.1f} s", flush=True)
+    results = {}
+    for count in (1, workers):
+        index = read_index(work / f"index_{count}w", parameters=info["search_parameters"], rerank=False)
+        results[count] = search(index, queries, 100)
+    same_ids = bool(np.array_equal(results[1][1], results[workers][1]))
+    same_scores = bool(np.array_equal(results[1][0], results[workers][0]))
+    ratios = [t1 / tw for t1, tw in zip(times[1], times[workers])]
+    return {"factory": info["factory"], "n": info["ntotal"], "workers": workers, "seconds_1": times[1],
+            f"seconds_{workers}": times[workers], "speedup_median": statistics.median(ratios), "speedups": ratios,
+            "same_ids": same_ids, "same_scores": same_scores, "queries": len(queries),
+            "peak_rss_bytes_1": reports[1].get("worker_peak_rss_bytes"),
+            f"worker_peak_rss_bytes_{workers}": reports[workers].get("worker_peak_rss_bytes")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -270,14 +332,20 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--embed-batch-sizes", type=int, nargs="+", metavar="N",
                         help="with --embed: time react embed at each of these batch sizes instead")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--child", choices=("exact", "ours", "per-class"), help=argparse.SUPPRESS)
+    parser.add_argument("--workers", type=int, default=2, help="loader workers for --embed")
+    parser.add_argument("--build-workers", type=int, default=1, help="processes adding shards when building the index")
+    parser.add_argument("--distributed", type=int, metavar="W",
+                        help="build the index of --work with W workers and with 1, compare wall time and results")
+    parser.add_argument("--child", choices=("exact", "ours", "per-class", "build"), help=argparse.SUPPRESS)
     parser.add_argument("--emb", help=argparse.SUPPRESS)
     parser.add_argument("--index", help=argparse.SUPPRESS)
     parser.add_argument("--queries", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--per-class", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child == "build":
+        _build_child(args)
+        return
     if args.child:
         _child(args)
         return
@@ -290,6 +358,9 @@ def main() -> None:
                                           args.repeats), indent=2))
         return
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    if args.distributed:
+        print(json.dumps(distributed_build(Path(args.work), args.distributed, args.repeats), indent=2))
+        return
     from react_core.retrieval.embed import EmbeddingFolder
     from react_core.retrieval.index import build_index, read_index_info, tune_index
 
@@ -313,14 +384,15 @@ def main() -> None:
         flat_bytes = args.n * args.d * 4
         print("building our index", flush=True)
         info = build_index(work / "emb", "image", work / "index", max_memory=int(flat_bytes / args.memory_fraction),
-                           progress=False, **tuning_args)
+                           progress=False, workers=args.build_workers, **tuning_args)
     elif args.retune:
         print("re-tuning the reused index", flush=True)
         info = tune_index(work / "index", EmbeddingFolder(work / "emb"), read_index_info(work / "index"), **tuning_args)
     else:
         info = read_index_info(work / "index")
-    print(json.dumps({k: info.get(k) for k in ("factory", "search_parameters", "refine_factor", "recall", "build_seconds", "index_bytes",
-                                               "speed_vs_exact", "candidates")}), flush=True)
+    print(json.dumps({k: info.get(k) for k in ("factory", "search_parameters", "refine_factor", "recall", "build_seconds",
+                                               "tuning_seconds", "index_bytes", "speed_vs_exact", "speed_vs_exact_bounds",
+                                               "screening")}), flush=True)
 
     runs: dict[str, list[dict]] = {"exact": [], "ours": []}
     for repeat in range(args.repeats):
@@ -343,8 +415,12 @@ def main() -> None:
         "n": args.n, "d": args.d, "eval_queries": len(evaluation), "factory": info["factory"],
         "search_parameters": info["search_parameters"], "refine_factor": info.get("refine_factor", 1),
         "tuned_recall@100": info["recall"], "tuned_plain_recall@100": info.get("tuning", {}).get("plain_recall"),
-        "build_seconds": info["build_seconds"], "tuning_seconds": info.get("tuning_seconds"), "spread": args.spread, "classes": args.classes,
-        "tuning_speed_vs_exact": info.get("speed_vs_exact"), "candidates": info.get("candidates"),
+        "build_seconds": info["build_seconds"], "tuning_seconds": info.get("tuning_seconds"),
+        "tuning_over_build": info.get("tuning_seconds", 0) / max(info["build_seconds"], 1e-9),
+        "spread": args.spread, "classes": args.classes,
+        "tuning_speed_vs_exact": info.get("speed_vs_exact"), "tuning_speed_bounds": info.get("speed_vs_exact_bounds"),
+        "exact_measured": info.get("exact_measured"), "candidates": info.get("candidates"),
+        "screening": info.get("screening"),
         "recall@10": _recall(our_rows, exact_rows, 10), "recall@100": _recall(our_rows, exact_rows, 100),
         "exact": exact, "ours": ours,
         "qps_ratio_median": statistics.median(ratios), "qps_ratio_min": min(ratios), "qps_ratio_max": max(ratios),

@@ -41,12 +41,26 @@ def train(
     machine_rank: int = 0,
     dist_url: str = "auto",
 ) -> Optional[dict]:
-    """Train (unless `eval_only`) and evaluate the config's model with its engine; returns the
-    metrics written to `out/metrics.json` (None on the non-main processes of a multi-GPU run).
-    `weights` is a checkpoint for `eval_only`, `tower_from_config` evaluates it with the config's
-    image tower (`react_dense.engines.checkpoint.with_model_tower`); the GPU and machine settings are Detectron2's (the
-    torchvision and plain engines run on several devices under torchrun). An evaluation into a folder
-    without a config.yaml writes one, recording the checkpoint it read."""
+    """Train (unless `eval_only`) and evaluate a detection or segmentation config with its engine.
+
+    An evaluation into a folder without a config.yaml writes one, recording the checkpoint it read.
+
+    Args:
+        config: a `detection` or `segmentation` config file.
+        overrides: `key=value` strings, or a mapping of keys to values.
+        out: the run folder.
+        resume: continue the run `out` holds (or evaluate a finished one again).
+        eval_only: evaluate `weights` (or `out`'s final checkpoint) without training.
+        weights: a detector checkpoint to evaluate with `eval_only`.
+        tower_from_config: evaluate `weights` with the config's image tower in place of the one it
+            holds (`react_dense.engines.checkpoint.with_model_tower`).
+        num_gpus, num_machines, machine_rank, dist_url: Detectron2's launch settings; the
+            torchvision and plain engines run on several devices under torchrun instead.
+
+    Returns:
+        The metrics written to `out/metrics.json`; None on the non-main processes of a
+        multi-GPU run.
+    """
     from react_core.config import RUN_CONFIG, write_run_config
     from react_dense.engines.checkpoint import FINAL
 

@@ -8,21 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from react_core.retrieval.index import (
-    IndexBuildError,
-    build_index,
-    choose_factory,
-    exact_neighbours,
-    parse_memory,
-    per_query_recall,
-    read_index,
-    recall_at_k,
-    recall_lower_bound,
-    rerank,
-    search,
-    tune,
-)
+from react_core.retrieval.ann import IndexBuildError, read_index, rerank, search
 from react_core.retrieval.embed import EmbeddingError, EmbeddingFolder
+from react_core.retrieval.index import build_index, choose_factory, parse_memory
+from react_core.retrieval.tuning import exact_neighbours, per_query_recall, recall_at_k, recall_lower_bound, sweep
 
 
 def write_folder(root, n=6000, d=32, shard=2000, clusters=40, seed=0):
@@ -109,7 +98,8 @@ def test_tuning_keeps_a_margin_over_the_target_not_the_first_setting_whose_mean_
     edge = next(p for p in recalls if 0 < recalls[p].std() and recalls[p].mean() < recalls[64].mean())
     target = float(recalls[edge].mean())
     assert recall_lower_bound(recalls[edge]) < target  # the bare mean just reaches it, the bound does not
-    key, recall, bound, _ = tune(index, queries, exact, target)
+    chosen_setting = sweep(index, queries, exact, target).best
+    key, recall, bound = chosen_setting.parameters, chosen_setting.recall, chosen_setting.recall_lower_bound
     assert key and key != f"nprobe={edge}" and bound >= target and recall > target
     chosen = per_query_recall(index.search(queries, 20)[1], exact)  # tune leaves the index at its choice
     assert recall_lower_bound(chosen) == pytest.approx(bound)
@@ -119,12 +109,11 @@ def test_tuning_keeps_a_margin_over_the_target_not_the_first_setting_whose_mean_
 def test_hnsw_tuning_searches_wider_than_faiss_default_grid():
     """FAISS's ParameterSpace stops efSearch at 512; a graph over many overlapping concepts needs
     more to reach the target, so tuning tries up to EF_SEARCH_MAX."""
-    from react_core.retrieval.index import EF_SEARCH_MAX, _breadth_space
+    from react_core.retrieval.tuning import EF_SEARCH_MAX, breadth_knobs
 
-    space = _breadth_space(faiss.index_factory(16, "HNSW32,Flat", faiss.METRIC_INNER_PRODUCT))
-    knob = space.parameter_ranges.at(0)  # kept: its values belong to this SWIG object
-    values = [knob.values.at(j) for j in range(knob.values.size())]
-    assert knob.name == "efSearch" and max(values) == EF_SEARCH_MAX == 4096
+    knobs = breadth_knobs(faiss.index_factory(16, "HNSW32,Flat", faiss.METRIC_INNER_PRODUCT))
+    values = knobs["efSearch"]
+    assert list(knobs) == ["efSearch"] and max(values) == EF_SEARCH_MAX == 4096
     assert values == sorted(values) and 512 in values and 1024 in values
 
 
@@ -165,25 +154,28 @@ def write_uniform(root, n, d, queries, seed=0):
 
 def test_the_chooser_keeps_the_fastest_index_that_meets_the_target_exact_search_included(tmp_path):
     """On uniformly random vectors an inverted file must scan most lists to reach recall 0.95, so
-    it is slower than exact search: the chooser measures the rule's IVF, an HNSW graph and exact
-    search, and keeps exact or one measured faster than it."""
-    queries = write_uniform(tmp_path / "emb", 50_000, 64, 200)
-    budget = 30_000_000  # the rule's candidate is IVF1024,Flat; exact's 12.8 MB and HNSW's 26 MB fit as well
-    assert choose_factory(50_000, 64, budget) == "IVF1024,Flat"
+    it is slower than exact search: the chooser screens the rule's IVF, fast-scan codes, HNSW graphs
+    and exact search, and keeps exact or an index whose speed ratio is surely above 1."""
+    queries = write_uniform(tmp_path / "emb", 50_000, 24, 200)
+    budget = 21_000_000  # the rule's candidate is IVF1024,Flat (exact's 4.8 MB over a quarter of 0.9 x budget); HNSW's 18.4 MB fit
+    assert choose_factory(50_000, 24, budget) == "IVF1024,Flat"
     info = build_index(tmp_path / "emb", "image", tmp_path / "index", max_memory=budget, queries=queries, k=50,
                        progress=False)
     assert json.loads((tmp_path / "index" / "index.json").read_text()) == info
-    assert info["factory"] == "Flat" or info["speed_vs_exact"] >= 1.0
-    assert info["meets_target"] and info["exact_measured"] == "IndexFlatIP in memory"
-    measured = {c["factory"]: c for c in info["candidates"]}
-    assert set(measured) == {"IVF1024,Flat", "HNSW32,Flat", "Flat"} and measured["Flat"]["speed_vs_exact"] == 1.0
-    meeting = [c for c in info["candidates"] if c["recall"] >= 0.95]
-    assert info["factory"] == min(meeting, key=lambda c: c["seconds_per_query"])["factory"]  # the fastest that meets it
+    screened = {c["factory"] for c in info["screening"]["candidates"]}
+    assert {"IVF1024,Flat", "HNSW32,Flat", "IVF1024,PQ12x4fs,Refine(SQfp16)"} <= screened
+    assert info["meets_target"]
+    if info["factory"] != "Flat":
+        assert info["speed_vs_exact_bounds"][0] > 1.0 and info["exact_measured"] == "IndexFlatIP in memory"
+    meeting = [c for c in info["screening"]["candidates"] if c.get("meets_target")]
+    sample_exact = info["screening"]["sample"]["exact_seconds_per_query"]
+    fastest = min(meeting, key=lambda c: c["seconds_per_query"], default=None)
+    if fastest is None or fastest["seconds_per_query"] >= sample_exact:
+        assert info["factory"] == "Flat"  # nothing approximate beat exact search on the sample
     index = read_index(tmp_path / "index")
     _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb", require_info=False), "image", queries, 50)
     _, found = search(index, queries, 50)
     assert recall_at_k(found, exact) >= (1.0 if info["factory"] == "Flat" else 0.9)
-    assert not (tmp_path / "index" / "index.ivfdata").exists() or info["factory"] == "IVF1024,Flat"
 
 
 def test_missing_the_target_within_the_budget_is_said_plainly(tmp_path, caplog):
@@ -260,3 +252,43 @@ def test_gather_reads_any_rows_in_any_order(tmp_path):
     np.testing.assert_array_equal(folder.gather("image", rows), everything[rows])
     with pytest.raises(EmbeddingError, match="outside"):
         folder.gather("image", np.array([300]))
+
+
+def write_pool(root, laion):
+    """The vectors of the LAION-layout folder `laion` as a DataComp pool with its files in the
+    folder itself (UID.parquet beside UID.npz), stored unnormalised (scaled by 0.5-2 per row) as
+    DataComp's features are: the reader normalises them."""
+    root.mkdir()
+    folder = EmbeddingFolder(laion)
+    rng = np.random.default_rng(1)
+    names = []
+    for number, start in zip(folder.numbers, folder.offsets[:-1]):
+        vectors = np.asarray(folder.array("image", number), dtype=np.float32)
+        scaled = (vectors * rng.uniform(0.5, 2.0, (len(vectors), 1))).astype(np.float16)
+        name = f"{number:08x}"
+        np.savez(root / f"{name}.npz", b32_img=scaled, b32_txt=scaled)
+        pd.DataFrame({"uid": [f"{start + i:032x}" for i in range(len(vectors))], "text": ["a photo"] * len(vectors)}).to_parquet(
+            root / f"{name}.parquet")
+        names.append(name)
+    (root / "embeddings.json").write_text(json.dumps({"format": "datacomp", "features": "b32", "dim": folder.dim,
+                                                      "identity": {"model": "test"}, "model": None, "shards": names}))
+
+
+def test_a_flat_datacomp_pool_is_indexed_and_reranked_as_it_is(tmp_path):
+    """Shards added by workers and re-ranking from disk read the pool's npz members, normalised:
+    the pool's index finds what the same vectors' LAION-layout index finds."""
+    queries = write_folder(tmp_path / "emb")
+    write_pool(tmp_path / "pool", tmp_path / "emb")
+    built = {}
+    for name in ("emb", "pool"):
+        info = build_index(tmp_path / name, "image", tmp_path / f"index_{name}", factory="IVF16,PQ8x4", queries=queries[::2],
+                           target_recall=0.95, k=20, workers=2, progress=False)
+        assert info["refine_factor"] > 1 and info["build"]["backend"] == "processes"
+        built[name] = search(read_index(tmp_path / f"index_{name}", info["search_parameters"]), queries[1::2], 20)
+    _, exact = exact_neighbours(EmbeddingFolder(tmp_path / "emb"), "image", queries[1::2], 20)
+    assert recall_at_k(built["pool"][1], exact) >= 0.9
+    assert recall_at_k(built["pool"][1], built["emb"][1]) >= 0.9
+    scores, rows = built["pool"]
+    pool = EmbeddingFolder(tmp_path / "pool")
+    cosines = np.einsum("qd,qkd->qk", queries[1::2], pool.gather("image", rows.ravel()).reshape(*rows.shape, -1))
+    assert np.allclose(scores, cosines, atol=1e-5) and scores.max() <= 1.0 + 1e-3, "scores are cosines"

@@ -19,8 +19,8 @@ def register(subparsers):
     parser.add_argument("subset", metavar="SUBSETDIR", help="output folder of `react retrieve` (or of `react filter`)")
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
                         help="a safety list (repeatable): a text file, one entry per line ('#' comments), or a parquet "
-                        "file; entries are sample ids (id, DataComp uid, LAION key), URLs, or SHA-256/MD5/SHA-1 "
-                        "digests of URLs or of image bytes")
+                        "file; entries are sample ids (id, DataComp uid, LAION key), URLs, SHA-256/MD5/SHA-1 "
+                        "digests of URLs, or the image hash the corpus stores (its sha256 or md5 column)")
     parser.add_argument("--safety-filter", metavar="MODULE:FUNCTION",
                         help="callable taking the subset's rows (DataFrame) and returning a keep-mask")
     parser.add_argument("--out", required=True, metavar="NEWDIR", help="a new folder for the filtered subset")

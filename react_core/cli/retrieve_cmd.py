@@ -57,8 +57,8 @@ def register(subparsers):
     parser.add_argument("--decontaminate-threshold", type=float, default=0.9)
     parser.add_argument("--blocklist", action="append", default=[], metavar="FILE",
                         help="a safety list to apply (repeatable): a text file, one entry per line ('#' comments), or a "
-                        "parquet file; entries are sample ids (id, DataComp uid, LAION key), URLs, or SHA-256/MD5/SHA-1 "
-                        "digests of URLs or of image bytes. stats.json counts what each kind matched. A subset made "
+                        "parquet file; entries are sample ids (id, DataComp uid, LAION key), URLs, SHA-256/MD5/SHA-1 "
+                        "digests of URLs, or the image hash the corpus stores (its sha256 or md5 column). stats.json counts what each kind matched. A subset made "
                         "before a list existed is re-filtered with `react filter`, without retrieving again")
     parser.add_argument("--safety-filter", metavar="MODULE:FUNCTION",
                         help="callable taking the candidate rows (DataFrame) and returning a keep-mask")

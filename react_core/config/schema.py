@@ -232,7 +232,16 @@ def known_kinds() -> str:
 
 
 def load(path, overrides=(), schema: type | None = None) -> Any:
-    """Load, merge, resolve and validate a config file; the one entry point commands use."""
+    """Load, merge, resolve and validate a config file; the one entry point commands use.
+
+    Args:
+        path: a YAML config with a `kind:` (its `_base_` files merged first).
+        overrides: `key=value` strings, or a mapping of keys to values.
+        schema: the dataclass to validate against; the one its `kind:` names by default.
+
+    Returns:
+        The config as its schema's dataclass; an error names the file, line and key of a bad value.
+    """
     import_kind_modules()
     data, sources = load_config(path, overrides)
     if schema is None:

@@ -44,7 +44,21 @@ def before_after(name: str, before, after) -> dict:
 
 
 def customize(cfg, out: str | Path) -> dict:
-    """Run a `CustomizeConfig` into `out` (resuming if `out` holds its checkpoint); returns the metrics."""
+    """Customize a CLIP model on retrieved pairs: the training of `react customize`.
+
+    Resumes when `out` holds this run's checkpoint; the final weights are written once training
+    and evaluation have ended, just before `metrics.json`.
+
+    Args:
+        cfg: a `CustomizeConfig` (`react_core.config.load("configs/customize/....yaml")`).
+        out: the run folder (checkpoints, `adapter.safetensors` or `model.safetensors`,
+            `metrics.json`).
+
+    Returns:
+        The metrics also written to `out/metrics.json`: the mode, the number of pairs, the gated
+        layers, the trainable and frozen parameter counts, the zero-shot results of each
+        evaluation set before and after, and the dense objective's settings where it is on.
+    """
     import torch
 
     from react_core.data import build_pairs, train_transform

@@ -35,7 +35,15 @@ def pretrain_key(cfg) -> str:
 
 
 def pretrain(cfg, out: str | Path) -> Path:
-    """Train (or resume, or return the cached result of) a `PretrainConfig`; returns the weights file."""
+    """Train a CLIP model from scratch (or resume, or return the cached result of the same run).
+
+    Args:
+        cfg: a `PretrainConfig`.
+        out: the run folder; `model.safetensors` appears there once training has ended.
+
+    Returns:
+        The path of the trained weights file.
+    """
     import torch
 
     from react_core.config import write_run_config

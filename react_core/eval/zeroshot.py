@@ -44,7 +44,21 @@ def evaluate_zeroshot(
     cache_dir: str | Path | None = None,
     device=None,
 ) -> dict:
-    """Zero-shot accuracy of `bundle` (a ClipBundle) on `images/<class>/*` for `classnames`."""
+    """Zero-shot classification accuracy of a CLIP model on a folder of labelled images.
+
+    Args:
+        bundle: the CLIP model (`react_core.modeling.load_clip`).
+        classnames: the class names, in label order.
+        images: a folder with one sub-folder of images per class, named as in `classnames`.
+        templates: a template set name (`simple`, `openai`) or a list of templates with `{}`.
+        batch_size: images per forward pass.
+        workers: image-decoding processes.
+        cache_dir: where image embeddings are cached between evaluations of the same images.
+        device: where to run; the model's device by default.
+
+    Returns:
+        `top1`, `top5` (top-k for fewer classes), `mean_per_class_top1` and `per_class_top1` in percent, and `images`.
+    """
     from react_core.data import ClassificationFolder
     from react_core.modeling.text import cached_class_embeddings, load_templates
 

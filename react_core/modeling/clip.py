@@ -177,15 +177,23 @@ def load_clip(
 ) -> ClipBundle:
     """Create a CLIP model with its transforms and tokenizer.
 
-    model: an open_clip name (`ViT-B-32`, `ViT-B-32-quickgelu`), `react-tiny`, or a dict with
-        `embed_dim`, `vision_cfg`, `text_cfg`.
-    pretrained: an open_clip pretrained tag (downloads on a machine with internet).
-    weights: a local file (`.pt`, `.bin`, `.safetensors`, OpenAI TorchScript, a REACT official
-        or full file, gated blocks detected from its keys, or one of our adapter files, applied
-        over the base model its metadata names) loaded over the architecture.
-    quick_gelu: force the activation; by default it is pinned from the tag, else from the name.
-    base_weights: where the base weights of an adapter file are now, if they moved (checked
-        against the SHA-256 the adapter recorded).
+    Args:
+        model: an open_clip name (`ViT-B-32`, `ViT-B-32-quickgelu`), `react-tiny`, or a dict with
+            `embed_dim`, `vision_cfg`, `text_cfg`.
+        pretrained: an open_clip pretrained tag (downloads on a machine with internet).
+        weights: a local file (`.pt`, `.bin`, `.safetensors`, OpenAI TorchScript, a REACT official
+            or full file, gated blocks detected from its keys, or one of our adapter files, applied
+            over the base model its metadata names) loaded over the architecture.
+        quick_gelu: force the activation; by default it is pinned from the tag, else from the name.
+        device: where the model is put.
+        precision: open_clip's precision (`fp32`, `amp`, `fp16`, `bf16`).
+        cache_dir: where open_clip keeps downloaded weights.
+        base_weights: where the base weights of an adapter file are now, if they moved (checked
+            against the SHA-256 the adapter recorded).
+
+    Returns:
+        A `ClipBundle`: the model, its training and evaluation transforms, its
+        tokenizer and the spec that identifies it.
     """
     register_project_models()
     config = dict(model) if isinstance(model, dict) else None

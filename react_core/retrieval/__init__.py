@@ -6,7 +6,11 @@ embed.py     corpus -> LAION-layout embedding folder (`react embed`); the model 
              and checked; `EmbeddingFolder`, the one reader of every layout
 embed_ray.py the same embedding on a Ray cluster (`react embed --ray`)
 layouts.py   the files of LAION's layout and of DataComp's pools, arrays read without unpickling
-index.py     embedding folder -> tuned FAISS index (`react index`)
+index.py     embedding folder -> the index chosen, built and tuned for it (`react index`)
+planning.py  what an index of n x d vectors would take, before building it (`react index --plan`)
+tuning.py    an index against exact search: recall, search breadth, speed ratios with bounds
+ann.py       FAISS index files: read with checks, searched, filled by parallel workers, merged,
+             re-ranked from the embeddings on disk
 classes.py   class lists (text, JSON, ImageNet-1K, COCO/LVIS categories) -> queries
 retrieve.py  queries -> per-class hits -> filtered subset (`react retrieve`); blocklists, also on
              an older subset (`react filter`)

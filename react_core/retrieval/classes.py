@@ -122,10 +122,23 @@ class Queries:
 
 def build_queries(bundle, classes: list[ClassSpec], templates: list[str], *, average: bool = False,
                   descriptions: bool = False, batch_size: int = 256, progress: bool = True) -> Queries:
-    """Every prompt name of every class in every template (or the template average per name),
-    plus each description as one more query when `descriptions` is set. A progress bar counts the
-    class names encoded when that takes more than a second (100 000 classes x 80 templates take
-    minutes)."""
+    """The text queries of a class list: every prompt name of every class in every template.
+
+    A progress bar counts the class names encoded when that takes more than a second (100 000
+    classes x 80 templates take minutes).
+
+    Args:
+        bundle: the CLIP model whose text tower encodes the queries.
+        classes: the classes (`load_classes`).
+        templates: prompt templates with `{}` (`react_core.modeling.text.load_templates`).
+        average: one query per prompt name, the normalized mean over templates.
+        descriptions: each class's description as one more query.
+        batch_size: texts per forward pass.
+        progress: show the progress bar.
+
+    Returns:
+        `Queries`: the normalized embeddings, their texts and the class of each.
+    """
     import torch
     from tqdm import tqdm
 

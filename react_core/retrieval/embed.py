@@ -493,11 +493,26 @@ def embed_corpus(
     world_size: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Embed every not-yet-done shard of `source` that belongs to this rank; returns a summary.
+    """Embed the images and captions of a webdataset corpus: the work of `react embed`.
 
-    The summary has `shards` (done by this call), `skipped_shards` (already done), `rows`, and
-    `failed` (list of (shard, id, reason)) for the images that could not be read. `batch_size`
-    defaults to `DEFAULT_BATCH_SIZE` of the model's device type.
+    Only the shards not yet done that belong to this rank are embedded, so an interrupted run
+    resumes; images that cannot be read are skipped and listed.
+
+    Args:
+        bundle: the CLIP model (`react_core.modeling.load_clip`).
+        source: a folder of webdataset `.tar` shards (or one shard).
+        out: the embedding folder (`img_emb/`, `text_emb/`, `metadata/`, `embeddings.json`).
+        batch_size: images per forward pass; `DEFAULT_BATCH_SIZE` of the model's device type by
+            default.
+        workers: decoding processes.
+        shard_size: rows per output shard.
+        rank, world_size: this process's share of the shards (from torchrun's environment by
+            default).
+        progress: show a progress bar.
+
+    Returns:
+        A summary: `shards` (done by this call), `skipped_shards` (already done), `rows`, and
+        `failed`, a list of (shard, id, reason) for the images that could not be read.
     """
     from torch.utils.data import DataLoader
     from tqdm import tqdm
@@ -663,7 +678,32 @@ class EmbeddingFolder:
         """Shard `number`'s stored `kind` embeddings as they are on disk (memory-mapped where possible)."""
         return self.layout.array(kind, number, self.dim)
 
-    def _as_vectors(self, block: np.ndarray) -> np.ndarray:
+    def check(self, kind: str) -> None:
+        """Check the `kind` arrays before a long job reads them: each readable, of the folder's
+        dimension and with one row per metadata row. Reads file headers and parquet footers, not
+        the data."""
+        import pyarrow.parquet as pq
+
+        if not self.has(kind):
+            raise EmbeddingError(f"{self.root}: no {kind} embeddings ({self.layout.array_source(kind, self.numbers[0])} not found)")
+        for number, count in zip(self.numbers, self.counts):
+            array = self.array(kind, number)  # the layout checks it is readable and of the folder's dimension
+            source = self.layout.array_source(kind, number)
+            if len(array) != count:
+                raise EmbeddingError(f"{source}: {len(array)} rows, the folder's other arrays of shard {number} have {count}")
+            metadata = self.layout.metadata_file(number)
+            try:
+                rows = pq.ParquetFile(metadata).metadata.num_rows
+            except FileNotFoundError:
+                raise EmbeddingError(f"{metadata} not found") from None
+            except Exception as error:  # pyarrow raises several types for a damaged footer
+                raise EmbeddingError(f"{metadata}: not a readable parquet file ({type(error).__name__})") from None
+            if rows != count:
+                raise EmbeddingError(f"{source}: {count} embeddings for {rows} rows of {metadata}")
+
+    def as_vectors(self, block: np.ndarray) -> np.ndarray:
+        """float32, L2-normalised rows of a stored block (the layouts that store them unnormalised
+        are normalised on reading, so that inner products are cosines)."""
         vectors = np.asarray(block, dtype=np.float32)
         if self.layout.normalized:
             return vectors
@@ -672,7 +712,7 @@ class EmbeddingFolder:
     def iter_arrays(self, kind: str) -> Iterator[tuple[int, np.ndarray]]:
         """(first global row, float32 L2-normalised array) per shard, in order."""
         for number, start in zip(self.numbers, self.offsets[:-1]):
-            yield int(start), self._as_vectors(self.array(kind, number))
+            yield int(start), self.as_vectors(self.array(kind, number))
 
     def gather(self, kind: str, rows: np.ndarray) -> np.ndarray:
         """float32 embeddings of global `rows` (any order), by positioned reads rather than a
@@ -688,7 +728,7 @@ class EmbeddingFolder:
             array = self.array(kind, self.numbers[position])
             local = rows[mask] - self.offsets[position]
             result[mask] = _read_rows(array, local) if isinstance(array, np.memmap) else array[local]
-        return result if self.layout.normalized else self._as_vectors(result)
+        return result if self.layout.normalized else self.as_vectors(result)
 
     def metadata(self, columns: list[str] | None = None):
         """All metadata rows in global row order, with a `row` column and an `id` one: a DataComp

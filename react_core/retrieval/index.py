@@ -1,11 +1,12 @@
-"""FAISS indexes over an embedding folder: chosen for the corpus size and memory, built shard by
-shard, tuned for recall on the queries that will actually be run.
+"""FAISS indexes over an embedding folder: chosen for the corpus size, the memory budget and the
+queries that will be run, built shard by shard in parallel workers, tuned for recall, and kept
+only where they beat exact search by more than the noise of measuring it.
 
-The automatic choice (`choose_factory`, autofaiss-like; we own it because autofaiss pins
-numpy<2 and clip-retrieval pins open_clip<3):
+The choice (autofaiss-like; we own it because autofaiss pins numpy<2 and clip-retrieval pins
+open_clip<3). A size rule (`choose_factory`) gives the first candidate:
 
   * fewer than 50k vectors, or an exact index that fits in a quarter of the budget with fewer
-    than 200k vectors: `Flat` (exact; nothing to train or tune);
+    than 200k vectors: `Flat` (exact; nothing to train or tune), and nothing else is tried;
   * otherwise an inverted file with `nlist` = the power of two nearest 4*sqrt(n) (at least 64,
     at most 2^18), its coarse quantizer an HNSW32 graph once nlist > 16384 (a flat one below);
   * codes: the richest that fit 90% of the memory budget, counting 8 bytes of id per vector:
@@ -13,37 +14,57 @@ numpy<2 and clip-retrieval pins open_clip<3):
     256, 128, 96, 64, 48, 32, 16, 8 that fits, preceded by an `OPQ{m}` rotation when each
     sub-quantizer covers more than 4 dimensions (where the rotation pays most).
 
-That rule only proposes a candidate; measurement decides. Tuning also times exact search
-(`IndexFlatIP`) on the same queries, in memory when its float32 vectors fit 90% of the budget
-(half the machine's RAM without one), and with an automatic choice also an `HNSW32,Flat` graph
-(up to 1M vectors, when it fits; efSearch tuned like nprobe); the fastest candidate that reaches
-the target recall is kept, exact search whenever nothing approximate is faster (on data without
-structure, e.g. uniformly random vectors, an inverted file must scan most lists and loses).
-index.json lists both candidates with their recall, seconds per query and `speed_vs_exact`; when
-nothing within the budget reaches the target, `verdict` says so with the best recall reached and
-the budget that exact search would need.
+`candidates` adds what fits the same budget (`Candidate.bytes`): fast-scan PQ codes of 4 bits
+(`PQ{m}x4fs`, searched with SIMD lookup tables) re-ranked exactly from the float16 embeddings,
+held in memory (`Refine(SQfp16)`: lossless for float16 embeddings) or, where they do not fit,
+read from the embedding folder on disk (`RefinedIndex`), preceded by an `OPQ` rotation where
+each sub-quantizer covers more than 4 dimensions (as in the rule; OPQ's training cost minutes at
+d 512, and on finer codes it did not pay: recall lower bound 0.92 against 0.97 without it on
+60k x 32 clustered vectors); the same codes over 4x the lists with an HNSW32 coarse quantizer; an `HNSW32,Flat` graph with efConstruction 40 and 200 (up to 1M vectors); and exact
+search when its float32 vectors fit 90% of the budget (half the machine's RAM without one).
+Where concepts crowd (20000 overlapping concepts), the inverted file must scan a quarter of its
+lists to reach recall@100 0.95 and runs only 1.5-6x exact search; the fast-scan codes scan those
+lists an order of magnitude faster and the re-rank restores the order among near-ties.
 
-Vectors are added shard by shard with their global row numbers as ids. When the index would not
-fit in half the memory budget, each shard is added to its own copy of the trained empty index,
-written to disk, and the copies are merged with `faiss.contrib.ondisk.merge_ondisk` into one
-`index.ivfdata` file beside `index.faiss`, which is then searched memory-mapped. Finished parts
-are kept until the merge, so an interrupted build resumes.
+Screening (`screen`): every candidate is built on a sample of the corpus (up to 100k vectors) at
+the same density (nlist scaled by sample/n, so each list holds as many vectors as in the full
+index) and asked for the same neighbourhood (k scaled by sample/n, at least 10), and its search
+breadth is swept to the target recall. Candidates go cheapest first; a sweep stops when its
+setting runs slower than the best so far without reaching the target. The efConstruction 200
+graph (3-4x the build of the efConstruction 40 one) is built only when the efConstruction 40
+graph missed the target at its widest search while still faster than the best so far (the graph
+is the limit), or met it within 1.5x of the best. Screening has a budget: a quarter of the full
+build that the first candidate's sample build projects (n / sample times its seconds), or 20 s
+where that is less; once it is spent the remaining candidates are skipped, and a graph whose
+build, projected from its first chunks, would overrun it is abandoned (on 100k x 256 an HNSW32
+graph took 8 min to build on a loaded machine, 15x the inverted file that won), and an inverted
+file whose training, projected from the first one's by points x lists, would overrun it is
+skipped (the 4x-lists candidate's k-means took 80 s of a 300k x 512 screening). Only the winner
+is built on the whole corpus; when the sample is the whole corpus, the winner's screening build
+is kept.
 
-Tuning: exact neighbours of the tuning queries (by blocks, never the whole corpus in memory) are
-the ground truth; `faiss.ParameterSpace` explores nprobe / efSearch; the fastest setting whose
-recall@k (|ANN ∩ exact| / k) reaches the target with a margin is kept in `index.json` with the
-recall it achieved: the mean over the tuning queries less two standard errors
-(`recall_lower_bound`), so that other queries of the same distribution reach the target too (a
-setting chosen on the bare mean reaches it on other queries about half the time). Text queries are not distributed like corpus vectors (the modality gap), so the queries
-are the class x template text embeddings, or else caption embeddings, never corpus samples of
-the indexed kind.
+Build: trained once on a sample (`training_size`), then filled shard by shard by `workers`
+processes or Ray tasks (`ann.run_tasks`; each reads only its shard) and merged in shard order, in
+memory or on disk when the index would take more than half the budget; the result equals a
+single-process build. Graphs and exact indexes are filled in this process.
 
-Re-ranking: compressed codes order a query's near-ties badly (at 1M x 512, PQ codes at 1/8 of
-the float32 bytes reach recall@100 0.84 at best). When no setting reaches the target, tuning
-tries searching `factor` x k candidates and re-scoring them exactly with the float16 corpus
-embeddings, read from disk by positioned reads (`EmbeddingFolder.gather`), so memory stays that
-of the codes. The smallest factor and breadth reaching the target are kept (`refine_factor`);
-`read_index` then returns a `RefinedIndex`.
+Tuning (`tune_index`, see `tuning.py`): exact neighbours of the tuning queries are the ground
+truth (of 128 of them where screening already chose on all: exact search over the whole corpus
+is the dearest step of tuning); the winner's breadth is swept from the value scaled from the
+sample with early stopping; where plain codes miss the target, `factor * k` candidates are
+re-ranked from the embeddings on disk. Then the decision that noise must not reverse: the tuned
+index and the exact search a user would run within the same budget (`IndexFlatIP` in memory when
+its vectors fit, else shard by shard from the folder; index.json names which) are timed in
+interleaved pairs on as many queries as exact search answers in about a second (32 to 128), and
+with an automatic choice the approximate index is kept only when it meets the target and, by the
+wall clock and by CPU time, the lower bound of its speed ratio is above 1 and its median at least
+1.3x; otherwise exact search replaces it where it fits. index.json's `tuning.seconds` splits the
+tuning time into screening, exact neighbours, sweep and speed.
+
+Text queries are not distributed like corpus vectors (the modality gap), so the queries are the
+class x template text embeddings, or else caption embeddings, never corpus samples of the indexed
+kind. index.json records every candidate measured, the speed ratio with its bounds, and the
+seconds spent building and tuning.
 """
 from __future__ import annotations
 
@@ -54,28 +75,76 @@ import os
 import re
 import shutil
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from react_core.errors import ReactError
-from react_core.io import atomic_path, atomic_write_json
+from react_core.io import read_json
+from react_core.machine import usable_cpus
+from react_core.retrieval.ann import (
+    ID_BYTES,
+    INDEX_FILE,
+    INFO_FILE,
+    IVFDATA_FILE,
+    PARTS_DIR,
+    TRAINED_FILE,
+    IndexBuildError,
+    RefinedIndex,
+    ShardTask,
+    add_rows,
+    finite_block,
+    index_bytes,
+    ivf_of,
+    merge_parts,
+    read_faiss,
+    read_index,
+    read_index_info,
+    refine_of,
+    run_tasks,
+    search,
+    uses_gpu,
+    write_index,
+    writing,
+)
 from react_core.retrieval.embed import EmbeddingFolder
+from react_core.retrieval.tuning import (
+    RECALL_MARGIN,
+    compare_speed,
+    exact_neighbours,
+    per_query_recall,
+    recall_at_k,
+    recall_lower_bound,
+    sweep,
+)
 
-INDEX_FILE = "index.faiss"
-INFO_FILE = "index.json"
-IVFDATA_FILE = "index.ivfdata"
-PARTS_DIR = "parts"
+__all__ = [
+    "IndexBuildError", "build_index", "candidates", "choose_factory", "exact_neighbours", "parse_memory", "per_query_recall",
+    "read_index", "read_index_info", "recall_at_k", "recall_lower_bound", "search", "tune_index",
+]
+
 FLAT_MAX = 50_000
-ID_BYTES = 8
 PQ_SUBQUANTIZERS = (256, 128, 96, 64, 48, 32, 16, 8)
 PQ_POINTS_PER_CENTROID = 64  # codebooks of 256 centroids learn from 16k residuals, not FAISS's default 65k
+HNSW_FACTORY = "HNSW32,Flat"
+HNSW_MAX = 1_000_000  # larger graphs take too long to build for a candidate that may be thrown away
+HNSW_LINK_BYTES = 2 * 32 * 4 + 16  # level-0 neighbour ids of HNSW32, plus the upper levels' share
+EF_CONSTRUCTIONS = (40, 200)
+GRAPH_MARGIN = 1.5  # a graph built with efConstruction 200 searched up to ~1.5x faster at the same recall
+FINE_LISTS = 4  # the larger-nlist candidate has this many times the rule's lists
+OPQ_ITERATIONS = 10
+OPQ_TRAIN_POINTS = 32_768
+SCREEN_SAMPLE = 100_000
+SCREEN_K_MIN = 10
+TUNING_SHARE = 0.25  # screening may take this share of the first candidate's projected full build
+SCREEN_FLOOR_SECONDS = 20.0  # ... or this long, on corpora whose builds take seconds
+ADD_CHUNK = 5_000
+TIMING_QUERIES = (24, 128)  # FAISS's exact search turns to BLAS from 20 queries: never time fewer
+TIMING_SECONDS = 1.0  # ... and about this long a batch for exact search
+FULL_SCALE_QUERIES = 128
+DISK_FACTORS = (2, 4, 8, 16)
 
 logger = logging.getLogger("react")
-
-
-class IndexBuildError(ReactError):
-    """An index folder or build request that cannot be used; names the file or option."""
 
 
 def parse_memory(text: str | int | None) -> int | None:
@@ -93,17 +162,16 @@ def _nlist(n: int) -> int:
 
 
 def choose_factory(n: int, d: int, max_memory: int | None = None) -> str:
-    """The index factory string the rule above gives for n vectors of dimension d."""
+    """The index factory string the size rule gives for n vectors of dimension d."""
     budget = 0.9 * max_memory if max_memory else float("inf")
     if n < FLAT_MAX or (n < 200_000 and n * d * 4 <= budget / 4):
         return "Flat"
     nlist = _nlist(n)
-    quantizer = f"IVF{nlist}_HNSW32" if nlist > 16384 else f"IVF{nlist}"
     per_vector = budget / n - ID_BYTES
     if per_vector >= 4 * d:
-        return f"{quantizer},Flat"
+        return f"{_quantizer(nlist)},Flat"
     if per_vector >= d:
-        return f"{quantizer},SQ8"
+        return f"{_quantizer(nlist)},SQ8"
     fitting = [m for m in PQ_SUBQUANTIZERS if d % m == 0 and m <= per_vector]
     if not fitting:
         raise IndexBuildError(
@@ -111,37 +179,101 @@ def choose_factory(n: int, d: int, max_memory: int | None = None) -> str:
         )
     m = fitting[0]
     rotation = f"OPQ{m}," if d // m > 4 else ""
-    return f"{rotation}{quantizer},PQ{m}x8"
+    return f"{rotation}{_quantizer(nlist)},PQ{m}x8"
 
 
-def _uses_gpu() -> bool:
+def _quantizer(nlist: int) -> str:
+    return f"IVF{nlist}_HNSW32" if nlist > 16384 else f"IVF{nlist}"
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def exact_budget(max_memory: int | None) -> float:
+    """Bytes an index may take: 90% of --max-memory, else half of this machine's RAM."""
+    return 0.9 * max_memory if max_memory else _physical_memory() / 2
+
+
+# --------------------------------------------------------------------------------------------
+# Candidates
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One index to consider: a FAISS factory string, the efConstruction of a graph, and whether
+    its hits are re-ranked from the embeddings on disk (codes whose float16 copy does not fit)."""
+
+    factory: str
+    ef_construction: int | None = None
+    rerank_from_disk: bool = False
+
+    @property
+    def name(self) -> str:
+        extras = [f"efConstruction {self.ef_construction}"] if self.ef_construction else []
+        extras += ["re-ranked from disk"] if self.rerank_from_disk else []
+        return self.factory + (f" ({', '.join(extras)})" if extras else "")
+
+    def bytes(self, n: int, d: int) -> int:
+        """Memory of the index over n vectors: codes, ids, coarse quantizer, graph links."""
+        return index_size(self.factory, n, d)
+
+    def as_dict(self) -> dict:
+        return {"factory": self.factory, "ef_construction": self.ef_construction, "rerank_from_disk": self.rerank_from_disk}
+
+
+def index_size(factory: str, n: int, d: int) -> int:
+    """Bytes of a `factory` index over n vectors of dimension d, from FAISS's own code sizes."""
     import faiss
 
-    return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
+    if factory == "Flat":
+        return 4 * n * d
+    if factory.startswith("HNSW"):
+        return n * (4 * d + HNSW_LINK_BYTES)
+    index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    ivf = ivf_of(index)
+    refine = refine_of(index)
+    per_vector = ivf.code_size + ID_BYTES + (refine.refine_index.sa_code_size() if refine is not None else 0)
+    quantizer = ivf.nlist * 4 * d + (ivf.nlist * HNSW_LINK_BYTES if "_HNSW" in factory else 0)
+    return int(n * per_vector + quantizer)
 
 
-def train_index(index, sample: np.ndarray) -> None:
-    """Train on a sample; k-means of an inverted file runs on the GPUs when FAISS has them."""
-    import faiss
+def candidates(n: int, d: int, max_memory: int | None = None, rerank: bool = True) -> list[Candidate]:
+    """Every index `react index` considers for n x d vectors within `max_memory`, cheapest to
+    build and most promising first (see the module docstring); the size rule's is among them."""
+    rule = choose_factory(n, d, max_memory)
+    if rule == "Flat":
+        return [Candidate("Flat")]
+    budget = exact_budget(max_memory)
+    nlist = _nlist(n)
+    found: list[Candidate] = []
 
-    if index.is_trained:
-        return
-    ivf = _ivf_of(index)
-    if ivf is not None and _uses_gpu():
-        ivf.clustering_index = faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
-    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
-    if pq is not None:
-        pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
-    index.train(sample)
+    def add(candidate: Candidate) -> None:
+        if candidate not in found and candidate.bytes(n, d) <= budget:
+            found.append(candidate)
 
-
-def _ivf_of(index):
-    import faiss
-
-    try:
-        return faiss.extract_index_ivf(index)
-    except RuntimeError:
-        return None
+    fast_scan = [m for m in (d // 2, d // 4, d // 8) if m % 2 == 0 and d % m == 0]
+    for m in fast_scan:  # the richest 4-bit codes whose float16 re-rank copy fits in memory
+        rotation = f"OPQ{m}," if d // m > 4 else ""
+        if Candidate(f"{rotation}{_quantizer(nlist)},PQ{m}x4fs,Refine(SQfp16)").bytes(n, d) <= budget:
+            add(Candidate(f"{rotation}{_quantizer(nlist)},PQ{m}x4fs,Refine(SQfp16)"))
+            break
+    else:
+        if rerank:
+            for m in fast_scan:  # else codes alone in memory, re-ranked from the folder on disk
+                if Candidate(f"{_quantizer(nlist)},PQ{m}x4fs").bytes(n, d) <= budget:
+                    rotation = f"OPQ{m}," if d // m > 4 else ""
+                    add(Candidate(f"{rotation}{_quantizer(nlist)},PQ{m}x4fs", rerank_from_disk=True))
+                    break
+    add(Candidate(rule))
+    fine = FINE_LISTS * nlist
+    if fine <= 2 ** 18 and n >= 32 * fine and found and "x4fs" in found[0].factory:
+        add(replace(found[0], factory=found[0].factory.replace(f"{_quantizer(nlist)},", f"IVF{fine}_HNSW32,")))
+    if n <= HNSW_MAX:
+        for ef in EF_CONSTRUCTIONS:
+            add(Candidate(HNSW_FACTORY, ef_construction=ef))
+    add(Candidate("Flat"))
+    return found
 
 
 def training_size(factory: str, n: int) -> int:
@@ -157,192 +289,342 @@ def _sample_rows(n: int, size: int, seed: int = 0) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=size, replace=False))
 
 
-def exact_neighbours(folder: EmbeddingFolder, kind: str, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact inner-product top-k over the whole folder, shard by shard (scores, rows)."""
-    import faiss
-    from faiss.contrib.exhaustive_search import knn_ground_truth
+def scaled_factory(factory: str, scale: float) -> str:
+    """`factory` with its number of lists scaled by `scale` (a power of two, at least 16), so a
+    sample of scale * n vectors puts as many in each list as the full index does."""
+    def lists(match: re.Match) -> str:
+        nlist = int(match.group(1))
+        return f"IVF{int(max(16, 2 ** round(math.log2(max(1.0, nlist * scale)))))}"
 
-    blocks = (block for _, block in folder.iter_arrays(kind))
-    return knn_ground_truth(np.ascontiguousarray(queries, dtype=np.float32), blocks, k, metric_type=faiss.METRIC_INNER_PRODUCT)
-
-
-def per_query_recall(found: np.ndarray, exact: np.ndarray) -> np.ndarray:
-    """|found ∩ exact| / k of each query (ids < 0 never count)."""
-    k = exact.shape[1]
-    return np.array([len(set(a[a >= 0].tolist()) & set(b[b >= 0].tolist())) / k for a, b in zip(found, exact)])
+    return re.sub(r"IVF(\d+)", lists, factory)
 
 
-def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean |found ∩ exact| / k over queries (ids < 0 never count)."""
-    recalls = per_query_recall(found, exact)
-    return float(recalls.mean()) if len(recalls) else 1.0
-
-
-RECALL_MARGIN = 2.0  # standard errors: a setting is kept when mean - 2 SE of its per-query recall reaches the target
-
-
-def recall_lower_bound(recalls: np.ndarray) -> float:
-    """Mean per-query recall less RECALL_MARGIN standard errors of that mean: what other queries
-    from the same distribution reach with about 98% confidence. Tuned to the bare mean, the
-    fastest setting that just reaches the target on the tuning queries misses it on others as often
-    as not (HNSW at 20000 concepts: 0.956 on the tuning queries, 0.948 on held-out ones)."""
-    if len(recalls) < 2:
-        return float(recalls.mean()) if len(recalls) else 1.0
-    return float(recalls.mean() - RECALL_MARGIN * recalls.std(ddof=1) / math.sqrt(len(recalls)))
-
-
-TUNED_PARAMETERS = ("nprobe", "efSearch", "quantizer_efSearch")
-EF_SEARCH_MAX = 4096
-REFINE_FACTORS = (2, 4, 8, 16)
-REFINE_BATCH = 64
-HNSW_FACTORY = "HNSW32,Flat"
-HNSW_MAX = 1_000_000  # larger graphs take too long to build for a candidate that may be thrown away
-HNSW_LINK_BYTES = 2 * 32 * 4 + 16  # level-0 neighbour ids of HNSW32, plus the upper levels' share
-
-
-class RefinedIndex:
-    """A FAISS index whose `factor * k` candidates are re-scored exactly with the corpus
-    embeddings on disk; `search` and `ntotal` as FAISS's."""
-
-    def __init__(self, index, folder: EmbeddingFolder, kind: str, factor: int):
-        self.index = index
-        self.folder = folder
-        self.kind = kind
-        self.factor = factor
-
-    @property
-    def ntotal(self) -> int:
-        return self.index.ntotal
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        _, candidates = self.index.search(queries, min(k * self.factor, self.index.ntotal))
-        return rerank(self.folder, self.kind, queries, candidates, k)
-
-
-def rerank(folder: EmbeddingFolder, kind: str, queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k among each query's candidate rows (-1: none): (scores, rows), -1 / -inf padded."""
-    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    rows = np.full((len(queries), k), -1, dtype=np.int64)
-    for start in range(0, len(queries), REFINE_BATCH):
-        block = candidates[start:start + REFINE_BATCH]
-        valid = block >= 0
-        unique, position = np.unique(block[valid], return_inverse=True)
-        vectors = folder.gather(kind, unique)
-        index_of = np.zeros(block.shape, dtype=np.int64)
-        index_of[valid] = position
-        exact = np.take_along_axis(queries[start:start + REFINE_BATCH] @ vectors.T, index_of, axis=1)
-        exact[~valid] = -np.inf
-        top = np.argsort(-exact, axis=1, kind="stable")[:, :k]
-        taken = min(k, block.shape[1])
-        scores[start:start + len(block), :taken] = np.take_along_axis(exact, top, axis=1)
-        rows[start:start + len(block), :taken] = np.where(valid, block, -1)[np.arange(len(block))[:, None], top]
-    rows[~np.isfinite(scores)] = -1
-    return scores, rows
-
-
-def _breadth_space(index):
-    """FAISS's parameter grid for `index`, kept to the search-breadth knobs (nprobe, efSearch):
-    the others (polysemous `ht`, ...) trade recall for speed in ways a target recall never needs.
-    efSearch goes on doubling past FAISS's last value (512) up to EF_SEARCH_MAX: over 1M vectors
-    of 20000 overlapping concepts an HNSW32 graph reached recall@100 0.834 at 512 while running 57x
-    exact search, so the graph needs a wider search, not to be ruled out."""
+def new_index(candidate: Candidate, d: int, factory: str | None = None):
+    """An empty FAISS index of `candidate` (with `factory` instead of its own, e.g. a scaled one)."""
     import faiss
 
-    full = faiss.ParameterSpace()
-    full.initialize(index)
-    space = faiss.ParameterSpace()
-    for i in range(full.parameter_ranges.size()):
-        source = full.parameter_ranges.at(i)
-        if source.name in TUNED_PARAMETERS:
-            target = space.add_range(source.name)
-            values = [source.values.at(j) for j in range(source.values.size())]
-            if source.name in ("efSearch", "quantizer_efSearch") and values:
-                while values[-1] * 2 <= EF_SEARCH_MAX:
-                    values.append(values[-1] * 2)
-            for value in values:
-                target.values.push_back(value)
-    return space
+    factory = factory or candidate.factory
+    try:
+        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as error:
+        raise IndexBuildError(f"FAISS cannot build index factory {factory!r}: {str(error).splitlines()[-1]}") from None
+    if candidate.ef_construction:
+        if not isinstance(index, faiss.IndexHNSW):
+            raise IndexBuildError(f"efConstruction applies to HNSW graphs (e.g. HNSW32,Flat), not to {factory!r}")
+        index.hnsw.efConstruction = candidate.ef_construction
+    ivf = ivf_of(index)
+    if isinstance(faiss.downcast_index(ivf) if ivf is not None else None, faiss.IndexIVFPQ):
+        # polysemous codes serve Hamming-filtered search (`ht`), which tuning never uses; training
+        # them took 95% of an IVF256,PQ16x8 training at d 768 (92 s against 5 s)
+        faiss.downcast_index(ivf).do_polysemous_training = False
+    if ivf is not None and isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan):
+        # FAISS's factory encodes inner-product fast-scan codes without the residual to their list
+        # centre; with it, 4-bit codes order a list as well as 8-bit PQ4 codes do (recall@20 0.92
+        # against 0.68 on the tests' clustered vectors)
+        ivf.by_residual = True
+    if isinstance(index, faiss.IndexPreTransform):
+        for position in range(index.chain.size()):
+            opq = faiss.downcast_VectorTransform(index.chain.at(position))
+            if isinstance(opq, faiss.OPQMatrix):  # FAISS's 50 rounds on 65k points took minutes at d 512
+                opq.niter, opq.max_train_points = OPQ_ITERATIONS, OPQ_TRAIN_POINTS
+    return index
 
 
-def _explore(space, index, queries: np.ndarray, exact: np.ndarray) -> list[tuple[float, float, str]]:
-    """faiss's `ParameterSpace.explore`: recall (an intersection criterion against the exact
-    neighbours) and time over the whole grid (bounded by timing pruning), the Pareto-optimal
-    settings as (recall, seconds, parameter string)."""
+def clustering_index(ivf):
+    """The index k-means assigns training points with: the GPUs' when FAISS has them; an HNSW
+    graph over the centroids for an inverted file with an HNSW coarse quantizer (log(nlist) per
+    point instead of nlist: 16384 lists trained on 655k points of d 512 would take hours of
+    exact assignments on two cores); None (FAISS's exact flat one) otherwise."""
     import faiss
 
-    criterion = faiss.IntersectionCriterion(len(queries), exact.shape[1])
-    criterion.set_groundtruth(None, np.ascontiguousarray(exact, dtype=np.int64))
-    space.n_experiments = 0
-    space.verbose = 0
-    points = space.explore(index, np.ascontiguousarray(queries, dtype=np.float32), criterion)
-    return [(points.all_pts.at(i).perf, points.all_pts.at(i).t, points.all_pts.at(i).key) for i in range(points.all_pts.size())]
+    if uses_gpu():
+        return faiss.index_cpu_to_all_gpus(faiss.IndexFlatL2(ivf.d))
+    if isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexHNSW):
+        return faiss.IndexHNSWFlat(ivf.d, 32)
+    return None
 
 
-def tune(index, queries: np.ndarray, exact: np.ndarray, target: float) -> tuple[str, float, float, float]:
-    """Fastest search parameters whose recall@k reaches `target` with a margin (`recall_lower_bound`
-    of the per-query recalls): (parameter string, recall, its lower bound, s/query). FAISS's
-    exploration gives the Pareto-optimal settings by mean recall; from the fastest of those reaching
-    the target up, each is checked query by query until one's lower bound reaches it. None does:
-    the setting of highest recall."""
-    space = _breadth_space(index)
-    k = exact.shape[1]
-    if space.n_combinations() <= 1:
-        _, found = index.search(queries, k)
-        recalls = per_query_recall(found, exact)
-        return "", float(recalls.mean()), recall_lower_bound(recalls), time_search(index, queries, k, repeats=1)
-    optimal = sorted(_explore(space, index, queries, exact), key=lambda p: p[1])
-    checked = []
-    for perf, seconds, key in [p for p in optimal if p[0] >= target] or [max(optimal, key=lambda p: p[0])]:
-        space.set_index_parameters(index, key)
-        _, found = index.search(queries, k)
-        recalls = per_query_recall(found, exact)
-        checked.append((key, float(recalls.mean()), recall_lower_bound(recalls), float(seconds) / len(queries)))
-        if checked[-1][2] >= target:
-            break
-    key, recall, bound, seconds = checked[-1] if checked[-1][2] >= target else max(checked, key=lambda c: c[2])
-    space.set_index_parameters(index, key)
-    return key, recall, bound, seconds
-
-
-def _breadth_keys(index, queries: np.ndarray, exact: np.ndarray) -> list[str]:
-    """Search settings to try with re-ranking, cheapest first: every value of a single knob
-    (nprobe); for several knobs, the Pareto-optimal settings (recall vs time) of plain search."""
-    space = _breadth_space(index)
-    if space.n_combinations() <= 1:
-        return [""]
-    if space.parameter_ranges.size() == 1:
-        return [space.combination_name(i) for i in range(space.n_combinations())]
-    return [key for _, _, key in sorted(_explore(space, index, queries, exact), key=lambda p: p[1])]
-
-
-def tune_refined(index, folder: EmbeddingFolder, kind: str, queries: np.ndarray, exact: np.ndarray,
-                 target: float) -> tuple[str, int, float, float, float]:
-    """Fastest (search parameters, refine factor) whose re-ranked recall@k reaches `target` with the
-    margin of `tune`: (parameters, factor, recall, its lower bound, s/query); the best found when none does."""
+def train_index(index, sample: np.ndarray) -> None:
+    """Train on a sample (k-means assignments through `clustering_index`)."""
     import faiss
 
-    k = exact.shape[1]
-    keys = _breadth_keys(index, queries, exact)
-    space = faiss.ParameterSpace()
-    tried = []
-    for factor in REFINE_FACTORS:
-        refined = RefinedIndex(index, folder, kind, factor)
-        for key in keys:
-            if key:
-                space.set_index_parameters(index, key)
-            started = time.perf_counter()
-            _, found = refined.search(queries, k)
-            seconds = (time.perf_counter() - started) / len(queries)
-            recalls = per_query_recall(found, exact)
-            tried.append((float(recalls.mean()), recall_lower_bound(recalls), seconds, key, factor))
-            if tried[-1][1] >= target:
-                break
-    reaching = [t for t in tried if t[1] >= target]
-    recall, bound, seconds, key, factor = min(reaching, key=lambda t: t[2]) if reaching else max(tried, key=lambda t: t[1])
-    if key:
-        space.set_index_parameters(index, key)
-    return key, factor, recall, bound, seconds
+    if index.is_trained:
+        return
+    ivf = ivf_of(index)
+    assigner = clustering_index(ivf) if ivf is not None else None
+    if assigner is not None:
+        ivf.clustering_index = assigner
+    pq = getattr(faiss.downcast_index(ivf), "pq", None) if ivf is not None else None
+    if pq is not None and hasattr(pq, "cp"):
+        pq.cp.max_points_per_centroid = PQ_POINTS_PER_CENTROID
+    try:
+        index.train(sample)
+    finally:
+        if assigner is not None:
+            ivf.clustering_index = None  # FAISS keeps a bare pointer; the assigner dies with this frame
+
+
+# --------------------------------------------------------------------------------------------
+# Screening on a sample
+
+
+def _remapped(index, rows: np.ndarray):
+    """`index.search` answering with the corpus rows of the sample positions it holds."""
+    def search(queries: np.ndarray, k: int):
+        scores, positions = index.search(queries, k)
+        return scores, np.where(positions >= 0, rows[np.maximum(positions, 0)], -1)
+
+    return search
+
+
+@dataclass
+class Screened:
+    """The winner of screening: its search parameters and factory on the sample, and the built
+    index itself when the sample was the whole corpus."""
+
+    candidate: Candidate
+    parameters: str
+    sample_factory: str
+    index: object = None
+    build_seconds: float = 0.0
+
+
+def screen(folder: EmbeddingFolder, kind: str, options: list[Candidate], queries: np.ndarray, k: int, target: float,
+           sample_size: int = SCREEN_SAMPLE) -> tuple[Screened | None, list[dict], dict]:
+    """Build each candidate on a sample of the corpus and sweep its breadth to `target` (see the
+    module docstring).
+
+    Returns:
+        The winner (None when exact search is the fastest or nothing meets the target), a record
+        per candidate, and the sample's figures.
+    """
+    import faiss
+
+    n, d = len(folder), folder.dim
+    rows = _sample_rows(n, min(n, sample_size), seed=3)
+    scale = len(rows) / n
+    k_sample = min(len(rows), k if scale == 1 else max(SCREEN_K_MIN, round(k * scale)))
+    vectors = folder.gather(kind, rows)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(vectors)
+    started = time.perf_counter()
+    _, positions = flat.search(queries, k_sample)
+    exact_seconds = (time.perf_counter() - started) / len(queries)  # a first estimate: the sweeps prune by it
+    exact = rows[positions]
+    del flat
+    fastest = exact_seconds if Candidate("Flat") in options else math.inf
+    winner, records = None, []
+    graph_worth_refining = False
+    screening_started = time.perf_counter()
+    budget = math.inf
+    trained = None  # (factory, training points, seconds) of the first inverted file trained
+    for candidate in (c for c in options if c.factory != "Flat"):
+        if candidate.ef_construction and candidate.ef_construction > EF_CONSTRUCTIONS[0] and not graph_worth_refining:
+            records.append({**candidate.as_dict(), "skipped": f"the efConstruction {EF_CONSTRUCTIONS[0]} graph neither "
+                            f"missed the target at its widest search nor came within {GRAPH_MARGIN}x of the best"})
+            continue
+        left = budget - (time.perf_counter() - screening_started)
+        if left <= 0:
+            records.append({**candidate.as_dict(), "skipped": f"the tuning budget ({budget:.0f} s) was spent"})
+            continue
+        factory = scaled_factory(candidate.factory, scale)
+        training = training_size(factory, len(rows))
+        expected = _expected_training(factory, training, trained)
+        if expected > left:
+            records.append({**candidate.as_dict(), "skipped": f"its training on the sample would take ~{expected:.0f} s "
+                            f"(projected from the first candidate's), more than the {left:.0f} s left of the tuning budget"})
+            continue
+        started = time.perf_counter()
+        index = new_index(candidate, d, factory)
+        train_index(index, vectors[_sample_rows(len(rows), training, seed=4)])
+        if trained is None and ivf_of(index) is not None:
+            trained = (factory, training, time.perf_counter() - started)
+        by_rows = ivf_of(index) is not None and refine_of(index) is None  # ids are corpus rows: re-rank from disk works
+        if by_rows:
+            index.add_with_ids(vectors, rows)
+        elif not _add_within(index, vectors, started + left):
+            records.append({**candidate.as_dict(), "skipped": f"its build on the sample would take longer than the "
+                            f"{left:.0f} s left of the tuning budget"})
+            del index
+            continue
+        build_seconds = time.perf_counter() - started
+        if budget == math.inf:  # what the full build of the first (the likeliest) candidate will take
+            budget = max(SCREEN_FLOOR_SECONDS, TUNING_SHARE * build_seconds / scale)
+        result = sweep(index, queries, exact, target, beat=fastest, search=None if by_rows else _remapped(index, rows),
+                       folder=folder, kind=kind, disk_factors=DISK_FACTORS if candidate.rerank_from_disk else ())
+        best = result.best
+        if candidate.ef_construction == EF_CONSTRUCTIONS[0]:  # would a better-built graph win?
+            graph_worth_refining = (not best.meets(target) and not result.pruned) or (
+                best.meets(target) and best.seconds_per_query <= GRAPH_MARGIN * fastest)
+        records.append({**candidate.as_dict(), "sample_factory": factory, "search_parameters": best.parameters,
+                        "refine_factor": best.refine_factor, "recall": best.recall,
+                        "recall_lower_bound": best.recall_lower_bound, "seconds_per_query": best.seconds_per_query,
+                        "speed_vs_exact": exact_seconds / best.seconds_per_query, "build_seconds": round(build_seconds, 2),
+                        "settings_measured": len(result.tried), "meets_target": best.meets(target),
+                        **({"stopped": result.stopped} if result.stopped and not best.meets(target) else {})})
+        if best.meets(target) and best.seconds_per_query < fastest:
+            # a sample that is the whole corpus holds the index itself: kept, not built again
+            fastest, winner = best.seconds_per_query, Screened(candidate, best.parameters, factory,
+                                                               index if scale == 1 else None, build_seconds)
+        del index
+    sample = {"vectors": len(rows), "k": k_sample, "exact_seconds_per_query": exact_seconds}
+    return winner, records, sample
+
+
+def _expected_training(factory: str, points: int, trained: tuple[str, int, float] | None) -> float:
+    """Seconds an inverted file's training on `points` should take, from the first one trained:
+    k-means grows with points x lists. 0 when nothing was trained yet, or for a graph."""
+    match = re.search(r"IVF(\d+)", factory)
+    if trained is None or match is None:
+        return 0.0
+    first_factory, first_points, seconds = trained
+    lists, first_lists = int(match.group(1)), int(re.search(r"IVF(\d+)", first_factory).group(1))
+    return seconds * (points * lists) / (first_points * first_lists)
+
+
+def _add_within(index, vectors: np.ndarray, deadline: float) -> bool:
+    """Add `vectors` (as rows 0, 1, ...) in chunks, giving up once the time the whole would take,
+    projected from the chunks so far, passes `deadline` (a graph's build can cost more than all
+    the rest of the tuning)."""
+    started = time.perf_counter()
+    for start in range(0, len(vectors), ADD_CHUNK):
+        add_rows(index, vectors[start:start + ADD_CHUNK], start)
+        done = start + len(vectors[start:start + ADD_CHUNK])
+        elapsed = time.perf_counter() - started
+        if done < len(vectors) and started + elapsed * len(vectors) / done > deadline:
+            return False
+    return True
+
+
+def scaled_start(parameters: str, sample_factory: str, factory: str) -> dict[str, int]:
+    """Breadth to start the full index's sweep at: the sample's nprobe times the ratio of lists."""
+    values = dict(part.split("=") for part in parameters.split(",")) if parameters else {}
+    start = {"k_factor_rf": int(values["k_factor_rf"])} if "k_factor_rf" in values else {}
+    if "nprobe" in values:
+        full, sample = (int(re.search(r"IVF(\d+)", f).group(1)) for f in (factory, sample_factory))
+        start["nprobe"] = max(1, int(values["nprobe"]) * full // sample)
+    if "efSearch" in values:
+        start["efSearch"] = int(values["efSearch"])
+    return start
+
+
+# --------------------------------------------------------------------------------------------
+# Building
+
+BUILD_FILE = "build.json"  # in parts/: what trained.faiss was trained for, so a resumed build reuses it
+
+
+def open_folder(emb_dir: str | Path, kind: str) -> EmbeddingFolder:
+    """The embedding folder, checked before anything is built: readable arrays of `kind`, their
+    rows against the metadata, their dimension against embeddings.json."""
+    if kind not in ("image", "text"):
+        raise IndexBuildError(f"--kind must be image or text, not {kind!r}")
+    folder = EmbeddingFolder(emb_dir, require_info=False)
+    folder.check(kind)
+    if len(folder) == 0:
+        raise IndexBuildError(f"{emb_dir}: no embeddings to index")
+    return folder
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before any work, naming the folder, where --out cannot be written (read-only disk)."""
+    import tempfile
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise IndexBuildError(f"{out}: cannot write ({error.strerror or error})") from None
+
+
+def _trained(candidate: Candidate, folder: EmbeddingFolder, kind: str, parts: Path):
+    """The trained empty index: read from `parts` when an interrupted build of the same index
+    left it there (its parts were added to it), else trained on a sample and written there."""
+    record = {"index": candidate.as_dict(), "ntotal": len(folder), "dim": folder.dim, "kind": kind}
+    if (parts / TRAINED_FILE).is_file() and (parts / BUILD_FILE).is_file():
+        try:
+            if read_json(parts / BUILD_FILE, IndexBuildError) == record:
+                return read_faiss(parts / TRAINED_FILE)
+        except IndexBuildError:
+            pass  # a damaged record or trained index: trained again below
+    if parts.exists():
+        shutil.rmtree(parts)  # parts of another index or a damaged record: added to another quantizer
+    index = new_index(candidate, folder.dim)
+    rows = _sample_rows(len(folder), training_size(candidate.factory, len(folder)))
+    logger.info("training %s on %d of %d vectors", candidate.factory, len(rows), len(folder))
+    train_index(index, folder.gather(kind, rows))
+    write_index(index, parts / TRAINED_FILE)
+    with writing(parts / BUILD_FILE) as tmp:
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+    return index
+
+
+def fill_index(candidate: Candidate, folder: EmbeddingFolder, kind: str, out: Path, *, on_disk: bool, workers: int = 1,
+               ray_address: str | None = None, progress: bool = False) -> dict:
+    """Train and fill the index of `candidate` and write it as `out`/index.faiss.
+
+    Args:
+        candidate: the index to build.
+        folder, kind: the embeddings to add.
+        out: the index folder; `out`/parts holds the trained index and the shards' parts until
+            they are merged (a build interrupted there resumes).
+        on_disk: merge inverted lists on disk (index.ivfdata).
+        workers: processes adding shards (1: this process); ray_address: Ray tasks instead.
+        progress: a progress bar.
+
+    Returns:
+        How it was filled: workers, backend, shards added, the workers' peak resident memory.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    with tqdm(total=len(folder), desc=f"index {kind}", unit="vec", disable=not progress) as bar:  # closed before any error
+        probe = new_index(candidate, folder.dim)
+        if ivf_of(probe) is None:  # exact or graph: one process, rows in order
+            if not probe.is_trained:
+                train_index(probe, folder.gather(kind, _sample_rows(len(folder), training_size(candidate.factory, len(folder)))))
+            for number, (start, block) in zip(folder.numbers, folder.iter_arrays(kind)):
+                add_rows(probe, finite_block(block, folder.layout.array_source(kind, number), start), start)
+                bar.update(len(block))
+            bar.close()
+            write_index(probe, out / INDEX_FILE)
+            return {"workers": 1, "backend": "this process"}
+        parts = out / PARTS_DIR
+        _trained(candidate, folder, kind, parts)
+        # local workers share this machine's CPUs; a Ray task takes one CPU of whichever node runs it
+        threads = 1 if ray_address else (max(1, usable_cpus() // workers) if workers > 1 else 0)
+        tasks = []
+        for number, start, count in zip(folder.numbers, folder.offsets[:-1], folder.counts):
+            part = parts / f"part_{number}.faiss"
+            if part.is_file():
+                bar.update(count)
+            else:
+                tasks.append(ShardTask(str(folder.root), kind, int(number), int(start), str(parts / TRAINED_FILE),
+                                       str(part), threads))
+        results = run_tasks(tasks, workers, ray_address, progress=lambda result: bar.update(result["rows"]))
+    merged = merge_parts(parts / TRAINED_FILE, [parts / f"part_{number}.faiss" for number in folder.numbers],
+                         out / IVFDATA_FILE if on_disk else None)
+    write_index(merged, out / INDEX_FILE)
+    shutil.rmtree(parts)
+    return {"workers": workers, "backend": "ray" if ray_address else ("processes" if workers > 1 else "this process"),
+            "shards_added": len(tasks), "worker_peak_rss_bytes": max((r["peak_rss_bytes"] for r in results), default=0)}
+
+
+def _merge_on_disk(candidate: Candidate, n: int, d: int, max_memory: int | None, on_disk: bool | None) -> bool:
+    """On-disk lists when asked, or by default when the index takes more than half the budget;
+    fast-scan codes and a float16 re-rank copy stay in memory (FAISS keeps no on-disk form of them)."""
+    import faiss
+
+    probe = new_index(candidate, d)
+    ivf = ivf_of(probe)
+    mergeable = ivf is not None and refine_of(probe) is None and not isinstance(faiss.downcast_index(ivf), faiss.IndexIVFFastScan)
+    if on_disk and not mergeable:
+        raise IndexBuildError(f"{candidate.factory!r}: only inverted files of plain codes (not fast-scan x4fs codes, "
+                              "not Refine) can be merged on disk; drop --on-disk")
+    if on_disk is None:
+        return bool(mergeable and max_memory is not None and candidate.bytes(n, d) > max_memory / 2)
+    return bool(on_disk)
 
 
 def build_index(
@@ -356,102 +638,135 @@ def build_index(
     queries_source: str = "",
     target_recall: float = 0.95,
     k: int = 100,
-    max_tuning_queries: int = 1000,
+    max_tuning_queries: int = 300,
     on_disk: bool | None = None,
     refine: bool = True,
+    workers: int = 1,
+    ray_address: str | None = None,
+    ef_construction: int | None = None,
     progress: bool = True,
 ) -> dict:
-    """Build, tune and save an index of `kind` ('image' or 'text') embeddings; returns index.json's content.
+    """Choose, build, tune and save an index of `kind` embeddings (see the module docstring).
 
-    `refine`: when plain search cannot reach `target_recall`, tune exact re-ranking of more
-    candidates from the embeddings on disk (see the module docstring)."""
-    import faiss
-    from tqdm import tqdm
+    Args:
+        emb_dir: embedding folder (LAION layout).
+        kind: "image" or "text".
+        out: index folder to write (index.faiss, index.json, index.ivfdata when on disk).
+        factory: a FAISS factory string instead of the automatic choice.
+        max_memory: memory budget in bytes for the automatic choice.
+        queries: tuning queries (the text embeddings that will be searched).
+        queries_source: what the queries are, for index.json.
+        target_recall: recall@k to reach.
+        k: hits per query that will be asked.
+        max_tuning_queries: at most this many queries tune (a random sample of them).
+        on_disk: merge the lists on disk (None: when the index takes more than half the budget).
+        refine: allow re-ranking from the embeddings on disk.
+        workers: processes adding shards in parallel (1: this process).
+        ray_address: add shards as Ray tasks instead ("auto", an address, or "local").
+        ef_construction: efConstruction of an HNSW `factory`.
+        progress: show progress bars.
 
-    if kind not in ("image", "text"):
-        raise IndexBuildError(f"--kind must be image or text, not {kind!r}")
-    folder = EmbeddingFolder(emb_dir, require_info=False)
+    Returns:
+        index.json's content.
+    """
+    folder = open_folder(emb_dir, kind)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_writable(out)
     n, d = len(folder), folder.dim
-    if n == 0:
-        raise IndexBuildError(f"{emb_dir}: no embeddings to index")
-    automatic = factory is None
-    factory = factory or choose_factory(n, d, max_memory)
-    try:
-        index = faiss.index_factory(d, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as error:
-        raise IndexBuildError(f"FAISS cannot build index factory {factory!r}: {str(error).splitlines()[-1]}") from None
+    picked = None
+    if queries is not None and len(queries):
+        picked = queries if len(queries) <= max_tuning_queries else queries[_sample_rows(len(queries), max_tuning_queries, 1)]
+        picked = np.ascontiguousarray(picked, dtype=np.float32)
+        if picked.ndim != 2 or picked.shape[1] != d:
+            raise IndexBuildError(f"the tuning queries are {picked.shape[-1]}-dimensional and the embeddings of {emb_dir} "
+                                  f"{d}-dimensional: they come from another model")
     started = time.perf_counter()
-    train_rows = _sample_rows(n, training_size(factory, n))
-    if not index.is_trained:
-        logger.info("training %s on %d of %d vectors", factory, len(train_rows), n)
-        train_index(index, folder.gather(kind, train_rows))
-    estimated = _estimated_bytes(index, n, d)
-    ivf = _ivf_of(index)
-    if on_disk is None:
-        on_disk = ivf is not None and max_memory is not None and estimated > max_memory / 2
-    if on_disk and ivf is None:
-        raise IndexBuildError(f"{factory!r} is not an inverted-file index; only those can be merged on disk")
-    bar = tqdm(total=n, desc=f"index {kind}", unit="vec", disable=not progress)
-    if on_disk:
-        _build_on_disk(index, folder, kind, out, bar)
+    automatic = factory is None
+    screening, start, screened = None, None, None
+    if not automatic:
+        candidate = Candidate(factory, ef_construction=ef_construction)
+        new_index(candidate, d)
     else:
-        for start, block in folder.iter_arrays(kind):
-            if ivf is not None:
-                index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
-            else:
-                index.add(block)
-            bar.update(len(block))
-        with atomic_path(out / INDEX_FILE) as tmp:
-            faiss.write_index(index, str(tmp))
-    bar.close()
-    build_seconds = time.perf_counter() - started
+        options = candidates(n, d, max_memory, refine)
+        candidate = options[0] if len(options) == 1 else Candidate(choose_factory(n, d, max_memory))
+        if len(options) > 1 and picked is not None:
+            screened, records, sample = screen(folder, kind, options, picked, k, target_recall)
+            if screened is not None:
+                candidate = screened.candidate
+                start = scaled_start(screened.parameters, screened.sample_factory, candidate.factory)
+            elif Candidate("Flat") in options:
+                candidate = Candidate("Flat")
+            screening = {"sample": sample, "candidates": records, "chosen": candidate.name,
+                         "seconds": round(time.perf_counter() - started, 2)}
+    screen_seconds = time.perf_counter() - started
+    merge_on_disk = _merge_on_disk(candidate, n, d, max_memory, on_disk)
+    if screened is not None and screened.index is not None and not merge_on_disk:
+        write_index(screened.index, out / INDEX_FILE)
+        filled, build_seconds = {"workers": 1, "built_while_screening": True}, screened.build_seconds
+        screen_seconds -= screened.build_seconds
+    else:
+        started = time.perf_counter()
+        filled = fill_index(candidate, folder, kind, out, on_disk=merge_on_disk, workers=workers, ray_address=ray_address,
+                       progress=progress)
+        build_seconds = time.perf_counter() - started
+    import faiss
 
     info = {
-        "factory": factory,
+        "factory": candidate.factory,
+        "ef_construction": candidate.ef_construction,
         "kind": kind,
         "metric": "inner_product",
         "ntotal": int(n),
         "dim": int(d),
-        "on_disk": bool(on_disk),
+        "on_disk": merge_on_disk,
         "build_seconds": round(build_seconds, 2),
-        "index_bytes": _index_bytes(out),
+        "build": filled,
+        "index_bytes": index_bytes(out),
         "embeddings": str(Path(emb_dir).resolve()),
         "identity": folder.info.get("identity"),
         "faiss_version": faiss.__version__,
+        **({"screening": screening} if screening else {}),
     }
-    return tune_index(out, folder, info, queries, queries_source, target_recall, k, max_tuning_queries, refine,
-                      max_memory=max_memory, choose_exact=automatic)
+    return tune_index(out, folder, info, picked, queries_source, target_recall, k, max_tuning_queries, refine,
+                      max_memory=max_memory, choose_exact=automatic, start=start, spent_seconds=screen_seconds)
 
 
-def _physical_memory() -> int:
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+# --------------------------------------------------------------------------------------------
+# Tuning the built index
 
 
-def exact_budget(max_memory: int | None) -> float:
-    """Bytes an exact index may take: 90% of --max-memory, else half of this machine's RAM."""
-    return 0.9 * max_memory if max_memory else _physical_memory() / 2
+class ExactSearch:
+    """The exact search a user would run within the memory budget: `IndexFlatIP` in memory when
+    the float32 vectors fit, else shard by shard from the embedding folder."""
+
+    def __init__(self, folder: EmbeddingFolder, kind: str, max_memory: int | None):
+        import faiss
+
+        self.folder, self.kind = folder, kind
+        self.bytes = len(folder) * folder.dim * 4
+        self.in_memory = self.bytes <= exact_budget(max_memory)
+        self.index = None
+        if self.in_memory:
+            self.index = faiss.IndexFlatIP(folder.dim)
+            for _, block in folder.iter_arrays(kind):
+                self.index.add(block)
+        self.name = "IndexFlatIP in memory" if self.in_memory else \
+            "IndexFlatIP shard by shard from disk (its vectors do not fit the memory budget)"
+
+    def search(self, queries: np.ndarray, k: int):
+        if self.index is not None:
+            return self.index.search(queries, k)
+        return exact_neighbours(self.folder, self.kind, queries, k)
 
 
-def time_search(index, queries: np.ndarray, k: int, repeats: int = 2) -> float:
-    """Seconds per query of one batched search of `queries` (the best of `repeats`)."""
-    best = math.inf
-    for _ in range(repeats):
-        started = time.perf_counter()
-        index.search(queries, k)
-        best = min(best, time.perf_counter() - started)
-    return best / len(queries)
-
-
-def exact_index(folder: EmbeddingFolder, kind: str):
-    """IndexFlatIP over the whole folder, in memory (row numbers are its ids)."""
-    import faiss
-
-    flat = faiss.IndexFlatIP(folder.dim)
-    for _, block in folder.iter_arrays(kind):
-        flat.add(block)
-    return flat
+def timing_batch(exact: ExactSearch, exact_seconds_per_query: float, available: int) -> int:
+    """Queries to time per search: as many as exact search in memory answers in about
+    `TIMING_SECONDS`, within `TIMING_QUERIES`; every one available for exact search from disk,
+    which reads the whole corpus per search whatever the batch."""
+    fewest, most = TIMING_QUERIES
+    if not exact.in_memory:
+        return min(available, most)
+    return int(min(available, most, max(fewest, TIMING_SECONDS / max(exact_seconds_per_query, 1e-9))))
 
 
 def tune_index(
@@ -462,103 +777,110 @@ def tune_index(
     queries_source: str = "",
     target_recall: float = 0.95,
     k: int = 100,
-    max_tuning_queries: int = 1000,
+    max_tuning_queries: int = 300,
     refine: bool = True,
     max_memory: int | None = None,
     choose_exact: bool = False,
+    start: dict[str, int] | None = None,
+    spent_seconds: float = 0.0,
 ) -> dict:
     """Tune the built index in `out` for `queries` and write `info` with the outcome as index.json
     (also to re-tune an existing index for other queries or another target).
 
-    Exact search is measured on the same queries: an in-memory `IndexFlatIP` when its float32
-    vectors fit `exact_budget(max_memory)`, else shard by shard from disk. `choose_exact`: replace
-    the built index by the exact one when that fits and the tuned index is slower or misses the
-    target. index.json records both candidates (`candidates`), `speed_vs_exact` and `meets_target`."""
-    import faiss
+    Args:
+        out: the index folder.
+        folder: the embedding folder it was built from.
+        info: index.json's content so far (factory, kind, ...).
+        queries: tuning queries, or None (FAISS defaults are kept and recall is unknown).
+        queries_source: what the queries are.
+        target_recall: recall@k to reach.
+        k: hits per query.
+        max_tuning_queries: at most this many queries tune.
+        refine: allow re-ranking from the embeddings on disk when the codes miss the target.
+        max_memory: the memory budget (what exact search may use).
+        choose_exact: replace the index by exact search when that fits and the index misses the
+            target or is not faster by more than its measured spread.
+        start: breadth to start the sweep at (scaled from screening).
+        spent_seconds: tuning seconds already spent (screening), added to `tuning_seconds`.
 
+    Returns:
+        index.json's content.
+    """
     out = Path(out)
-    started_tuning = time.perf_counter()
+    started = time.perf_counter()
     kind, factory = info["kind"], info["factory"]
-    parameters, recall, recall_bound, seconds_per_query, refine_factor = "", 1.0, 1.0, None, 1
-    tuning = {"queries": 0, "source": queries_source}
-    extra: dict = {"speed_vs_exact": 1.0} if factory == "Flat" else {}
+    parameters, refine_factor, recall, recall_bound, seconds_per_query = "", 1, 1.0, 1.0, None
+    tuning: dict = {"queries": 0, "source": queries_source}
+    extra: dict = {"speed_vs_exact": 1.0, "recall_lower_bound": 1.0, "meets_target": True} if factory == "Flat" else {}
     if factory != "Flat" and queries is not None and len(queries):
         picked = queries if len(queries) <= max_tuning_queries else queries[_sample_rows(len(queries), max_tuning_queries, 1)]
+        if start is not None:  # screening chose on every query; checking its choice at full scale needs fewer
+            picked = picked[:FULL_SCALE_QUERIES]
         picked = np.ascontiguousarray(picked, dtype=np.float32)
         k_tune = min(k, len(folder))
-        started = time.perf_counter()
-        _, exact = exact_neighbours(folder, kind, picked, k_tune)
-        exact_from_disk = (time.perf_counter() - started) / len(picked)
+        phase = time.perf_counter()
+        exact = ExactSearch(folder, kind, max_memory)
+        searched = time.perf_counter()
+        _, truth = exact.search(picked, k_tune)
+        exact_per_query = (time.perf_counter() - searched) / len(picked)  # sizes the timing batch below
+        phases = {"exact_neighbours": time.perf_counter() - phase}
+        phase = time.perf_counter()
         searchable = read_index(out, parameters="", rerank=False)
-        parameters, recall, recall_bound, seconds_per_query = tune(searchable, picked, exact, target_recall)
-        tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "plain_recall": recall,
-                  "margin_standard_errors": RECALL_MARGIN}
-        if recall_bound < target_recall and refine:
-            logger.info("plain search reaches recall@%d %.3f < %.3f: tuning exact re-ranking", k_tune, recall, target_recall)
-            parameters, refine_factor, recall, recall_bound, seconds_per_query = tune_refined(
-                searchable, folder, kind, picked, exact, target_recall
-            )
+        result = sweep(searchable, picked, truth, target_recall, start=start, folder=folder, kind=kind,
+                       disk_factors=DISK_FACTORS if refine else ())
+        phases["sweep"] = time.perf_counter() - phase
+        best = result.best
+        parameters, refine_factor = best.parameters, best.refine_factor
+        recall, recall_bound, seconds_per_query = best.recall, best.recall_lower_bound, best.seconds_per_query
         tuned = RefinedIndex(searchable, folder, kind, refine_factor) if refine_factor > 1 else searchable
-        seconds_per_query = time_search(tuned, picked, k_tune)
-        exact_bytes = len(folder) * folder.dim * 4
-        fits = exact_bytes <= exact_budget(max_memory)
-        flat = exact_index(folder, kind) if fits else None
-        exact_seconds = time_search(flat, picked, k_tune) if fits else exact_from_disk
-        candidates = [{"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
-                       "recall": recall, "recall_lower_bound": recall_bound, "seconds_per_query": seconds_per_query,
-                       "index_bytes": info["index_bytes"],
-                       "speed_vs_exact": exact_seconds / seconds_per_query}]
-        alternatives = {}  # how to get each candidate other than the index built in `out`
-        if fits:
-            del flat  # rebuilt if kept: the HNSW candidate below needs the memory
-            alternatives["Flat"] = lambda: exact_index(folder, kind)
-            candidates.append({"factory": "Flat", "search_parameters": "", "refine_factor": 1, "recall": 1.0,
-                               "recall_lower_bound": 1.0, "seconds_per_query": exact_seconds, "index_bytes": exact_bytes, "speed_vs_exact": 1.0})
-        hnsw_bytes = len(folder) * (folder.dim * 4 + HNSW_LINK_BYTES)
-        if choose_exact and len(folder) <= HNSW_MAX and hnsw_bytes <= exact_budget(max_memory):
-            hnsw = faiss.index_factory(folder.dim, HNSW_FACTORY, faiss.METRIC_INNER_PRODUCT)
-            for _, block in folder.iter_arrays(kind):
-                hnsw.add(block)
-            hnsw_parameters, hnsw_recall, hnsw_bound, _ = tune(hnsw, picked, exact, target_recall)
-            hnsw_seconds = time_search(hnsw, picked, k_tune)
-            alternatives[HNSW_FACTORY] = lambda: hnsw
-            candidates.append({"factory": HNSW_FACTORY, "search_parameters": hnsw_parameters, "refine_factor": 1,
-                               "recall": hnsw_recall, "recall_lower_bound": hnsw_bound, "seconds_per_query": hnsw_seconds, "index_bytes": hnsw_bytes,
-                               "speed_vs_exact": exact_seconds / hnsw_seconds})
-        if choose_exact:
-            meeting = [c for c in candidates if c["recall_lower_bound"] >= target_recall]
-            best = min(meeting, key=lambda c: c["seconds_per_query"]) if meeting else \
-                max(candidates, key=lambda c: c["recall_lower_bound"])
-            if best["factory"] != factory:
-                logger.info("%s (%.2g s/query, recall %.3f) beats %s (%.2g s/query, recall %.3f): keeping it",
-                            best["factory"], best["seconds_per_query"], best["recall"], factory, seconds_per_query, recall)
-                with atomic_path(out / INDEX_FILE) as tmp:
-                    faiss.write_index(alternatives[best["factory"]](), str(tmp))
-                (out / IVFDATA_FILE).unlink(missing_ok=True)
-                factory = best["factory"]
-                info = {**info, "factory": factory, "on_disk": False, "index_bytes": _index_bytes(out)}
-                parameters, refine_factor = best["search_parameters"], 1
-                recall, recall_bound, seconds_per_query = best["recall"], best["recall_lower_bound"], best["seconds_per_query"]
-        extra = {
-            "speed_vs_exact": exact_seconds / seconds_per_query,
-            "exact_seconds_per_query": exact_seconds,
-            "exact_measured": "IndexFlatIP in memory" if fits else
-                              "IndexFlatIP shard by shard from disk (its vectors do not fit the memory budget)",
-            "candidates": candidates,
-            "recall_lower_bound": recall_bound,
-            "meets_target": recall_bound >= target_recall,
-        }
+        phase = time.perf_counter()
+        speed = compare_speed(tuned.search, exact.search, picked[:timing_batch(exact, exact_per_query, len(picked))], k_tune)
+        phases["speed"] = time.perf_counter() - phase
+        tuning = {"queries": len(picked), "source": queries_source, "k": k_tune, "margin_standard_errors": RECALL_MARGIN,
+                  "settings_measured": len(result.tried),
+                  "plain_recall": max((t.recall for t in result.tried if t.refine_factor == 1), default=None),
+                  "speed_pairs": speed.pairs, "timed_queries": speed.queries,
+                  "seconds": {"screening": round(spent_seconds, 2), **{name: round(v, 2) for name, v in phases.items()}}}
+        candidate = {"factory": factory, "search_parameters": parameters, "refine_factor": refine_factor,
+                     "recall": recall, "recall_lower_bound": recall_bound, "seconds_per_query": speed.index_seconds_per_query,
+                     "index_bytes": info["index_bytes"], "speed_vs_exact": speed.median,
+                     "speed_vs_exact_bounds": [speed.lower_bound, speed.upper_bound]}
+        extra = {"exact_seconds_per_query": speed.exact_seconds_per_query, "exact_measured": exact.name,
+                 "speed_vs_exact": speed.median, "speed_vs_exact_bounds": [speed.lower_bound, speed.upper_bound],
+                 "speed_vs_exact_cpu": speed.cpu_median,
+                 "speed_vs_exact_cpu_bounds": [speed.cpu_lower_bound, speed.cpu_upper_bound],
+                 "faster_than_exact": speed.faster, "candidates": [candidate]}
+        seconds_per_query = speed.index_seconds_per_query
+        if exact.in_memory:
+            extra["candidates"].append({"factory": "Flat", "search_parameters": "", "refine_factor": 1, "recall": 1.0,
+                                        "recall_lower_bound": 1.0, "seconds_per_query": speed.exact_seconds_per_query,
+                                        "index_bytes": exact.bytes, "speed_vs_exact": 1.0})
+        keep = best.meets(target_recall) and speed.faster
+        if choose_exact and not keep and exact.in_memory:
+            logger.info("%s (recall %.3f, %.2fx exact, lower bound %.2fx) is not surely faster than exact search at the "
+                        "target: keeping exact search", factory, recall, speed.median, speed.lower_bound)
+            write_index(exact.index, out / INDEX_FILE)
+            (out / IVFDATA_FILE).unlink(missing_ok=True)
+            factory, parameters, refine_factor = "Flat", "", 1
+            recall, recall_bound, seconds_per_query = 1.0, 1.0, speed.exact_seconds_per_query
+            info = {**info, "factory": factory, "ef_construction": None, "on_disk": False, "index_bytes": index_bytes(out)}
+            extra.update(speed_vs_exact=1.0, speed_vs_exact_bounds=[1.0, 1.0], speed_vs_exact_cpu=1.0,
+                         speed_vs_exact_cpu_bounds=[1.0, 1.0], faster_than_exact=False)
+        extra |= {"recall_lower_bound": recall_bound, "meets_target": recall_bound >= target_recall}
         if recall_bound < target_recall:
             extra["verdict"] = (
                 f"no index within the memory budget reaches recall@{k_tune} {target_recall} (with a margin of "
                 f"{RECALL_MARGIN:g} standard errors over the tuning queries): the best is {recall:.3f} "
                 f"({factory}{', ' + parameters if parameters else ''}"
-                f"{f', re-ranking {refine_factor}x candidates' if refine_factor > 1 else ''}; lower bound {recall_bound:.3f}); exact search reaches it with "
-                f"{exact_bytes / 1e6:,.0f} MB of vectors (--max-memory {math.ceil(exact_bytes / 0.9 / 2**20)}M)")
+                f"{f', re-ranking {refine_factor}x candidates' if refine_factor > 1 else ''}; lower bound {recall_bound:.3f}); "
+                f"exact search reaches it with {exact.bytes / 1e6:,.0f} MB of vectors (--max-memory "
+                f"{math.ceil(exact.bytes / 0.9 / 2**20)}M)")
             logger.warning(extra["verdict"])
-        elif extra["speed_vs_exact"] < 1:
-            extra["verdict"] = (f"{factory} searches at {extra['speed_vs_exact']:.2f}x exact's queries/s on these queries: "
-                                f"exact search (--factory Flat) is faster")
+        elif factory != "Flat" and not speed.faster:
+            extra["verdict"] = (f"{factory} is not surely faster than exact search ({exact.name}) on these queries: "
+                                f"{speed.median:.2f}x its queries/s (lower bound {speed.lower_bound:.2f}x; by CPU time "
+                                f"{speed.cpu_median:.2f}x, lower bound {speed.cpu_lower_bound:.2f}x) over {speed.pairs} "
+                                f"interleaved timings" + ("" if choose_exact else "; --factory Flat may serve as well"))
             logger.warning(extra["verdict"])
     elif factory != "Flat":
         logger.warning("no tuning queries: search parameters are FAISS defaults and recall is unknown")
@@ -572,104 +894,9 @@ def tune_index(
         "recall_k": tuning.get("k"),
         "tuning": tuning,
         "seconds_per_query": seconds_per_query,
-        "tuning_seconds": round(time.perf_counter() - started_tuning, 2),
+        "tuning_seconds": round(spent_seconds + time.perf_counter() - started, 2),
         **extra,
     }
-    atomic_write_json(out / INFO_FILE, info)
+    with writing(out / INFO_FILE) as tmp:
+        tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return info
-
-
-def _estimated_bytes(index, n: int, d: int) -> int:
-    ivf = _ivf_of(index)
-    code = ivf.code_size if ivf is not None else 4 * d
-    return int(n * (code + (ID_BYTES if ivf is not None else 0)))
-
-
-def _build_on_disk(index, folder: EmbeddingFolder, kind: str, out: Path, bar) -> None:
-    import faiss
-    from faiss.contrib.ondisk import merge_ondisk
-
-    parts = out / PARTS_DIR
-    parts.mkdir(exist_ok=True)
-    trained = parts / "trained.faiss"
-    with atomic_path(trained) as tmp:
-        faiss.write_index(index, str(tmp))
-    names = []
-    for number, (start, block) in zip(folder.numbers, folder.iter_arrays(kind)):
-        part = parts / f"part_{number}.faiss"
-        names.append(str(part))
-        if not part.is_file():
-            shard_index = faiss.read_index(str(trained))
-            shard_index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
-            with atomic_path(part) as tmp:
-                faiss.write_index(shard_index, str(tmp))
-        bar.update(len(block))
-    merged = faiss.read_index(str(trained))
-    (out / IVFDATA_FILE).unlink(missing_ok=True)
-    merge_ondisk(merged, names, str(out / IVFDATA_FILE))
-    with atomic_path(out / INDEX_FILE) as tmp:
-        faiss.write_index(merged, str(tmp))
-    shutil.rmtree(parts)
-
-
-def _index_bytes(out: Path) -> int:
-    return sum(p.stat().st_size for p in (out / INDEX_FILE, out / IVFDATA_FILE) if p.is_file())
-
-
-def read_index_info(index_dir: str | Path) -> dict:
-    path = Path(index_dir) / INFO_FILE
-    if not path.is_file():
-        raise IndexBuildError(f"{path} not found (build the index with `react index`)")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def read_index(index_dir: str | Path, parameters: str | None = None, gpu: bool = False,
-               emb_dir: str | Path | None = None, rerank: bool = True):
-    """The index, memory-mapped (on-disk inverted lists read from the same folder), with its
-    tuned search parameters applied; on the GPUs when asked and FAISS has them. A `RefinedIndex`
-    when tuning chose re-ranking (unless `rerank` is false): it reads the embeddings from
-    `emb_dir`, by default the folder the index was built from."""
-    import faiss
-
-    path = Path(index_dir) / INDEX_FILE
-    if not path.is_file():
-        raise IndexBuildError(f"{path} not found (build the index with `react index`)")
-    info = read_index_info(index_dir) if (Path(index_dir) / INFO_FILE).is_file() else {}
-    # On-disk inverted lists are memory-mapped by themselves (IO_FLAG_MMAP on top of them crashes).
-    on_disk = (Path(index_dir) / IVFDATA_FILE).is_file()
-    index = faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR if on_disk else faiss.IO_FLAG_MMAP)
-    if parameters is None:
-        parameters = info.get("search_parameters") or ""
-    if gpu and _uses_gpu() and not on_disk:
-        index = faiss.index_cpu_to_all_gpus(index)
-    if parameters:
-        space = faiss.GpuParameterSpace() if gpu and _uses_gpu() else faiss.ParameterSpace()
-        space.set_index_parameters(index, parameters)
-    if not rerank or info.get("refine_factor", 1) <= 1:
-        return index
-    source = Path(emb_dir or info["embeddings"])
-    if not (source / "metadata").is_dir():
-        raise IndexBuildError(
-            f"{index_dir}: the index re-ranks with the embeddings it was built from, and {source} holds none; "
-            "pass the embedding folder (--emb)"
-        )
-    folder = EmbeddingFolder(source, require_info=False)
-    if len(folder) != index.ntotal:
-        raise IndexBuildError(f"{source} holds {len(folder)} embeddings and the index {index.ntotal}: not its corpus")
-    return RefinedIndex(index, folder, info["kind"], int(info["refine_factor"]))
-
-
-def search(index, queries: np.ndarray, k: int, ntotal: int | None = None, batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k (scores, rows) in batches; FAISS's -1 (fewer than k found) stays -1 with score -inf,
-    and any id outside [0, ntotal) is an error, never a silently wrong sample."""
-    queries = np.ascontiguousarray(queries, dtype=np.float32)
-    scores = np.empty((len(queries), k), dtype=np.float32)
-    rows = np.empty((len(queries), k), dtype=np.int64)
-    for start in range(0, len(queries), batch):
-        scores[start:start + batch], rows[start:start + batch] = index.search(queries[start:start + batch], k)
-    missing = rows < 0
-    scores[missing] = -np.inf
-    limit = ntotal if ntotal is not None else index.ntotal
-    if ((rows >= limit) & ~missing).any():
-        raise IndexBuildError(f"the index returned ids beyond its {limit} vectors: index and embeddings do not match")
-    return scores, rows

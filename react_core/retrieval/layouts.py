@@ -178,6 +178,10 @@ class LaionLayout:
     def has(self, kind: str) -> bool:
         return self.array_file(kind, self.numbers[0]).is_file()
 
+    def array_source(self, kind: str, number: int) -> str:
+        """The file of shard `number`'s `kind` array, as error messages name it."""
+        return str(self.array_file(kind, number))
+
     def array(self, kind: str, number: int, dim: int | None = None) -> np.ndarray:
         path = self.array_file(kind, number)
         if not path.is_file():
@@ -237,6 +241,10 @@ class DataCompLayout:
 
     def has(self, kind: str) -> bool:
         return True  # every DataComp npz holds both kinds
+
+    def array_source(self, kind: str, number: int) -> str:
+        """The npz member of shard `number`'s `kind` array, as error messages name it."""
+        return f"{self.folder / self.names[number]}.npz[{DATACOMP_FEATURES[self.features][kind]}]"
 
     def array(self, kind: str, number: int, dim: int | None = None) -> np.ndarray:
         return open_npz_member(self.folder / f"{self.names[number]}.npz", DATACOMP_FEATURES[self.features][kind], dim)

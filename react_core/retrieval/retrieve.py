@@ -125,8 +125,9 @@ class Blocklist:
 def read_blocklist(path: str | Path) -> Blocklist:
     """A safety list: a text file, one entry per line (blank lines and lines starting with `#`
     ignored), or a parquet file (its first column among BLOCKLIST_COLUMNS, else its only one).
-    An entry is a sample id (`id`, DataComp's `uid`, LAION's `key`), a URL, or the SHA-256, MD5
-    or SHA-1 hex digest of a URL or of the image bytes; digests match in either case."""
+    An entry is a sample id (`id`, DataComp's `uid`, LAION's `key`), a URL, the SHA-256, MD5 or
+    SHA-1 hex digest of a URL, or an image's hash as the corpus stores it (its `sha256` or `md5`
+    column); digests match in either case."""
     path = Path(path)
     if not path.is_file():
         raise RetrievalError(f"blocklist not found: {path}")
@@ -442,7 +443,26 @@ def retrieve(
     ground_truth=None,
     settings: dict | None = None,
 ) -> dict:
-    """Run retrieval and write SUBSETDIR/subset.parquet and stats.json; returns the stats."""
+    """Retrieve the pairs of each class from indexed embeddings: the work of `react retrieve`.
+
+    Args:
+        folder: the corpus's embeddings (`EmbeddingFolder`).
+        indexes: `{"image": index, "text": index}` as `read_index` returns them; the mode says
+            which it needs.
+        queries: the class x template text queries (`build_queries`).
+        classes: the classes the queries were built from (`load_classes`).
+        options: k, mode, fusion, thresholds, de-duplication, blocklists (`RetrievalOptions`).
+        out: the subset folder.
+        evaluation_embeddings: image embeddings of an evaluation set; corpus images closer than
+            `options.decontaminate_threshold` to any of them are dropped.
+        ground_truth: a table with `id` and `class` columns (`mismatched` optional); when given, precision@k is measured
+            against it and against random pairs.
+        settings: more entries for stats.json (what the subset was made from).
+
+    Returns:
+        The statistics also written to `out/stats.json`: rows, unique samples, rows per class,
+        empty classes, what each filter removed, the de-duplication threshold and the evaluation.
+    """
     options.check()
     kinds = MODES[options.mode]
     missing = [kind for kind in kinds if kind not in indexes]

@@ -120,8 +120,8 @@ def test_each_head_trains_once_on_the_base_tower(tmp_path, quick, ablations):
 
 
 def test_dense_claims_weigh_the_gain_against_twice_the_seed_std():
-    """Issue 12's criterion, on the adapter-seed figures of session 14: novel APr 4.01 +- 0.53 against
-    2.93 +- 0.11 holds (x1.37, gain 1.09 > 1.05); MaskCLIP 4.03 +- 0.75 against 2.61 +- 0.36 does not
+    """A claim holds when its gain exceeds twice the seeds' std. On three adapter seeds: novel APr
+    4.01 +- 0.53 against 2.93 +- 0.11 holds (x1.37, gain 1.09 > 1.05); MaskCLIP 4.03 +- 0.75 against 2.61 +- 0.36 does not
     (x1.54, but gain 1.42 < 1.51); one seed each is judged on the ratio alone."""
     plan = plan_for(False, 0, ablations=True)
     novel = {"customized": [4.60, 3.86, 3.58], "random": [2.88, 3.05, 2.84]}
@@ -144,7 +144,7 @@ def test_dense_claims_weigh_the_gain_against_twice_the_seed_std():
 
 
 def test_the_variant_table_gives_every_variant_its_seed_spread():
-    """Issue 12's table: target and generic top-1 as mean ± std over the seeds run, the dense columns
+    """The variant table: target and generic top-1 as mean ± std over the seeds run, the dense columns
     of the towers the heads read, "–" where a variant is not read by them."""
     from react_dense.lab.demo.pipeline import ABLATIONS, CUSTOMIZED, RANDOM_PAIRS, summarize
     from react_dense.lab.demo.report import variant_table

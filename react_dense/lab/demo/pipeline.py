@@ -29,7 +29,6 @@ The demo drives the library as a user's script would: the lab's configs
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import statistics
 from dataclasses import dataclass
@@ -181,14 +180,6 @@ def plan_for(quick: bool, seed: int, ablations: bool = False) -> DemoPlan:
     return dataclasses.replace(plan, variants=plan.variants + ABLATIONS, dense_every_seed=True) if ablations else plan
 
 
-def _cli(argv: list[str]) -> None:
-    from react_core.cli import main
-
-    status = main(argv)
-    if status:
-        raise RuntimeError(f"`react {' '.join(argv)}` failed with status {status}")
-
-
 def _customize(config: str, overrides: dict, folder: Path) -> dict:
     from react_core.config import load
     from react_core.engine.customize import customize
@@ -326,49 +317,67 @@ def run_demo(out: Path, quick: bool = False, seed: int = 0, jobs: int = 1, ablat
 
     base = runner.run("pretrain", make_base, pretrain_overrides, after=("world",))
     base_weights = base["weights"]
-    model_args = ["--model", "react-tiny", "--weights", base_weights]
-
     emb_dir = stages / "embed" / "embeddings"
     index_dir = stages / "index"
+    vocabulary = dense_vocabulary(world_info)
+
+    def base_model():
+        from react_core.modeling import load_clip
+
+        return load_clip("react-tiny", weights=base_weights)
+
+    def class_queries(bundle):
+        from react_core.modeling.text import load_templates
+        from react_core.retrieval.classes import ClassSpec, build_queries
+
+        classes = [ClassSpec(name, [name]) for name in vocabulary]
+        return classes, build_queries(bundle, classes, load_templates("simple"))
 
     def embed_corpus(_: Path) -> dict:
-        _cli(["embed", *model_args, "--data", str(world_dir / "corpus" / "shards"), "--workers", "1", "--out", str(emb_dir)])
+        from react_core.retrieval.embed import embed_corpus
+
+        embed_corpus(base_model(), world_dir / "corpus" / "shards", emb_dir, workers=1)
         return {}
 
     def build_indexes(_: Path) -> dict:
+        from react_core.retrieval.index import build_index
+
+        _, queries = class_queries(base_model())  # tuned on the queries retrieval will run
         for kind in ("image", "text"):
-            _cli(["index", "--emb", str(emb_dir), "--kind", kind, "--out", str(index_dir / kind)])
+            build_index(emb_dir, kind, index_dir / kind, queries=queries.embeddings,
+                        queries_source=f"{len(queries.texts)} class x template queries of the demo's vocabulary")
         return {}
 
     runner.run("embed", embed_corpus, after=("world", "pretrain"))
     runner.run("index", build_indexes, after=("embed",))
 
-    # --per-class k: the k best pairs per class over all its templates' searches (each template
+    # per_class k: the k best pairs per class over all its templates' searches (each template
     # finds k, so their union holds up to templates x k).
-    retrieval_args = ["--k", str(plan.retrieve_k), "--per-class", str(plan.retrieve_k)]
-
-    vocabulary = dense_vocabulary(world_info)
+    retrieval_settings = {"k": plan.retrieve_k, "per_class": plan.retrieve_k, "templates": "simple"}
 
     def retrieve_all(folder: Path) -> dict:
-        from react_core.io import atomic_write_text
+        import pandas as pd
 
-        classes_file = folder / "classes.txt"
+        from react_core.io import atomic_write_text
+        from react_core.retrieval.embed import EmbeddingFolder
+        from react_core.retrieval.index import read_index
+        from react_core.retrieval.retrieve import RetrievalOptions, retrieve
+
+        classes_file = folder / "classes.txt"  # the queried vocabulary, targets first, kept with the subsets
         atomic_write_text(classes_file, "".join(f"{name}\n" for name in vocabulary))
+        classes, queries = class_queries(base_model())
+        embeddings = EmbeddingFolder(emb_dir, require_info=False)
+        indexes = {kind: read_index(index_dir / kind, emb_dir=emb_dir) for kind in ("image", "text")}
+        truth = pd.read_parquet(world_dir / "corpus" / "manifest.parquet")
         results = {}
-        indexes = {"t2i": ["image"], "t2t": ["text"], "both": ["image", "text"]}
         for mode in RETRIEVAL_MODES:
-            subset = folder / f"subset_{mode}"
-            index_args = [arg for kind in indexes[mode] for arg in ("--index", str(index_dir / kind))]
-            _cli([
-                "retrieve", *index_args, "--emb", str(emb_dir),
-                "--classes", str(classes_file), "--templates", "simple",
-                "--ground-truth", str(world_dir / "corpus" / "manifest.parquet"),
-                *retrieval_args, "--mode", mode, "--out", str(subset),
-            ])
-            results[mode] = json.loads((subset / "stats.json").read_text())
+            options = RetrievalOptions(k=plan.retrieve_k, per_class=plan.retrieve_k, mode=mode)
+            results[mode] = retrieve(embeddings, indexes, queries, classes, options, folder / f"subset_{mode}",
+                                     ground_truth=truth, settings={"embeddings": str(emb_dir), "templates": "simple",
+                                                                  "classes_file": str(classes_file)})
         return results
 
-    retrieval = runner.run("retrieve", retrieve_all, {"args": retrieval_args, "classes": vocabulary}, after=("index",))
+    retrieval = runner.run("retrieve", retrieve_all, {**retrieval_settings, "classes": vocabulary}, after=("index",))
     subset_manifest = stages / "retrieve" / f"subset_{plan.retrieval_mode}" / "subset.parquet"
 
     def random_pairs(folder: Path) -> dict:
