@@ -13,7 +13,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["react_core", "react_core.*", "react_dense", "react_dense.*"]),
     package_data={
-        "react_core": ["modeling/model_configs/*.json"],
+        "react_core": ["modeling/model_configs/*.json", "resources/*"],
         "react_dense": ["lab/configs/*.yaml", "lab/resources/*"],
     },
     install_requires=[

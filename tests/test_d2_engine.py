@@ -1,4 +1,4 @@
-"""The Detectron2 engine wraps the same parts (skipped where Detectron2 is not installed)."""
+"""The Detectron2 engine: our YAML as a native Detectron2 config, on the same parts (skipped where Detectron2 is not installed)."""
 from __future__ import annotations
 
 import json
@@ -10,50 +10,44 @@ detectron2 = pytest.importorskip("detectron2")
 
 from test_dense_detector import demo_config, scenes  # noqa: E402,F401  (fixture)
 
-from react_dense.detection.build import dataset_vocabularies  # noqa: E402
 
 
 @pytest.mark.parametrize("ensemble", [[], ["ensemble.enabled=true", "ensemble.regions=crops"]], ids=["plain", "crops"])
 def test_detectron2_model_trains_on_base_and_swaps_vocabulary(scenes, tmp_path, ensemble):  # noqa: F811
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, DatasetMapper
     from detectron2.modeling import build_model
+    from detectron2.utils.events import EventStorage
 
-    from react_dense.detection.build import build_parts
-    from react_dense.engines.detectron2.modeling import parts_of, register_parts
-    from react_core.config import write_run_config
-    from react_dense.engines.detectron2.train import TRAIN_NAME, register_datasets, to_detectron2_cfg
+    from react_dense.engines.detectron2.train import TRAIN_NAME, native_config, register_datasets, write_classifiers
 
     cfg = demo_config(scenes, *ensemble)
     split = register_datasets(cfg)
-    config_file = write_run_config(cfg, tmp_path)
-    parts = build_parts(cfg)
-    register_parts(str(config_file), parts)
-    d2 = to_detectron2_cfg(cfg, parts, config_file, tmp_path, len(split.base_ids))
+    bundle, eval_vocab = write_classifiers(cfg, tmp_path)
+    d2 = native_config(cfg, tmp_path, bundle.model.visual, len(split.base_ids))
+    assert "REACT" not in d2 and d2.MODEL.BACKBONE.NAME == "build_react_backbone"
     torch.manual_seed(0)
     model = build_model(d2)
-    assert type(model.backbone).__name__ == "Detectron2ClipBackbone"
-    assert model.backbone.clip_backbone is parts.backbone and parts_of(d2) is parts
-    train_vocab, eval_vocab, _ = dataset_vocabularies(parts.bundle, cfg, cfg.data.train)
-    model.roi_heads.box_predictor.set_vocabulary(train_vocab.embeddings, train_vocab.is_base)
+    assert type(model.backbone).__name__ == "ReactSimpleFeaturePyramid"
+    from detectron2.modeling import SimpleFeaturePyramid
+
+    assert isinstance(model.backbone, SimpleFeaturePyramid)  # Detectron2's own pyramid
+    assert type(model.roi_heads).__name__ == "ZeroShotROIHeads"
 
     records = DatasetCatalog.get(TRAIN_NAME)
     rare = set(split.novel_ids)
     assert records and all(cfg_id not in rare for r in records for cfg_id in (split.base_ids[a["category_id"]] for a in r["annotations"]))
-    from detectron2.data import DatasetMapper
-
     mapper = DatasetMapper(d2, is_train=True)
     batch = [mapper(records[0]), mapper(records[1])]
-    from detectron2.utils.events import EventStorage
-
     model.train()
+    assert model.roi_heads.box_predictor.num_classes == len(split.base_ids)
     with EventStorage():
         losses = model(batch)
     assert {"loss_cls", "loss_box_reg", "loss_mask", "loss_rpn_cls", "loss_rpn_loc"} <= set(losses)
     sum(losses.values()).backward()
-    assert all(p.grad is None for p in model.backbone.clip_backbone.trunk.parameters())
+    assert all(p.grad is None for p in model.backbone.net.tower.trunk.parameters())
 
-    model.eval()
-    model.roi_heads.box_predictor.set_vocabulary(eval_vocab.embeddings, eval_vocab.is_base)
+    model.eval()  # the evaluation vocabulary: every category
+    assert model.roi_heads.box_predictor.num_classes == len(eval_vocab.vocabulary)
     with torch.no_grad():
         instances = model([{"image": batch[0]["image"], "height": 64, "width": 64}])[0]["instances"]
     assert len(instances) and int(instances.pred_classes.max()) < len(eval_vocab.vocabulary)
@@ -73,8 +67,12 @@ def _curve(out) -> list[dict]:
     return [line for line in lines if "total_loss" in line]
 
 
-def test_detectron2_trainer_losses_fall_and_files_do_not_clash(scenes, tmp_path):  # noqa: F811
-    metrics = _run(scenes, tmp_path / "a", "train.max_iters=20", "train.lr=0.002", "train.warmup_iters=2")
+def test_detectron2_trainer_losses_fall_and_its_native_config_runs_in_detectron2s_own_tools(scenes, tmp_path):  # noqa: F811
+    """The run's OUT/detectron2_config.yaml is the whole detector: Detectron2's tools/train_net.py
+    evaluates the run's weights with it (the evaluation set registered with register_coco_instances)
+    to the AP the runner measured with COCO's rules."""
+    settings = ("train.max_iters=20", "train.lr=0.002", "train.warmup_iters=2", "data.lvis_style=false")
+    metrics = _run(scenes, tmp_path / "a", *settings)
     curve = _curve(tmp_path / "a")
     assert len(curve) == 20
     first = sum(c["total_loss"] for c in curve[:4]) / 4
@@ -83,25 +81,40 @@ def test_detectron2_trainer_losses_fall_and_files_do_not_clash(scenes, tmp_path)
     assert curve[-1]["loss_rpn_cls"] < curve[0]["loss_rpn_cls"]
     assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == metrics
     assert "bbox/AP" in metrics and "total_loss" not in metrics
-    from react_dense.engines.detectron2.train import main
+    assert "kind: detection" in (tmp_path / "a" / "config.yaml").read_text()  # ours, not Detectron2's dump
+    from react_dense.engines.detectron2.train import VAL_NAME, main
 
-    cfg = demo_config(scenes, "engine=detectron2", "train.max_iters=20", "train.lr=0.002", "train.warmup_iters=2")
+    cfg = demo_config(scenes, "engine=detectron2", *settings)
     again = main(cfg, tmp_path / "again", eval_only=True, resume=False, weights=str(tmp_path / "a" / "model_final.pth"))
     assert again["bbox/AP"] == pytest.approx(metrics["bbox/AP"])
 
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from detectron2.data.datasets import register_coco_instances
 
-def test_detectron2_resolved_config_builds_the_same_parts(scenes, tmp_path):  # noqa: F811
-    from detectron2.config import get_cfg
+    stock = detectron2_tool("train_net.py")
+    DatasetCatalog.remove(VAL_NAME)
+    MetadataCatalog.remove(VAL_NAME)
+    register_coco_instances(VAL_NAME, {}, str(scenes / "detection" / "val.json"), str(scenes / "detection"))
+    args = stock.default_argument_parser().parse_args([
+        "--config-file", str(tmp_path / "a" / "detectron2_config.yaml"), "--eval-only",
+        "MODEL.WEIGHTS", str(tmp_path / "a" / "model_final.pth"), "OUTPUT_DIR", str(tmp_path / "stock"),
+    ])
+    results = stock.main(args)
+    assert results["bbox"]["AP"] == pytest.approx(metrics["bbox/AP"], abs=0.05)
 
-    from react_dense.engines.detectron2.modeling import parts_of
-    from react_core.config import write_run_config
-    from react_dense.engines.detectron2.train import add_react_config
 
-    config_file = write_run_config(demo_config(scenes, "backbone.out_channels=32"), tmp_path)
-    d2 = get_cfg()
-    add_react_config(d2)
-    d2.REACT.CONFIG = str(config_file)
-    assert parts_of(d2).backbone.output_shape()["p2"].channels == 32
+def detectron2_tool(name: str):
+    """A script of Detectron2's `tools/` folder, imported as a module (a source checkout has it)."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(detectron2.__file__).resolve().parents[1] / "tools" / name
+    if not script.is_file():
+        pytest.skip(f"Detectron2's tools/{name} is not in this installation (installed from a wheel)")
+    spec = importlib.util.spec_from_file_location(f"detectron2_tools_{script.stem}", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_detectron2_runs_of_one_config_are_identical(scenes, tmp_path):  # noqa: F811
@@ -187,3 +200,35 @@ def test_detectron2_engine_calibrates_the_ensemble_it_evaluates_with(scenes, tmp
     report = json.loads((tmp_path / "corrected" / "ensemble_calibration.json").read_text())
     assert len(report["prior"]) == 6 and 0 < report["background_proposals"] < report["proposals"]
     assert corrected["bbox/AP"] != pytest.approx(chosen["bbox/AP"])
+
+
+@pytest.mark.slow
+def test_the_lvis_recipe_becomes_a_native_detectron2_config_that_builds(scenes, tmp_path):  # noqa: F811
+    """configs/lvis_react.yaml (ViT-B/16, sigmoid scores with the federated loss, 1024 pixels) as
+    Detectron2 reads it, on the test's scenes in place of LVIS and a random-init tower offline."""
+    from pathlib import Path
+
+    from detectron2.modeling import build_model
+
+    from react_dense.detection.config import load_detection_config
+    from react_dense.engines.detectron2.train import native_config, register_datasets, write_classifiers
+
+    lvis = Path(__file__).resolve().parents[1] / "configs" / "lvis_react.yaml"
+    cfg = load_detection_config(str(lvis), [
+        "model.pretrained=null", "backbone.freeze=frozen", "text.cache_dir=null", "text.templates=none", "train.device=cpu",
+        "data.num_workers=0",
+        f"data.train={scenes / 'detection' / 'train.json'}", f"data.train_images={scenes / 'detection'}",
+        f"data.val={scenes / 'detection' / 'val.json'}", f"data.val_images={scenes / 'detection'}",
+    ])
+    split = register_datasets(cfg)
+    bundle, _ = write_classifiers(cfg, tmp_path)
+    d2 = native_config(cfg, tmp_path, bundle.model.visual, len(split.base_ids))
+    assert (d2.MODEL.REACT.MODEL, d2.MODEL.REACT.STRIDE, d2.INPUT.MIN_SIZE_TEST) == ("ViT-B-16", 16, 1024)
+    assert d2.MODEL.ROI_BOX_HEAD.USE_SIGMOID_CE and d2.MODEL.ROI_BOX_HEAD.USE_FED_LOSS
+    assert d2.MODEL.ROI_BOX_HEAD.FED_LOSS_NUM_CLASSES == 50 and d2.SOLVER.AMP.ENABLED
+    model = build_model(d2)
+    assert list(model.backbone.output_shape()) == ["p2", "p3", "p4", "p5", "p6"]
+    predictor = model.roi_heads.box_predictor
+    assert predictor.classifier.federated_classes == 50
+    counts = {c["id"]: c["image_count"] for c in json.loads((scenes / "detection" / "train.json").read_text())["categories"]}
+    assert predictor.image_counts.tolist() == [float(counts[i]) for i in split.base_ids]

@@ -5,7 +5,8 @@ docs/walkthrough.md, "How this page is tested"):
 
 - every bash block of README.md, benchmarks/README.md and docs/*.md is checked, fast: each command is one the project
   knows (`react`, `python tools/train_net.py`, a benchmark script, `torchrun` of those, `pip`,
-  `python -m pytest`, `mkdocs`); its options parse with the command's own argparse parser; every
+  `python -m pytest`, `mkdocs`, `export NAME=value`, a script of Detectron2's checkout named
+  `$D2/...`); its options parse with the command's own argparse parser; every
   config it names exists and loads with its `key=value` overrides; every repository path it
   names exists;
 - the bash blocks of docs/walkthrough.md also run, in order, exactly as written, in an empty
@@ -36,6 +37,7 @@ BASH_BLOCK = re.compile(r"^```bash\n(.*?)^```", re.M | re.S)
 REPOSITORY_FOLDERS = ("configs/", "tools/", "benchmarks/", "react_core/", "react_dense/", "tests/", "docs/")
 LINKED_IN = ("configs", "tools", "benchmarks", "react_dense")
 ENVIRONMENT_ASSIGNMENT = re.compile(r"^[A-Z_][A-Z0-9_]*=")
+D2_CHECKOUT = "$D2/"  # a Detectron2 source checkout, as docs/detector.md names it
 TORCHRUN_FLAGS = {"--standalone", "--no-python", "--no_python", "--run-path", "--run_path"}
 
 
@@ -93,8 +95,23 @@ def _check_react(args: list[str]) -> None:
         _load_config(config, list(getattr(parsed, "overrides", None) or getattr(parsed, "set", None) or []))
 
 
+def _check_detectron2_script(script: str) -> None:
+    """`$D2/tools/X.py`: a script of a Detectron2 source checkout, which must exist there when
+    Detectron2 is installed from one (docs/installation.md)."""
+    try:
+        import detectron2
+    except ImportError:
+        return
+    checkout = Path(detectron2.__file__).resolve().parents[1]
+    if (checkout / "tools").is_dir():
+        assert (checkout / script.removeprefix(D2_CHECKOUT)).is_file(), f"Detectron2's checkout has no {script}"
+
+
 def _check_script(args: list[str]) -> None:
     script = args[0]
+    if script.startswith(D2_CHECKOUT):
+        _check_detectron2_script(script)
+        return
     assert script.startswith(("tools/", "benchmarks/", "docs/")) and (ROOT / script).is_file(), f"no script {script}"
     if script == "tools/train_net.py":
         tool = train_net_tool()
@@ -122,6 +139,9 @@ def check_command(argv: list[str]) -> None:
     while argv and ENVIRONMENT_ASSIGNMENT.match(argv[0]):
         argv = argv[1:]
     program, args = argv[0], argv[1:]
+    if program == "export":
+        assert args and all(ENVIRONMENT_ASSIGNMENT.match(a) for a in args), f"export of no NAME=value: {shlex.join(argv)}"
+        return
     for token in args:
         value = token.split("=", 1)[-1]
         if value.startswith(REPOSITORY_FOLDERS):
@@ -138,7 +158,7 @@ def check_command(argv: list[str]) -> None:
     elif program == "python":
         _check_script(args)
     else:
-        assert program in ("pip", "mkdocs"), f"unknown program {program!r}: the docs' bash blocks run react, python, torchrun, pip or mkdocs"
+        assert program in ("pip", "mkdocs"), f"unknown program {program!r}: the docs' bash blocks run react, python, torchrun, pip, mkdocs or export"
 
 
 BLOCKS = [(page, line, block) for page in PAGES for line, block in bash_blocks(page)]

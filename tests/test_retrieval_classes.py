@@ -53,7 +53,7 @@ def test_imagenet_and_missing_files(caplog):
     with caplog.at_level(logging.WARNING, logger="react"):
         assert len(load_classes("imagenet")) == 998
     assert "'missile'" in caplog.text and "'sunglasses'" in caplog.text
-    with pytest.raises(ClassListError, match="neither 'imagenet' nor a file"):
+    with pytest.raises(ClassListError, match="neither 'imagenet' nor 'lvis' nor a file"):
         load_classes("no/such/classes.txt")
 
 

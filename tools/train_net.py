@@ -1,11 +1,11 @@
 #!/usr/bin/env python
 """Train and evaluate an open-vocabulary detector with a (customized) CLIP backbone.
 
-    python tools/train_net.py --config configs/demo/ovd_synthetic.yaml --out runs/ovd
+    python tools/train_net.py --config react_dense/lab/configs/ovd_synthetic.yaml --out runs/ovd
     python tools/train_net.py --config configs/lvis_react.yaml --num-gpus 8 --out runs/lvis
     python tools/train_net.py --config CONFIG --eval-only --out runs/ovd [--weights FILE]
     python tools/train_net.py --config CONFIG engine=detectron2 train.max_iters=100
-    python tools/train_net.py --config configs/demo/seg_synthetic.yaml --out runs/seg
+    python tools/train_net.py --config react_dense/lab/configs/seg_synthetic.yaml --out runs/seg
     python tools/train_net.py --config-file CONFIG engine=detectron2 SOLVER.MAX_ITER 10
 
 Detectron2's spellings work beside ours: `--config-file` for `--config`, trailing `KEY VALUE`
@@ -14,7 +14,9 @@ overrides anywhere on the line.
 
 A `kind: segmentation` config trains an open-vocabulary segmenter instead (react_dense.segmentation);
 `react_dense.train_net.train` is the same run from Python.
-The config's `engine:` picks Detectron2 or torchvision. Training sees base categories only;
+The config's `engine:` picks Detectron2 or torchvision; with Detectron2 the run also writes
+OUT/detectron2_config.yaml, the detector as Detectron2's own tools read it (docs/detector.md).
+Training sees base categories only;
 evaluation covers every category and writes `metrics.json` (bbox/AP, bbox/APr, segm/AP, ...) in
 --out. `--resume` continues from the last checkpoint in --out, to the weights an uninterrupted run
 ends with; an --out that holds a run, finished or not, is refused without it.

@@ -27,6 +27,7 @@ CORE_COMMANDS = [
     "react_core.cli.filter_cmd",
     "react_core.cli.export_cmd",
     "react_core.cli.report_cmd",
+    "react_core.cli.text_embed_cmd",
 ]
 
 

@@ -19,7 +19,7 @@ def register(subparsers):
         "two similarities fused by --fusion), then filtered, each filter counted in stats.json: --threshold, --blocklist, "
         "--safety-filter, --decontaminate, cross-class assignment (--assign), near-duplicates, --per-class / "
         "--balance. Writes SUBSETDIR/subset.parquet (id, class, score, rank, query, caption, path/url, ...) and "
-        "SUBSETDIR/stats.json (with precision@k per mode, per class and for random samples against ground truth when known). Class lists: 'imagenet', "
+        "SUBSETDIR/stats.json (with precision@k per mode, per class and for random samples against ground truth when known). Class lists: 'imagenet', 'lvis' (LVIS v1, shipped), "
         "a text file (one class per line, synonyms after '|'), a JSON list, or COCO/LVIS categories; a duplicate "
         "name is merged with a warning, an empty name is an error, non-ASCII names are kept.",
     )
@@ -27,7 +27,7 @@ def register(subparsers):
                         help="index from `react index`; give it twice (image and text) for --mode both")
     parser.add_argument("--emb", required=True, metavar="EMBDIR", help="the embedding folder the indexes were built from")
     add_model_arguments(parser, "to embed the queries with")
-    parser.add_argument("--classes", required=True, help="imagenet, a .txt file, a .json list or COCO/LVIS categories")
+    parser.add_argument("--classes", required=True, help="imagenet, lvis, a .txt file, a .json list or COCO/LVIS categories")
     parser.add_argument("--templates", default="imagenet", help="imagenet (80 CLIP templates), simple, none, or a file")
     parser.add_argument("--average-templates", action="store_true",
                         help="one query per class name (template-averaged embedding) instead of one per template")

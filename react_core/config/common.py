@@ -26,12 +26,16 @@ class ModelConfig:
 
     def load(self, device: str = "cpu"):
         """The bundle in eval mode; training code switches the parts it trains."""
-        from react_core.modeling import load_clip
+        from react_core.modeling import CheckpointError, load_clip
 
-        bundle = load_clip(
-            self.architecture or self.name, self.pretrained, self.weights, quick_gelu=self.quick_gelu, device=device,
-            base_weights=self.base_weights,
-        )
+        try:
+            bundle = load_clip(
+                self.architecture or self.name, self.pretrained, self.weights, quick_gelu=self.quick_gelu, device=device,
+                base_weights=self.base_weights,
+            )
+        except CheckpointError as error:
+            key = "model.base_weights" if self.base_weights and "base weights" in str(error) else "model.weights"
+            raise CheckpointError(f"{key}: {error}") from None
         bundle.model.eval()
         return bundle
 

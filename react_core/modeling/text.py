@@ -5,6 +5,10 @@ segmentation head all turn a vocabulary into CLIP text embeddings here, one way:
 name in each prompt template, L2-normalised, averaged over templates, normalised again (as
 CLIP does). Embeddings are cached on disk keyed by the model identity, the vocabulary and the
 templates, since the text tower is locked and they never change during customization.
+
+Classifier files move between detectors in Detic's format (`save_classifier_file`,
+`load_classifier_file`): one `.npy` array, C x D float32, one row per class in the vocabulary's
+order.
 """
 from __future__ import annotations
 
@@ -101,6 +105,19 @@ def class_embeddings(
     return torch.nn.functional.normalize(per_template.mean(dim=1), dim=-1)
 
 
+def synonym_class_embeddings(
+    bundle, synonyms: Sequence[Sequence[str]], templates: Sequence[str], cache_dir: str | Path | None = None
+) -> torch.Tensor:
+    """[C, D] embeddings of classes given as their prompt names (`synonyms[c]`, the name first):
+    the mean of each name's template-averaged embedding, L2-normalised; names go through
+    `cached_class_embeddings`."""
+    flat = [name for names in synonyms for name in names]
+    per_name = cached_class_embeddings(bundle, flat, templates, cache_dir)
+    owner = torch.repeat_interleave(torch.arange(len(synonyms)), torch.tensor([len(names) for names in synonyms]))
+    summed = torch.zeros(len(synonyms), per_name.shape[1]).index_add_(0, owner, per_name)
+    return torch.nn.functional.normalize(summed, dim=-1)
+
+
 def cache_key(model_identity: dict, classnames: Sequence[str], templates: Sequence[str], average: bool = True) -> str:
     payload = json.dumps([model_identity, list(classnames), list(templates), average], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:24]
@@ -126,3 +143,30 @@ def cached_class_embeddings(
     with atomic_path(path) as tmp:
         save_file({"embeddings": embeddings.contiguous()}, str(tmp))
     return embeddings
+
+
+def save_classifier_file(path: str | Path, embeddings: torch.Tensor) -> Path:
+    """Write [C, D] class embeddings as Detic's zero-shot classifier files are: a C x D float32 `.npy`."""
+    import numpy as np
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.save(handle, embeddings.detach().float().cpu().numpy())
+    return path
+
+
+def load_classifier_file(path: str | Path) -> torch.Tensor:
+    """A classifier file in Detic's format (C x D floats, read without pickle) as a float32 tensor."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise VocabularyError(f"classifier file not found: {path}")
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as error:
+        raise VocabularyError(f"{path}: not a .npy array ({error})") from None
+    if array.ndim != 2 or not np.issubdtype(array.dtype, np.floating):
+        raise VocabularyError(f"{path}: a {array.dtype} array of shape {array.shape}; expected C x D floats (Detic's format)")
+    return torch.from_numpy(array.astype(np.float32))

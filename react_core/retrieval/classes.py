@@ -1,8 +1,9 @@
 """Class lists for retrieval, and the text queries made from them.
 
-Sources: `imagenet` (ImageNet-1K's CLIP class names), a text file (one class per line, synonyms
-after `|`), a JSON list of names, or COCO/LVIS `categories` (a JSON file with a `categories`
-list, or the list itself: `name`, optional `synonyms`, optional `def`).
+Sources: `imagenet` (ImageNet-1K's CLIP class names), `lvis` (LVIS v1's 1203 categories in id
+order, with synonyms and definitions, from a file shipped in `react_core/resources`), a text file
+(one class per line, synonyms after `|`), a JSON list of names, or COCO/LVIS `categories` (a JSON
+file with a `categories` list, or the list itself: `name`, optional `synonyms`, optional `def`).
 
 Names are handled as documented here, once for every source:
   * a duplicate name is merged into the first (its synonyms and description join it), with a
@@ -22,6 +23,8 @@ from react_core.errors import ReactError
 from react_core.io import parse_json, read_text
 
 logger = logging.getLogger("react")
+LVIS_CATEGORIES = Path(__file__).resolve().parents[1] / "resources" / "lvis_v1_categories.json"
+BUILTIN_LISTS = ("imagenet", "lvis")
 
 
 class ClassListError(ReactError):
@@ -63,14 +66,16 @@ def _merge(entries: list[tuple[str, list[str], str | None, str]], source: str) -
 
 
 def load_classes(spec: str) -> list[ClassSpec]:
-    """Classes from `imagenet`, a `.txt` file, or a `.json` list / COCO-LVIS categories file."""
+    """Classes from `imagenet`, `lvis`, a `.txt` file, or a `.json` list / COCO-LVIS categories file."""
     if spec == "imagenet":
         from react_core.modeling.text import imagenet_classnames
 
         return _merge([(n, [], None, f"entry {i + 1}") for i, n in enumerate(imagenet_classnames())], "imagenet")
+    if spec == "lvis":
+        return _from_json(LVIS_CATEGORIES.read_text(encoding="utf-8"), "lvis")
     path = Path(spec)
     if not path.is_file():
-        raise ClassListError(f"class list {spec!r} is neither 'imagenet' nor a file")
+        raise ClassListError(f"class list {spec!r} is neither {' nor '.join(map(repr, BUILTIN_LISTS))} nor a file")
     text = read_text(path)
     if path.suffix.lower() == ".json":
         return _from_json(text, str(path))

@@ -68,9 +68,9 @@ def with_model_tower(path: str | Path, weights: dict, model) -> dict:
     model's heads read a gated block of either tower, or when any other tower weight differs:
     then the heads were trained on other features and the swap would not be the same detector."""
     from react_core.modeling.gated import GATED_ATTR, gated_layers, gated_layers_in_state_dict
-    from react_dense.modeling.backbone import ClipBackbone
+    from react_dense.modeling.backbone import ClipTower
 
-    found = [(name, module) for name, module in model.named_modules() if isinstance(module, ClipBackbone)]
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, ClipTower)]
     if not found:
         raise CheckpointError(f"{path}: --tower-from-config needs a model with a CLIP backbone")
     name, backbone = found[0]

@@ -51,7 +51,8 @@ class RegionTextClassifier(nn.Module):
             raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         self.loss = loss
         self.projection = nn.Linear(in_features, embed_dim)
-        self.background = nn.Parameter(torch.randn(embed_dim) / math.sqrt(embed_dim))
+        # sigmoid scores never read the background column: frozen there, so DDP finds no unused parameter
+        self.background = nn.Parameter(torch.randn(embed_dim) / math.sqrt(embed_dim), requires_grad=loss == "softmax")
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)), requires_grad=learn_temperature)
         bias = -math.log((1 - prior_prob) / prior_prob) if loss == "sigmoid" else 0.0
         self.bias = nn.Parameter(torch.tensor(bias)) if use_bias else None

@@ -16,7 +16,7 @@ import torch
 
 from react_core.config import ConfigError
 from react_core.io import read_json, read_text
-from react_core.modeling.text import VocabularyError, cached_class_embeddings, load_templates
+from react_core.modeling.text import VocabularyError, load_templates, synonym_class_embeddings
 
 
 def _readable(name: str) -> str:
@@ -104,11 +104,7 @@ def vocabulary_embeddings(
     cache_dir: Optional[str | Path] = None,
 ) -> torch.Tensor:
     """[C, D] L2-normalised class embeddings from `bundle`'s text tower (a `ClipBundle`)."""
-    flat = [word for words in vocabulary.synonyms for word in words]
-    per_word = cached_class_embeddings(bundle, flat, load_templates(templates), cache_dir)
-    owner = torch.repeat_interleave(torch.arange(len(vocabulary)), torch.tensor([len(w) for w in vocabulary.synonyms]))
-    summed = torch.zeros(len(vocabulary), per_word.shape[1]).index_add_(0, owner, per_word)
-    return torch.nn.functional.normalize(summed, dim=-1)
+    return synonym_class_embeddings(bundle, vocabulary.synonyms, load_templates(templates), cache_dir)
 
 
 def permute_novel(embeddings: torch.Tensor, is_novel: torch.Tensor, seed: int) -> torch.Tensor:

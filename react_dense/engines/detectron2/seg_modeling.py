@@ -1,55 +1,56 @@
-"""Detectron2 adapters for open-vocabulary segmentation: the CLIP backbone and the
-segmentation head in Detectron2's registries, and a semantic-segmentation evaluator.
-
-Both builders read our `kind: segmentation` YAML named by `cfg.REACT.CONFIG` and build the
-engine-free parts (`react_dense.modeling`); no modelling code lives here. The head plugs into
-Detectron2's `SemanticSegmentor`. Importing this module registers them (Detectron2 required).
+"""Detectron2 adapters for open-vocabulary segmentation: Detectron2's `SemanticSegmentor` on the
+REACT tower under Detectron2's own pyramid (`react_dense.detectron2`), with the engine-free
+segmentation head (`react_dense.modeling`) as its `sem_seg_head`, and a semantic-segmentation
+evaluator. Built from our `kind: segmentation` config directly, with Detectron2's keyword
+arguments (Detectron2 required).
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 from detectron2.evaluation import DatasetEvaluator
-from detectron2.modeling import BACKBONE_REGISTRY, SEM_SEG_HEADS_REGISTRY
 from detectron2.utils import comm
 from torch import nn
 
-from react_core.config import load
-from react_core.registry import BACKBONES, HEADS
-from react_dense.engines.detectron2.modeling import Detectron2ClipBackbone
-from react_dense.modeling.backbone import CLIP_MAP, FeatureSpec
-from react_dense.segmentation.common import backbone_spec, score_ensemble
+from react_core.config import ConfigError
+from react_core.registry import HEADS
+from react_dense.modeling.backbone import CLIP_MAP, ClipTower, FeatureSpec
+from react_dense.segmentation.common import score_ensemble
 from react_dense.segmentation.metrics import ScoreConfusion, segmentation_metrics
 
 
-@functools.lru_cache(maxsize=4)
-def segmentation_config(config_path: str):
-    """The resolved `kind: segmentation` YAML a run wrote out."""
-    return load(config_path)
+def build_segmenter(cfg, bundle):
+    """`SemanticSegmentor` for a `kind: segmentation` config and its loaded CLIP `bundle`: the
+    tower read as `backbone:` says (ClipBackbone's settings) under Detectron2's pyramid, and the
+    config's head."""
+    from detectron2.modeling import SemanticSegmentor
+
+    from react_dense.detectron2 import CLIP_INPUT_FORMAT, CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+    from react_dense.detectron2.backbone import react_pyramid
+
+    settings = dict(cfg.backbone)
+    kind = settings.pop("type", "ClipBackbone")
+    if kind != "ClipBackbone":
+        raise ConfigError(f"backbone.type={kind!r}: the Detectron2 engine builds ClipBackbone's settings on Detectron2's pyramids")
+    visual = bundle.model.visual
+    try:
+        tower = ClipTower(visual, settings.get("freeze", "frozen"), settings.get("features", "tokens"),
+                          settings.get("feature_block", -1), emit_clip_map=cfg.ensemble.enabled)
+    except ValueError as error:
+        raise ConfigError(f"backbone: {error}") from None
+    backbone = react_pyramid(
+        tower, out_channels=settings.get("out_channels", 256), scale_factors=settings.get("scale_factors", (4.0, 2.0, 1.0, 0.5)),
+        stride=tower.patch_size if tower.kind == "vit" else None, top_block=settings.get("top_block", True),
+        input_format=CLIP_INPUT_FORMAT, pixel_mean=CLIP_PIXEL_MEAN, pixel_std=CLIP_PIXEL_STD,
+    )
+    shapes = {name: FeatureSpec(spec.channels, spec.stride) for name, spec in backbone.output_shape().items()}
+    head = HEADS.build({**cfg.head, "input_shape": shapes, "embed_dim": visual.output_dim})
+    sem_seg_head = ReactOpenVocabSemSegHead(head, ignore_value=-1, ensemble=score_ensemble(cfg))
+    return SemanticSegmentor(backbone=backbone, sem_seg_head=sem_seg_head, pixel_mean=CLIP_PIXEL_MEAN, pixel_std=CLIP_PIXEL_STD)
 
 
-@functools.lru_cache(maxsize=4)
-def segmentation_bundle(config_path: str):
-    """The CLIP of one config, loaded once for the backbone and the text embeddings."""
-    cfg = segmentation_config(config_path)
-    return cfg.model.load()
-
-
-def _ours(cfg):
-    return segmentation_config(cfg.REACT.CONFIG), segmentation_bundle(cfg.REACT.CONFIG)
-
-
-@BACKBONE_REGISTRY.register()
-def build_react_seg_backbone(cfg, input_shape):
-    ours, bundle = _ours(cfg)
-    return Detectron2ClipBackbone(BACKBONES.build(backbone_spec(ours, bundle.model.visual)))
-
-
-@SEM_SEG_HEADS_REGISTRY.register()
 class ReactOpenVocabSemSegHead(nn.Module):
     """`SemanticSegmentor`'s head interface over `OpenVocabSegHead`: `(logits, losses)`.
 
@@ -59,7 +60,6 @@ class ReactOpenVocabSemSegHead(nn.Module):
     (`SegScoreEnsemble`, the plain engine's).
     """
 
-    @configurable
     def __init__(self, head: nn.Module, ignore_value: int, ensemble: Optional[nn.Module] = None):
         super().__init__()
         self.head = head
@@ -68,14 +68,6 @@ class ReactOpenVocabSemSegHead(nn.Module):
         self.register_buffer("text_embeddings", torch.zeros(0), persistent=False)
         self.register_buffer("void_rows", torch.zeros(0, dtype=torch.bool), persistent=False)
         self.register_buffer("unseen_rows", torch.zeros(0, dtype=torch.bool), persistent=False)
-
-    @classmethod
-    def from_config(cls, cfg, input_shape):
-        ours, bundle = _ours(cfg)
-        shapes = {name: FeatureSpec(spec.channels, spec.stride) for name, spec in input_shape.items()}
-        embed_dim = bundle.model.visual.output_dim
-        return {"head": HEADS.build({**ours.head, "input_shape": shapes, "embed_dim": embed_dim}),
-                "ignore_value": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE, "ensemble": score_ensemble(ours)}
 
     def set_vocabulary(self, embeddings: torch.Tensor, void_rows: Optional[torch.Tensor] = None,
                        unseen_rows: Optional[torch.Tensor] = None) -> None:

@@ -1,11 +1,11 @@
 """Train and evaluate the open-vocabulary segmenter through Detectron2 (`engine: detectron2`).
 
-Our YAML stays the config users edit: it is written to `OUT/config.yaml` and named by
-`cfg.REACT.CONFIG`, from which the registered backbone and head are built; `build_model` makes
-Detectron2's `SemanticSegmentor`, `SimpleTrainer` runs the steps with the optimizer and schedule
+Our YAML stays the config users edit (written to `OUT/config.yaml`); `build_segmenter` makes
+Detectron2's `SemanticSegmentor` from it with Detectron2's keyword arguments, on the REACT tower
+under Detectron2's own pyramid. `SimpleTrainer` runs the steps with the optimizer and schedule
 every dense engine shares (`react_dense.engines.optim`) and logs the losses (`train_metrics.json`),
-`inference_on_dataset` runs the evaluator. Checkpoints are ours (atomic,
-read with `weights_only=True`), so `resume` continues an interrupted run.
+`inference_on_dataset` runs the evaluator. Checkpoints are ours (atomic, read with
+`weights_only=True`), so `resume` continues an interrupted run.
 """
 from __future__ import annotations
 
@@ -17,28 +17,10 @@ from typing import Optional
 
 import torch
 
-from react_core.config import write_run_config
+from react_core.config import ConfigError, write_run_config
 from react_dense.segmentation.config import SegmentationConfig
 
 log = logging.getLogger(__name__)
-
-
-def to_detectron2_cfg(cfg: SegmentationConfig, config_path: Path, out: Path):
-    from detectron2.config import get_cfg
-
-    from react_dense.engines.detectron2.train import PIXEL_MEAN, PIXEL_STD, add_react_config, finish_detectron2_cfg
-
-    d2 = get_cfg()
-    add_react_config(d2)
-    d2.REACT.CONFIG = str(config_path)
-    d2.MODEL.META_ARCHITECTURE = "SemanticSegmentor"
-    d2.MODEL.BACKBONE.NAME = "build_react_seg_backbone"
-    d2.MODEL.SEM_SEG_HEAD.NAME = "ReactOpenVocabSemSegHead"
-    d2.MODEL.SEM_SEG_HEAD.IGNORE_VALUE = -1
-    d2.MODEL.PIXEL_MEAN, d2.MODEL.PIXEL_STD = PIXEL_MEAN, PIXEL_STD
-    d2.MODEL.DEVICE = cfg.train.device
-    d2.INPUT.FORMAT = "RGB"
-    return finish_detectron2_cfg(d2, cfg.train, cfg.detectron2, out, "detectron2 section of the segmentation config")
 
 
 def _inputs(images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
@@ -83,10 +65,9 @@ def run(
     tower_from_config: bool = False,
 ) -> dict:
     """Train (unless `eval_only`) and evaluate on every `test_data` set; returns `metrics.json`."""
-    import react_dense.engines.detectron2.seg_modeling as seg_modeling
     from detectron2.engine import SimpleTrainer, hooks
-    from detectron2.modeling import build_model
 
+    from react_dense.engines.detectron2.seg_modeling import build_segmenter
     from react_dense.engines.detectron2.train import training_writers
     from mmengine.runner import set_random_seed
 
@@ -98,12 +79,14 @@ def run(
     from react_dense.segmentation.common import encode_classes, open_spec, seen_label_space, write_metrics
     from react_dense.segmentation.metrics import segmentation_metrics
 
+    if cfg.detectron2:
+        raise ConfigError("detectron2: segmentation's Detectron2 engine builds its model from this config's own sections; "
+                          f"it reads no Detectron2 keys ({', '.join(cfg.detectron2)})")
     out.mkdir(parents=True, exist_ok=True)
-    config_path = write_run_config(cfg, out)
+    write_run_config(cfg, out)
     set_random_seed(cfg.train.seed)
-    d2 = to_detectron2_cfg(cfg, config_path, out)
-    model = build_model(d2)
-    bundle = seg_modeling.segmentation_bundle(str(config_path))
+    bundle = cfg.model.load()
+    model = build_segmenter(cfg, bundle).to(cfg.train.device)
     head = model.sem_seg_head
     if eval_only:
         load_checkpoint(weights or out / FINAL, model, tower_from_model=tower_from_config)
