@@ -13,7 +13,7 @@ Configurations (same model, batch, images and optimizer):
   gated-image-nockpt  the same without checkpointing the gated blocks: faster, more memory.
   gated-image-dense  gated-image-nockpt plus the dense objective (`react_core.modeling.dense_objective`)
                with the `dense:` section of --dense-config (default: the demo's dense-aware config,
-               configs/demo/customize_dense.yaml: 2 x 2 mosaics of the first 32 images, tiles and 2
+               react_dense/lab/configs/customize_dense.yaml: 2 x 2 mosaics of the first 32 images, tiles and 2
                random-grid boxes each, teacher = the tower itself); its ratio to gated-image-nockpt
                is the cost of dense-aware customization over a CLS-only step.
 
@@ -37,7 +37,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DENSE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo" / "customize_dense.yaml"
+DEFAULT_DENSE_CONFIG = Path(__file__).resolve().parents[1] / "react_dense" / "lab" / "configs" / "customize_dense.yaml"
 
 CONFIGS = ("full", "locked-text", "official", "official-ckpt", "gated-image", "gated-image-nockpt", "gated-image-dense")
 

@@ -41,7 +41,7 @@ def build_corpus(folder: Path, shards: int, per_shard: int, image_size: int) -> 
     from PIL import Image
 
     from react_core.data.images import index_shard
-    from react_core.synth import generate_world
+    from react_dense.lab.world import generate_world
 
     world = folder / "world"
     generate_world("tiny", world, seed=0)

@@ -1,7 +1,7 @@
 """The segmentation ensemble's temperature calibration: one pass for every temperature against one
 pass per temperature (how it ran before), on one trained head, in one process.
 
-Both sides label the same calibration images with the same model (`segmentation/train.py`'s
+Both sides label the same calibration images with the same model (`react_dense/engines/plain/train.py`'s
 `confusion`): the baseline sets each temperature of `ensemble.temperatures` in turn and runs the
 model once for each; the sweep gives the ensemble all of them and runs it once. Rounds alternate
 the two; the ratio is sweep time / baseline time per round, and the confusion matrices of the two
