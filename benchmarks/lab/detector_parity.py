@@ -14,6 +14,17 @@ evaluator (`react_dense.detection.evaluation`), AP and AP on the novel (rare) ca
    Detectron2's linear scaling rule (0.02 at 16 images) and weight decay (1e-4); its own
    `COCOEvaluator` writes the detections that are scored.
 
+Two control rows, each changing only the optimizer of one Detectron2 row, neither touching the library:
+
+4. stock Detectron2 with our AdamW: row 3, with the script's `Trainer` subclassed in this file to
+   build `react_dense.engines.optim.build_optimizer` / `build_scheduler` from the config's own
+   `SOLVER` keys (our `train:` section, as row 2 reads them); against row 2 only the sample order
+   and the dataset registration differ;
+5. our Detectron2 engine with Detectron2's SGD: row 2, with its trainer's `build_optimizer` /
+   `build_lr_scheduler` back to Detectron2's (`detectron2.solver`) at row 3's rate and weight
+   decay (`detectron2.SOLVER.*` overrides); against row 3 only the sample order and the dataset
+   registration differ.
+
 The tower is the world's base, the lab's shipped `react_dense/lab/resources/demo_base.safetensors`, frozen.
 
     react synth --preset demo --out runs/world
@@ -37,7 +48,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "react_dense" / "lab" / "configs" / "ovd_synthetic.yaml"
 SHIPPED_BASE = ROOT / "react_dense" / "lab" / "resources" / "demo_base.safetensors"
 METRICS = ("bbox/AP", "bbox/APr", "segm/AP", "segm/APr")
-ROWS = ("runner, torchvision engine", "runner, detectron2 engine", "stock Detectron2 tools/train_net.py")
+ROWS = ("runner, torchvision engine", "runner, detectron2 engine", "stock Detectron2 tools/train_net.py",
+        "stock Detectron2 tools/train_net.py, our AdamW", "runner, detectron2 engine, Detectron2's SGD")
+# (row, row it is compared with): the stock script against our engine, and each control row
+# against the row whose optimizer it takes
+COMPARISONS = ((ROWS[2], ROWS[1]), (ROWS[3], ROWS[1]), (ROWS[4], ROWS[2]))
 
 
 def environment() -> dict:
@@ -55,9 +70,11 @@ def run(command: list, log: Path) -> float:
     return time.perf_counter() - start
 
 
-def runner(world: Path, val: Path, out: Path, seed: int, *overrides: str) -> dict:
+def runner(world: Path, val: Path, out: Path, seed: int, *overrides: str, detectron2_sgd: bool = False) -> dict:
+    """Our tools/train_net.py (with `detectron2_sgd`: through `runner_sgd_worker`), its metrics."""
     if not (out / "metrics.json").is_file():
-        run([sys.executable, ROOT / "tools" / "train_net.py", "--config", CONFIG, "--out", out, f"vars.world={world}",
+        script = [__file__, "--runner-sgd-worker"] if detectron2_sgd else [ROOT / "tools" / "train_net.py"]
+        run([sys.executable, *script, "--config", CONFIG, "--out", out, f"vars.world={world}",
              f"data.val={val}", f"model.weights={SHIPPED_BASE}", f"train.seed={seed}", *overrides], out.parent / f"{out.name}.log")
     return json.loads((out / "metrics.json").read_text())
 
@@ -84,9 +101,10 @@ def first_images(annotation_file: Path, count: int, out: Path) -> Path:
     return out
 
 
-def stock(world: Path, val: Path, native: Path, out: Path, sgd_lr: float, weight_decay: float) -> dict:
-    """Row 3: Detectron2's own tools/train_net.py on the runner's native config, then our evaluator
-    on the detections its COCOEvaluator wrote."""
+def stock(world: Path, val: Path, native: Path, out: Path, optimizer: list[str]) -> dict:
+    """Rows 3 and 4: Detectron2's own tools/train_net.py on the runner's native config, then our
+    evaluator on the detections its COCOEvaluator wrote. `optimizer`: ["sgd", LR, WEIGHT_DECAY]
+    (Detectron2's own) or ["adamw"] (ours, from the config's SOLVER keys)."""
     from react_dense.detection.data import OpenVocabularySplit, load_coco
     from react_dense.detection.evaluation import evaluate
 
@@ -98,8 +116,7 @@ def stock(world: Path, val: Path, native: Path, out: Path, sgd_lr: float, weight
             if not (out / f"{name}_clip.npy").is_file():
                 run([sys.executable, "-m", "react_core", "text-embed", "--classes", classes, "--templates", "simple",
                      "--weights", SHIPPED_BASE, "--out", out / f"{name}_clip.npy"], out / f"text_embed_{name}.log")
-        run([sys.executable, __file__, "--stock-worker", native, world, val, out, str(sgd_lr), str(weight_decay)],
-            out.parent / f"{out.name}.log")
+        run([sys.executable, __file__, "--stock-worker", native, world, val, out, *optimizer], out.parent / f"{out.name}.log")
     gt = load_coco(str(val))
     split = OpenVocabularySplit.from_categories(gt.dataset["categories"], "rare")
     found = json.loads(detections.read_text())
@@ -109,8 +126,9 @@ def stock(world: Path, val: Path, native: Path, out: Path, sgd_lr: float, weight
     return {**metrics, "detections": len(found)}
 
 
-def stock_worker(native: str, world: str, val: str, out: str, sgd_lr: str, weight_decay: str) -> None:
-    """In its own process: register the datasets the config names, and call Detectron2's script."""
+def stock_worker(native: str, world: str, val: str, out: str, optimizer: str, *sgd: str) -> None:
+    """In its own process: register the datasets the config names, and call Detectron2's script;
+    `optimizer` "sgd" with its LR and WEIGHT_DECAY, or "adamw": the script's Trainer building ours."""
     os.environ["DETECTRON2_ENV_MODULE"] = "react_dense.detectron2"
     import importlib.util
 
@@ -124,11 +142,56 @@ def stock_worker(native: str, world: str, val: str, out: str, sgd_lr: str, weigh
     spec = importlib.util.spec_from_file_location("detectron2_train_net", script)
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
+    solver = ["SOLVER.BASE_LR", sgd[0], "SOLVER.WEIGHT_DECAY", sgd[1]] if optimizer == "sgd" else []
+    if optimizer == "adamw":
+        from react_dense.engines.detectron2.train import train_settings
+        from react_dense.engines.optim import build_optimizer, build_scheduler
+
+        class Trainer(tool.Trainer):
+            @classmethod
+            def build_optimizer(cls, cfg, model):
+                return build_optimizer(model, train_settings(cfg))
+
+            @classmethod
+            def build_lr_scheduler(cls, cfg, optimizer):
+                return build_scheduler(optimizer, train_settings(cfg))
+
+        tool.Trainer = Trainer  # the script's main builds the Trainer its module names
     args = tool.default_argument_parser().parse_args([
-        "--config-file", native, "OUTPUT_DIR", str(out), "SOLVER.BASE_LR", sgd_lr, "SOLVER.WEIGHT_DECAY", weight_decay,
+        "--config-file", native, "OUTPUT_DIR", str(out), *solver,
         "MODEL.REACT.ZEROSHOT.WEIGHT_PATH", str(out / "train_clip.npy"), "MODEL.REACT.ZEROSHOT.TEST_WEIGHT_PATH", str(out / "test_clip.npy"),
     ])
     tool.main(args)
+
+
+def runner_sgd_worker(argv: list[str]) -> None:
+    """In its own process: our tools/train_net.py, its Detectron2 trainer building Detectron2's
+    SGD and schedule from SOLVER (as DefaultTrainer does) instead of ours."""
+    import importlib.util
+
+    from detectron2.solver import build_lr_scheduler, build_optimizer
+
+    from react_dense.engines.detectron2 import train as engine
+
+    ours = engine.build_trainer_class
+
+    def with_detectron2_sgd(*args, **kwargs):
+        class Trainer(ours(*args, **kwargs)):
+            @classmethod
+            def build_optimizer(cls, cfg, model):
+                return build_optimizer(cfg, model)
+
+            @classmethod
+            def build_lr_scheduler(cls, cfg, optimizer):
+                return build_lr_scheduler(cfg, optimizer)
+
+        return Trainer
+
+    engine.build_trainer_class = with_detectron2_sgd
+    spec = importlib.util.spec_from_file_location("react_train_net", ROOT / "tools" / "train_net.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    sys.exit(tool.main(argv))
 
 
 def summary(values: list[float]) -> tuple[float, float]:
@@ -153,10 +216,16 @@ def main() -> None:
     if args.val_images:
         val = first_images(val, args.val_images, out / "val_subset.json")
     results = {row: {} for row in ROWS}
+    sgd = ["sgd", str(sgd_lr), str(weight_decay)]
     for seed in args.seeds:  # the comparison first: the Detectron2 engine and Detectron2's own script
         d2_out = out / f"runner_detectron2_seed{seed}"
+        native = d2_out / "detectron2_config.yaml"
         results[ROWS[1]][seed] = runner(world, val, d2_out, seed, "engine=detectron2", *schedule)
-        results[ROWS[2]][seed] = stock(world, val, d2_out / "detectron2_config.yaml", out / f"stock_detectron2_seed{seed}", sgd_lr, weight_decay)
+        results[ROWS[2]][seed] = stock(world, val, native, out / f"stock_detectron2_seed{seed}", sgd)
+        results[ROWS[3]][seed] = stock(world, val, native, out / f"stock_detectron2_adamw_seed{seed}", ["adamw"])
+        results[ROWS[4]][seed] = runner(world, val, out / f"runner_detectron2_sgd_seed{seed}", seed, "engine=detectron2", *schedule,
+                                        f"detectron2.SOLVER.BASE_LR={sgd_lr}", f"detectron2.SOLVER.WEIGHT_DECAY={weight_decay}",
+                                        detectron2_sgd=True)
         print(f"seed {seed}: " + "; ".join(f"{row}: AP {results[row][seed]['bbox/AP']:.2f}" for row in ROWS[1:]), flush=True)
     for seed in args.seeds:
         results[ROWS[0]][seed] = runner(world, val, out / f"runner_torchvision_seed{seed}", seed, *schedule)
@@ -172,23 +241,28 @@ def main() -> None:
             cells.append(f"{mean:.2f} ± {sd:.2f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     n = len(args.seeds)
-    comparison = {}
-    for metric in METRICS:
-        a, b = table[ROWS[1]][metric], table[ROWS[2]][metric]
-        noise = math.sqrt(a["sd"] ** 2 / n + b["sd"] ** 2 / n)
-        comparison[metric] = {"difference": b["mean"] - a["mean"], "standard_error": noise,
-                              "within_two_standard_errors": abs(b["mean"] - a["mean"]) <= 2 * noise}
+    comparisons = {}
+    for row, against in COMPARISONS:
+        for metric in METRICS:
+            a, b = table[against][metric], table[row][metric]
+            noise = math.sqrt(a["sd"] ** 2 / n + b["sd"] ** 2 / n)
+            comparisons.setdefault(f"{row} - {against}", {})[metric] = {
+                "difference": b["mean"] - a["mean"], "standard_error": noise,
+                "within_two_standard_errors": abs(b["mean"] - a["mean"]) <= 2 * noise}
     report = {"seeds": args.seeds, "iters": args.iters, "val_images": args.val_images, "sgd_lr": sgd_lr, "sgd_weight_decay": weight_decay, "table": table,
-              "stock_minus_runner_detectron2": comparison, "config": str(CONFIG.relative_to(ROOT)), "tower": str(SHIPPED_BASE.relative_to(ROOT))}
+              "differences": comparisons, "config": str(CONFIG.relative_to(ROOT)), "tower": str(SHIPPED_BASE.relative_to(ROOT))}
     (out / "parity.json").write_text(json.dumps(report, indent=2))
     print("\n".join(lines))
-    for metric, values in comparison.items():
-        print(f"stock - runner (detectron2 engine), {metric}: {values['difference']:+.2f} "
-              f"(standard error {values['standard_error']:.2f}, within 2 SE: {values['within_two_standard_errors']})")
+    for pair, metrics in comparisons.items():
+        for metric, values in metrics.items():
+            print(f"{pair}, {metric}: {values['difference']:+.2f} "
+                  f"(standard error {values['standard_error']:.2f}, within 2 SE: {values['within_two_standard_errors']})")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--stock-worker":
-        stock_worker(*sys.argv[2:8])
+        stock_worker(*sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "--runner-sgd-worker":
+        runner_sgd_worker(sys.argv[2:])
     else:
         main()
