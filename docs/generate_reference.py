@@ -204,13 +204,18 @@ def _builder_supplied(kinds) -> set[str]:
     return supplied
 
 
+def _of_the_project(obj) -> bool:
+    """Defined in the packages, not registered by a test or a user's plugin in this process."""
+    return obj.__module__.startswith(("react_core.", "react_dense."))
+
+
 def configs_tables() -> str:
     """The generated part of docs/configs.md: keys of every config kind, arguments of every part."""
     from react_core import registry
     from react_core.config.schema import import_kind_modules
 
     import_kind_modules()
-    kinds = dict(sorted(registry.CONFIG_KINDS.items()))
+    kinds = {kind: schema for kind, schema in sorted(registry.CONFIG_KINDS.items()) if _of_the_project(schema)}
     lines = [BEGIN, ""]
     for kind, schema in kinds.items():
         lines += [f"### `kind: {kind}`", "", _summary(schema), "",
@@ -221,6 +226,8 @@ def configs_tables() -> str:
     for registry_object in (registry.BACKBONES, registry.HEADS, registry.DATASETS):
         for name in registry_object.names():
             target = registry_object.get(name)
+            if not _of_the_project(target):
+                continue
             lines += [f"#### `{name}` ({registry_object.name})", "", _summary(target), "",
                       "| argument | type | default |", "|---|---|---|"]
             for parameter in inspect.signature(target).parameters.values():
