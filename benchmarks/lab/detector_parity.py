@@ -144,17 +144,10 @@ def stock_worker(native: str, world: str, val: str, out: str, optimizer: str, *s
     spec.loader.exec_module(tool)
     solver = ["SOLVER.BASE_LR", sgd[0], "SOLVER.WEIGHT_DECAY", sgd[1]] if optimizer == "sgd" else []
     if optimizer == "adamw":
-        from react_dense.engines.detectron2.train import train_settings
-        from react_dense.engines.optim import build_optimizer, build_scheduler
+        from react_dense.engines.detectron2.train import ReactSchedule
 
-        class Trainer(tool.Trainer):
-            @classmethod
-            def build_optimizer(cls, cfg, model):
-                return build_optimizer(model, train_settings(cfg))
-
-            @classmethod
-            def build_lr_scheduler(cls, cfg, optimizer):
-                return build_scheduler(optimizer, train_settings(cfg))
+        class Trainer(ReactSchedule, tool.Trainer):
+            """The stock script's Trainer with only its optimizer and schedule swapped."""
 
         tool.Trainer = Trainer  # the script's main builds the Trainer its module names
     args = tool.default_argument_parser().parse_args([

@@ -256,6 +256,23 @@ def train_settings(d2):
     )
 
 
+class ReactSchedule:
+    """A mixin for a Detectron2 trainer: our AdamW and warm-up + cosine schedule, read back from
+    the native config's `SOLVER` keys, where Detectron2's own trainer builds SGD."""
+
+    @classmethod
+    def build_optimizer(cls, d2, model):
+        from react_dense.engines.optim import build_optimizer
+
+        return build_optimizer(model, train_settings(d2))
+
+    @classmethod
+    def build_lr_scheduler(cls, d2, optimizer):
+        from react_dense.engines.optim import build_scheduler
+
+        return build_scheduler(optimizer, train_settings(d2))
+
+
 def training_writers(out: Path, steps: int) -> list:
     """A progress line in the log and the JSON training curve `OUT/train_metrics.json`."""
     from detectron2.utils.events import CommonMetricPrinter, JSONWriter
@@ -272,7 +289,6 @@ def build_trainer_class(evaluator_factory, before_test, log_period: int):
     from detectron2.utils import comm
 
     from react_dense.engines.detectron2.resume import ExactResume
-    from react_dense.engines.optim import build_optimizer, build_scheduler
 
     class WeightsOnlyCheckpointer(DetectionCheckpointer):
         """Detectron2's checkpointer, reading with `torch.load(weights_only=True)` only: its own
@@ -290,15 +306,7 @@ def build_trainer_class(evaluator_factory, before_test, log_period: int):
             except Exception as error:
                 raise ConfigError(f"{f}: cannot be read as a weights-only checkpoint ({type(error).__name__})") from None
 
-    class Trainer(ExactResume, DefaultTrainer):
-        @classmethod
-        def build_optimizer(cls, d2, model):
-            return build_optimizer(model, train_settings(d2))
-
-        @classmethod
-        def build_lr_scheduler(cls, d2, optimizer):
-            return build_scheduler(optimizer, train_settings(d2))
-
+    class Trainer(ExactResume, ReactSchedule, DefaultTrainer):
         def build_writers(self):
             return training_writers(Path(self.cfg.OUTPUT_DIR), self.max_iter)
 
